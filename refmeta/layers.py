@@ -1,0 +1,350 @@
+"""Layers and the two model families of the papers: an MLP and the 4-block conv net.
+
+Layers are pure functions over arrays.  **Every layer takes arbitrary leading
+(task) axes on the data and on the params, and broadcasts them** against each
+other: an unbatched kernel applies to a meta-batch of images, a meta-batch of
+kernels (``trees.broadcast_tasks``) to a meta-batch of images, task by task.
+
+    dense        y = x W + b                        x (..., n, d_in), W (..., d_in, d_out)
+    conv2d       y[m,f] = Σ_c w[f,c] ⋆ x[m,c] + b[f] x (..., n, C, H, W), w (..., F, C, 3, 3) OIHW
+                 3×3, zero padding 1 on every side (PyTorch ``padding=1``), stride 1 or 2,
+                 H' = (H + 2 − 3) // stride + 1.  TF 'SAME' pads (0, 1) at stride 2 for even
+                 H, so a stride-2 TF net sees shifted windows: port weights with care.
+    max_pool_2x2 y = max of each 2×2 window, stride 2, odd edge dropped; the gradient goes to
+                 the first maximum in row-major order (PyTorch's choice; autograd's ``max``
+                 would split ties).
+    batch_norm   y = γ (x − μ) / √(σ² + ε) + β,  μ, σ² per channel over the example and
+                 spatial axes, separately for every leading index; σ² is biased (÷ m).
+                 mode "transductive": μ, σ² of the current batch (MAML's code, train and test);
+                 mode "running": μ, σ² given (running_mean, running_var (..., C)).
+                 β (offset) and γ (scale) are each optional: None means not learned.
+    update_running   r ← (1 − momentum) r + momentum · batch     (PyTorch's convention)
+
+Models are ``*_init(rng, ...) -> params`` (host float64) and ``*_apply(params, x, ...)``;
+``*_describe(...)`` returns a JSON-able description complete enough to rebuild the
+model in another framework.  Initialisation follows PyTorch's defaults:
+w, b ~ U(±1/√fan_in) (kaiming-uniform with a = √5), BN β = 0, γ = 1.
+"""
+
+import autograd.numpy as anp
+import numpy as np
+from autograd.extend import defvjp, primitive
+
+from refmeta import conv
+
+__all__ = ["dense", "relu", "tanh", "conv2d", "max_pool_2x2", "batch_norm", "batch_moments",
+           "update_running", "mlp_init", "mlp_apply", "mlp_describe", "conv4_init",
+           "conv4_apply", "conv4_bn_state", "conv4_describe"]
+
+ACTIVATIONS = ("relu", "tanh")
+BN_MODES = ("transductive", "running")
+BN_AFFINE = ("offset", "scale", "both", "none")
+CONV4_VARIANTS = ("stride", "maxpool")
+N_BLOCKS = 4
+
+
+def _check(ok, message):
+    if not ok:
+        raise ValueError(message)
+
+
+def _check_choice(name, value, allowed):
+    _check(value in allowed, f"{name} must be one of {list(allowed)}; got {value!r}")
+
+
+def dense(x, w, b):
+    """x (..., n, d_in), w (..., d_in, d_out), b (..., d_out) -> (..., n, d_out)."""
+    _check(anp.ndim(x) >= 2 and anp.ndim(w) >= 2 and anp.shape(x)[-1] == anp.shape(w)[-2],
+           f"dense: w {anp.shape(w)} expects x (..., n, d_in={anp.shape(w)[-2]}); got x {anp.shape(x)}")
+    _check(anp.ndim(b) >= 1 and anp.shape(b)[-1] == anp.shape(w)[-1],
+           f"dense: b must have d_out={anp.shape(w)[-1]} entries; got b {anp.shape(b)}")
+    return anp.matmul(x, w) + b[..., None, :]
+
+
+def relu(x):
+    """max(x, 0), with derivative 0 at 0 (as PyTorch)."""
+    return x * (x > 0)
+
+
+def tanh(x):
+    return anp.tanh(x)
+
+
+def conv2d(x, w, b=None, stride=1):
+    """3×3 convolution, zero padding 1, stride 1 or 2 (cross-correlation, as PyTorch).
+
+    Args:
+        x: (..., n, C, H, W).  w: (..., F, C, 3, 3).  b: (..., F) or None.
+    Returns:
+        (..., n, F, H', W') with H' = (H − 1) // stride + 1.
+    """
+    _check(stride in (1, 2), f"conv2d stride must be 1 or 2; got {stride!r}")
+    _check(anp.ndim(x) >= 4, f"conv2d expects x (..., n, C, H, W); got shape {anp.shape(x)}")
+    _check(anp.ndim(w) >= 4 and anp.shape(w)[-2:] == (3, 3),
+           f"conv2d expects a kernel (..., F, C, 3, 3); got shape {anp.shape(w)}")
+    *_, n, channels, height, width = anp.shape(x)
+    *_, filters, w_channels = anp.shape(w)[:-2]
+    _check(w_channels == channels, f"conv2d: kernel {anp.shape(w)} expects C={w_channels} "
+                                   f"input channels; got x {anp.shape(x)} with C={channels}")
+    patches = conv.im2col(x, stride)                        # (..., C·9, n·H'·W')
+    kernel = anp.reshape(w, anp.shape(w)[:-3] + (channels * 9,))  # (..., F, C·9)
+    out = anp.matmul(kernel, patches)                       # (..., F, n·H'·W')
+    out_h, out_w = conv.conv_out_size(height, stride), conv.conv_out_size(width, stride)
+    out = anp.swapaxes(anp.reshape(out, anp.shape(out)[:-1] + (n, out_h, out_w)), -4, -3)
+    if b is None:
+        return out                                          # (..., n, F, H', W')
+    _check(anp.ndim(b) >= 1 and anp.shape(b)[-1] == filters,
+           f"conv2d: bias must have F={filters} entries; got b {anp.shape(b)}")
+    return out + b[..., None, :, None, None]
+
+
+def max_pool_2x2(x):
+    """x (..., n, C, H, W) -> (..., n, C, H // 2, W // 2); see the module docstring for ties."""
+    _check(anp.ndim(x) >= 4 and anp.shape(x)[-1] >= 2 and anp.shape(x)[-2] >= 2,
+           f"max_pool_2x2 expects x (..., n, C, H, W) with H, W ≥ 2; got {anp.shape(x)}")
+    return conv.max_pool(x)
+
+
+def _stat_axes(x, spatial_dims):
+    """(channel axis, reduction axes) of x (..., n, C, *spatial)."""
+    if spatial_dims is None:
+        spatial_dims = 2 if anp.ndim(x) >= 4 else 0
+    _check(spatial_dims in (0, 2), f"spatial_dims must be 0 or 2; got {spatial_dims!r}")
+    _check(anp.ndim(x) >= 2 + spatial_dims,
+           f"batch norm expects x (..., n, C{', H, W' if spatial_dims else ''}); got {anp.shape(x)}")
+    channel = -1 - spatial_dims
+    return channel, (channel - 1,) + tuple(range(channel + 1, 0))
+
+
+def _per_channel(p, x, channel, name):
+    """Broadcast p (..., C) against x (..., n, C, *spatial)."""
+    _check(anp.ndim(p) >= 1 and anp.shape(p)[-1] == anp.shape(x)[channel],
+           f"batch norm: {name} must have C={anp.shape(x)[channel]} entries; got {anp.shape(p)}")
+    return anp.reshape(p, anp.shape(p)[:-1] + (1, anp.shape(p)[-1]) + (1,) * (-1 - channel))
+
+
+@primitive
+def _standardize(x, axes, eps):
+    """x̂ = (x − μ) / √(σ² + ε), μ and σ² (biased) over ``axes``; raw arrays."""
+    centred = x - x.mean(axis=axes, keepdims=True)
+    return centred / ((centred * centred).mean(axis=axes, keepdims=True) + eps) ** 0.5
+
+
+def _standardize_vjp(ans, x, axes, eps):
+    """ḡ ↦ (ḡ − mean ḡ − x̂ · mean(ḡ x̂)) / √(σ² + ε), in anp so it differentiates again."""
+    centred = x - anp.mean(x, axis=axes, keepdims=True)
+    inv_std = 1.0 / anp.sqrt(anp.mean(centred * centred, axis=axes, keepdims=True) + eps)
+    return lambda g: inv_std * (g - anp.mean(g, axis=axes, keepdims=True)
+                                - ans * anp.mean(g * ans, axis=axes, keepdims=True))
+
+
+defvjp(_standardize, _standardize_vjp)
+
+
+def batch_moments(x, spatial_dims=None, unbiased=False):
+    """Per-channel mean and variance over the example and spatial axes, per leading index.
+
+    Args:
+        x: (..., n, C, H, W) or (..., n, C).  spatial_dims: 2 or 0; None infers 2 when
+            ndim ≥ 4, else 0 (pass it for dense features with two or more leading axes).
+        unbiased: divide the squared deviations by m − 1 instead of m (PyTorch's running_var).
+    Returns:
+        (mean, var), each (..., C).
+    """
+    channel, axes = _stat_axes(x, spatial_dims)
+    mean = anp.mean(x, axis=axes, keepdims=True)
+    var = anp.mean((x - mean) * (x - mean), axis=axes, keepdims=True)
+    if unbiased:
+        count = int(np.prod([anp.shape(x)[a] for a in axes]))    # m = n·H·W
+        var = var * (count / max(count - 1, 1))
+    squeeze = lambda s: anp.reshape(s, anp.shape(s)[:channel - 1] + (anp.shape(x)[channel],))
+    return squeeze(mean), squeeze(var)
+
+
+def batch_norm(x, offset=None, scale=None, mode="transductive", running_mean=None,
+               running_var=None, eps=1e-3, spatial_dims=None):
+    """Batch normalisation (see the module docstring); the output has x's shape.
+
+    Args:
+        x: (..., n, C, H, W) or (..., n, C).  offset β, scale γ: (..., C) or None.
+        mode: "transductive" or "running".  running_mean, running_var: (..., C), for "running".
+        spatial_dims: as in ``batch_moments``.
+    """
+    _check_choice("batch norm mode", mode, BN_MODES)
+    channel, axes = _stat_axes(x, spatial_dims)
+    if mode == "transductive":
+        y = _standardize(x, axes, eps)
+    else:
+        _check(running_mean is not None and running_var is not None,
+               "batch norm mode 'running' needs running_mean and running_var; got None")
+        y = ((x - _per_channel(running_mean, x, channel, "running_mean"))
+             / anp.sqrt(_per_channel(running_var, x, channel, "running_var") + eps))
+    if scale is not None:
+        y = y * _per_channel(scale, x, channel, "scale")
+    return y if offset is None else y + _per_channel(offset, x, channel, "offset")
+
+
+def update_running(running, batch, momentum):
+    """(1 − momentum)·running + momentum·batch, for arrays or for dict trees leaf by leaf."""
+    if isinstance(running, dict):
+        return {name: update_running(running[name], batch[name], momentum) for name in running}
+    return (1 - momentum) * running + momentum * batch
+
+
+def _uniform(rng, fan_in, shape):
+    bound = 1.0 / np.sqrt(fan_in)
+    return rng.uniform(-bound, bound, size=shape)
+
+
+def mlp_init(rng, sizes, weight_std=None):
+    """Params {"dense{i}.w": (d_i, d_{i+1}), "dense{i}.b": (d_{i+1},)} for layer sizes d_0..d_L.
+
+    weight_std None: w, b ~ U(±1/√d_i) (PyTorch nn.Linear); a float: w ~ N(0, std²), b = 0.
+    """
+    _check(len(sizes) >= 2, f"mlp_init needs at least input and output sizes; got {sizes!r}")
+    params = {}
+    for i, (d_in, d_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        if weight_std is None:
+            params[f"dense{i}.w"] = _uniform(rng, d_in, (d_in, d_out))
+            params[f"dense{i}.b"] = _uniform(rng, d_in, (d_out,))
+        else:
+            params[f"dense{i}.w"] = weight_std * rng.standard_normal((d_in, d_out))
+            params[f"dense{i}.b"] = np.zeros(d_out)
+    return params
+
+
+def mlp_apply(params, x, activation="relu"):
+    """x (..., n, d_0) -> (..., n, d_L); hidden layers use ``activation``, the last is linear."""
+    _check_choice("activation", activation, ACTIVATIONS)
+    nonlinearity = relu if activation == "relu" else tanh
+    n_layers = sum(1 for name in params if name.endswith(".w") and name.startswith("dense"))
+    for i in range(n_layers):
+        x = dense(x, params[f"dense{i}.w"], params[f"dense{i}.b"])
+        if i < n_layers - 1:
+            x = nonlinearity(x)
+    return x
+
+
+def mlp_describe(sizes, activation="relu", weight_std=None):
+    """A JSON-able description of ``mlp_apply`` with these sizes."""
+    layers = []
+    for i, (d_in, d_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append({"type": "dense", "in_features": d_in, "out_features": d_out,
+                       "weight": f"dense{i}.w", "bias": f"dense{i}.b",
+                       "weight_layout": "(in, out): y = x @ w + b"})
+        if i < len(sizes) - 2:
+            layers.append({"type": activation})
+    init = ("w, b ~ U(-1/sqrt(in), 1/sqrt(in)) (PyTorch nn.Linear)" if weight_std is None
+            else f"w ~ N(0, {weight_std}^2), b = 0")
+    return {"model": "mlp", "sizes": list(sizes), "activation": activation, "layers": layers,
+            "input_layout": "(..., n, d_in)", "init": init, "dtype": "float64"}
+
+
+def _head_features(hidden, variant, image_size):
+    """Feature count entering the head: hidden, or hidden·H·W after four 2×2 pools."""
+    height, width = (image_size, image_size) if np.ndim(image_size) == 0 else image_size
+    if variant == "stride":
+        return hidden
+    for _ in range(N_BLOCKS):
+        height, width = height // 2, width // 2
+    _check(height >= 1 and width >= 1, f"image_size {image_size!r} is too small for 4 pools")
+    return hidden * height * width
+
+
+def conv4_init(rng, in_channels=1, n_out=5, hidden=64, variant="stride", bn_affine="offset",
+               image_size=28):
+    """Params "conv{i}.w" (F, C, 3, 3), "conv{i}.b", "bn{i}.offset"/"bn{i}.scale" (F,) as
+    ``bn_affine`` asks, "out.w" (d, n_out), "out.b" unless n_out is None.
+
+    ``image_size`` (int or (H, W)) only matters for the "maxpool" head, which flattens.
+    """
+    _check_choice("variant", variant, CONV4_VARIANTS)
+    _check_choice("bn_affine", bn_affine, BN_AFFINE)
+    params, channels = {}, in_channels
+    for i in range(N_BLOCKS):
+        params[f"conv{i}.w"] = _uniform(rng, channels * 9, (hidden, channels, 3, 3))
+        params[f"conv{i}.b"] = _uniform(rng, channels * 9, (hidden,))
+        if bn_affine in ("offset", "both"):
+            params[f"bn{i}.offset"] = np.zeros(hidden)
+        if bn_affine in ("scale", "both"):
+            params[f"bn{i}.scale"] = np.ones(hidden)
+        channels = hidden
+    if n_out is not None:
+        features = _head_features(hidden, variant, image_size)
+        params["out.w"] = _uniform(rng, features, (features, n_out))
+        params["out.b"] = _uniform(rng, features, (n_out,))
+    return params
+
+
+def conv4_bn_state(hidden=64):
+    """Initial running statistics {"bn{i}.mean": zeros (F,), "bn{i}.var": ones (F,)} (host)."""
+    return {f"bn{i}.{stat}": (np.zeros if stat == "mean" else np.ones)(hidden)
+            for i in range(N_BLOCKS) for stat in ("mean", "var")}
+
+
+def conv4_apply(params, x, variant="stride", bn_mode="transductive", bn_state=None,
+                bn_eps=1e-3, return_bn_moments=False):
+    """x (..., n, C, H, W) -> logits (..., n, n_out), or the embedding (..., n, d) without "out.w".
+
+    bn_state: {"bn{i}.mean", "bn{i}.var"} (..., F) for bn_mode "running".
+    return_bn_moments: also return {"bn{i}.mean", "bn{i}.var" (unbiased)} of each BN input,
+        for ``update_running(bn_state, moments, momentum)``.
+    """
+    _check_choice("variant", variant, CONV4_VARIANTS)
+    _check_choice("bn_mode", bn_mode, BN_MODES)
+    _check(bn_mode == "transductive" or bn_state is not None,
+           "bn_mode 'running' needs bn_state; got None")
+    moments, stats = {}, bn_state or {}
+    for i in range(N_BLOCKS):
+        x = conv2d(x, params[f"conv{i}.w"], params[f"conv{i}.b"],
+                   stride=2 if variant == "stride" else 1)
+        if return_bn_moments:
+            moments[f"bn{i}.mean"], moments[f"bn{i}.var"] = batch_moments(x, 2, unbiased=True)
+        x = batch_norm(x, params.get(f"bn{i}.offset"), params.get(f"bn{i}.scale"), bn_mode,
+                       stats.get(f"bn{i}.mean"), stats.get(f"bn{i}.var"), bn_eps, spatial_dims=2)
+        # relu then pool, computed as pool then relu: they commute (relu is monotone), also
+        # in the gradient (a window whose max is ≤ 0 gets 0 either way), on 4× fewer pixels.
+        x = relu(max_pool_2x2(x) if variant == "maxpool" else x)
+    if variant == "stride":
+        x = anp.mean(x, axis=(-2, -1))                       # (..., n, F)
+    else:
+        x = anp.reshape(x, anp.shape(x)[:-3] + (-1,))        # (..., n, F·H·W), C-order
+    if "out.w" in params:
+        x = dense(x, params["out.w"], params["out.b"])
+    return (x, moments) if return_bn_moments else x
+
+
+def conv4_describe(in_channels=1, n_out=5, hidden=64, variant="stride", bn_affine="offset",
+                   bn_mode="transductive", bn_eps=1e-3, image_size=28):
+    """A JSON-able description of ``conv4_apply`` with these settings."""
+    _check_choice("variant", variant, CONV4_VARIANTS)
+    _check_choice("bn_affine", bn_affine, BN_AFFINE)
+    _check_choice("bn_mode", bn_mode, BN_MODES)
+    layers = []
+    for i in range(N_BLOCKS):
+        layers += [
+            {"type": "conv2d", "in_channels": hidden if i else in_channels, "out_channels": hidden,
+             "kernel_size": [3, 3], "stride": 2 if variant == "stride" else 1,
+             "padding": {"top": 1, "bottom": 1, "left": 1, "right": 1},
+             "operation": "cross-correlation (PyTorch Conv2d, padding=1)",
+             "weight": f"conv{i}.w", "weight_layout": "OIHW (out, in, kh, kw)", "bias": f"conv{i}.b"},
+            {"type": "batch_norm", "num_features": hidden, "eps": bn_eps, "mode": bn_mode,
+             "statistics": "per channel over (example, H, W), per task; biased variance",
+             "offset": f"bn{i}.offset" if bn_affine in ("offset", "both") else None,
+             "scale": f"bn{i}.scale" if bn_affine in ("scale", "both") else None,
+             "running_stats": [f"bn{i}.mean", f"bn{i}.var"] if bn_mode == "running" else None},
+            {"type": "relu"}]
+        if variant == "maxpool":
+            layers.append({"type": "max_pool", "kernel_size": [2, 2], "stride": 2, "padding": 0,
+                           "ceil_mode": False, "ties": "gradient to the first max, row-major"})
+    layers.append({"type": "mean", "axes": ["H", "W"]} if variant == "stride" else
+                  {"type": "flatten", "order": "C, H, W (row-major, as torch x.view(n, -1))"})
+    if n_out is not None:
+        layers.append({"type": "dense", "in_features": _head_features(hidden, variant, image_size),
+                       "out_features": n_out, "weight": "out.w", "bias": "out.b",
+                       "weight_layout": "(in, out): y = x @ w + b"})
+    return {"model": "conv4", "variant": variant, "in_channels": in_channels, "hidden": hidden,
+            "n_out": n_out, "image_size": image_size, "bn_affine": bn_affine, "bn_mode": bn_mode,
+            "bn_eps": bn_eps, "input_layout": "(..., n, C, H, W)", "layers": layers,
+            "dtype": "float64", "init": "conv, dense: w, b ~ U(±1/sqrt(fan_in)) (PyTorch default, "
+                                        "kaiming-uniform a=sqrt(5)); bn offset 0, scale 1"}

@@ -1,0 +1,89 @@
+"""Losses with an explicit reduction over the example axis.
+
+Each loss first forms one value per example, then reduces the **example axis**
+(the last axis of that per-example array) as ``reduction`` says:
+
+    "mean"  (1/n) Σ_i ℓ_i
+    "sum"   Σ_i ℓ_i
+    "none"  the per-example values, shape (..., n)
+
+``cross_entropy`` also takes ``"n_way_times_mean"``: (C/n) Σ_i ℓ_i with C the
+number of classes.  It is the MAML authors' inner loss (each example's CE
+divided by K, summed over all N·K examples); a port that uses the plain mean
+with the same α steps N times smaller.
+
+Leading axes (tasks in a meta-batch) are kept, so a meta-batch gives one loss
+per task.
+
+    mse:            ℓ_i = (1/d) Σ_j (pred_ij − target_ij)²          pred (..., n, d)
+    cross_entropy:  ℓ_i = −log softmax(logits_i)[y_i]
+                        = logsumexp(logits_i) − logits_i[y_i]        logits (..., n, C)
+
+The log-softmax subtracts the row maximum first, so large logits never
+overflow.
+"""
+
+import autograd.numpy as anp
+import numpy as np
+from autograd.tracer import getval
+
+REDUCTIONS = ("mean", "sum", "none")
+CLASSIFICATION_REDUCTIONS = REDUCTIONS + ("n_way_times_mean",)
+
+
+def reduce(per_example, reduction):
+    """Reduce (..., n) per-example values over the last axis."""
+    if reduction == "mean":
+        return anp.mean(per_example, axis=-1)
+    if reduction == "sum":
+        return anp.sum(per_example, axis=-1)
+    if reduction == "none":
+        return per_example
+    raise ValueError(f"reduction must be one of {REDUCTIONS} here; got {reduction!r}")
+
+
+def mse(pred, target, reduction="mean"):
+    """Mean squared error. pred, target (..., n, d) -> (...) or (..., n) for "none"."""
+    if anp.shape(pred) != anp.shape(target):
+        raise ValueError(f"mse: pred has shape {anp.shape(pred)} but target has {anp.shape(target)}")
+    return reduce(anp.mean((pred - target) ** 2, axis=-1), reduction)
+
+
+def log_softmax(logits, axis=-1):
+    """Numerically stable log-softmax."""
+    shifted = logits - _stop_gradient_max(logits, axis)
+    return shifted - anp.log(anp.sum(anp.exp(shifted), axis=axis, keepdims=True))
+
+
+def one_hot(labels, n_classes, like):
+    """(..., n) integer labels -> (..., n, n_classes) float one-hot on ``like``'s device."""
+    like = getval(like)
+    classes = np.arange(n_classes, like=like)
+    return (getval(labels)[..., None] == classes).astype(like.dtype)
+
+
+def cross_entropy(logits, labels, reduction="mean"):
+    """Softmax cross-entropy. logits (..., n, C), labels (..., n) ints in 0..C-1."""
+    n_classes = anp.shape(logits)[-1]
+    if anp.shape(labels) != anp.shape(logits)[:-1]:
+        raise ValueError(f"cross_entropy: labels must have shape {anp.shape(logits)[:-1]} "
+                         f"to match logits {anp.shape(logits)}; got {anp.shape(labels)}")
+    log_probs = log_softmax(logits)
+    per_example = -anp.sum(log_probs * one_hot(labels, n_classes, logits), axis=-1)
+    if reduction == "n_way_times_mean":
+        return n_classes * anp.mean(per_example, axis=-1)
+    return reduce(per_example, reduction)
+
+
+def _stop_gradient_max(x, axis):
+    # The shift cancels in log-softmax, so its gradient is zero; detaching it is exact.
+    return anp.max(getval(x), axis=axis, keepdims=True)
+
+
+def model_loss(predict, loss):
+    """Bind a model to a loss: (params, x, y, reduction) -> loss(predict(params, x), y, reduction).
+
+    This is the ``loss_fn`` interface that ``refmeta.maml`` and ``refmeta.reptile`` take;
+    with task-batched params and data it returns one loss per task.
+    """
+    return lambda params, x, y, reduction: loss(predict(params, x), y, reduction)

@@ -1,0 +1,116 @@
+"""Parameter trees: ``dict[str, array]`` and the few algebra helpers the update rules need.
+
+A tree is a flat ``dict`` mapping a parameter name to an array.  Every helper
+is pure (it returns a new dict) so autograd can differentiate through it, and
+every helper keeps the keys in sorted order so that ``flatten`` is
+deterministic.  Names follow openai/supervised-reptile's ``variables.py``:
+
+    add(a, b)               a + b
+    subtract(a, b)          a - b
+    scale(a, s)             s * a
+    interpolate(a, b, t)    a + t (b - a)        (Reptile's update)
+    flatten(a)              one 1-D vector, and the function that undoes it
+"""
+
+import autograd.numpy as anp
+
+__all__ = ["add", "subtract", "scale", "interpolate", "mean", "vdot", "zeros_like",
+           "map_tree", "check_same_keys", "flatten", "broadcast_tasks", "take_task"]
+
+
+def check_same_keys(a, b):
+    """Raise ValueError unless trees ``a`` and ``b`` have the same names and shapes."""
+    if not isinstance(a, dict) or not isinstance(b, dict):
+        raise TypeError(f"expected two dict trees; got {type(a).__name__} and {type(b).__name__}")
+    if set(a) != set(b):
+        raise ValueError(f"trees have different keys: {sorted(a)} vs {sorted(b)}")
+    for name in a:
+        if anp.shape(a[name]) != anp.shape(b[name]):
+            raise ValueError(f"parameter {name!r} has shape {anp.shape(a[name])} in one tree "
+                             f"and {anp.shape(b[name])} in the other")
+
+
+def map_tree(fn, *trees):
+    """Apply ``fn`` leaf-wise to one or more trees with the same keys."""
+    for other in trees[1:]:
+        check_same_keys(trees[0], other)
+    return {name: fn(*(t[name] for t in trees)) for name in sorted(trees[0])}
+
+
+def add(a, b):
+    return map_tree(lambda x, y: x + y, a, b)
+
+
+def subtract(a, b):
+    return map_tree(lambda x, y: x - y, a, b)
+
+
+def scale(a, s):
+    return {name: s * a[name] for name in sorted(a)}
+
+
+def interpolate(a, b, t):
+    """a + t (b - a): t = 0 gives a, t = 1 gives b."""
+    return map_tree(lambda x, y: x + t * (y - x), a, b)
+
+
+def zeros_like(a):
+    return {name: anp.zeros_like(a[name]) for name in sorted(a)}
+
+
+def vdot(a, b):
+    """Σ over every leaf of the elementwise product (a scalar)."""
+    check_same_keys(a, b)
+    return sum(anp.sum(a[name] * b[name]) for name in sorted(a))
+
+
+def mean(trees):
+    """Leaf-wise mean of a non-empty list of trees."""
+    if not trees:
+        raise ValueError("mean of an empty list of trees")
+    return scale(sum_trees(trees), 1.0 / len(trees))
+
+
+def sum_trees(trees):
+    total = trees[0]
+    for tree in trees[1:]:
+        total = add(total, tree)
+    return total
+
+
+def broadcast_tasks(params, n_tasks):
+    """Give every leaf a leading task axis of length ``n_tasks`` (no copy on the forward pass).
+
+    Differentiating through it sums the per-task gradients, which is exactly the
+    meta-gradient of a sum over tasks.
+    """
+    return {name: anp.broadcast_to(params[name][None], (n_tasks,) + anp.shape(params[name]))
+            for name in sorted(params)}
+
+
+def take_task(params, t):
+    """The parameters of task ``t`` from a tree whose leaves carry a leading task axis."""
+    return {name: params[name][t] for name in sorted(params)}
+
+
+def flatten(a):
+    """Concatenate every leaf (sorted by name) into one 1-D vector.
+
+    Returns:
+        (vector, unflatten) where ``unflatten(vector)`` rebuilds the tree.
+    """
+    names = sorted(a)
+    shapes = [anp.shape(a[name]) for name in names]
+    sizes = [int(anp.size(a[name])) for name in names]
+    vector = anp.concatenate([anp.reshape(a[name], (-1,)) for name in names])
+
+    def unflatten(v):
+        if anp.shape(v) != (sum(sizes),):
+            raise ValueError(f"expected a vector of shape ({sum(sizes)},); got {anp.shape(v)}")
+        out, start = {}, 0
+        for name, shape, size in zip(names, shapes, sizes):
+            out[name] = anp.reshape(v[start:start + size], shape)
+            start += size
+        return out
+
+    return vector, unflatten

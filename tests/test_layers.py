@@ -1,0 +1,370 @@
+"""Layers: shapes by formula, naive-loop references, leading task axes, finite differences."""
+
+import json
+
+import autograd.numpy as anp
+import numpy as np
+import pytest
+from autograd import grad
+from hypothesis import given, strategies as st
+
+from refmeta import conv, gradcheck, layers
+
+seeds = st.integers(0, 2**32 - 1)
+
+
+# ----- independent references: plain loops over numpy arrays -----
+
+def naive_conv2d(x, w, b, stride):
+    """x (n, C, H, W), w (F, C, 3, 3): the textbook sum, zero padding 1."""
+    n, channels, height, width = x.shape
+    padded = np.zeros((n, channels, height + 2, width + 2))
+    padded[:, :, 1:-1, 1:-1] = x
+    out_h, out_w = (height - 1) // stride + 1, (width - 1) // stride + 1
+    out = np.zeros((n, w.shape[0], out_h, out_w))
+    for m in range(n):
+        for f in range(w.shape[0]):
+            for p in range(out_h):
+                for q in range(out_w):
+                    window = padded[m, :, stride * p:stride * p + 3, stride * q:stride * q + 3]
+                    out[m, f, p, q] = np.sum(window * w[f]) + (0.0 if b is None else b[f])
+    return out
+
+
+def naive_max_pool(x):
+    """x (..., H, W) -> (..., H // 2, W // 2)."""
+    out = np.zeros(x.shape[:-2] + (x.shape[-2] // 2, x.shape[-1] // 2))
+    for p in range(out.shape[-2]):
+        for q in range(out.shape[-1]):
+            out[..., p, q] = x[..., 2 * p:2 * p + 2, 2 * q:2 * q + 2].max(axis=(-2, -1))
+    return out
+
+
+def close(dev, actual, expected, rtol=1e-12, atol=1e-12):
+    assert dev.is_array(actual), f"expected a {dev.name} array; got {type(actual).__name__}"
+    np.testing.assert_allclose(dev.to_host(actual), expected, rtol=rtol, atol=atol)
+
+
+def to_dev(dev, *arrays):
+    return [dev.asarray(a) for a in arrays]
+
+
+def check_first_and_second_order(f, x, rng, n_directions=3):
+    """∇f and the Hessian-vector products ∇⟨∇f(x), u⟩ of scalar f against central differences."""
+    gradcheck.check_grad(f, x, rng=rng, n_directions=n_directions)
+    gradcheck.check_hvp(f, x, rng=rng, n_directions=n_directions)
+
+
+# ----- dense, activations -----
+
+def test_dense_matches_matmul_and_broadcasts_task_axes(dev):
+    rng = np.random.default_rng(0)
+    x, w, b = rng.standard_normal((3, 4, 5)), rng.standard_normal((3, 5, 2)), rng.standard_normal((3, 2))
+    expected = np.stack([x[t] @ w[t] + b[t] for t in range(3)])
+    close(dev, layers.dense(*to_dev(dev, x, w, b)), expected)
+    close(dev, layers.dense(*to_dev(dev, x, w[0], b[0])), x @ w[0] + b[0])        # shared params
+    close(dev, layers.dense(*to_dev(dev, x[0], w, b)), np.stack([x[0] @ w[t] + b[t] for t in range(3)]))
+
+
+def test_dense_rejects_mismatched_features(dev):
+    x, w, b = to_dev(dev, np.zeros((4, 5)), np.zeros((3, 2)), np.zeros(2))
+    with pytest.raises(ValueError, match=r"d_in=3.*got x \(4, 5\)"):
+        layers.dense(x, w, b)
+    with pytest.raises(ValueError, match=r"d_out=2.*got b \(3,\)"):
+        layers.dense(x, *to_dev(dev, np.zeros((5, 2)), np.zeros(3)))
+
+
+def test_relu_and_tanh(dev):
+    x = np.array([-2.0, -0.0, 0.0, 0.5, 3.0])
+    close(dev, layers.relu(dev.asarray(x)), np.maximum(x, 0))
+    close(dev, layers.tanh(dev.asarray(x)), np.tanh(x))
+    relu_grad = grad(lambda v: anp.sum(layers.relu(v)))(dev.asarray(x))
+    close(dev, relu_grad, [0, 0, 0, 1, 1])                   # relu'(0) = 0, as PyTorch
+
+
+# ----- conv2d -----
+
+@given(seed=seeds, n=st.integers(1, 3), channels=st.integers(1, 3), filters=st.integers(1, 3),
+       height=st.integers(1, 7), width=st.integers(1, 7), stride=st.sampled_from([1, 2]),
+       bias=st.booleans())
+def test_conv2d_matches_naive_loop(dev, seed, n, channels, filters, height, width, stride, bias):
+    rng = np.random.default_rng(seed)
+    x, w = rng.standard_normal((n, channels, height, width)), rng.standard_normal((filters, channels, 3, 3))
+    b = rng.standard_normal(filters) if bias else None
+    y = layers.conv2d(dev.asarray(x), dev.asarray(w), None if b is None else dev.asarray(b), stride)
+    expected_shape = (n, filters, (height + 2 - 3) // stride + 1, (width + 2 - 3) // stride + 1)
+    assert y.shape == expected_shape
+    close(dev, y, naive_conv2d(x, w, b, stride))
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_conv2d_task_axes_equal_per_task_loop(dev, stride):
+    rng = np.random.default_rng(stride)
+    x = rng.standard_normal((2, 3, 2, 4, 5, 6))                    # (T, S, n, C, H, W)
+    w, b = rng.standard_normal((2, 1, 3, 4, 3, 3)), rng.standard_normal((2, 1, 3))
+    y = layers.conv2d(*to_dev(dev, x, w, b), stride=stride)
+    for t in range(2):
+        for s in range(3):
+            close(dev, y[t, s], naive_conv2d(x[t, s], w[t, 0], b[t, 0], stride))
+    shared = layers.conv2d(*to_dev(dev, x, w[0, 0], b[0, 0]), stride=stride)   # unbatched params
+    close(dev, shared[1, 2], naive_conv2d(x[1, 2], w[0, 0], b[0, 0], stride))
+    per_kernel = layers.conv2d(*to_dev(dev, x[0, 0], w[:, 0], b[:, 0]), stride=stride)  # unbatched x
+    close(dev, per_kernel[1], naive_conv2d(x[0, 0], w[1, 0], b[1, 0], stride))
+
+
+def test_conv2d_rejects_bad_inputs(dev):
+    x = dev.asarray(np.zeros((2, 3, 5, 5)))
+    with pytest.raises(ValueError, match=r"expects C=2 input channels; got x \(2, 3, 5, 5\) with C=3"):
+        layers.conv2d(x, dev.asarray(np.zeros((4, 2, 3, 3))))
+    with pytest.raises(ValueError, match=r"kernel \(\.\.\., F, C, 3, 3\); got shape \(4, 3, 5, 5\)"):
+        layers.conv2d(x, dev.asarray(np.zeros((4, 3, 5, 5))))
+    with pytest.raises(ValueError, match="stride must be 1 or 2; got 3"):
+        layers.conv2d(x, dev.asarray(np.zeros((4, 3, 3, 3))), stride=3)
+    with pytest.raises(ValueError, match=r"F=4 entries; got b \(3,\)"):
+        layers.conv2d(x, dev.asarray(np.zeros((4, 3, 3, 3))), dev.asarray(np.zeros(3)))
+    with pytest.raises(ValueError, match=r"x \(\.\.\., n, C, H, W\); got shape \(3, 5, 5\)"):
+        layers.conv2d(dev.asarray(np.zeros((3, 5, 5))), dev.asarray(np.zeros((4, 3, 3, 3))))
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_col2im_is_the_adjoint_of_im2col(dev, stride):
+    """⟨im2col(x), c⟩ = ⟨x, col2im(c)⟩ exactly, which makes each the other's VJP."""
+    rng = np.random.default_rng(stride)
+    x = rng.standard_normal((2, 3, 2, 5, 4))
+    patches = conv.im2col(dev.asarray(x), stride)
+    c = rng.standard_normal(patches.shape)
+    back = conv.col2im(dev.asarray(c), x.shape, stride)
+    assert back.shape == x.shape
+    lhs = float(anp.sum(patches * dev.asarray(c)))
+    assert lhs == pytest.approx(float(np.sum(x * dev.to_host(back))), rel=1e-12)
+
+
+@given(seed=seeds, stride=st.sampled_from([1, 2]), leading=st.sampled_from([(), (2,)]),
+       height=st.integers(2, 5))
+def test_conv2d_first_and_second_derivatives_match_finite_differences(dev, seed, stride, leading,
+                                                                      height):
+    """Gradient, and the Hessian-vector product ∇(∇f · u), of a nonlinear loss through conv2d."""
+    rng = np.random.default_rng(seed)
+    tree = dev.tree({"x": rng.standard_normal(leading + (2, 2, height, 4)),
+                     "w": rng.standard_normal(leading + (3, 2, 3, 3)),
+                     "b": rng.standard_normal(leading + (3,))})
+    f = lambda p: anp.sum(anp.sin(layers.conv2d(p["x"], p["w"], p["b"], stride)))
+    check_first_and_second_order(f, tree, rng)
+
+
+# ----- max pool -----
+
+@given(seed=seeds, leading=st.sampled_from([(1,), (2, 3), (2, 1, 2)]), height=st.integers(2, 7),
+       width=st.integers(2, 7))
+def test_max_pool_matches_naive_loop(dev, seed, leading, height, width):
+    x = np.random.default_rng(seed).standard_normal(leading + (2, height, width))
+    y = layers.max_pool_2x2(dev.asarray(x))
+    assert y.shape == leading + (2, height // 2, width // 2)
+    close(dev, y, naive_max_pool(x))
+
+
+def test_max_pool_gradient_goes_to_first_maximum_on_ties(dev):
+    x = np.array([[[[1.0, 1.0, 0.0, 2.0, 9.0],
+                    [1.0, 1.0, 2.0, 2.0, 9.0],
+                    [9.0, 9.0, 9.0, 9.0, 9.0]]]])                  # odd edge dropped
+    gradient = grad(lambda v: anp.sum(layers.max_pool_2x2(v)))(dev.asarray(x))
+    expected = np.zeros_like(x)
+    expected[0, 0, 0, 0] = expected[0, 0, 0, 3] = 1.0
+    close(dev, gradient, expected)
+
+
+@given(seed=seeds, height=st.integers(2, 5), width=st.integers(2, 5))
+def test_max_pool_first_and_second_derivatives_match_finite_differences(dev, seed, height, width):
+    rng = np.random.default_rng(seed)
+    x = dev.asarray(rng.standard_normal((2, 2, height, width)))
+    f = lambda v: anp.sum(anp.sin(layers.max_pool_2x2(v * v)))      # curvature through the pool
+    check_first_and_second_order(f, x, rng)
+
+
+def test_max_pool_rejects_too_small_input(dev):
+    with pytest.raises(ValueError, match=r"H, W ≥ 2; got \(2, 3, 1, 4\)"):
+        layers.max_pool_2x2(dev.asarray(np.zeros((2, 3, 1, 4))))
+
+
+# ----- batch norm -----
+
+@given(seed=seeds, shape=st.sampled_from([(2, 5, 3, 2, 2), (3, 4, 2, 3, 1), (2, 6, 3), (7, 4)]))
+def test_transductive_batch_norm_standardises_each_task_and_channel(dev, seed, shape):
+    rng = np.random.default_rng(seed)
+    x = 3.0 + 2.0 * rng.standard_normal(shape)
+    spatial = 2 if len(shape) == 5 else 0
+    y = dev.to_host(layers.batch_norm(dev.asarray(x), eps=1e-3, spatial_dims=spatial))
+    axes = (-2 - spatial,) + tuple(range(-spatial, 0))             # example and spatial axes
+    var = x.var(axis=axes, keepdims=True)
+    np.testing.assert_allclose(y.mean(axis=axes), 0.0, atol=1e-12)
+    np.testing.assert_allclose(y.var(axis=axes, keepdims=True), var / (var + 1e-3), rtol=1e-12)
+    mean, batch_var = layers.batch_moments(dev.asarray(x), spatial)
+    close(dev, mean, x.mean(axis=axes).reshape(mean.shape))
+    close(dev, batch_var, var.reshape(batch_var.shape))
+
+
+def test_batch_norm_offset_scale_and_running_mode(dev):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 4, 3, 2, 2))                        # (T, n, C, H, W)
+    offset, scale = rng.standard_normal(3), rng.standard_normal((2, 3))
+    mean, var = rng.standard_normal((2, 3)), rng.uniform(0.5, 2.0, (2, 3))
+    bcast = lambda p: p[..., None, :, None, None]
+    y = layers.batch_norm(*to_dev(dev, x, offset, scale), mode="running",
+                          running_mean=dev.asarray(mean), running_var=dev.asarray(var), eps=1e-5)
+    close(dev, y, bcast(scale) * (x - bcast(mean)) / np.sqrt(bcast(var) + 1e-5) + bcast(offset))
+    standard = dev.to_host(layers.batch_norm(dev.asarray(x)))
+    only_offset = layers.batch_norm(dev.asarray(x), offset=dev.asarray(offset))
+    only_scale = layers.batch_norm(dev.asarray(x), scale=dev.asarray(scale))
+    close(dev, only_offset, standard + bcast(offset))
+    close(dev, only_scale, standard * bcast(scale))
+
+
+def test_batch_norm_rejects_bad_arguments(dev):
+    x = dev.asarray(np.zeros((4, 3, 2, 2)))
+    with pytest.raises(ValueError, match=r"mode must be one of \['transductive', 'running'\]; got 'eval'"):
+        layers.batch_norm(x, mode="eval")
+    with pytest.raises(ValueError, match="needs running_mean and running_var"):
+        layers.batch_norm(x, mode="running")
+    with pytest.raises(ValueError, match=r"offset must have C=3 entries; got \(2,\)"):
+        layers.batch_norm(x, offset=dev.asarray(np.zeros(2)))
+
+
+@given(seed=seeds, affine=st.sampled_from(["none", "both"]), spatial=st.sampled_from([0, 2]))
+def test_batch_norm_first_and_second_derivatives_match_finite_differences(dev, seed, affine, spatial):
+    rng = np.random.default_rng(seed)
+    shape = (2, 3, 2, 2, 3) if spatial else (2, 5, 3)
+    tree = {"x": rng.standard_normal(shape)}
+    if affine == "both":
+        tree.update(offset=rng.standard_normal((2, 2 if spatial else 3)),
+                    scale=rng.standard_normal(2 if spatial else 3))
+    target = dev.asarray(rng.standard_normal(shape))
+    f = lambda p: anp.sum(anp.tanh(layers.batch_norm(p["x"], p.get("offset"), p.get("scale"),
+                                                     spatial_dims=spatial)) * target)
+    tree = dev.tree(tree)
+    check_first_and_second_order(f, tree, rng)
+
+
+def test_unbiased_moments_and_running_update(dev):
+    x = np.random.default_rng(2).standard_normal((5, 2, 3, 3))
+    _, var = layers.batch_moments(dev.asarray(x), unbiased=True)
+    close(dev, var, x.transpose(1, 0, 2, 3).reshape(2, -1).var(axis=1, ddof=1))
+    running = {"m": np.array([1.0, 2.0])}
+    updated = layers.update_running(running, {"m": np.array([3.0, 6.0])}, momentum=0.25)
+    np.testing.assert_allclose(updated["m"], [1.5, 3.0], rtol=1e-15)
+
+
+# ----- the MLP -----
+
+def test_mlp_init_pytorch_default_and_normal_init():
+    rng = np.random.default_rng(0)
+    params = layers.mlp_init(rng, (3, 40, 1))
+    assert sorted(params) == ["dense0.b", "dense0.w", "dense1.b", "dense1.w"]
+    assert params["dense0.w"].shape == (3, 40) and params["dense1.b"].shape == (1,)
+    assert all(isinstance(v, np.ndarray) and v.dtype == np.float64 for v in params.values())
+    assert np.abs(params["dense0.w"]).max() <= 1 / np.sqrt(3)
+    assert np.abs(params["dense1.w"]).max() <= 1 / np.sqrt(40)
+    assert np.abs(params["dense0.w"]).max() > 0.9 / np.sqrt(3)      # actually spans the range
+    normal = layers.mlp_init(np.random.default_rng(0), (1, 500, 1), weight_std=0.01)
+    assert normal["dense0.w"].std() == pytest.approx(0.01, rel=0.15)
+    assert not normal["dense0.b"].any()
+    again = layers.mlp_init(np.random.default_rng(0), (3, 40, 1))
+    assert all(np.array_equal(params[k], again[k]) for k in params)
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_mlp_apply_matches_by_hand_and_per_task(dev, activation):
+    rng = np.random.default_rng(3)
+    params = layers.mlp_init(rng, (2, 4, 3, 1))
+    act = (lambda z: np.maximum(z, 0)) if activation == "relu" else np.tanh
+    x = rng.standard_normal((5, 2))
+    h = act(act(x @ params["dense0.w"] + params["dense0.b"]) @ params["dense1.w"] + params["dense1.b"])
+    close(dev, layers.mlp_apply(dev.tree(params), dev.asarray(x), activation),
+          h @ params["dense2.w"] + params["dense2.b"])
+    batched = {k: np.stack([v, 2 * v]) for k, v in params.items()}    # (T=2, ...)
+    xs = rng.standard_normal((2, 5, 2))
+    y = layers.mlp_apply(dev.tree(batched), dev.asarray(xs), activation)
+    for t in range(2):
+        one = {k: v[t] for k, v in batched.items()}
+        close(dev, y[t], dev.to_host(layers.mlp_apply(dev.tree(one), dev.asarray(xs[t]), activation)))
+    with pytest.raises(ValueError, match=r"activation must be one of \['relu', 'tanh'\]; got 'gelu'"):
+        layers.mlp_apply(params, x, "gelu")
+
+
+# ----- the 4-block conv net -----
+
+@pytest.mark.parametrize("variant, image_size, features", [("stride", 28, 5), ("maxpool", 28, 5),
+                                                           ("maxpool", 84, 5 * 25)])
+@pytest.mark.parametrize("bn_affine", ["offset", "scale", "both", "none"])
+def test_conv4_init_keys_shapes_and_describe(variant, image_size, features, bn_affine):
+    params = layers.conv4_init(np.random.default_rng(0), 3, n_out=7, hidden=5, variant=variant,
+                               bn_affine=bn_affine, image_size=image_size)
+    assert params["conv0.w"].shape == (5, 3, 3, 3) and params["conv3.w"].shape == (5, 5, 3, 3)
+    assert params["out.w"].shape == (features, 7) and params["out.b"].shape == (7,)
+    assert ("bn2.offset" in params) == (bn_affine in ("offset", "both"))
+    assert ("bn2.scale" in params) == (bn_affine in ("scale", "both"))
+    assert np.abs(params["conv1.w"]).max() <= 1 / np.sqrt(5 * 9)
+    description = layers.conv4_describe(3, 7, 5, variant, bn_affine, image_size=image_size)
+    json.dumps(description)
+    named = {layer[k] for layer in description["layers"] for k in ("weight", "bias", "offset", "scale")
+             if layer.get(k)}
+    assert named == set(params)                              # every param is described, and no more
+    assert [layer["type"] for layer in description["layers"]][:3] == ["conv2d", "batch_norm", "relu"]
+
+
+@pytest.mark.parametrize("variant", ["stride", "maxpool"])
+def test_conv4_apply_shapes_and_task_axes_equal_per_task_loop(dev, variant):
+    rng = np.random.default_rng(4)
+    params = layers.conv4_init(rng, 1, n_out=3, hidden=4, variant=variant, bn_affine="both",
+                               image_size=16)
+    x = rng.standard_normal((2, 5, 1, 16, 16))                     # (T, n, C, H, W)
+    batched = {k: np.stack([v, v + 0.1 * rng.standard_normal(v.shape)]) for k, v in params.items()}
+    y = layers.conv4_apply(dev.tree(batched), dev.asarray(x), variant)
+    assert y.shape == (2, 5, 3)
+    for t in range(2):                     # BN statistics are per task: the loop must agree
+        one = dev.tree({k: v[t] for k, v in batched.items()})
+        close(dev, y[t], dev.to_host(layers.conv4_apply(one, dev.asarray(x[t]), variant)))
+    embedding = layers.conv4_apply(dev.tree({k: v for k, v in params.items() if "out" not in k}),
+                                   dev.asarray(x), variant)
+    assert embedding.shape == (2, 5, 4 if variant == "stride" else 4 * 1 * 1)
+
+
+def test_conv4_running_statistics(dev):
+    rng = np.random.default_rng(5)
+    params = dev.tree(layers.conv4_init(rng, 1, n_out=2, hidden=3, variant="maxpool", image_size=16))
+    x = dev.asarray(rng.standard_normal((6, 1, 16, 16)))
+    out, moments = layers.conv4_apply(params, x, "maxpool", return_bn_moments=True)
+    n_values = {k: 6 * 16 * 16 // 4 ** int(k[2]) for k in moments}   # m = n·H·W at block i
+    biased = {k: v * ((n_values[k] - 1) / n_values[k]) if k.endswith("var") else v
+              for k, v in moments.items()}
+    # running mode with the batch's own (biased) moments reproduces transductive mode
+    close(dev, layers.conv4_apply(params, x, "maxpool", "running", biased), dev.to_host(out), atol=1e-10)
+    state = layers.update_running(dev.tree(layers.conv4_bn_state(3)), moments, 0.1)
+    close(dev, state["bn1.var"], 0.9 + 0.1 * dev.to_host(moments["bn1.var"]))
+    with pytest.raises(ValueError, match="needs bn_state"):
+        layers.conv4_apply(params, x, "maxpool", "running")
+
+
+@pytest.mark.parametrize("variant", ["stride", "maxpool"])
+def test_conv4_first_and_second_derivatives_match_finite_differences(dev, variant):
+    rng = np.random.default_rng(6)
+    params = dev.tree(layers.conv4_init(rng, 1, n_out=2, hidden=2, variant=variant,
+                                        bn_affine="both", image_size=16))
+    x = dev.asarray(rng.standard_normal((2, 3, 1, 16, 16)))
+    f = lambda p: anp.sum(anp.sin(layers.conv4_apply(p, x, variant)))
+    check_first_and_second_order(f, params, rng, n_directions=2)
+
+
+def test_conv4_rejects_unknown_options():
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match=r"variant must be one of \['stride', 'maxpool'\]; got 'pool'"):
+        layers.conv4_init(rng, variant="pool")
+    with pytest.raises(ValueError, match=r"bn_affine must be one of .*; got 'gamma'"):
+        layers.conv4_init(rng, bn_affine="gamma")
+    with pytest.raises(ValueError, match="image_size 8 is too small for 4 pools"):
+        layers.conv4_init(rng, variant="maxpool", image_size=8)
+
+
+def test_mlp_describe_is_json():
+    description = layers.mlp_describe((1, 40, 40, 1), "relu", 0.01)
+    assert [layer["type"] for layer in description["layers"]] == ["dense", "relu", "dense", "relu", "dense"]
+    assert json.loads(json.dumps(description))["init"] == "w ~ N(0, 0.01^2), b = 0"
