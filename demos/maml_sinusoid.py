@@ -1,0 +1,500 @@
+"""MAML on sinusoid regression (Finn et al. 2017, Section 5.1) against a pretrained network.
+
+Setup (the paper's Section 5.1 and Appendix C; ``tasks.SinusoidFamily`` defaults)
+    tasks      y = A·sin(x − φ),  A ~ U[0.1, 5],  φ ~ U[0, π],  x ~ U[−5, 5]
+    model      MLP 1-40-40-1, ReLU, MSE; PyTorch's default init (``layers.mlp_init``)
+    MAML       K = 10 support + 10 query points per task, one inner step, α = 0.01,
+               second order, Adam at β = 1e-3, meta-batch 25, task_reduction "mean"
+    pretrained the same MLP trained by Adam (1e-3) on ordinary regression over the
+               same batches (25 tasks × 20 points, every task mixed in), the paper's baseline
+
+Test protocol (600 tasks from their own seed, never seen in training): every task has
+K = 10 support points, whose first 5 are its K = 5 support set, and 100 fresh query
+points.  Both networks take 1, 5 and 10 plain gradient steps of α = 0.01 on the
+support mean-squared error; we report the query MSE's mean, 95% CI (1.96·std/√n) and
+median.  A task whose MSE is not finite or exceeds 1e3 counts as *diverged*: the
+statistics are over the other tasks and the count is reported beside them.
+
+The paper fine-tunes its baseline with "an automatically tuned step size": we also report
+the baseline at the α of BASELINE_LR_GRID that scores best on the validation tasks.
+
+Checkpoint.  Past ~50k iterations a few K = 5 tasks diverge under repeated steps of
+0.01 (seen in an independent PyTorch reproduction), so every ``--validate-every``
+iterations both networks are scored on validation tasks (separate from the test tasks)
+and the best is kept.  Criterion: the K = 5 validation MSE averaged over 1, 5 and 10
+steps (the three numbers the paper reports); any diverged validation task makes it +inf.
+"""
+
+import argparse
+import json
+import os
+import platform
+import time
+from dataclasses import replace
+
+import autograd.numpy as anp
+import numpy as np
+from autograd import value_and_grad
+
+from refmeta import backend, layers, losses, maml, optimizers, tasks, trees
+from refmeta.progress import progress
+
+LAYER_SIZES = (1, 40, 40, 1)
+TEST_SHOTS = (5, 10)
+TEST_STEPS = (1, 5, 10)
+REPORTED_STEPS = (0,) + TEST_STEPS  # 0: before adaptation
+VALIDATION_SHOTS = 5
+DIVERGED_MSE = 1e3
+BASELINE_LR_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+CRITERION = "mean K=5 validation MSE averaged over 1, 5 and 10 steps (+inf if any task diverges)"
+PAPER = {"maml": {"K=5": {"1": 0.67, "5": 0.38, "10": 0.35}},
+         "pretrained": {"K=5": {"1": 2.41, "5": 2.23, "10": 2.19}}}
+FULL = {"iterations": 50000, "pretrain_iterations": 50000, "test_tasks": 600,
+        "validation_tasks": 600, "validate_every": 1000}
+FAST = {"iterations": 600, "pretrain_iterations": 600, "test_tasks": 100,
+        "validation_tasks": 50, "validate_every": 200}
+
+loss_fn = losses.model_loss(layers.mlp_apply, losses.mse)
+
+
+def add_arguments(parser):
+    """The demo's options; sizes left at None take FULL's values, or FAST's with --fast."""
+    add, count, positive = parser.add_argument, _integer_at_least(0), _integer_at_least(1)
+    add("--seed", type=int, default=0, help="training seed: init, batches, validation tasks")
+    add("--eval-seed", type=int, default=2017, help="seed of the test tasks (default 2017)")
+    add("--iterations", type=count, help=f"MAML meta-iterations (default {FULL['iterations']})")
+    add("--pretrain-iterations", type=count,
+        help=f"Adam steps for the pretrained baseline (default {FULL['pretrain_iterations']})")
+    add("--meta-batch-size", type=positive, default=25, help="tasks per meta-batch (default 25)")
+    add("--n-support", type=positive, default=10, help="K at meta-training (default 10)")
+    add("--n-query", type=positive, default=10, help="query points per training task (default 10)")
+    add("--inner-lr", type=float, default=0.01, help="α, at training and test (default 0.01)")
+    add("--meta-lr", type=float, default=1e-3,
+        help="Adam step size β, both networks (default 1e-3)")
+    add("--first-order", action="store_true", help="first-order MAML instead of second order")
+    add("--test-tasks", type=positive, help=f"test tasks (default {FULL['test_tasks']})")
+    add("--test-query-points", type=positive, default=100,
+        help="query points per test task (default 100)")
+    add("--validation-tasks", type=positive,
+        help=f"validation tasks for the checkpoint (default {FULL['validation_tasks']})")
+    add("--validate-every", type=positive,
+        help=f"validate every this many iterations (default {FULL['validate_every']})")
+    add("--fast", action="store_true", help="a run of seconds (tests): " + _describe_sizes(FAST))
+    add("--no-plots", action="store_true", help="skip the figures")
+    add("--out", default=os.path.join("runs", "maml-sinusoid"),
+        help="results directory (default runs/maml-sinusoid)")
+
+
+def _integer_at_least(minimum):
+    def parse(text):
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}; got {value}")
+        return value
+    parse.__name__ = "integer"  # argparse names the type in its error messages
+    return parse
+
+
+def run(args):
+    """Meta-train, train the baseline, test both, print the table, save JSON and figures."""
+    start, sizes = time.perf_counter(), resolve_sizes(args)
+    config = maml.MAMLConfig(inner_lr=args.inner_lr, inner_steps=1,
+                             test_inner_steps=max(TEST_STEPS), first_order=args.first_order,
+                             task_reduction="mean", meta_lr=args.meta_lr)
+    family = tasks.SinusoidFamily()
+    data = make_data(args, sizes, family)
+    runs = {"maml": train(maml_step, data["init"], data["maml_batches"], sizes["iterations"],
+                          data["validation"], config, sizes["validate_every"], "MAML"),
+            "pretrained": train(pretrain_step, data["init"], data["pretrain_batches"],
+                                sizes["pretrain_iterations"], data["validation"], config,
+                                sizes["validate_every"], "pretrained")}
+    results = evaluate_all(runs, data, config)
+    report = build_report(args, sizes, config, family, runs, results)
+    report["table"] = format_table(report)
+    print(report["table"])
+    os.makedirs(args.out, exist_ok=True)
+    if not args.no_plots:
+        report["figures"] = save_figures(args.out, runs, data, family, config)
+    report["timing"]["total_seconds"] = time.perf_counter() - start
+    write_json_atomically(os.path.join(args.out, "results.json"), report)
+    print(f"wrote {os.path.join(args.out, 'results.json')} "
+          f"({report['timing']['total_seconds']:.0f} s in all)")
+    return report
+
+
+def make_data(args, sizes, family):
+    """The init, the two batch streams, the validation tasks (K=5) and the test tasks.
+
+    default_rng(seed).spawn(4) gives the init, MAML's batches, the baseline's batches and
+    the validation tasks; default_rng(eval_seed) alone gives the test tasks.
+    """
+    init_rng, maml_rng, pretrain_rng, validation_rng = np.random.default_rng(args.seed).spawn(4)
+    _, validation = sinusoid_test_set(validation_rng, family, sizes["validation_tasks"],
+                                      args.test_query_points)
+    test_tasks, test_set = sinusoid_test_set(np.random.default_rng(args.eval_seed), family,
+                                             sizes["test_tasks"], args.test_query_points)
+    init = {name: backend.asarray(w) for name, w in layers.mlp_init(init_rng, LAYER_SIZES).items()}
+    return {"init": init, "maml_batches": _batch_stream(maml_rng, family, args),
+            "pretrain_batches": _batch_stream(pretrain_rng, family, args),
+            "validation": validation[VALIDATION_SHOTS], "test_tasks": test_tasks,
+            "test_set": test_set}
+
+
+def _batch_stream(rng, family, args):
+    """A function that draws the next meta-batch: an Episode with x (meta_batch_size, n, 1)."""
+    return lambda: tasks.sample_sinusoid_episode(rng, family, args.meta_batch_size,
+                                                 args.n_support, args.n_query)
+
+
+def evaluate_all(runs, data, config):
+    """Test results of MAML (selected and last checkpoints) and the baseline (α and tuned α)."""
+    pretrained = runs["pretrained"]
+    tuned_lr, pretrained["tuned_inner_lr_scores"] = tune_inner_lr(
+        pretrained["best_params"], data["validation"], config)
+    pretrained["tuned_inner_lr"] = tuned_lr
+    return {"maml": evaluate(runs["maml"]["best_params"], data["test_set"], config),
+            "maml_final": evaluate(runs["maml"]["final_params"], data["test_set"], config),
+            "pretrained": evaluate(pretrained["best_params"], data["test_set"], config),
+            "pretrained_tuned_lr": evaluate(pretrained["best_params"], data["test_set"],
+                                            replace(config, inner_lr=tuned_lr))}
+
+
+def resolve_sizes(args):
+    defaults = FAST if args.fast else FULL
+    return {name: getattr(args, name) if getattr(args, name) is not None else value
+            for name, value in defaults.items()}
+
+
+def maml_step(params, opt_state, episode, config):
+    """One meta-step of MAML (Algorithm 2): Adam on the mean post-update query loss."""
+    return maml.meta_step(params, opt_state, episode, loss_fn, config)
+
+
+def pretrain_step(params, opt_state, episode, config):
+    """One Adam step of ordinary regression on every point of the batch, tasks mixed."""
+    x = anp.concatenate([episode.support_x, episode.query_x], axis=1)  # (T, K + n_query, 1)
+    y = anp.concatenate([episode.support_y, episode.query_y], axis=1)
+    loss, grads = value_and_grad(lambda p: anp.mean(loss_fn(p, x, y, "mean")))(params)
+    new_params, new_state = optimizers.adam_update(params, grads, opt_state, lr=config.meta_lr)
+    return new_params, new_state, loss
+
+
+def train(step, params, next_batch, iterations, validation, config, validate_every, desc):
+    """Run ``step`` ``iterations`` times, validating every ``validate_every``; keep the best.
+
+    Returns:
+        {"best_params", "best_iteration", "best_criterion", "final_params", "curve",
+         "train_seconds", "validation_seconds"}; curve holds per-window mean training
+        loss and the validation criterion, by iteration (iteration 0 is the init).
+    """
+    state = {"best_params": params, "best_iteration": 0, "validation_seconds": 0.0,
+             "curve": {"iteration": [], "train_loss": [], "validation": []}}
+    state["best_criterion"] = _validate(state, params, 0, float("nan"), validation, config)
+    opt_state, window, start = optimizers.adam_init(params), [], time.perf_counter()
+    bar = progress(range(1, iterations + 1), total=iterations, desc=desc)
+    for iteration in bar:
+        params, opt_state, loss = step(params, opt_state, next_batch(), config)
+        window.append(loss)
+        if iteration % validate_every == 0 or iteration == iterations:
+            train_loss, window = float(np.mean([float(w) for w in window])), []
+            criterion = _validate(state, params, iteration, train_loss, validation, config)
+            bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{criterion:.3f}",
+                            best=f"{state['best_criterion']:.3f}@{state['best_iteration']}")
+    state.update(final_params=params, train_seconds=time.perf_counter() - start)
+    return state
+
+
+def _validate(state, params, iteration, train_loss, validation, config):
+    """Score ``params`` on the validation tasks, log it, keep it if best; return the criterion."""
+    start = time.perf_counter()
+    criterion = validation_criterion(params, validation, config)
+    state["validation_seconds"] += time.perf_counter() - start
+    for key, value in (("iteration", iteration), ("train_loss", train_loss),
+                       ("validation", criterion)):
+        state["curve"][key].append(value)
+    if iteration == 0 or criterion < state["best_criterion"]:
+        state.update(best_params=params, best_iteration=iteration, best_criterion=criterion)
+    return criterion
+
+
+def validation_criterion(params, validation, config):
+    """CRITERION: mean K=5 validation MSE, averaged over TEST_STEPS; +inf if any task diverges."""
+    mse = task_mse_by_steps(params, validation, config, TEST_STEPS)
+    means = [np.inf if np.any(_diverged(mse[s])) else np.mean(mse[s]) for s in TEST_STEPS]
+    return float(np.mean(means))
+
+
+def tune_inner_lr(params, validation, config):
+    """The paper's baseline fine-tunes with "an automatically tuned step size": the value of
+    BASELINE_LR_GRID with the best validation criterion.  Returns (best, {lr: criterion})."""
+    scores = {lr: validation_criterion(params, validation, replace(config, inner_lr=lr))
+              for lr in BASELINE_LR_GRID}
+    return min(scores, key=scores.get), scores
+
+
+def sinusoid_test_set(rng, family, n_tasks, n_query):
+    """((amplitudes, phases), {K: Episode}) for K in TEST_SHOTS; the K = 5 support set is the
+    first 5 points of the K = 10 one, and every K shares the query points (T, n_query, 1)."""
+    amplitudes, phases = tasks.sample_sinusoid_tasks(rng, family, n_tasks)
+    full = tasks.sinusoid_episode(rng, family, amplitudes, phases, max(TEST_SHOTS), n_query)
+    return (amplitudes, phases), {k: tasks.Episode(full.support_x[:, :k], full.support_y[:, :k],
+                                                   full.query_x, full.query_y) for k in TEST_SHOTS}
+
+
+def task_mse_by_steps(params, episode, config, steps=REPORTED_STEPS):
+    """{s: host (T,) query MSE of every task after s steps of α on its support set}."""
+    task_params = trees.broadcast_tasks(params, anp.shape(episode.support_x)[0])
+    with np.errstate(over="ignore", invalid="ignore"):  # diverging tasks are counted, not fatal
+        trajectory = maml.adapt_trajectory(task_params, episode.support_x, episode.support_y,
+                                           loss_fn, config, steps=max(steps))
+        return {s: np.asarray(backend.to_host(loss_fn(trajectory[s], episode.query_x,
+                                                      episode.query_y, "mean"))) for s in steps}
+
+
+def evaluate(params, test_set, config):
+    """{"K=k": {"s": summary}} over the test tasks for every K in TEST_SHOTS and reported step."""
+    return {f"K={k}": {str(s): summarise(mse)
+                       for s, mse in task_mse_by_steps(params, episode, config).items()}
+            for k, episode in test_set.items()}
+
+
+def summarise(mse):
+    """Mean, 95% CI half-width (1.96·std/√n) and median over the non-diverged tasks of mse (T,),
+    and how many diverged."""
+    kept = mse[~_diverged(mse)]
+    n = len(kept)
+    return {"n_tasks": int(len(mse)), "n_diverged": int(len(mse) - n),
+            "mean": float(np.mean(kept)) if n else None,
+            "ci95": float(1.96 * np.std(kept) / np.sqrt(n)) if n else None,
+            "median": float(np.median(kept)) if n else None}
+
+
+def _diverged(mse):
+    return ~np.isfinite(mse) | (mse > DIVERGED_MSE)
+
+
+def build_report(args, sizes, config, family, runs, results):
+    """Everything needed to rerun and check the numbers, as a JSON-able dict."""
+    timing = {}
+    for name, r in runs.items():
+        iterations = sizes["iterations" if name == "maml" else "pretrain_iterations"]
+        timing[f"{name}_train_seconds"] = r["train_seconds"]
+        timing[f"{name}_validation_seconds"] = r["validation_seconds"]
+        step_seconds = r["train_seconds"] - r["validation_seconds"]
+        timing[f"{name}_seconds_per_iteration"] = step_seconds / max(iterations, 1)
+    return {
+        "demo": "maml-sinusoid",
+        "paper": {"citation": "Finn, Abbeel & Levine 2017, Model-Agnostic Meta-Learning for Fast "
+                              "Adaptation of Deep Networks, Section 5.1 and Appendix C",
+                  "test_mse": PAPER},
+        "config": {"maml": config.conventions(), "model": layers.mlp_describe(LAYER_SIZES),
+                   "tasks": family.describe(), "meta_batch_size": args.meta_batch_size,
+                   "n_support": args.n_support, "n_query": args.n_query, **sizes,
+                   "pretrain": "Adam(meta_lr) on the mean MSE over all support and query points "
+                               "of each batch, tasks mixed; same init as MAML",
+                   "test_query_points": args.test_query_points, "test_shots": list(TEST_SHOTS),
+                   "test_steps": list(TEST_STEPS), "test_inner_lr": config.inner_lr,
+                   "test_support": "the K=5 support set is the first 5 points of the K=10 one",
+                   "diverged": f"query MSE not finite or > {DIVERGED_MSE:g}; statistics exclude "
+                               "diverged tasks and count them",
+                   "ci95": "1.96 * std / sqrt(n) over the non-diverged tasks",
+                   "checkpoint_criterion": CRITERION, "fast": args.fast},
+        "seeds": {"seed": args.seed, "eval_seed": args.eval_seed,
+                  "streams": "default_rng(seed).spawn(4): init, MAML batches, pretrain batches, "
+                             "validation tasks; default_rng(eval_seed): test tasks"},
+        "checkpoints": {name: {"selected_iteration": r["best_iteration"],
+                               "selected_validation_criterion": r["best_criterion"]}
+                        for name, r in runs.items()},
+        "pretrained_tuned_inner_lr": {"selected": runs["pretrained"]["tuned_inner_lr"],
+                                      "validation_criterion_by_lr": {
+                                          str(lr): v for lr, v in
+                                          runs["pretrained"]["tuned_inner_lr_scores"].items()}},
+        "timing": timing,
+        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
+                    "python": platform.python_version(), "numpy": np.__version__,
+                    "backend": backend.current()},
+        "results": results,
+        "learning_curves": {name: r["curve"] for name, r in runs.items()},
+    }
+
+
+def format_table(report):
+    """Markdown: test MSE, ours against the paper's, then our medians and the α tuning."""
+    config, tuning = report["config"], report["pretrained_tuned_inner_lr"]
+    alpha, tuned = config["maml"]["inner_lr"], tuning["selected"]
+    head = ["| | network | K | before | 1 step | 5 steps | 10 steps | diverged (0/1/5/10) |",
+            "|---|---|---|---|---|---|---|---|"]
+    rows = [("ours", f"MAML (iteration {report['checkpoints']['maml']['selected_iteration']}, "
+                     f"α={alpha})", "maml"),
+            ("paper", "MAML", "maml"),
+            ("ours", f"pretrained, α={alpha}", "pretrained"),
+            ("ours", f"pretrained, tuned α={tuned}", "pretrained_tuned_lr"),
+            ("paper", "pretrained, tuned step", "pretrained"),
+            ("ours", f"MAML (last, iteration {config['iterations']})", "maml_final")]
+    if tuned == alpha:  # the tuned row would repeat the one above it
+        rows = [row for row in rows if row[2] != "pretrained_tuned_lr"]
+    ours = [row for row in rows if row[0] == "ours"]
+    lines = [f"Test MSE on {config['test_tasks']} tasks, mean ± 95% CI ({config['ci95']})", ""]
+    lines += head + _table_rows(report, rows, _mean_cells)
+    lines += ["", "Medians (ours)", ""] + head + _table_rows(report, ours, _median_cells)
+    scores = ", ".join(f"{lr}: {_number(v)}"
+                       for lr, v in tuning["validation_criterion_by_lr"].items())
+    lines += ["", f"Checkpoints chosen by the {CRITERION}: " + ", ".join(
+        f"{name} iteration {c['selected_iteration']} ({_number(c['selected_validation_criterion'])})"
+        for name, c in report["checkpoints"].items())]
+    lines += [f"Baseline step size tuned on the validation tasks (criterion by α): {scores} "
+              f"-> α={tuned}"]
+    return "\n".join(lines)
+
+
+def _table_rows(report, rows, cells):
+    """Markdown rows for every K; the paper's numbers are K=5 only."""
+    lines = []
+    for k in TEST_SHOTS:
+        for source, label, key in rows:
+            if source == "paper" and k != 5:
+                continue
+            summary = report["results"][key][f"K={k}"]
+            row = _paper_cells(key) if source == "paper" else cells(summary)
+            lines.append(f"| {source} | {label} | {k} | " + " | ".join(row) + " |")
+    return lines
+
+
+def _mean_cells(summary):
+    by_step = [summary[str(s)] for s in REPORTED_STEPS]
+    cells = [f"{_number(x['mean'])} ± {_number(x['ci95'])}" for x in by_step]
+    return cells + [_diverged_counts(summary)]
+
+
+def _median_cells(summary):
+    cells = [_number(summary[str(s)]["median"]) for s in REPORTED_STEPS]
+    return cells + [_diverged_counts(summary)]
+
+
+def _paper_cells(key):
+    return [""] + [f"{PAPER[key]['K=5'][str(s)]:.2f}" for s in TEST_STEPS] + [""]
+
+
+def _diverged_counts(summary):
+    return "/".join(str(summary[str(s)]["n_diverged"]) for s in REPORTED_STEPS)
+
+
+def _number(value):
+    if value is None:  # every task diverged
+        return "n/a"
+    return f"{value:.2f}" if np.isfinite(value) else str(value)
+
+
+def save_figures(out_dir, runs, data, family, config):
+    """Figure 2 of the paper (one K=5 test task) and the learning curves; [] without matplotlib."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        print("matplotlib is not installed (pip install 'refmeta[plots]'): skipping the figures")
+        return []
+    paths = [os.path.join(out_dir, "figure2.png"), os.path.join(out_dir, "learning_curves.png")]
+    _plot_adaptation(Figure(figsize=(10, 4)), runs, data["test_tasks"], data["test_set"][5],
+                     family, config, paths[0])
+    _plot_learning_curves(Figure(figsize=(10, 4)), runs, paths[1])
+    print("wrote " + ", ".join(paths))
+    return paths
+
+
+def _plot_adaptation(fig, runs, test_tasks, episode, family, config, path):
+    """Test task 0: truth, its K=5 points, each network before and after 1 and 10 steps."""
+    grid = np.linspace(*family.x_range, 200)  # (200,)
+    grid_batch = backend.asarray(grid[None, :, None])  # (1 task, 200, 1)
+    truth = tasks.sinusoid(grid, test_tasks[0][0], test_tasks[1][0], family.phase_sign)
+    support_x, support_y = episode.support_x[:1], episode.support_y[:1]  # (1, 5, 1)
+    last = max(TEST_STEPS)
+    labels = {0: "before adaptation", 1: "after 1 step", last: f"after {last} steps"}
+    for ax, name in zip(fig.subplots(1, 2, sharey=True), ("maml", "pretrained")):
+        trajectory = maml.adapt_trajectory(trees.broadcast_tasks(runs[name]["best_params"], 1),
+                                           support_x, support_y, loss_fn, config, last)
+        ax.plot(grid, truth, color="red", label="ground truth")
+        for (steps, label), style in zip(labels.items(), (":", "--", "-")):
+            prediction = backend.to_host(layers.mlp_apply(trajectory[steps], grid_batch))
+            ax.plot(grid, np.ravel(prediction), style, color="green", label=label)
+        ax.plot(np.ravel(backend.to_host(support_x)), np.ravel(backend.to_host(support_y)), "^",
+                color="purple", label="K=5 points")
+        ax.set(title=f"{'MAML' if name == 'maml' else 'pretrained'}, K=5, α={config.inner_lr}",
+               xlabel="x")
+    fig.legend(*ax.get_legend_handles_labels(), loc="lower center", ncol=5, fontsize="small")
+    fig.subplots_adjust(bottom=0.22)
+    _save_atomically(fig, path)
+
+
+def _plot_learning_curves(fig, runs, path):
+    """Training loss (per validation window) and the validation criterion against iteration."""
+    loss_ax, validation_ax = fig.subplots(1, 2)
+    names = {"maml": "MAML meta-loss", "pretrained": "pretrained, regression loss"}
+    for name, r in runs.items():
+        curve = r["curve"]
+        validation = [v if np.isfinite(v) else np.nan for v in curve["validation"]]
+        line, = loss_ax.plot(curve["iteration"][1:], curve["train_loss"][1:], label=names[name])
+        validation_ax.plot(curve["iteration"], validation, color=line.get_color(), label=name)
+        diverged = [i for i, v in zip(curve["iteration"], validation) if np.isnan(v)]
+        if diverged:  # the criterion is +inf there: mark it at the top
+            validation_ax.plot(diverged, [np.nanmax(validation)] * len(diverged), "x",
+                               color=line.get_color(), label=f"{name}: a task diverged")
+        validation_ax.axvline(r["best_iteration"], linestyle=":", color=line.get_color())
+    loss_ax.set(yscale="log", xlabel="iteration", title="training loss, mean over each window")
+    validation_ax.set(yscale="log", xlabel="iteration",
+                      title="validation: K=5 MSE, mean of 1/5/10 steps\n(dotted: selected)")
+    loss_ax.legend()
+    validation_ax.legend()
+    fig.tight_layout()
+    _save_atomically(fig, path)
+
+
+def _save_atomically(fig, path):
+    _replace_atomically(path, "wb", lambda f: fig.savefig(f, format="png", dpi=100))
+
+
+def write_json_atomically(path, report):
+    """Write ``report`` to ``path`` via a temporary file and os.replace (non-finite -> null)."""
+    _replace_atomically(path, "w",
+                        lambda f: json.dump(_jsonable(report), f, indent=1, allow_nan=False))
+
+
+def _replace_atomically(path, mode, write):
+    """``write(file)`` into a temporary file beside ``path``, then rename it over ``path``."""
+    temporary = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(temporary, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+
+
+def _jsonable(value):
+    """Plain JSON types; NaN and ±inf become None."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _describe_sizes(sizes):
+    return ", ".join(f"{name.replace('_', '-')} {value}" for name, value in sizes.items())
+
+
+def main(argv=None):
+    """``python demos/maml_sinusoid.py [options]``, the same as ``refmeta demo maml-sinusoid``."""
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
