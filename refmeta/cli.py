@@ -22,6 +22,11 @@ import sys
 # name -> module; `refmeta demo NAME` imports the module only when it runs.
 DEMOS = {
     "maml-sinusoid": "refmeta.demos.maml_sinusoid",
+    "check-with-torch": "refmeta.demos.check_with_torch",
+    "protonet-omniglot": "refmeta.demos.protonet_omniglot",
+    "matching-omniglot": "refmeta.demos.matching_omniglot",
+    "snail-omniglot": "refmeta.demos.snail_omniglot",
+    "metanet-omniglot": "refmeta.demos.metanet_omniglot",
 }
 
 EXIT_USAGE = 2  # argparse's status for a bad command line
@@ -91,6 +96,10 @@ def _run_cases_export(args):
     except cases.CaseError as error:
         print(f"refmeta cases export: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("refmeta cases export: interrupted; every case in the directory is whole",
+              file=sys.stderr)
+        return 130
     print(f"wrote {len(paths)} case(s) to {args.directory}: " + ", ".join(args.case_ids or ["all"]))
     return 0
 

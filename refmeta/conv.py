@@ -10,6 +10,8 @@ any order, as second-order MAML needs:
     max_pool     : x (..., n, C, H, W) -> y (..., n, C, H//2, W//2) adjoint pool_scatter
     pool_gather  : x -> y, the entries ``choice`` names           adjoint pool_scatter
     pool_scatter : y -> x                                          adjoint pool_gather
+    spread_channels : p (..., C) -> a broadcast view (..., n, C, *spatial)   adjoint sum_channels
+    sum_channels    : g (..., n, C, *spatial) -> (..., C), one reduction     adjoint spread_channels
 
 im2col uses a 3×3 window with one pixel of zero padding on every side
 (PyTorch ``padding=1``) and stride s ∈ {1, 2}; ``H' = (H + 2 − 3) // s + 1``:
@@ -28,6 +30,10 @@ PyTorch does; autograd's ``max`` would split ties): ``window_argmax`` names it
 (0..3 in row-major window order) and pool_scatter / pool_gather, which are
 linear in their array argument and adjoint to each other, route through it.
 
+spread_channels / sum_channels carry a per-channel parameter (a bias, a batch-norm offset
+or scale) across the example and spatial axes.  autograd's own broadcasting would sum the
+gradient back one axis per reduction pass (n, then H, then W); sum_channels does it in one.
+
 Inside the primitives only operators and methods, ``numpy.maximum``, basic slicing,
 ``x[...] = y`` / ``+=`` on basic slices and ``numpy.zeros(..., like=x)`` are used
 (never ``numpy.add.at``), so the arrays never leave their device.
@@ -38,7 +44,7 @@ from autograd.extend import defvjp, primitive
 from autograd.tracer import getval
 
 __all__ = ["im2col", "col2im", "max_pool", "pool_gather", "pool_scatter", "window_argmax",
-           "conv_out_size"]
+           "conv_out_size", "spread_channels", "sum_channels"]
 
 KERNEL = 3
 PAD = 1
@@ -153,3 +159,28 @@ defvjp(max_pool, lambda ans, x: lambda g: pool_scatter(
     g, window_argmax(getval(x), getval(ans)), x.shape))
 defvjp(pool_gather, lambda ans, x, choice: lambda g: pool_scatter(g, choice, x.shape))
 defvjp(pool_scatter, lambda ans, y, choice, x_shape: lambda g: pool_gather(g, choice))
+
+
+def _channel_view_shape(p_shape, channel):
+    """p (..., C) as (..., 1, C, 1, …): the example axis and -1 - channel spatial axes of size 1."""
+    return tuple(p_shape[:-1]) + (1, p_shape[-1]) + (1,) * (-1 - channel)
+
+
+@primitive
+def spread_channels(p, shape, channel):
+    """p (..., C) -> a read-only view of ``shape`` (..., n, C, *spatial); C sits at ``channel`` < 0."""
+    return np.broadcast_to(p.reshape(_channel_view_shape(p.shape, channel)), shape)
+
+
+@primitive
+def sum_channels(g, p_shape, channel):
+    """The adjoint of spread_channels: g summed, in one call, over every axis p was spread along."""
+    view = _channel_view_shape(p_shape, channel)
+    extra = g.ndim - len(view)
+    axes = tuple(range(extra)) + tuple(extra + i for i, size in enumerate(view)
+                                       if size == 1 and g.shape[extra + i] != 1)
+    return g.sum(axis=axes).reshape(p_shape)
+
+
+defvjp(spread_channels, lambda ans, p, shape, channel: lambda g: sum_channels(g, p.shape, channel))
+defvjp(sum_channels, lambda ans, g, p_shape, channel: lambda h: spread_channels(h, g.shape, channel))

@@ -19,6 +19,11 @@ kernels (``trees.broadcast_tasks``) to a meta-batch of images, task by task.
                  mode "running": μ, σ² given (running_mean, running_var (..., C)).
                  β (offset) and γ (scale) are each optional: None means not learned.
     update_running   r ← (1 − momentum) r + momentum · batch     (PyTorch's convention)
+    lstm_cell    [i, f, g, o] = x W_x + h W_h + b,  c' = σ(f) ⊙ c + σ(i) ⊙ tanh(g),
+                 h' = σ(o) ⊙ tanh(c')      x (..., n, d_in), h (..., n, d_h), c (..., n, H),
+                 W_x (..., d_in, 4H), W_h (..., d_h, 4H), b (..., 4H); gate order i, f, g, o
+                 (PyTorch's).  d_h may differ from H: the attention LSTM of Matching Networks
+                 feeds [h, r] (2H) as its recurrent input.  One bias (PyTorch has b_ih + b_hh).
 
 Models are ``*_init(rng, ...) -> params`` (host float64) and ``*_apply(params, x, ...)``;
 ``*_describe(...)`` returns a JSON-able description complete enough to rebuild the
@@ -34,7 +39,7 @@ from refmeta import conv
 
 __all__ = ["dense", "relu", "tanh", "conv2d", "max_pool_2x2", "batch_norm", "batch_moments",
            "update_running", "mlp_init", "mlp_apply", "mlp_describe", "conv4_init",
-           "conv4_apply", "conv4_bn_state", "conv4_describe"]
+           "conv4_apply", "conv4_bn_state", "conv4_describe", "sigmoid", "lstm_init", "lstm_cell"]
 
 ACTIVATIONS = ("relu", "tanh")
 BN_MODES = ("transductive", "running")
@@ -52,13 +57,52 @@ def _check_choice(name, value, allowed):
     _check(value in allowed, f"{name} must be one of {list(allowed)}; got {value!r}")
 
 
+@primitive
+def _matmul(a, b):
+    """a @ b over the last two axes (both ndim ≥ 2), leading axes broadcast; raw arrays."""
+    return np.matmul(a, b)
+
+
+@primitive
+def _matmul_nt(a, b):
+    """a @ bᵀ, bᵀ swapping b's last two axes (a view: BLAS reads it transposed)."""
+    return np.matmul(a, b.swapaxes(-1, -2))
+
+
+@primitive
+def _matmul_tn(a, b):
+    """aᵀ @ b."""
+    return np.matmul(a.swapaxes(-1, -2), b)
+
+
+def _sum_to(g, shape):
+    """g summed over the axes it was broadcast along (extra leading ones, size-1 ones)."""
+    if anp.shape(g) == shape:
+        return g
+    extra = anp.ndim(g) - len(shape)
+    axes = tuple(range(extra)) + tuple(extra + i for i, size in enumerate(shape)
+                                       if size == 1 and anp.shape(g)[extra + i] != 1)
+    return anp.reshape(anp.sum(g, axis=axes), shape)
+
+
+# Each adjoint is one matrix product (autograd's own matmul VJP adds reshapes and always
+# sums size-1 axes, a full copy of the gradient); the three products are closed under
+# taking adjoints, so they differentiate to any order.
+defvjp(_matmul, lambda ans, a, b: lambda g: _sum_to(_matmul_nt(g, b), anp.shape(a)),
+       lambda ans, a, b: lambda g: _sum_to(_matmul_tn(a, g), anp.shape(b)))
+defvjp(_matmul_nt, lambda ans, a, b: lambda g: _sum_to(_matmul(g, b), anp.shape(a)),
+       lambda ans, a, b: lambda g: _sum_to(_matmul_tn(g, a), anp.shape(b)))
+defvjp(_matmul_tn, lambda ans, a, b: lambda g: _sum_to(_matmul_nt(b, g), anp.shape(a)),
+       lambda ans, a, b: lambda g: _sum_to(_matmul(a, g), anp.shape(b)))
+
+
 def dense(x, w, b):
     """x (..., n, d_in), w (..., d_in, d_out), b (..., d_out) -> (..., n, d_out)."""
     _check(anp.ndim(x) >= 2 and anp.ndim(w) >= 2 and anp.shape(x)[-1] == anp.shape(w)[-2],
            f"dense: w {anp.shape(w)} expects x (..., n, d_in={anp.shape(w)[-2]}); got x {anp.shape(x)}")
     _check(anp.ndim(b) >= 1 and anp.shape(b)[-1] == anp.shape(w)[-1],
            f"dense: b must have d_out={anp.shape(w)[-1]} entries; got b {anp.shape(b)}")
-    return anp.matmul(x, w) + b[..., None, :]
+    return _plus_per_channel(_matmul(x, w), b, -1)
 
 
 def relu(x):
@@ -88,14 +132,20 @@ def conv2d(x, w, b=None, stride=1):
                                    f"input channels; got x {anp.shape(x)} with C={channels}")
     patches = conv.im2col(x, stride)                        # (..., C·9, n·H'·W')
     kernel = anp.reshape(w, anp.shape(w)[:-3] + (channels * 9,))  # (..., F, C·9)
-    out = anp.matmul(kernel, patches)                       # (..., F, n·H'·W')
+    out = _matmul(kernel, patches)                          # (..., F, n·H'·W')
     out_h, out_w = conv.conv_out_size(height, stride), conv.conv_out_size(width, stride)
     out = anp.swapaxes(anp.reshape(out, anp.shape(out)[:-1] + (n, out_h, out_w)), -4, -3)
     if b is None:
         return out                                          # (..., n, F, H', W')
     _check(anp.ndim(b) >= 1 and anp.shape(b)[-1] == filters,
            f"conv2d: bias must have F={filters} entries; got b {anp.shape(b)}")
-    return out + b[..., None, :, None, None]
+    return _plus_per_channel(out, b, -3)
+
+
+def _plus_per_channel(y, p, channel):
+    """y + p, p (..., C) broadcast along the channel axis of y (its gradient: one reduction)."""
+    view = anp.shape(p)[:-1] + (1, anp.shape(p)[-1]) + (1,) * (-1 - channel)
+    return y + conv.spread_channels(p, np.broadcast_shapes(anp.shape(y), view), channel)
 
 
 def max_pool_2x2(x):
@@ -120,7 +170,8 @@ def _per_channel(p, x, channel, name):
     """Broadcast p (..., C) against x (..., n, C, *spatial)."""
     _check(anp.ndim(p) >= 1 and anp.shape(p)[-1] == anp.shape(x)[channel],
            f"batch norm: {name} must have C={anp.shape(x)[channel]} entries; got {anp.shape(p)}")
-    return anp.reshape(p, anp.shape(p)[:-1] + (1, anp.shape(p)[-1]) + (1,) * (-1 - channel))
+    view = anp.shape(p)[:-1] + (1, anp.shape(p)[-1]) + (1,) * (-1 - channel)
+    return conv.spread_channels(p, np.broadcast_shapes(anp.shape(x), view), channel)
 
 
 @primitive
@@ -348,3 +399,37 @@ def conv4_describe(in_channels=1, n_out=5, hidden=64, variant="stride", bn_affin
             "bn_eps": bn_eps, "input_layout": "(..., n, C, H, W)", "layers": layers,
             "dtype": "float64", "init": "conv, dense: w, b ~ U(±1/sqrt(fan_in)) (PyTorch default, "
                                         "kaiming-uniform a=sqrt(5)); bn offset 0, scale 1"}
+
+
+def sigmoid(x):
+    """1 / (1 + e^{−x}), computed as (1 + tanh(x/2)) / 2, which never overflows."""
+    return 0.5 * (anp.tanh(0.5 * x) + 1.0)
+
+
+def lstm_init(rng, input_size, hidden_size, recurrent_size=None, forget_bias=0.0):
+    """Params {"w_x": (d_in, 4H), "w_h": (d_h, 4H), "b": (4H,)} of ``lstm_cell`` (host float64).
+
+    w_x, w_h, b ~ U(±1/√H) (PyTorch nn.LSTMCell); ``forget_bias`` is added to the f gate's
+    bias (TensorFlow's LSTM uses 1.0).  recurrent_size d_h defaults to H.
+    """
+    recurrent_size = hidden_size if recurrent_size is None else recurrent_size
+    bound = 1.0 / np.sqrt(hidden_size)
+    b = rng.uniform(-bound, bound, size=4 * hidden_size)
+    b[hidden_size:2 * hidden_size] += forget_bias
+    return {"w_x": rng.uniform(-bound, bound, size=(input_size, 4 * hidden_size)),
+            "w_h": rng.uniform(-bound, bound, size=(recurrent_size, 4 * hidden_size)), "b": b}
+
+
+def lstm_cell(x, h, c, w_x, w_h, b):
+    """One LSTM step (see the module docstring): returns (h', c'), each (..., n, H)."""
+    hidden = anp.shape(w_x)[-1] // 4
+    _check(anp.shape(w_x)[-1] == 4 * hidden and anp.shape(w_h)[-1] == 4 * hidden,
+           f"lstm_cell: w_x {anp.shape(w_x)} and w_h {anp.shape(w_h)} need 4H columns")
+    _check(anp.ndim(h) >= 2 and anp.shape(h)[-1] == anp.shape(w_h)[-2],
+           f"lstm_cell: w_h {anp.shape(w_h)} expects h (..., n, {anp.shape(w_h)[-2]}); got {anp.shape(h)}")
+    _check(anp.ndim(c) >= 2 and anp.shape(c)[-1] == hidden,
+           f"lstm_cell: expects c (..., n, H={hidden}); got {anp.shape(c)}")
+    gates = dense(x, w_x, b) + anp.matmul(h, w_h)             # (..., n, 4H)
+    i, f, g, o = (gates[..., k * hidden:(k + 1) * hidden] for k in range(4))
+    c_next = sigmoid(f) * c + sigmoid(i) * anp.tanh(g)
+    return sigmoid(o) * anp.tanh(c_next), c_next

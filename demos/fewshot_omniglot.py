@@ -1,0 +1,322 @@
+"""What the ProtoNet and Matching Net Omniglot demos share: data, training, evaluation, report.
+
+Not a demo itself: ``protonet_omniglot`` and ``matching_omniglot`` each pass a ``Model``.
+
+Data.  images_background_small1.zip + small2.zip (merged: 242 characters of 8 alphabets,
+20 drawings each, 28×28) are split *by character* (seeded): ``test_fraction`` of the characters
+are held out.  The training characters get their 90/180/270° rotations as new classes.  Lake's
+20 official runs (all_runs.zip) come from the evaluation alphabets, never seen in training.
+
+Training.  Episodes of train_way classes × (train_shot + train_query) drawings through the
+conv4 max-pool net in one call (transductive batch norm, as the authors' code); Adam, lr halved
+every ``lr_halve_every`` episodes (ProtoNets, Section 3.1).  Running BN statistics are kept
+(momentum 0.1, unbiased variance, as PyTorch) for evaluation.
+
+Evaluation (BN in running mode).  Every held-out image is embedded once; 600 episodes per
+setting (5-way 1-shot, 5-way 5-shot, 20-way 1-shot; 15 queries per class) are scored from
+those cached embeddings, a task axis at a time, which gives the numbers per-episode
+re-embedding would, much faster.  Accuracy: mean over episodes ± 1.96·std/√600.  Lake's runs:
+each run's 20 training drawings are a 20-way 1-shot support set; the error is by
+``lake_runs.evaluate_runs`` (argmax of log p over the 20 classes).
+"""
+
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import autograd.numpy as anp
+import numpy as np
+from autograd import grad_and_aux
+from autograd.tracer import getval
+
+from refmeta import backend, lake_runs, layers, omniglot, optimizers
+from refmeta.progress import progress
+
+EVAL_SETTINGS = ((5, 1), (5, 5), (20, 1))
+BN_EPS, BN_MOMENTUM = 1e-5, 0.1
+LAKE = {"MHD (measured here)": 38.8, "people": 4.5, "Bayesian Program Learning": 3.3,
+        "Siamese ConvNet (Koch et al. 2015)": 8.0}
+ZIPS = ("images_background_small1.zip", "images_background_small2.zip")
+FULL = {"episodes": 1500, "max_train_minutes": 12.0, "hidden": 64, "eval_episodes": 600,
+        "curve_every": 100, "curve_episodes": 200}
+FAST = {"episodes": 10, "max_train_minutes": 1.0, "hidden": 8, "eval_episodes": 40,
+        "curve_every": 5, "curve_episodes": 20}
+
+
+class Model(NamedTuple):
+    """What a demo supplies; z_* are conv4 embeddings (..., n, d) with a task axis or not."""
+    name: str
+    init: Callable            # (rng, hidden) -> host params
+    conv_params: Callable     # params -> the conv4 net's params
+    loss: Callable            # (params, z_support, support_y, z_query, query_y, n_way) -> scalar
+    log_probs: Callable       # (params, z_support, support_y, z_query, n_way) -> (..., n_q, N)
+    conventions: dict
+    paper: dict               # "5-way 1-shot" -> published accuracy %
+
+
+def add_arguments(parser, name):
+    add = parser.add_argument
+    add("--data", required=True, help="folder holding images_background_small{1,2}.zip and all_runs.zip")
+    add("--out", default=os.path.join("runs", name), help=f"results folder (default runs/{name})")
+    add("--cache", help="cache folder for the decoded zips (default OUT/cache)")
+    add("--seed", type=int, default=0, help="init, split and training episodes (default 0)")
+    add("--eval-seed", type=int, default=2016, help="test episodes (default 2016)")
+    add("--episodes", type=int, help=f"training episodes (default {FULL['episodes']})")
+    add("--max-train-minutes", type=float,
+        help=f"stop training early after this long (default {FULL['max_train_minutes']})")
+    add("--train-way", type=int, default=60, help="classes per training episode (default 60)")
+    add("--train-shot", type=int, default=1, help="support drawings per class (default 1)")
+    add("--train-query", type=int, default=1, help="query drawings per class (default 1)")
+    add("--lr", type=float, default=1e-3, help="Adam step size (default 1e-3)")
+    add("--lr-halve-every", type=int, default=2000, help="halve lr every this many episodes")
+    add("--hidden", type=int, help=f"conv filters (default {FULL['hidden']})")
+    add("--test-fraction", type=float, default=0.2, help="characters held out (default 0.2)")
+    add("--eval-episodes", type=int, help=f"test episodes per setting (default {FULL['eval_episodes']})")
+    add("--eval-query", type=int, default=15, help="queries per class at test (default 15)")
+    add("--curve-every", type=int, help="held-out check every this many episodes")
+    add("--curve-episodes", type=int, help="5-way 1-shot episodes per held-out check")
+    add("--fast", action="store_true", help="a run of seconds (tests): " +
+        ", ".join(f"{k.replace('_', '-')} {v}" for k, v in FAST.items()))
+    add("--no-plots", action="store_true", help="skip the learning-curve figure")
+
+
+def sizes(args):
+    base = FAST if args.fast else FULL
+    return {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in base.items()}
+
+
+def check_args(args, size):
+    """ValueError naming the option, before anything is read or written."""
+    for name in ("train_way", "train_shot", "train_query", "eval_query", "lr_halve_every"):
+        minimum = 2 if name == "train_way" else 1
+        if getattr(args, name) < minimum:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= {minimum}; got {getattr(args, name)}")
+    for name in ("episodes", "hidden", "eval_episodes", "curve_every", "curve_episodes"):
+        if size[name] < (2 if name == "eval_episodes" else 1):
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer; got {size[name]}")
+    if not 0 < args.test_fraction < 1:
+        raise ValueError(f"--test-fraction must lie in (0, 1); got {args.test_fraction}")
+    folder = Path(args.data)
+    missing = [name for name in ZIPS + ("all_runs.zip",) if not (folder / name).is_file()]
+    if missing:
+        raise ValueError(f"--data {folder}: expected a folder holding {', '.join(ZIPS)} and all_runs.zip; "
+                         f"{'it is not a folder' if not folder.is_dir() else 'missing ' + ', '.join(missing)}")
+
+
+def load_data(args, rng):
+    """(train Characters with rotations, held-out Characters, Lake runs at 28×28)."""
+    folder = Path(args.data)
+    cache = args.cache or os.path.join(args.out, "cache")
+    merged = omniglot.merge_characters(*(omniglot.load_characters(folder / z, 28, cache) for z in ZIPS))
+    train, test = omniglot.split_characters(merged, rng, (1 - args.test_fraction, args.test_fraction))
+    return omniglot.with_rotations(train), test, lake_runs.load_lake_runs(folder / "all_runs.zip", 28)
+
+
+def objective(params, episode, model, n_way):
+    """The episode loss from one joint pass (support then query), and the BN batch moments."""
+    n_support = episode.support_x.shape[0]
+    x = anp.concatenate([episode.support_x, episode.query_x])
+    z, moments = layers.conv4_apply(model.conv_params(params), x, variant="maxpool", bn_eps=BN_EPS,
+                                    return_bn_moments=True)
+    loss = model.loss(params, z[:n_support], episode.support_y, z[n_support:], episode.query_y, n_way)
+    return loss, (getval(loss), {name: getval(value) for name, value in moments.items()})
+
+
+def embed_images(model, params, bn_state, images, chunk=256):
+    """images (..., H, W) host -> (..., d) host embeddings, BN in running mode."""
+    flat = images.reshape((-1, 1) + images.shape[-2:])
+    parts = [backend.to_host(layers.conv4_apply(model.conv_params(params), backend.asarray(flat[i:i + chunk]),
+                                                variant="maxpool", bn_mode="running",
+                                                bn_state=bn_state, bn_eps=BN_EPS))
+             for i in range(0, len(flat), chunk)]
+    return np.concatenate(parts).reshape(images.shape[:-2] + (-1,))
+
+
+def draw_episodes(rng, n_classes, n_drawings, n_tasks, n_way, k_shot, n_query):
+    """Index arrays (classes (T, N), drawings (T, N, K+Q)) of T episodes."""
+    classes = np.stack([rng.choice(n_classes, n_way, replace=False) for _ in range(n_tasks)])
+    drawings = np.stack([rng.permuted(np.tile(np.arange(n_drawings), (n_way, 1)), axis=1)[:, :k_shot + n_query]
+                         for _ in range(n_tasks)])
+    return classes, drawings
+
+
+def episode_accuracies(model, params, z, rng, n_tasks, n_way, k_shot, n_query, chunk=25):
+    """Accuracy of each of n_tasks episodes scored from cached embeddings z (n_classes, n_drawings, d)."""
+    classes, drawings = draw_episodes(rng, *z.shape[:2], n_tasks, n_way, k_shot, n_query)
+    picked = z[classes[..., None], drawings]                               # (T, N, K+Q, d)
+    z_support = picked[:, :, :k_shot].reshape(n_tasks, n_way * k_shot, -1)
+    z_query = picked[:, :, k_shot:].reshape(n_tasks, n_way * n_query, -1)
+    support_y, query_y = (np.tile(np.repeat(np.arange(n_way), n), (n_tasks, 1)) for n in (k_shot, n_query))
+    accuracies = []
+    for t in range(0, n_tasks, chunk):
+        log_p = model.log_probs(params, *(backend.asarray(a, dtype=None) for a in (
+            z_support[t:t + chunk], support_y[t:t + chunk], z_query[t:t + chunk])), n_way)
+        predicted = np.argmax(backend.to_host(log_p), axis=-1)
+        accuracies.append(np.mean(predicted == query_y[t:t + chunk], axis=-1))
+    return np.concatenate(accuracies)
+
+
+def lake_error(model, params, bn_state, runs):
+    """Lake's protocol on the 20 runs: each run a 20-way 1-shot episode of its training drawings."""
+    def score(test_images, train_images):
+        z_test, z_train = (embed_images(model, params, bn_state, im) for im in (test_images, train_images))
+        labels = np.arange(len(train_images))
+        return model.log_probs(params, *(backend.asarray(a, dtype=None) for a in (z_train, labels, z_test)),
+                               len(train_images))
+    return lake_runs.evaluate_runs(runs, score, kind="score")
+
+
+def summarise(accuracies):
+    return {"mean": 100 * float(np.mean(accuracies)), "n_episodes": len(accuracies),
+            "ci95": 100 * 1.96 * float(np.std(accuracies, ddof=1)) / np.sqrt(len(accuracies))}
+
+
+def train(model, args, size, train_chars, test_chars, runs, rng):
+    """Adam on training episodes; returns (params, bn_state, curve, episodes done, seconds)."""
+    params = {k: backend.asarray(v) for k, v in model.init(rng, size["hidden"]).items()}
+    bn_state = {k: backend.asarray(v) for k, v in layers.conv4_bn_state(size["hidden"]).items()}
+    state, curve, window = optimizers.adam_init(params), {"episode": [], "train_loss": [],
+                                                          "heldout_5w1s": [], "lake_error": []}, []
+    start, done = time.perf_counter(), 0
+    step = grad_and_aux(lambda p, episode: objective(p, episode, model, args.train_way))
+    bar = progress(range(size["episodes"]), total=size["episodes"], desc=f"{model.name} training")
+    for episode_index in bar:
+        episode = omniglot.sample_episode(rng, train_chars.images, args.train_way, args.train_shot,
+                                          args.train_query)
+        grads, (loss, moments) = step(params, episode)
+        lr = args.lr * 0.5 ** (episode_index // args.lr_halve_every)
+        params, state = optimizers.adam_update(params, grads, state, lr=lr)
+        bn_state = layers.update_running(bn_state, moments, BN_MOMENTUM)
+        window.append(float(loss))
+        done = episode_index + 1
+        out_of_time = time.perf_counter() - start > 60 * size["max_train_minutes"]
+        if done % size["curve_every"] == 0 or done == size["episodes"] or out_of_time:
+            check_rng = np.random.default_rng(args.eval_seed + 1)  # the same check every time
+            z = embed_images(model, params, bn_state, test_chars.images)
+            accuracy = episode_accuracies(model, params, z, check_rng, size["curve_episodes"], 5, 1,
+                                          args.eval_query)
+            for key, value in (("episode", done), ("train_loss", float(np.mean(window))),
+                               ("heldout_5w1s", 100 * float(np.mean(accuracy))),
+                               ("lake_error", lake_error(model, params, bn_state, runs).mean)):
+                curve[key].append(value)
+            window = []
+            bar.set_postfix(loss=f"{curve['train_loss'][-1]:.3f}", heldout=f"{curve['heldout_5w1s'][-1]:.1f}%",
+                            lake=f"{curve['lake_error'][-1]:.1f}%")
+        if out_of_time:
+            break
+    if hasattr(bar, "close"):
+        bar.close()
+    return params, bn_state, curve, done, time.perf_counter() - start
+
+
+def run(model, args):
+    """Train, evaluate, print the tables, write results.json (and learning_curve.png)."""
+    start, size = time.perf_counter(), sizes(args)
+    load_at_start = os.getloadavg()
+    check_args(args, size)
+    train_chars, test_chars, runs = load_data(args, np.random.default_rng(args.seed))
+    n_drawings = test_chars.images.shape[1]
+    if max(k for _, k in EVAL_SETTINGS) + args.eval_query > n_drawings:
+        raise ValueError(f"--eval-query {args.eval_query}: 5-shot episodes need 5 + {args.eval_query} "
+                         f"drawings per class; the characters have {n_drawings}")
+    os.makedirs(args.out, exist_ok=True)
+    params, bn_state, curve, done, train_seconds = train(
+        model, args, size, train_chars, test_chars, runs, np.random.default_rng([args.seed, 1]))
+    eval_start = time.perf_counter()
+    z = embed_images(model, params, bn_state, test_chars.images)           # (n_chars, 20, d)
+    eval_rng = np.random.default_rng(args.eval_seed)
+    results = {f"{n}-way {k}-shot": summarise(episode_accuracies(
+        model, params, z, eval_rng, size["eval_episodes"], n, k, args.eval_query)) for n, k in EVAL_SETTINGS}
+    lake = lake_error(model, params, bn_state, runs)
+    report = {
+        "model": model.name, "conventions": model.conventions,
+        "config": {**vars(args), **size, "bn_eps": BN_EPS, "bn_momentum": BN_MOMENTUM,
+                   "eval": "BN running mode, cached embeddings, held-out characters, no rotations"},
+        "data": {"train_classes": len(train_chars.names), "train_characters": len(train_chars.names) // 4,
+                 "heldout_characters": len(test_chars.names), "lake_runs": len(runs)},
+        "results": results,
+        "lake_runs": {"error": lake.mean, "per_run": lake.per_run.tolist(), "references": LAKE},
+        "paper_full_data": model.paper, "learning_curve": curve,
+        "timing": {"episodes_done": done, "train_seconds": train_seconds,
+                   "eval_seconds": time.perf_counter() - eval_start},
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                    "loadavg_start": load_at_start, "loadavg_end": os.getloadavg()},
+    }
+    report["table"] = format_table(report)
+    print(report["table"])
+    if not args.no_plots:
+        report["figure"] = save_figure(args.out, model.name, curve)
+    report["timing"]["total_seconds"] = time.perf_counter() - start
+    write_json_atomically(os.path.join(args.out, "results.json"), report)
+    print(f"wrote {os.path.join(args.out, 'results.json')} ({report['timing']['total_seconds']:.0f} s in all)")
+    return report
+
+
+def format_table(report):
+    lines = ["| setting | ours: held-out characters, small background sets | paper: full background set |",
+             "|---|---|---|"]
+    for setting, r in report["results"].items():
+        paper = report["paper_full_data"].get(setting)
+        lines.append(f"| {setting} | {r['mean']:.1f} ± {r['ci95']:.1f}% | "
+                     f"{'' if paper is None else f'{paper}%'} |")
+    lines += ["", "| Lake's 20 runs (20-way within-alphabet) | error |", "|---|---|",
+              f"| ours ({report['model']}) | {report['lake_runs']['error']:.2f}% |"]
+    lines += [f"| {name} | {value}% |" for name, value in LAKE.items()]
+    return "\n".join(lines)
+
+
+def save_figure(out_dir, name, curve):
+    """Training loss, held-out 5-way 1-shot accuracy and Lake error against episodes."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        print("matplotlib is not installed (pip install 'refmeta[plots]'): skipping the figure")
+        return None
+    fig = Figure(figsize=(12, 3.6))
+    for ax, key, title in zip(fig.subplots(1, 3), ("train_loss", "heldout_5w1s", "lake_error"),
+                              ("training loss (window mean)", "held-out 5-way 1-shot accuracy %",
+                               "Lake's 20 runs: error %")):
+        ax.plot(curve["episode"], curve[key], marker=".", label="ours")
+        ax.set(title=title, xlabel="training episode")
+    for (name, value), style in zip(list(LAKE.items())[:2], (":", "--")):
+        ax.axhline(value, linestyle=style, color="gray", label=name)
+    ax.legend(fontsize="small")
+    fig.suptitle(name)
+    fig.tight_layout()
+    path = os.path.join(out_dir, "learning_curve.png")
+    _replace_atomically(path, "wb", lambda f: fig.savefig(f, format="png", dpi=100))
+    print(f"wrote {path}")
+    return path
+
+
+def write_json_atomically(path, report):
+    _replace_atomically(path, "w", lambda f: json.dump(_jsonable(report), f, indent=1, allow_nan=False))
+
+
+def _replace_atomically(path, mode, write):
+    directory = os.path.dirname(os.path.abspath(path))
+    with tempfile.NamedTemporaryFile(mode, dir=directory, delete=False, suffix=".tmp") as f:
+        try:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        except BaseException:
+            os.unlink(f.name)
+            raise
+    os.replace(f.name, path)
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value

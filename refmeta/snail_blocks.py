@@ -1,0 +1,222 @@
+"""SNAIL's building blocks (Mishra, Rohaninejad, Chen & Abbeel, ICLR 2018, Appendix A).
+
+Sequences are time-major with channels last, ``x (..., T, C)``: step t of every leading
+(batch) index at once, so a layer is a few matrix products over all episodes and steps.
+PyTorch ports hold (B, C, T); transpose the last two axes to compare.
+
+Symbols
+    T  sequence length              R  dilation          k  kernel_size (the paper: 2)
+    D  filters of a DenseBlock       K  key_size          V  value_size
+    x_t  the input at step t (x_s = 0 for s < 0: the causal zero padding)
+
+Causal convolution (kernel k, dilation R), one matrix product per tap:
+
+    y_t = b + Σ_{j=0}^{k−1} x_{t − (k−1−j)·R} W_j            W_j (C_in, C_out)          (1)
+
+so y_t never reads a step after t.  W_{k−1} multiplies the current step; PyTorch's
+``Conv1d`` weight (C_out, C_in, k) with left padding (k−1)·R is w_torch[o, i, j] = W_j[i, o].
+
+DenseBlock(R, D): two causal convolutions of D filters, gated as in WaveNet,
+the result concatenated onto the input (C_in → C_in + D):
+
+    x_f = conv_f(x),  x_g = conv_g(x),   a = tanh(x_f) ⊙ σ(x_g),   out = [x, a]        (2)
+
+TCBlock(T, D): DenseBlocks with dilations 2^i, i = s … s + L − 1, L = ⌈log₂T⌉
+(C_in → C_in + L·D).  The paper's loop is i = 1 … ⌈log₂T⌉ (``dilation_start`` s = 1);
+some ports start at 2^0 (s = 0).                                                          (3)
+
+AttentionBlock(K, V): one causal soft-attention read, concatenated onto the input
+(C_in → C_in + V):
+
+    Q = x W_q + b_q,   K = x W_k + b_k   (T, K);        V = x W_v + b_v   (T, V)
+    P = CausallyMaskedSoftmax(Q Kᵀ / √K),   P_ts = exp(ℓ_ts) [s ≤ t] / Σ_{s' ≤ t} exp(ℓ_ts')  (4)
+    read = P V,   out = [x, read]
+
+The softmax runs **over keys** s, each row t over s ≤ t, so every row sums to 1 and the
+masked entries (s > t) are exactly 0: they are never exponentiated (``where`` puts 0 in
+their place first, so no inf appears, forward or backward) and are multiplied by the mask.
+A known port bug normalises over queries (axis t); that also leaks the future.
+
+Params are flat dicts; a block's names are relative ("filter.w", "key.b", "dense0.gate.w")
+and a model prefixes them.  Initialisation follows PyTorch's defaults: w, b ~ U(±1/√fan_in),
+fan_in = k·C_in for a convolution and C_in for an affine map.
+"""
+
+import math
+
+import autograd.numpy as anp
+import numpy as np
+from autograd.tracer import getval
+
+__all__ = ["causal_conv1d", "causal_mask", "causal_softmax", "sigmoid", "dense_block",
+           "tc_dilations", "tc_block", "attention_block", "dense_block_init", "tc_block_init",
+           "attention_block_init", "dense_block_channels", "tc_block_channels",
+           "attention_block_channels"]
+
+
+def _check(ok, message):
+    if not ok:
+        raise ValueError(message)
+
+
+def _check_int(name, value, minimum):
+    _check(isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+           and value >= minimum, f"{name} must be an integer >= {minimum}; got {value!r}")
+
+
+def _rows_matmul(x, w):
+    """x (..., T, C) @ w (C, F): one BLAS call over every leading index and step when w is 2-D."""
+    if anp.ndim(w) != 2:
+        return anp.matmul(x, w)                               # batched params: per leading index
+    flat = anp.matmul(anp.reshape(x, (-1, anp.shape(x)[-1])), w)
+    return anp.reshape(flat, anp.shape(x)[:-1] + (anp.shape(w)[-1],))
+
+
+def _shift(x, lag):
+    """x_{t − lag} along the time axis −2, zeros before the first step: (..., T, C)."""
+    steps = anp.shape(x)[-2]
+    lag = min(lag, steps)
+    if lag == 0:
+        return x
+    return anp.concatenate([anp.zeros_like(x[..., :lag, :]), x[..., :steps - lag, :]], axis=-2)
+
+
+def causal_conv1d(x, w, b, dilation):
+    """(1): x (..., T, C_in), w (..., k, C_in, C_out), b (..., C_out) -> (..., T, C_out)."""
+    _check_int("dilation", dilation, 1)
+    _check(anp.ndim(x) >= 2, f"causal_conv1d expects x (..., T, C_in); got shape {anp.shape(x)}")
+    _check(anp.ndim(w) >= 3 and anp.shape(w)[-3] >= 1 and anp.shape(w)[-2] == anp.shape(x)[-1],
+           f"causal_conv1d: w must be (..., k, C_in={anp.shape(x)[-1]}, C_out) with k >= 1; "
+           f"got w {anp.shape(w)} for x {anp.shape(x)}")
+    _check(anp.ndim(b) >= 1 and anp.shape(b)[-1] == anp.shape(w)[-1],
+           f"causal_conv1d: b must have C_out={anp.shape(w)[-1]} entries; got b {anp.shape(b)}")
+    kernel_size, c_in, c_out = anp.shape(w)[-3:]
+    taps = [_shift(x, (kernel_size - 1 - j) * dilation) for j in range(kernel_size)]
+    stacked = taps[0] if kernel_size == 1 else anp.concatenate(taps, axis=-1)  # (..., T, k·C_in)
+    kernel = anp.reshape(w, anp.shape(w)[:-3] + (kernel_size * c_in, c_out))   # rows (j, c)
+    return _rows_matmul(stacked, kernel) + b[..., None, :]
+
+
+def sigmoid(x):
+    """σ(x) = e^{min(x,0)} / (e^{min(x,0)} + e^{−max(x,0)}): no overflow, full relative precision
+    in both tails, and the right derivative at 0 (autograd splits max/min ties evenly)."""
+    low = anp.exp(anp.minimum(x, 0.0))
+    return low / (low + anp.exp(-anp.maximum(x, 0.0)))
+
+
+def dense_block(params, x, dilation):
+    """(2): params {"filter.w", "filter.b", "gate.w", "gate.b"}; x (..., T, C) -> (..., T, C + D)."""
+    filters = anp.shape(params["filter.w"])[-1]
+    w = anp.concatenate([params["filter.w"], params["gate.w"]], axis=-1)   # one product for both
+    b = anp.concatenate([params["filter.b"], params["gate.b"]], axis=-1)
+    both = causal_conv1d(x, w, b, dilation)                                  # (..., T, 2D)
+    activations = anp.tanh(both[..., :filters]) * sigmoid(both[..., filters:])
+    return anp.concatenate([x, activations], axis=-1)
+
+
+def tc_dilations(sequence_length, dilation_start=1):
+    """(3): [2^s, …, 2^(s+L−1)] with L = ⌈log₂T⌉ (exact integer arithmetic)."""
+    _check_int("sequence_length", sequence_length, 1)
+    _check_int("dilation_start", dilation_start, 0)
+    n_blocks = (int(sequence_length) - 1).bit_length()                      # ⌈log₂T⌉
+    return [2 ** i for i in range(dilation_start, dilation_start + n_blocks)]
+
+
+def tc_block(params, x, dilations):
+    """(3): DenseBlock "dense{i}.*" with dilation dilations[i], in order."""
+    for i, dilation in enumerate(dilations):
+        x = dense_block(_sub(params, f"dense{i}."), x, dilation)
+    return x
+
+
+def causal_mask(steps, like):
+    """(T, T) bool on ``like``'s device: True where key s ≤ query t."""
+    index = np.arange(steps, like=getval(like))
+    return index[:, None] >= index[None, :]
+
+
+def causal_softmax(logits):
+    """(4): softmax over the last axis (keys) of logits (..., T, T), keys s > t exactly 0."""
+    _check(anp.ndim(logits) >= 2 and anp.shape(logits)[-1] == anp.shape(logits)[-2],
+           f"causal_softmax expects square logits (..., T, T); got {anp.shape(logits)}")
+    mask = causal_mask(anp.shape(logits)[-1], logits)
+    raw = getval(logits)
+    shift = anp.max(anp.where(mask, raw, -np.inf), axis=-1, keepdims=True)  # a constant: cancels
+    exps = anp.exp(anp.where(mask, logits - shift, 0.0)) * mask.astype(raw.dtype)
+    return exps / anp.sum(exps, axis=-1, keepdims=True)
+
+
+def attention_block(params, x, return_probs=False):
+    """(4): params {"key.*", "query.*", "value.*"}; x (..., T, C) -> (..., T, C + V).
+
+    With return_probs, also P (..., T, T): row t is the read's weights over steps s ≤ t.
+    """
+    key_size = anp.shape(params["key.w"])[-1]
+    w = anp.concatenate([params["query.w"], params["key.w"], params["value.w"]], axis=-1)
+    b = anp.concatenate([params["query.b"], params["key.b"], params["value.b"]], axis=-1)
+    _check(anp.ndim(x) >= 2 and anp.shape(x)[-1] == anp.shape(w)[-2],
+           f"attention_block expects x (..., T, C={anp.shape(w)[-2]}); got {anp.shape(x)}")
+    projected = _rows_matmul(x, w) + b[..., None, :]                      # (..., T, 2K + V)
+    queries, keys = projected[..., :key_size], projected[..., key_size:2 * key_size]
+    values = projected[..., 2 * key_size:]
+    logits = anp.matmul(queries, anp.swapaxes(keys, -1, -2)) / math.sqrt(key_size)  # (..., T, T)
+    probs = causal_softmax(logits)
+    out = anp.concatenate([x, anp.matmul(probs, values)], axis=-1)
+    return (out, probs) if return_probs else out
+
+
+# ----- channel counts -----
+def dense_block_channels(in_channels, filters):
+    return in_channels + filters
+
+
+def tc_block_channels(in_channels, sequence_length, filters):
+    return in_channels + len(tc_dilations(sequence_length)) * filters
+
+
+def attention_block_channels(in_channels, value_size):
+    return in_channels + value_size
+
+
+# ----- initialisers (host float64) -----
+def _uniform(rng, fan_in, shape):
+    bound = 1.0 / math.sqrt(fan_in)
+    return rng.uniform(-bound, bound, size=shape)
+
+
+def dense_block_init(rng, in_channels, filters, kernel_size=2):
+    """{"filter.w", "gate.w": (k, C_in, D), "filter.b", "gate.b": (D,)}, PyTorch Conv1d init."""
+    for name, value in (("in_channels", in_channels), ("filters", filters),
+                        ("kernel_size", kernel_size)):
+        _check_int(name, value, 1)
+    fan_in = kernel_size * in_channels
+    return {f"{part}.{leaf}": _uniform(rng, fan_in, (kernel_size, in_channels, filters)
+                                       if leaf == "w" else (filters,))
+            for part in ("filter", "gate") for leaf in ("w", "b")}
+
+
+def tc_block_init(rng, in_channels, sequence_length, filters, kernel_size=2):
+    """"dense{i}.*" for the ⌈log₂T⌉ DenseBlocks, each seeing the channels before it."""
+    params, channels = {}, in_channels
+    for i in range(len(tc_dilations(sequence_length))):
+        params.update({f"dense{i}.{k}": v for k, v in
+                       dense_block_init(rng, channels, filters, kernel_size).items()})
+        channels = dense_block_channels(channels, filters)
+    return params
+
+
+def attention_block_init(rng, in_channels, key_size, value_size):
+    """{"query.w", "key.w": (C, K), "value.w": (C, V), and biases}, PyTorch Linear init."""
+    for name, value in (("in_channels", in_channels), ("key_size", key_size),
+                        ("value_size", value_size)):
+        _check_int(name, value, 1)
+    sizes = {"query": key_size, "key": key_size, "value": value_size}
+    params = {}
+    for part, size in sizes.items():
+        params[f"{part}.w"] = _uniform(rng, in_channels, (in_channels, size))
+        params[f"{part}.b"] = _uniform(rng, in_channels, (size,))
+    return params
+
+
+def _sub(params, prefix):
+    return {name[len(prefix):]: value for name, value in params.items() if name.startswith(prefix)}

@@ -1,0 +1,277 @@
+"""Reference cases: reproducible bytes, complete JSON, self-consistent numbers, atomic export."""
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from refmeta import cases, verify
+
+ALL = list(cases.CASES)
+SHIPPED = ["maml-sinusoid-k1-second-order", "maml-sinusoid-k1-first-order",
+           "maml-sinusoid-k3-second-order", "maml-sinusoid-k3-first-order",
+           "maml-conv4-bn-5way1shot-second-order", "maml-conv4-bn-5way1shot-first-order",
+           "reptile-sinusoid-serial", "reptile-sinusoid-batched"]
+
+
+@pytest.fixture(scope="module")
+def encoded():
+    """{case id: (document, {npz key: array}, npz bytes)} for every registered case."""
+    out = {}
+    for case_id in ALL:
+        text, npz = cases.encode(case_id, cases.build(case_id))
+        with np.load(io.BytesIO(npz)) as f:
+            out[case_id] = json.loads(text), {k: f[k] for k in f.files}, npz
+    return out
+
+
+def test_the_issue_lists_cases_are_registered():
+    assert set(SHIPPED) <= set(ALL)
+    for case_id in ALL:
+        assert callable(cases.CASES[case_id])
+        assert case_id.replace("-", "").isalnum() and case_id == case_id.lower()
+
+
+@pytest.mark.parametrize("case_id", ALL)
+def test_a_case_is_bit_for_bit_reproducible_from_its_seed(case_id, encoded):
+    text, npz = cases.encode(case_id, cases.build(case_id))
+    document, _, first_npz = encoded[case_id]
+    assert npz == first_npz
+    assert json.loads(text) == document and text == cases.encode(case_id, cases.build(case_id))[0]
+    assert document["npz_sha256"] == hashlib.sha256(npz).hexdigest()
+
+
+def test_exporting_twice_writes_identical_files(tmp_path):
+    ids = ["maml-sinusoid-k1-second-order", "reptile-sinusoid-serial"]
+    for folder in ("a", "b"):
+        cases.export(str(tmp_path / folder), ids)
+    names = sorted(os.listdir(tmp_path / "a"))
+    assert names == sorted(f"{i}.{ext}" for i in ids for ext in ("json", "npz"))
+    for name in names:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+@pytest.mark.parametrize("case_id", ALL)
+def test_the_json_is_complete_and_matches_the_npz(case_id, encoded):
+    document, arrays, _ = encoded[case_id]
+    for key in ("format", "id", "algorithm", "description", "refmeta_version", "seed", "model",
+                "loss", "conventions", "hyperparameters", "procedure", "inputs", "outputs"):
+        assert key in document, key
+    assert document["format"] == "refmeta.case/1" and document["id"] == case_id
+    for key in cases.REQUIRED_CONVENTIONS:
+        value = document["conventions"][key]
+        assert value is not None and (not isinstance(value, str) or value.strip()), key
+    assert set(arrays) == {f"{kind}/{n}" for kind in ("inputs", "outputs") for n in document[kind]}
+    for kind in ("inputs", "outputs"):
+        for name, entry in document[kind].items():
+            array = arrays[f"{kind}/{name}"]
+            assert array.dtype == np.float64 and list(array.shape) == entry["shape"], name
+            assert np.isfinite(array).all() and entry["meaning"]
+            if entry.get("integer_valued"):
+                assert np.array_equal(array, np.round(array))
+    for name, entry in document["outputs"].items():
+        assert entry["rtol"] == 1e-10 and 0 < entry["atol"] <= 1e-5, (name, entry)
+    params = {k for k in document["inputs"] if k.startswith("params/")}
+    assert params and all(f"updated/{p[7:]}" in document["outputs"] for p in params)
+
+
+def test_model_descriptions_name_every_parameter(encoded):
+    for case_id, (document, _, _) in encoded.items():
+        named = set()
+        for layer in document["model"]["layers"]:
+            named |= {layer.get(k) for k in ("weight", "bias", "offset", "scale")} - {None}
+        assert named == {k[7:] for k in document["inputs"] if k.startswith("params/")}, case_id
+
+
+def _case(encoded, case_id):
+    document, arrays, _ = encoded[case_id]
+    take = lambda prefix: {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+    return document, take("inputs/"), take("outputs/")
+
+
+@pytest.mark.parametrize("case_id", [c for c in SHIPPED if "sinusoid" in c])
+def test_sinusoid_targets_follow_the_recorded_phase_convention(case_id, encoded):
+    document, inputs, _ = _case(encoded, case_id)
+    sign = document["conventions"]["sinusoid"]["phase_sign"]
+    amplitude, phase = inputs["amplitude"][:, None, None], inputs["phase"][:, None, None]
+    for kind in ("support", "query"):
+        if f"{kind}_x" in inputs:
+            expected = amplitude * np.sin(inputs[f"{kind}_x"] + sign * phase)
+            np.testing.assert_allclose(inputs[f"{kind}_y"], expected, rtol=0, atol=1e-15)
+    low, high = document["conventions"]["sinusoid"]["phase_range"]
+    assert low <= inputs["phase"].min() and inputs["phase"].max() <= high
+
+
+def _numpy_mlp_preactivations(params, x):
+    """Hidden pre-activations of a 1-40-40-1 ReLU MLP, written out in numpy."""
+    out, h = [], x
+    for i in range(2):
+        z = h @ params[f"dense{i}.w"] + params[f"dense{i}.b"][..., None, :]
+        out.append(z)
+        h = np.maximum(z, 0)
+    return out
+
+
+@pytest.mark.parametrize("case_id", [c for c in SHIPPED if c.startswith("maml-sinusoid")])
+def test_no_relu_sits_near_its_kink(case_id, encoded):
+    """Reassociation (~1e-15) elsewhere cannot flip a ReLU: every pre-activation is far from 0."""
+    document, inputs, outputs = _case(encoded, case_id)
+    steps = [{k[7:]: v[None] for k, v in inputs.items() if k.startswith("params/")}]
+    for j in range(1, document["conventions"]["inner_steps"] + 1):
+        steps.append({k[len(f"adapted_step{j}/"):]: v for k, v in outputs.items()
+                      if k.startswith(f"adapted_step{j}/")})
+    smallest = min(float(np.abs(z).min()) for params in steps
+                   for x in (inputs["support_x"], inputs["query_x"])
+                   for z in _numpy_mlp_preactivations(params, x))
+    assert smallest > 1e-6
+
+
+@pytest.mark.parametrize("case_id", [c for c in SHIPPED if c.startswith("maml")])
+def test_maml_updated_is_one_adam_step_from_the_meta_gradient(case_id, encoded):
+    document, inputs, outputs = _case(encoded, case_id)
+    hp = document["hyperparameters"]
+    for name in (k[7:] for k in inputs if k.startswith("params/")):
+        g = outputs[f"meta_gradient/{name}"]
+        m_hat = (1 - hp["adam_b1"]) * g / (1 - hp["adam_b1"])
+        v_hat = (1 - hp["adam_b2"]) * g ** 2 / (1 - hp["adam_b2"])
+        expected = inputs[f"params/{name}"] - hp["meta_lr"] * m_hat / (np.sqrt(v_hat) + hp["adam_eps"])
+        np.testing.assert_allclose(outputs[f"updated/{name}"], expected, rtol=1e-14, atol=1e-17)
+
+
+@pytest.mark.parametrize("setting", ["sinusoid-k1", "sinusoid-k3", "conv4-bn-5way1shot"])
+def test_first_order_changes_only_the_meta_gradient(setting, encoded):
+    _, _, second = _case(encoded, f"maml-{setting}-second-order")
+    _, _, first = _case(encoded, f"maml-{setting}-first-order")
+    for name in second:
+        if name.startswith(("meta_gradient/", "updated/")):
+            continue
+        assert np.array_equal(second[name], first[name]), name
+    gap = max(np.abs(second[n] - first[n]).max() for n in second if n.startswith("meta_gradient/"))
+    assert gap > 1e-6      # the dropped Hessian terms are far above the 1e-10 tolerance
+
+
+@pytest.mark.parametrize("mode", ["serial", "batched"])
+def test_reptile_updated_follows_the_recorded_rule(mode, encoded):
+    document, inputs, outputs = _case(encoded, f"reptile-sinusoid-{mode}")
+    epsilon, k = document["hyperparameters"]["meta_step_size"], document["hyperparameters"]["inner_steps"]
+    for name in (n[7:] for n in inputs if n.startswith("params/")):
+        phi, last = inputs[f"params/{name}"], outputs[f"adapted_step{k}/{name}"]
+        if mode == "batched":
+            expected = phi + epsilon * np.mean(last - phi, axis=0)
+        else:
+            for t in range(last.shape[0]):
+                np.testing.assert_allclose(outputs[f"task_start/{name}"][t], phi, rtol=0, atol=1e-15)
+                phi = phi + epsilon * (last[t] - phi)
+            expected = phi
+        np.testing.assert_allclose(outputs[f"updated/{name}"], expected, rtol=0, atol=1e-15)
+    batches = inputs["batch_indices"]
+    assert batches.shape == (3, k, document["hyperparameters"]["batch_size"])
+    for t in range(3):   # shuffled, cut, reshuffled: no repeat inside a pass over the data
+        assert len(set(batches[t, 0])) == batches.shape[2]
+
+
+# ----- export: atomic, and bad directories -----
+def _assert_whole_cases_only(directory):
+    names = os.listdir(directory)
+    assert not [n for n in names if n.startswith(".refmeta-export-")], names
+    for name in names:
+        if name.endswith(".json"):
+            assert verify.main(os.path.join(directory, name), os.path.join(directory, name[:-5] + ".npz"),
+                               out=io.StringIO(), err=io.StringIO()) == 0, name
+
+
+def test_a_failure_while_building_leaves_the_directory_as_it_was(tmp_path, monkeypatch):
+    cases.export(str(tmp_path), ["reptile-sinusoid-serial"])
+    before = {n: (tmp_path / n).read_bytes() for n in os.listdir(tmp_path)}
+    real_build = cases.build
+
+    def build(case_id):
+        if case_id == "maml-sinusoid-k3-first-order":
+            raise KeyboardInterrupt        # Ctrl-C in the middle of the export
+        return real_build(case_id)
+    monkeypatch.setattr(cases, "build", build)
+    with pytest.raises(KeyboardInterrupt):
+        cases.export(str(tmp_path))
+    assert {n: (tmp_path / n).read_bytes() for n in os.listdir(tmp_path)} == before
+    _assert_whole_cases_only(tmp_path)
+
+
+def test_a_failure_while_moving_files_in_never_leaves_half_a_case(tmp_path, monkeypatch):
+    real_replace, calls = os.replace, []
+
+    def replace(source, target):
+        calls.append(target)
+        if len(calls) == 4:                # the second case's JSON
+            raise KeyboardInterrupt
+        real_replace(source, target)
+    monkeypatch.setattr(cases.os, "replace", replace)
+    ids = ["maml-sinusoid-k1-second-order", "maml-sinusoid-k1-first-order", "reptile-sinusoid-batched"]
+    with pytest.raises(KeyboardInterrupt):
+        cases.export(str(tmp_path), ids)
+    names = sorted(os.listdir(tmp_path))
+    assert "maml-sinusoid-k1-second-order.json" in names
+    assert "maml-sinusoid-k1-first-order.json" not in names     # its NPZ alone is no case
+    assert not any(n.startswith("reptile") for n in names)
+    _assert_whole_cases_only(tmp_path)
+
+
+def test_a_stale_json_is_removed_before_its_npz_is_replaced(tmp_path, monkeypatch):
+    case_id = "maml-sinusoid-k1-second-order"
+    cases.export(str(tmp_path), [case_id])
+    document = json.loads((tmp_path / f"{case_id}.json").read_text())
+    document["npz_sha256"] = "0" * 64                       # pretend: an older export
+    (tmp_path / f"{case_id}.json").write_text(json.dumps(document))
+    real_replace = os.replace
+
+    def replace(source, target):
+        if target.endswith(".json"):
+            raise KeyboardInterrupt
+        real_replace(source, target)
+    monkeypatch.setattr(cases.os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        cases.export(str(tmp_path), [case_id])
+    assert sorted(os.listdir(tmp_path)) == [f"{case_id}.npz"]
+
+
+def test_an_unwritable_directory_is_a_case_error(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(cases.CaseError, match="cannot write cases to .*a-file"):
+        cases.export(str(blocker / "cases"))
+    with pytest.raises(cases.CaseError, match="unknown case"):
+        cases.export(str(tmp_path), ["no-such-case"])
+
+
+def refmeta(*argv, cwd=None):
+    return subprocess.run([sys.executable, "-m", "refmeta", *argv], capture_output=True,
+                          text=True, timeout=300, cwd=cwd)
+
+
+def test_cli_lists_and_exports_and_rejects_bad_directories(tmp_path):
+    listed = refmeta("cases", "list")
+    assert listed.returncode == 0, listed.stderr
+    for case_id in ALL:
+        assert case_id in listed.stdout
+    exported = refmeta("cases", "export", str(tmp_path / "out"))
+    assert exported.returncode == 0, exported.stderr
+    assert sorted(os.listdir(tmp_path / "out")) == sorted(
+        f"{c}.{ext}" for c in ALL for ext in ("json", "npz"))
+    (tmp_path / "file").write_text("")
+    bad = refmeta("cases", "export", str(tmp_path / "file" / "sub"))
+    assert bad.returncode != 0 and "cannot write cases to" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_ctrl_c_during_cli_export_exits_130_with_a_message(tmp_path, monkeypatch, capsys):
+    from refmeta import cli
+    real_build = cases.build
+    monkeypatch.setattr(cases, "build", lambda case_id: real_build(case_id) if case_id == ALL[0]
+                        else (_ for _ in ()).throw(KeyboardInterrupt()))
+    assert cli.main(["cases", "export", str(tmp_path)]) == 130
+    assert "interrupted; every case in the directory is whole" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []

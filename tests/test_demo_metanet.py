@@ -1,0 +1,68 @@
+"""The Meta Networks Omniglot demo at its --fast size, and its option checks."""
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from refmeta.demos import metanet_omniglot as demo
+
+DATA = Path("/work/shared/data/omniglot")
+needs_data = pytest.mark.skipif(not all((DATA / z).is_file() for z in demo.ZIPS + ("all_runs.zip",)),
+                                reason=f"Omniglot zips not found in {DATA}")
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser()
+    demo.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+@pytest.fixture(scope="module")
+def fast_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("metanet-omniglot")
+    cache = tmp_path_factory.mktemp("cache")
+    return out, demo.run(parse(["--data", str(DATA), "--fast", "--out", str(out), "--cache", str(cache)]))
+
+
+@needs_data
+def test_the_json_records_config_results_and_the_learning_curve(fast_run):
+    out, report = fast_run
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["config"]["metanet"]["preprocess_p"] == 7.0
+    assert saved["config"]["train_way"] == 20 and saved["config"]["episodes_trained"] == demo.FAST["episodes"]
+    assert saved["config"]["training_classes"] == 4 * 194 and saved["config"]["heldout_characters"] == 48
+    for setting in ("5-way 1-shot", "20-way 1-shot"):
+        result = saved["results"][setting]
+        assert result["n_episodes"] == demo.FAST["eval_episodes"] and 0 <= result["accuracy"] <= 100
+        assert result["ci95"] >= 0
+    assert len(saved["results"]["lake_runs"]["per_run"]) == 20
+    assert saved["learning_curve"]["episode"][-1] == demo.FAST["episodes"]
+    assert saved["paper"]["accuracy"]["5-way 1-shot"] == 98.95
+    assert "| paper (1200 training characters) | 98.95% | 97.00% | |" in report["table"]
+    names = {p.name for p in out.iterdir()} - {"cache"}
+    assert names == {"results.json"} | {Path(p).name for p in report.get("figures", [])}
+
+
+@needs_data
+def test_a_5_way_model_reports_no_20_way_numbers(tmp_path):
+    report = demo.run(parse(["--data", str(DATA), "--fast", "--out", str(tmp_path), "--train-way", "5",
+                             "--no-plots", "--cache", str(tmp_path / "cache")]))
+    assert report["results"]["20-way 1-shot"] is None and report["results"]["lake_runs"] is None
+    assert "n/a" in report["table"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--train-way", "1"], "--train-way must be >= 2"),
+    (["--fast-conv-blocks", "7"], "--fast-conv-blocks must be 0..4 or 'all'"),
+    (["--test-fraction", "1.5"], "--test-fraction must lie in"),
+])
+def test_bad_options_are_refused_before_any_work(tmp_path, argv, message):
+    with pytest.raises(ValueError, match=message):
+        demo.run(parse(["--data", str(DATA), "--out", str(tmp_path)] + argv))
+
+
+def test_a_folder_without_the_zips_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="expected a folder holding images_background_small1.zip"):
+        demo.run(parse(["--data", str(tmp_path), "--out", str(tmp_path / "out")]))

@@ -1,0 +1,126 @@
+"""The ProtoNet and Matching Net Omniglot demos at their --fast size, and their bad input.
+
+The Omniglot zips are read from ``shared/data/omniglot`` beside the repository; the runs skip,
+with the path shown by ``-ra``, where they are absent.  Bad-input cases use folders made here.
+"""
+
+import argparse
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from refmeta.demos import fewshot_omniglot, matching_omniglot, protonet_omniglot
+
+DATA = Path(__file__).parents[2] / "shared" / "data" / "omniglot"
+DEMOS = {"protonet": protonet_omniglot, "matching": matching_omniglot}
+SETTINGS = ("5-way 1-shot", "5-way 5-shot", "20-way 1-shot")
+
+
+def parse(demo, argv):
+    parser = argparse.ArgumentParser()
+    demo.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def data_folder():
+    if not all((DATA / name).is_file() for name in fewshot_omniglot.ZIPS + ("all_runs.zip",)):
+        pytest.skip(f"{DATA} lacks the Omniglot zips: they belong in shared/data/omniglot beside the repo")
+    return DATA
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("omniglot-cache")
+
+
+@pytest.fixture(scope="module", params=["protonet", "matching", "matching-fce"])
+def fast_run(request, tmp_path_factory, cache):
+    """(out folder, returned report, extra argv) of one ``--fast`` run per demo."""
+    name = request.param
+    out = tmp_path_factory.mktemp(name)
+    extra = ["--fce", "--read-steps", "2"] if name == "matching-fce" else []
+    demo = DEMOS[name.split("-")[0]]
+    argv = ["--fast", "--data", str(data_folder()), "--out", str(out), "--cache", str(cache)] + extra
+    return out, demo.run(parse(demo, argv)), name
+
+
+def test_the_json_holds_every_number_the_issue_asks_for(fast_run):
+    out, report, name = fast_run
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["model"] == {"matching-fce": "matching-fce"}.get(name, name)
+    for setting in SETTINGS:
+        result = saved["results"][setting]
+        assert result["n_episodes"] == fewshot_omniglot.FAST["eval_episodes"]
+        assert 0 <= result["mean"] <= 100 and result["ci95"] >= 0
+        assert setting in saved["paper_full_data"]
+    lake = saved["lake_runs"]
+    assert len(lake["per_run"]) == 20 and lake["error"] == pytest.approx(np.mean(lake["per_run"]))
+    assert all(value % 5 == 0 for value in lake["per_run"])          # 20 test items per run
+    assert lake["references"]["MHD (measured here)"] == 38.8 and lake["references"]["people"] == 4.5
+    assert saved["data"] == {"train_classes": 4 * 194, "train_characters": 194, "heldout_characters": 48,
+                             "lake_runs": 20}
+    assert saved["timing"]["episodes_done"] == fewshot_omniglot.FAST["episodes"]
+    assert saved["config"]["train_way"] == 60 and saved["config"]["seed"] == 0
+    assert len(saved["learning_curve"]["episode"]) == 2
+    assert "| Lake's 20 runs" in saved["table"] and "| people | 4.5% |" in saved["table"]
+
+
+def test_the_matching_conventions_are_recorded(fast_run):
+    _, report, name = fast_run
+    if name == "protonet":
+        assert report["conventions"]["distance"] == "sqeuclidean"
+    else:
+        assert report["conventions"]["fce"] == (name == "matching-fce")
+        assert report["conventions"]["distance"] == "cosine"
+
+
+def test_the_output_folder_holds_only_the_results(fast_run):
+    out, report, _ = fast_run
+    expected = {"results.json"} | ({"learning_curve.png"} if report.get("figure") else set())
+    assert {p.name for p in out.iterdir()} == expected     # no temporary files left behind
+
+
+def test_the_fast_run_already_lowers_the_training_loss(fast_run):
+    # Mean training loss over episodes 6-10 minus that over episodes 1-5, seed 0 (seeds 1-3 in
+    # brackets): protonet −0.22 (−0.46, −0.15, −0.40), matching −0.027 (−0.008, −0.020),
+    # matching-fce −0.031 (−0.034).  Without training (--lr 0): +0.135, −0.0015, +0.007.
+    _, report, name = fast_run
+    first, second = report["learning_curve"]["train_loss"]
+    assert second < first - (0.1 if name == "protonet" else 0.01)
+
+
+def test_a_missing_or_incomplete_data_folder_is_a_value_error_and_writes_nothing(tmp_path):
+    out = tmp_path / "out"
+    for folder, message in ((tmp_path / "absent", "it is not a folder"), (tmp_path, "missing images_background")):
+        with pytest.raises(ValueError, match=message):
+            protonet_omniglot.run(parse(protonet_omniglot, ["--fast", "--data", str(folder), "--out", str(out)]))
+    assert not out.exists()
+
+
+def test_a_bad_zip_is_a_value_error_and_writes_no_results(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in fewshot_omniglot.ZIPS + ("all_runs.zip",):
+        (data / name).write_bytes(b"not a zip at all")
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="not a readable zip"):
+        matching_omniglot.run(parse(matching_omniglot, ["--fast", "--data", str(data), "--out", str(out)]))
+    assert not (out / "results.json").exists()
+    with zipfile.ZipFile(data / fewshot_omniglot.ZIPS[0], "w") as archive:
+        archive.writestr("images_background_small1/readme.txt", "no drawings here")
+    with pytest.raises(ValueError, match="expected members"):
+        matching_omniglot.run(parse(matching_omniglot, ["--fast", "--data", str(data), "--out", str(out)]))
+    assert not (out / "results.json").exists()
+
+
+def test_bad_options_are_value_errors_before_anything_is_read(tmp_path):
+    for argv, message in ((["--train-way", "1"], "--train-way must be >= 2"),
+                          (["--test-fraction", "1.5"], "--test-fraction must lie in"),
+                          (["--hidden", "0"], "--hidden must be a positive integer")):
+        with pytest.raises(ValueError, match=message):
+            protonet_omniglot.run(parse(protonet_omniglot, ["--fast", "--data", str(tmp_path / "absent"),
+                                                            "--out", str(tmp_path / "out")] + argv))
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,313 @@
+"""Matching Networks and the LSTM cell: independent references, finite differences, identities."""
+
+import math
+
+import autograd.numpy as anp
+import numpy as np
+import pytest
+from hypothesis import assume, given, strategies as st
+
+from helpers import check_grad_away_from_kinks
+from refmeta import gradcheck, layers, matching, protonet
+from refmeta.tasks import Episode
+
+seeds = st.integers(0, 2**32 - 1)
+
+
+def close(dev, actual, expected, rtol=1e-12, atol=1e-13):
+    assert dev.is_array(actual), f"expected a {dev.name} array; got {type(actual).__name__}"
+    np.testing.assert_allclose(dev.to_host(actual), expected, rtol=rtol, atol=atol)
+
+
+# ----- an independent reference on the host: loops and the textbook formulas -----
+def ref_sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def ref_lstm(p, x, h, c):
+    """One LSTM step on vectors, gates (i, f, g, o) as in PyTorch's nn.LSTMCell documentation."""
+    hidden = len(c)
+    pre = x @ p["w_x"] + h @ p["w_h"] + p["b"]
+    i, f, g, o = (pre[k * hidden:(k + 1) * hidden] for k in range(4))
+    c_new = ref_sigmoid(f) * c + ref_sigmoid(i) * np.tanh(g)
+    return ref_sigmoid(o) * np.tanh(c_new), c_new
+
+
+def ref_fce(p, g_prime, f_prime, read_steps, h0="embedding"):
+    """Appendix A.2 then A.1, one support vector and one query at a time."""
+    lstm = lambda name: {k: p[f"fce.{name}.{k}"] for k in ("w_x", "w_h", "b")}
+    n, d = g_prime.shape
+    forward, backward = np.zeros((n, d)), np.zeros((n, d))
+    h, c = np.zeros(d), np.zeros(d)
+    for i in range(n):
+        h, c = ref_lstm(lstm("fw"), g_prime[i], h, c)
+        forward[i] = h
+    h, c = np.zeros(d), np.zeros(d)
+    for i in reversed(range(n)):
+        h, c = ref_lstm(lstm("bw"), g_prime[i], h, c)
+        backward[i] = h
+    g = forward + backward + g_prime                                       # (G)
+    f = np.zeros_like(f_prime)
+    for q, x in enumerate(f_prime):
+        h, c = (x.copy() if h0 == "embedding" else np.zeros(d)), np.zeros(d)
+        for _ in range(read_steps):
+            logits = np.array([h @ g_i for g_i in g])
+            a = np.exp(logits - logits.max()) / np.sum(np.exp(logits - logits.max()))
+            r = sum(a_i * g_i for a_i, g_i in zip(a, g))                    # (R)
+            h_hat, c = ref_lstm(lstm("att"), x, np.concatenate([h, r]), c)  # (F1)
+            h = h_hat + x                                                   # (F2)
+        f[q] = h
+    return g, f
+
+
+def ref_cosine_model(f, g, support_y, n_way, scale=1.0):
+    """(A) and (P) by the definitions: cosines, attention, class sums of attention; log p."""
+    cos = np.array([[fi @ gj / (np.linalg.norm(fi) * np.linalg.norm(gj)) for gj in g] for fi in f])
+    a = np.exp(scale * cos) / np.sum(np.exp(scale * cos), axis=1, keepdims=True)
+    p = np.stack([a[:, support_y == k].sum(axis=1) for k in range(n_way)], axis=1)
+    return a, np.log(p)
+
+
+def fce_params(rng, d, scale=0.5):
+    config = matching.MatchingConfig(fce=True)
+    params = matching.init(rng, lambda r: {}, d, config)
+    return {k: scale * rng.standard_normal(v.shape) for k, v in params.items()}
+
+
+def smooth_embed(params, x):
+    return anp.tanh(anp.matmul(x, params["w"]) + params["b"])
+
+
+def episode(dev, rng, n_way, k_shot, n_query, d_in=3, n_tasks=None):
+    lead = () if n_tasks is None else (n_tasks,)
+    ys = [np.broadcast_to(np.repeat(np.arange(n_way), n), lead + (n_way * n,)).copy() for n in (k_shot, n_query)]
+    return Episode.validated(dev.asarray(rng.standard_normal(lead + (n_way * k_shot, d_in))), dev.asarray(ys[0]),
+                             dev.asarray(rng.standard_normal(lead + (n_way * n_query, d_in))), dev.asarray(ys[1]),
+                             n_way=n_way)
+
+
+def model_params(dev, rng, config, d_in=3, d=4):
+    params = matching.init(rng, lambda r: {"w": r.standard_normal((d_in, d)), "b": r.standard_normal(d)},
+                           d, config)
+    return dev.tree({k: (0.5 * rng.standard_normal(v.shape) if k.startswith("fce") else v)
+                     for k, v in params.items()})
+
+
+# ----- the LSTM cell -----
+@given(seed=seeds, d_in=st.integers(1, 4), hidden=st.integers(1, 4), recurrent=st.integers(1, 6))
+def test_lstm_cell_matches_the_textbook_equations(dev, seed, d_in, hidden, recurrent):
+    rng = np.random.default_rng(seed)
+    p = {k: 0.7 * rng.standard_normal(v.shape) for k, v in layers.lstm_init(rng, d_in, hidden, recurrent).items()}
+    x, h, c = rng.standard_normal((3, d_in)), rng.standard_normal((3, recurrent)), rng.standard_normal((3, hidden))
+    h_new, c_new = layers.lstm_cell(*(dev.asarray(a) for a in (x, h, c, p["w_x"], p["w_h"], p["b"])))
+    expected = [ref_lstm(p, x[n], h[n], c[n]) for n in range(3)]
+    close(dev, h_new, np.stack([e[0] for e in expected]))
+    close(dev, c_new, np.stack([e[1] for e in expected]))
+
+
+def test_lstm_cell_broadcasts_task_axes_and_checks_shapes(dev):
+    rng = np.random.default_rng(1)
+    p = {k: rng.standard_normal((2,) + v.shape) for k, v in layers.lstm_init(rng, 3, 2).items()}  # 2 tasks
+    x, h, c = rng.standard_normal((2, 5, 3)), rng.standard_normal((2, 5, 2)), rng.standard_normal((2, 5, 2))
+    h_new, _ = layers.lstm_cell(*(dev.asarray(a) for a in (x, h, c, p["w_x"], p["w_h"], p["b"])))
+    for t in range(2):
+        task = {k: v[t] for k, v in p.items()}
+        close(dev, h_new[t], np.stack([ref_lstm(task, x[t, n], h[t, n], c[t, n])[0] for n in range(5)]))
+    with pytest.raises(ValueError, match=r"expects h \(\.\.\., n, 2\)"):
+        layers.lstm_cell(*(dev.asarray(a) for a in (x, x, c, p["w_x"], p["w_h"], p["b"])))
+    with pytest.raises(ValueError, match=r"expects c \(\.\.\., n, H=2\)"):
+        layers.lstm_cell(*(dev.asarray(a) for a in (x, h, x, p["w_x"], p["w_h"], p["b"])))
+    init = layers.lstm_init(np.random.default_rng(0), 3, 4, recurrent_size=8, forget_bias=1.0)
+    assert init["w_x"].shape == (3, 16) and init["w_h"].shape == (8, 16) and init["b"].shape == (16,)
+    assert np.all(np.abs(init["w_x"]) <= 0.5) and np.all(init["b"][4:8] >= 0.5)
+
+
+@given(seed=seeds)
+def test_lstm_cell_gradient_matches_finite_differences(dev, seed):
+    rng = np.random.default_rng(seed)
+    tree = dev.tree({**layers.lstm_init(rng, 3, 2, 4), "x": rng.standard_normal((2, 3)),
+                     "h": rng.standard_normal((2, 4)), "c": rng.standard_normal((2, 2))})
+    f = lambda t: anp.sum(anp.sin(sum(layers.lstm_cell(t["x"], t["h"], t["c"], t["w_x"], t["w_h"], t["b"]))))
+    gradcheck.check_grad(f, tree, rng=rng)
+
+
+# ----- the model against the independent reference -----
+@given(seed=seeds, n_way=st.integers(2, 4), k_shot=st.integers(1, 3), n_query=st.integers(1, 3),
+       scale=st.sampled_from([1.0, 7.5]))
+def test_without_fce_the_model_is_hand_computed_cosine_attention(dev, seed, n_way, k_shot, n_query, scale):
+    rng = np.random.default_rng(seed)
+    g, f = rng.standard_normal((n_way * k_shot, 4)), rng.standard_normal((n_way * n_query, 4))
+    support_y, query_y = np.repeat(np.arange(n_way), k_shot), np.repeat(np.arange(n_way), n_query)
+    a, log_p = ref_cosine_model(f, g, support_y, n_way, scale)
+    close(dev, matching.attention(dev.asarray(f), dev.asarray(g), scale=scale), a)
+    close(dev, matching.class_log_probabilities(*(dev.asarray(v) for v in (f, g, support_y)), n_way,
+                                                scale=scale), log_p)
+    config = matching.MatchingConfig(attention_scale=scale)
+    loss = matching.loss_from_embeddings({}, *(dev.asarray(v) for v in (g, support_y, f, query_y)), n_way, config)
+    assert float(loss) == pytest.approx(-np.mean(log_p[np.arange(len(query_y)), query_y]), rel=1e-12)
+
+
+def test_golden_value_by_hand(dev):
+    """g = (1,0) [class 0], (0,1), (1,1) [class 1]; f = (1,0): cosines 1, 0, 1/√2, so
+    p(0) = e / (e + 1 + e^{1/√2}) and the loss for label 0 is −log p(0)."""
+    g, f = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]), np.array([[1.0, 0.0]])
+    loss = matching.loss_from_embeddings({}, dev.asarray(g), dev.asarray(np.array([0, 1, 1])), dev.asarray(f),
+                                         dev.asarray(np.array([0])), 2)
+    expected = -math.log(math.e / (math.e + 1.0 + math.exp(1 / math.sqrt(2))))
+    assert float(loss) == pytest.approx(expected, rel=1e-14)
+
+
+@given(seed=seeds, read_steps=st.integers(0, 3), h0=st.sampled_from(matching.ATTENTION_H0),
+       n_support=st.integers(1, 5))
+def test_fce_follows_the_appendix_equations(dev, seed, read_steps, h0, n_support):
+    rng = np.random.default_rng(seed)
+    p = fce_params(rng, 3)
+    g_prime, f_prime = rng.standard_normal((n_support, 3)), rng.standard_normal((4, 3))
+    config = matching.MatchingConfig(fce=True, read_steps=read_steps, attention_h0=h0)
+    g, f = matching.full_context_embeddings(dev.tree(p), dev.asarray(g_prime), dev.asarray(f_prime), config)
+    expected_g, expected_f = ref_fce(p, g_prime, f_prime, read_steps, h0)
+    close(dev, g, expected_g)
+    close(dev, f, expected_f)
+
+
+def test_fce_reads_the_support_set_in_order_and_no_fce_does_not(dev):
+    rng = np.random.default_rng(3)
+    p = dev.tree(fce_params(rng, 3))
+    g_prime, f_prime = rng.standard_normal((4, 3)), rng.standard_normal((2, 3))
+    y = np.array([0, 1, 0, 1])
+    order = np.array([2, 0, 3, 1])
+    for fce, invariant in ((False, True), (True, False)):
+        config = matching.MatchingConfig(fce=fce)
+        log_p = [dev.to_host(matching.log_probabilities(p, dev.asarray(g_prime[o]), dev.asarray(y[o]),
+                                                        dev.asarray(f_prime), 2, config))
+                 for o in (np.arange(4), order)]
+        assert np.allclose(log_p[0], log_p[1], rtol=1e-12, atol=1e-14) == invariant
+
+
+# ----- probabilities, attention, relabelling -----
+@given(seed=seeds, fce=st.booleans(), n_way=st.integers(2, 4), k_shot=st.integers(1, 3),
+       distance=st.sampled_from(protonet.DISTANCES))
+def test_attention_rows_and_class_probabilities_sum_to_one(dev, seed, fce, n_way, k_shot, distance):
+    rng = np.random.default_rng(seed)
+    p = dev.tree(fce_params(rng, 4))
+    g_prime, f_prime = dev.asarray(rng.standard_normal((n_way * k_shot, 4))), dev.asarray(rng.standard_normal((5, 4)))
+    support_y = dev.asarray(rng.permutation(np.repeat(np.arange(n_way), k_shot)))
+    config = matching.MatchingConfig(fce=fce, read_steps=2, distance=distance)
+    g, f = matching.full_context_embeddings(p, g_prime, f_prime, config)
+    a = dev.to_host(matching.attention(f, g, distance))
+    np.testing.assert_allclose(a.sum(axis=1), 1.0, rtol=1e-13)
+    probabilities = np.exp(dev.to_host(matching.log_probabilities(p, g_prime, support_y, f_prime, n_way, config)))
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-13)
+    by_class = np.stack([a[:, dev.to_host(support_y) == k].sum(axis=1) for k in range(n_way)], axis=1)
+    np.testing.assert_allclose(probabilities, by_class, rtol=1e-12)   # (P): sums of attention, no 2nd softmax
+    assert not np.allclose(np.exp(by_class) / np.exp(by_class).sum(1, keepdims=True), probabilities)
+
+
+@given(seed=seeds, fce=st.booleans(), n_way=st.integers(2, 4))
+def test_relabelling_classes_permutes_the_probabilities(dev, seed, fce, n_way):
+    rng = np.random.default_rng(seed)
+    config = matching.MatchingConfig(fce=fce, read_steps=2)
+    params = model_params(dev, rng, config)
+    ep = episode(dev, rng, n_way, 2, 2)
+    relabel = rng.permutation(n_way)
+    renamed = Episode(ep.support_x, dev.asarray(relabel[dev.to_host(ep.support_y)]), ep.query_x,
+                      dev.asarray(relabel[dev.to_host(ep.query_y)]))
+    g_prime, f_prime = matching.base_embeddings(params, ep, smooth_embed, config)
+    log_p, renamed_log_p = (dev.to_host(matching.log_probabilities(params, g_prime, e.support_y, f_prime, n_way,
+                                                                   config)) for e in (ep, renamed))
+    np.testing.assert_allclose(renamed_log_p[:, relabel], log_p, rtol=1e-12, atol=1e-14)
+    assert float(matching.episode_loss(params, renamed, smooth_embed, n_way, config)) == \
+        pytest.approx(float(matching.episode_loss(params, ep, smooth_embed, n_way, config)), rel=1e-12)
+
+
+def test_per_class_logsumexp_is_stable_where_summing_attention_underflows(dev):
+    """Squared distances of ~1e3 underflow exp; (L) still gives the exact log-probabilities."""
+    g = np.array([[0.0], [40.0], [41.0]])                  # class 0 far from the query, class 1 near
+    log_p = dev.to_host(matching.class_log_probabilities(dev.asarray(np.array([[41.0]])), dev.asarray(g),
+                                                         dev.asarray(np.array([0, 1, 1])), 2, "sqeuclidean"))
+    scores = -(41.0 - g[:, 0]) ** 2                         # −1681, −1, 0
+    np.testing.assert_allclose(log_p, [[scores[0] - np.logaddexp.reduce(scores),
+                                        np.logaddexp(scores[1], scores[2]) - np.logaddexp.reduce(scores)]],
+                               rtol=1e-13)
+    assert np.isfinite(log_p).all()
+
+
+def test_task_axis_gives_the_mean_of_per_task_losses(dev):
+    rng = np.random.default_rng(0)
+    config = matching.MatchingConfig(fce=True, read_steps=2)
+    params = model_params(dev, rng, config)
+    ep = episode(dev, rng, 3, 2, 2, n_tasks=3)
+    batched = float(matching.episode_loss(params, ep, smooth_embed, 3, config))
+    per_task = [float(matching.episode_loss(params, Episode(*(a[t] for a in ep)), smooth_embed, 3, config))
+                for t in range(3)]
+    assert batched == pytest.approx(np.mean(per_task), rel=1e-13)
+
+
+# ----- finite differences -----
+@given(seed=seeds, fce=st.booleans(), read_steps=st.integers(0, 2), share=st.booleans(),
+       h0=st.sampled_from(matching.ATTENTION_H0), distance=st.sampled_from(protonet.DISTANCES),
+       n_tasks=st.sampled_from([None, 2]), scale=st.sampled_from([1.0, 4.0]))
+def test_episode_loss_gradient_matches_finite_differences(dev, seed, fce, read_steps, share, h0, distance,
+                                                          n_tasks, scale):
+    rng = np.random.default_rng(seed)
+    config = matching.MatchingConfig(fce=fce, read_steps=read_steps, share_embedding=share,
+                                     attention_h0=h0, distance=distance, attention_scale=scale)
+    params = model_params(dev, rng, config)
+    ep = episode(dev, rng, 3, 2, 2, n_tasks=n_tasks)
+    gradcheck.check_grad(lambda p: matching.episode_loss(p, ep, smooth_embed, 3, config), params, rng=rng)
+
+
+@given(seed=seeds, fce=st.booleans())
+def test_episode_loss_gradient_through_the_conv_embedding(dev, seed, fce):
+    rng = np.random.default_rng(seed)
+    config = matching.MatchingConfig(fce=fce, read_steps=2)
+    params = dev.tree(matching.init(rng, lambda r: protonet.conv4_embedding_init(r, hidden=2, image_size=16),
+                                    2, config))
+    ys = np.repeat(np.arange(3), 2)
+    ep = Episode.validated(dev.asarray(rng.standard_normal((6, 1, 16, 16))), dev.asarray(ys),
+                           dev.asarray(rng.standard_normal((3, 1, 16, 16))), dev.asarray(np.arange(3)), n_way=3)
+    f = lambda p: matching.episode_loss(p, ep, protonet.conv4_embedding(), 3, config)
+    assume(check_grad_away_from_kinks(f, params, rng, n_directions=2) > 0)
+
+
+# ----- configuration and bad input -----
+def test_init_names_and_conventions():
+    rng = np.random.default_rng(0)
+    embed_init = lambda r: {"w": np.ones((3, 4))}
+    assert set(matching.init(rng, embed_init, 4)) == {"embed.w"}
+    params = matching.init(rng, embed_init, 4, matching.MatchingConfig(fce=True, share_embedding=False))
+    assert {"f.w", "g.w", "fce.fw.w_x", "fce.bw.w_h", "fce.att.b"} <= set(params)
+    assert params["fce.att.w_h"].shape == (8, 16) and params["fce.fw.w_h"].shape == (4, 16)
+    conventions = matching.MatchingConfig().conventions()
+    assert conventions["distance"] == "cosine" and conventions["support_order"] == "as given"
+
+
+def test_bad_input_raises_clear_errors(dev):
+    rng = np.random.default_rng(0)
+    g, f = dev.asarray(rng.standard_normal((4, 3))), dev.asarray(rng.standard_normal((2, 3)))
+    y = dev.asarray(np.array([0, 1, 0, 1]))
+    with pytest.raises(ValueError, match="unknown distance 'dot'"):
+        matching.MatchingConfig(distance="dot")
+    with pytest.raises(ValueError, match="unknown attention_h0 'random'"):
+        matching.MatchingConfig(attention_h0="random")
+    with pytest.raises(ValueError, match="read_steps must be an integer >= 0; got -1"):
+        matching.MatchingConfig(read_steps=-1)
+    with pytest.raises(ValueError, match="attention_scale must be a positive finite number; got 0"):
+        matching.MatchingConfig(attention_scale=0)
+    with pytest.raises(TypeError, match="fce must be True or False"):
+        matching.MatchingConfig(fce=1)
+    with pytest.raises(ValueError, match=r"labels must be in 0\.\.1 \(n_way=2\); got values from 0 to 2"):
+        matching.class_log_probabilities(f, g, dev.asarray(np.array([0, 1, 2, 1])), 2)
+    with pytest.raises(ValueError, match=r"classes \[2\] have none"):
+        matching.class_log_probabilities(f, g, y, 3)
+    with pytest.raises(ValueError, match="same d"):
+        matching.class_log_probabilities(dev.asarray(rng.standard_normal((2, 5))), g, y, 2)
+    with pytest.raises(ValueError, match="f′ must be"):
+        matching.loss_from_embeddings({}, g, y, dev.asarray(rng.standard_normal((2, 5))),
+                                      dev.asarray(np.array([0, 1])), 2)
+    ep = episode(dev, rng, 2, 2, 1)
+    nan_x = dev.to_host(ep.support_x).copy()
+    nan_x[0, 0] = np.nan
+    with pytest.raises(ValueError, match="support_x contains NaN"):
+        matching.episode_loss({"embed.w": dev.asarray(np.ones((3, 4))), "embed.b": dev.asarray(np.ones(4))},
+                              Episode(dev.asarray(nan_x), *ep[1:]), smooth_embed, 2)
