@@ -20,10 +20,8 @@ each run's 20 training drawings are a 20-way 1-shot support set; the error is by
 ``lake_runs.evaluate_runs`` (argmax of log p over the 20 classes).
 """
 
-import json
 import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -34,6 +32,7 @@ from autograd import grad_and_aux
 from autograd.tracer import getval
 
 from refmeta import backend, lake_runs, layers, omniglot, optimizers
+from refmeta.demos import files
 from refmeta.progress import progress
 
 EVAL_SETTINGS = ((5, 1), (5, 5), (20, 1))
@@ -251,7 +250,7 @@ def run(model, args):
     if not args.no_plots:
         report["figure"] = save_figure(args.out, model.name, curve)
     report["timing"]["total_seconds"] = time.perf_counter() - start
-    write_json_atomically(os.path.join(args.out, "results.json"), report)
+    files.write_json_atomically(os.path.join(args.out, "results.json"), report)
     print(f"wrote {os.path.join(args.out, 'results.json')} ({report['timing']['total_seconds']:.0f} s in all)")
     return report
 
@@ -288,35 +287,7 @@ def save_figure(out_dir, name, curve):
     fig.suptitle(name)
     fig.tight_layout()
     path = os.path.join(out_dir, "learning_curve.png")
-    _replace_atomically(path, "wb", lambda f: fig.savefig(f, format="png", dpi=100))
+    files.save_figure_atomically(path, fig)
     print(f"wrote {path}")
     return path
 
-
-def write_json_atomically(path, report):
-    _replace_atomically(path, "w", lambda f: json.dump(_jsonable(report), f, indent=1, allow_nan=False))
-
-
-def _replace_atomically(path, mode, write):
-    directory = os.path.dirname(os.path.abspath(path))
-    with tempfile.NamedTemporaryFile(mode, dir=directory, delete=False, suffix=".tmp") as f:
-        try:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        except BaseException:
-            os.unlink(f.name)
-            raise
-    os.replace(f.name, path)
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return float(value) if np.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value

@@ -26,7 +26,6 @@ steps (the three numbers the paper reports); any diverged validation task makes 
 """
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -37,6 +36,7 @@ import numpy as np
 from autograd import value_and_grad
 
 from refmeta import backend, layers, losses, maml, optimizers, tasks, trees
+from refmeta.demos import files
 from refmeta.progress import progress
 
 LAYER_SIZES = (1, 40, 40, 1)
@@ -116,7 +116,7 @@ def run(args):
     if not args.no_plots:
         report["figures"] = save_figures(args.out, runs, data, family, config)
     report["timing"]["total_seconds"] = time.perf_counter() - start
-    write_json_atomically(os.path.join(args.out, "results.json"), report)
+    files.write_json_atomically(os.path.join(args.out, "results.json"), report)
     print(f"wrote {os.path.join(args.out, 'results.json')} "
           f"({report['timing']['total_seconds']:.0f} s in all)")
     return report
@@ -448,40 +448,7 @@ def _plot_learning_curves(fig, runs, path):
 
 
 def _save_atomically(fig, path):
-    _replace_atomically(path, "wb", lambda f: fig.savefig(f, format="png", dpi=100))
-
-
-def write_json_atomically(path, report):
-    """Write ``report`` to ``path`` via a temporary file and os.replace (non-finite -> null)."""
-    _replace_atomically(path, "w",
-                        lambda f: json.dump(_jsonable(report), f, indent=1, allow_nan=False))
-
-
-def _replace_atomically(path, mode, write):
-    """``write(file)`` into a temporary file beside ``path``, then rename it over ``path``."""
-    temporary = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(temporary, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-
-
-def _jsonable(value):
-    """Plain JSON types; NaN and ±inf become None."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return float(value) if np.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
+    files.save_figure_atomically(path, fig)
 
 
 def _describe_sizes(sizes):

@@ -39,16 +39,15 @@ Measured with these (load average 4-5 from other jobs, one BLAS thread, 0.67 of 
 """
 
 import argparse
-import json
 import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 from refmeta import backend, lake_runs, metanet, omniglot, optimizers
+from refmeta.demos import files
 from refmeta.progress import progress
 
 ZIPS = ("images_background_small1.zip", "images_background_small2.zip")
@@ -109,7 +108,7 @@ def run(args):
     if not args.no_plots:
         report["figures"] = save_figure(args.out, curve)
     report["timing"]["total_seconds"] = time.perf_counter() - start
-    write_json_atomically(os.path.join(args.out, "results.json"), report)
+    files.write_json_atomically(os.path.join(args.out, "results.json"), report)
     seconds = report["timing"]["total_seconds"]
     print(f"wrote {os.path.join(args.out, 'results.json')} ({seconds:.0f} s in all)")
     return report
@@ -272,37 +271,8 @@ def save_figure(out_dir, curve):
     acc_ax.legend()
     fig.tight_layout()
     path = os.path.join(out_dir, "learning_curve.png")
-    _replace_atomically(path, "wb", lambda f: fig.savefig(f, format="png", dpi=100))
+    files.save_figure_atomically(path, fig)
     return [path]
-
-
-def write_json_atomically(path, report):
-    _replace_atomically(path, "w", lambda f: json.dump(_jsonable(report), f, indent=1, allow_nan=False))
-
-
-def _replace_atomically(path, mode, write):
-    directory = os.path.dirname(os.path.abspath(path))
-    with tempfile.NamedTemporaryFile(mode, dir=directory, delete=False, suffix=".tmp") as f:
-        try:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        except BaseException:
-            os.unlink(f.name)
-            raise
-    os.replace(f.name, path)
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return float(value) if np.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
 
 
 def main(argv=None):

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from refmeta.demos import maml_sinusoid as demo
+from refmeta.demos import files, maml_sinusoid as demo
 
 MODELS = ("maml", "maml_final", "pretrained", "pretrained_tuned_lr")
 
@@ -77,6 +77,6 @@ def test_summarise_excludes_and_counts_diverged_tasks():
 
 def test_json_writer_turns_non_finite_numbers_into_null(tmp_path):
     path = tmp_path / "r.json"
-    demo.write_json_atomically(str(path), {"a": [1.5, np.float64(np.inf), np.nan], "b": np.int64(3)})
+    files.write_json_atomically(str(path), {"a": [1.5, np.float64(np.inf), np.nan], "b": np.int64(3)})
     assert json.loads(path.read_text()) == {"a": [1.5, None, None], "b": 3}
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]

@@ -1,0 +1,46 @@
+"""What every demo does with files: write them whole or not at all."""
+
+import json
+import os
+import tempfile
+
+import numpy as np
+
+
+def replace_atomically(path, mode, write):
+    """Call ``write(f)`` on a temporary file beside ``path``, then rename it onto ``path``.
+
+    An interrupted or failed write leaves no file behind, and never half of one.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    with tempfile.NamedTemporaryFile(mode, dir=directory, delete=False, suffix=".tmp") as f:
+        try:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        except BaseException:
+            os.unlink(f.name)
+            raise
+    os.replace(f.name, path)
+
+
+def write_json_atomically(path, report):
+    """``report`` as indented JSON, NaN and ±inf written as null."""
+    replace_atomically(path, "w", lambda f: json.dump(jsonable(report), f, indent=1, allow_nan=False))
+
+
+def save_figure_atomically(path, fig):
+    replace_atomically(path, "wb", lambda f: fig.savefig(f, format="png", dpi=100))
+
+
+def jsonable(value):
+    """Plain JSON types; NaN and ±inf become None."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
