@@ -41,7 +41,7 @@ from refmeta.tasks import Episode
 PAPER = {"5-way 1-shot": 99.07, "5-way 5-shot": 99.78, "20-way 1-shot": 97.64,
          "20-way 5-shot": 99.36}
 SPLIT = (0.7, 0.1, 0.2)
-FULL = {"iterations": 1600, "meta_batch_size": 8, "test_episodes": 600,
+FULL = {"iterations": 1800, "meta_batch_size": 8, "test_episodes": 600,
         "validation_episodes": 100, "validate_every": 200, "lake_runs": 20}
 FAST = {"iterations": 12, "meta_batch_size": 2, "test_episodes": 20,
         "validation_episodes": 10, "validate_every": 12, "lake_runs": 4}
@@ -50,10 +50,8 @@ FAST = {"iterations": 12, "meta_batch_size": 2, "test_episodes": 20,
 def add_arguments(parser):
     """The demo's options; sizes left at None take FULL's values, or FAST's with --fast."""
     add, positive = parser.add_argument, _integer_at_least(1)
-    add("--data", default=os.path.join("shared", "data", "omniglot"),
-        help="folder with images_background_small{1,2}.zip and all_runs.zip")
-    add("--cache-dir", default=os.path.join("runs", "cache"),
-        help="where the decoded images are cached as NPZ (default runs/cache)")
+    add("--data", required=True, help="folder holding images_background_small{1,2}.zip and all_runs.zip")
+    add("--cache", help="cache folder for the decoded zips (default OUT/cache)")
     add("--seed", type=int, default=0, help="training seed: init and training episodes")
     add("--split-seed", type=int, default=0, help="seed of the character split (default 0)")
     add("--eval-seed", type=int, default=2018, help="seed of the test episodes (default 2018)")
@@ -127,7 +125,8 @@ def resolve_sizes(args):
 def load_data(args):
     """{"train": rotated training classes, "validation", "test": unrotated Characters}."""
     sets = [omniglot.load_characters(os.path.join(args.data, f"images_background_small{i}.zip"),
-                                     cache_dir=args.cache_dir) for i in (1, 2)]
+                                     cache_dir=args.cache or os.path.join(args.out, "cache"))
+            for i in (1, 2)]
     merged = omniglot.merge_characters(*sets)
     train, validation, test = omniglot.split_characters(
         merged, np.random.default_rng(args.split_seed), SPLIT)

@@ -34,6 +34,12 @@ Symbols
     N → n_way     K → k_shot     T → sequence_length = N·K + 1     d → embedding_dim
     f → embed     h_t → the stack's output at step t      W_out, b_out → "out.w", "out.b"
 
+Sources.  (3), the block definitions and T = N·K + 1 are REFERENCE-NOTES' reading of the paper
+and agree with three public ports (sagelywizard/snail, eambutu/snail-pytorch, seujung/SNAIL-gluon);
+the appendix text itself could not be re-read here.  The ports disagree on the dilations
+(2^0… vs 2^1…, one counts blocks by ⌈ln T⌉), one normalises the attention over queries (the
+known bug), and one adds the linear layer after the conv blocks: all are parameters below.
+
 Conventions (``SNAILConfig``, recorded by ``conventions()``):
     blocks            (3); ("attention", d_k, d_v) or ("tc", D)
     kernel_size       2, the paper's causal convolution
@@ -42,6 +48,8 @@ Conventions (``SNAILConfig``, recorded by ``conventions()``):
     bn_eps            1e-5 (PyTorch's BatchNorm2d); batch statistics are taken over every
                       image of one call (the whole meta-batch, as BatchNorm2d in train mode);
                       "running" mode uses the statistics a training loop tracked.
+Not parameters: the softmax runs over keys (the paper's), the query's label slot is zero, and
+the support steps come in the order given (the demo shuffles them).
 Params are a flat dict: "embed.*" (conv4), "block{j}.*" (``snail_blocks`` names), "out.*".
 """
 

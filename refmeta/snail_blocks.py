@@ -6,7 +6,7 @@ PyTorch ports hold (B, C, T); transpose the last two axes to compare.
 
 Symbols
     T  sequence length              R  dilation          k  kernel_size (the paper: 2)
-    D  filters of a DenseBlock       K  key_size          V  value_size
+    D  filters of a DenseBlock       d_k  key_size        d_v  value_size
     x_t  the input at step t (x_s = 0 for s < 0: the causal zero padding)
 
 Causal convolution (kernel k, dilation R), one matrix product per tap:
@@ -21,15 +21,15 @@ the result concatenated onto the input (C_in → C_in + D):
 
     x_f = conv_f(x),  x_g = conv_g(x),   a = tanh(x_f) ⊙ σ(x_g),   out = [x, a]        (2)
 
-TCBlock(T, D): DenseBlocks with dilations 2^i, i = s … s + L − 1, L = ⌈log₂T⌉
+TCBlock(T, D): DenseBlocks with dilations 2^i, i = s … s + L − 1, L = ⌈log₂T⌉     (3)
 (C_in → C_in + L·D).  The paper's loop is i = 1 … ⌈log₂T⌉ (``dilation_start`` s = 1);
-some ports start at 2^0 (s = 0).                                                          (3)
+some ports start at 2^0 (s = 0).  Each DenseBlock sees every channel before it.
 
-AttentionBlock(K, V): one causal soft-attention read, concatenated onto the input
-(C_in → C_in + V):
+AttentionBlock(d_k, d_v): one causal soft-attention read, concatenated onto the input
+(C_in → C_in + d_v):
 
-    Q = x W_q + b_q,   K = x W_k + b_k   (T, K);        V = x W_v + b_v   (T, V)
-    P = CausallyMaskedSoftmax(Q Kᵀ / √K),   P_ts = exp(ℓ_ts) [s ≤ t] / Σ_{s' ≤ t} exp(ℓ_ts')  (4)
+    Q = x W_q + b_q,   K = x W_k + b_k   (T, d_k);      V = x W_v + b_v   (T, d_v)
+    ℓ = Q Kᵀ / √d_k,   P_ts = exp(ℓ_ts) [s ≤ t] / Σ_{s' ≤ t} exp(ℓ_ts')   (CausallyMaskedSoftmax)  (4)
     read = P V,   out = [x, read]
 
 The softmax runs **over keys** s, each row t over s ≤ t, so every row sums to 1 and the

@@ -31,7 +31,7 @@ def data_dir():
 def fast_run(tmp_path_factory, data_dir):
     """(out_dir, returned report) of one ``--fast`` run, shared by the tests below."""
     out, cache = tmp_path_factory.mktemp("snail-omniglot"), tmp_path_factory.mktemp("cache")
-    return out, demo.run(parse(["--fast", "--data", str(data_dir), "--cache-dir", str(cache), "--out", str(out)]))
+    return out, demo.run(parse(["--fast", "--data", str(data_dir), "--cache", str(cache), "--out", str(out)]))
 
 
 def test_the_json_records_config_seeds_timing_and_every_number(fast_run):
