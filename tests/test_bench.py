@@ -27,6 +27,15 @@ def test_each_timed_part_runs_and_peers_agree(bench, part, capsys):
     assert "median ms" in capsys.readouterr().out
 
 
+def test_the_snail_part_runs_and_peers_agree(bench, capsys):
+    results = {}
+    bench.snail_part(1, results)
+    assert set(results["snail"]) == {"step", "stack"}
+    for case in results["snail"].values():
+        assert case["rows"][0][0] == "refmeta" and all(row[1] > 0 for row in case["rows"])
+    assert "SNAIL training step" in capsys.readouterr().out
+
+
 def test_check_same_rejects_a_different_gradient(bench):
     import numpy as np
     reference = {"w": np.ones(3)}
