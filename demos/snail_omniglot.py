@@ -26,17 +26,15 @@ highest first-round probability.  It is reported as that, not as the paper's pro
 """
 
 import argparse
-import json
 import os
 import platform
-import tempfile
 import time
 
 import numpy as np
 
 from refmeta import backend, lake_runs, omniglot, optimizers, snail
+from refmeta.demos import files
 from refmeta.progress import progress
-from refmeta.tasks import Episode
 
 PAPER = {"5-way 1-shot": 99.07, "5-way 5-shot": 99.78, "20-way 1-shot": 97.64,
          "20-way 5-shot": 99.36}
@@ -111,7 +109,7 @@ def run(args):
     if not args.no_plots:
         report["figures"] = save_figure(args.out, state["curve"])
     report["timing"]["total_seconds"] = time.perf_counter() - start
-    write_json_atomically(os.path.join(args.out, "results.json"), report)
+    files.write_json_atomically(os.path.join(args.out, "results.json"), report)
     print(f"wrote {os.path.join(args.out, 'results.json')} "
           f"({report['timing']['total_seconds']:.0f} s in all)")
     return report
@@ -334,40 +332,9 @@ def save_figure(out_dir, curve):
     accuracy_ax.set(xlabel="iteration", ylabel="accuracy (%)", title="validation characters")
     fig.tight_layout()
     path = os.path.join(out_dir, "learning_curve.png")
-    _replace_atomically(path, "wb", lambda f: fig.savefig(f, format="png", dpi=100))
+    files.save_figure_atomically(path, fig)
     print(f"wrote {path}")
     return [path]
-
-
-def write_json_atomically(path, report):
-    """Write ``report`` via a temporary file and os.replace (NaN and inf become null)."""
-    _replace_atomically(path, "w", lambda f: json.dump(_jsonable(report), f, indent=1,
-                                                       allow_nan=False))
-
-
-def _replace_atomically(path, mode, write):
-    directory = os.path.dirname(os.path.abspath(path))
-    with tempfile.NamedTemporaryFile(mode, dir=directory, delete=False, suffix=".tmp") as f:
-        try:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        except BaseException:
-            os.unlink(f.name)
-            raise
-    os.replace(f.name, path)
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return float(value) if np.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
 
 
 def main(argv=None):

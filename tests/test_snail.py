@@ -11,7 +11,7 @@ from hypothesis import assume, given, strategies as st
 
 from helpers import check_grad_away_from_kinks
 
-from refmeta import gradcheck, losses, optimizers, snail, trees
+from refmeta import gradcheck, optimizers, snail
 from refmeta import snail_blocks as blocks
 from refmeta.tasks import Episode
 
