@@ -39,11 +39,12 @@ def max_abs_diff(a, b, dev):
     return float(np.max(np.abs(dev.to_host(a) - dev.to_host(b))))
 
 
-def check_grad_away_from_kinks(f, x, rng, n_directions=3, rtol=1e-5):
-    """Check ⟨∇f, u⟩ against central differences along random directions, skipping any
-    direction where the differences at ε = 1e-5 and 1e-6 disagree (a ReLU kink lies within
-    reach). Returns how many directions were checked; the caller requires at least one."""
-    gradient = grad(f)(x)
+def check_grad_away_from_kinks(f, x, rng, n_directions=3, rtol=1e-5, grad_fn=None):
+    """Check ⟨grad_fn(x), u⟩ (default autograd's ∇f) against central differences along random
+    directions, skipping any direction where the differences at ε = 1e-5 and 1e-6 disagree (a
+    ReLU, max-pool or clip kink lies within reach). Returns how many directions were checked;
+    the caller requires at least one."""
+    gradient = (grad_fn or grad(f))(x)
     checked = 0
     for _ in range(n_directions):
         u = {k: np.asarray(rng.standard_normal(np.shape(v)), like=v) for k, v in x.items()}
