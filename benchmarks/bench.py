@@ -6,7 +6,10 @@
 
 1. sinusoid: the MAML meta-gradient (second order, one inner step, α = 0.01) of the
    paper's MLP 1-40-40-1 on a meta-batch of 25 tasks with K = 10 support and 10 query points:
-   refmeta vectorised across tasks and refmeta's per-task loop (``maml.looped``); peers
+   refmeta vectorised across tasks, refmeta's per-task loop (``maml.looped``) and refmeta
+   vectorised with the MLP's gradient and Hessian-vector product written out
+   (``refmeta.fused_mlp``, the same ``maml`` code on a flat parameter vector), and
+   ``FusedMLP.meta_gradient``, MAML's Eq. (3) applied by hand with those pieces; peers
    JAX ``jit(grad)`` with ``vmap`` over tasks, PyTorch eager per-task loop, PyTorch eager
    vectorised (batched matmuls) and ``torch.func`` (``grad`` of ``vmap``).
 2. conv4: one second-order MAML meta-gradient of MAML's Omniglot net (4 × {3×3 conv, 64
@@ -68,6 +71,27 @@ def timed(fn, repeats, warmup=2):
     return float(np.median(times)), float(np.percentile(times, 25)), float(np.percentile(times, 75))
 
 
+def keep_freed_memory():
+    """Ask glibc to keep freed blocks instead of returning them to the OS.
+
+    By default glibc serves blocks above its mmap threshold (128 KiB to start) with fresh
+    pages and unmaps them on free, so each new (25, 40, 40) float64 array faults its pages in
+    again; the sinusoid meta-gradient then spends about a third of its time in page faults.
+    This sets M_MMAP_THRESHOLD to 64 MiB and M_TRIM_THRESHOLD to 128 MiB for this whole
+    process, every implementation alike (the same as the environment variables
+    MALLOC_MMAP_THRESHOLD_=67108864 MALLOC_TRIM_THRESHOLD_=134217728).  Returns what was done.
+    """
+    import ctypes
+    import ctypes.util
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        done = libc.mallopt(m_mmap_threshold, 64 << 20) == 1 and libc.mallopt(m_trim_threshold, 128 << 20) == 1
+    except (OSError, AttributeError):
+        done = False
+    return "glibc keeps freed memory (mmap threshold 64 MiB)" if done else "malloc left as is (not glibc?)"
+
+
 def optional(name):
     try:
         return __import__(name)
@@ -103,6 +127,22 @@ def refmeta_sinusoid(params, data, vectorised):
         loss_fn = maml.looped(loss_fn)
     config, episode = maml.MAMLConfig(inner_lr=0.01, inner_steps=1), tasks.Episode(*data)
     return lambda: maml.meta_gradient(params, episode, loss_fn, config)
+
+
+def refmeta_sinusoid_fused(params, data):
+    """The same meta-gradient through ``fused_mlp`` (written-out gradient and R-operator)."""
+    from refmeta import fused_mlp, maml, tasks
+    mlp = fused_mlp.FusedMLP(SIZES, "relu")
+    config, episode, flat = maml.MAMLConfig(inner_lr=0.01, inner_steps=1), tasks.Episode(*data), mlp.pack(params)
+    return lambda: mlp.unpack(maml.meta_gradient(flat, episode, mlp.loss_fn, config))
+
+
+def refmeta_sinusoid_written_out(params, data):
+    """The same meta-gradient by ``FusedMLP.meta_gradient``: MAML's Eq. (3) without autograd."""
+    from refmeta import fused_mlp, maml, tasks
+    mlp = fused_mlp.FusedMLP(SIZES, "relu")
+    config, episode, flat = maml.MAMLConfig(inner_lr=0.01, inner_steps=1), tasks.Episode(*data), mlp.pack(params)
+    return lambda: mlp.unpack(mlp.meta_gradient(flat, episode, config))
 
 
 def refmeta_conv4(params, data, inner_steps=1):
@@ -256,7 +296,9 @@ def sinusoid_part(repeats, results):
     names = sorted(params)
     reference = refmeta_sinusoid(params, data, True)()
     variants = [("refmeta vectorised", refmeta_sinusoid(params, data, True)),
-                ("refmeta per-task loop", refmeta_sinusoid(params, data, False))]
+                ("refmeta per-task loop", refmeta_sinusoid(params, data, False)),
+                ("refmeta vectorised, fused_mlp", refmeta_sinusoid_fused(params, data)),
+                ("refmeta fused_mlp, Eq. (3) written out", refmeta_sinusoid_written_out(params, data))]
     torch, jax = optional("torch"), optional("jax")
     if jax is not None:
         jax.config.update("jax_enable_x64", True)
@@ -636,12 +678,14 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     parser.add_argument("--only", choices=("sinusoid", "conv4", "memory", "metric", "snail", "metanet"))
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's malloc thresholds as they are (see keep_freed_memory)")
     parser.add_argument("--memory-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.memory_child:
         return memory_child(args.memory_child[0], int(args.memory_child[1]))
-    results = {"start": load()}
-    print(f"refmeta benchmarks, {os.cpu_count()} cores, numpy {np.__version__}; {load()}")
+    results = {"start": load(), "malloc": "default" if args.default_malloc else keep_freed_memory()}
+    print(f"refmeta benchmarks, {os.cpu_count()} cores, numpy {np.__version__}; {load()}; {results['malloc']}")
     for name in ("torch", "jax"):
         module = optional(name)
         print(f"  peer {name}: {module.__version__ if module else 'not installed'}")

@@ -32,10 +32,8 @@ Defaults chosen for ~15 minutes on 2 CPU cores (the authors' values in brackets)
 [64], 4 blocks [5], fast weights on fc1 and the output layer only [every layer], m's and d's
 last layers initialised ×0.1 [×1; at ×1 a 64-filter net started with logits ~20 and stalled at
 chance], Adam 3e-3 [1e-3], 20-way 1-shot episodes with one query per class [5-way, 10 queries
-per class], 11 minutes of training [their script: up to 100000 epochs of 100 episodes].
-Measured with these (load average 4-5 from other jobs, one BLAS thread, 0.67 of a core):
-4001 episodes, 5-way 1-shot 95.73 ± 0.52%, 20-way 1-shot 87.43 ± 0.35%, Lake's runs 28.0% error,
-12.9 minutes in all (docs/demo-metanet-omniglot.md).
+per class], float32, 13 minutes of training [their script: up to 100000 epochs of 100
+episodes].  Measured runs: docs/demo-metanet-omniglot.md.
 """
 
 import argparse
@@ -54,7 +52,7 @@ ZIPS = ("images_background_small1.zip", "images_background_small2.zip")
 PAPER = {"5-way 1-shot": 98.95, "20-way 1-shot": 97.00}
 LAKE = {"people": 4.5, "Bayesian Program Learning": 3.3, "Siamese ConvNet (Koch et al. 2015)": 8.0,
         "MHD (measured here)": 38.8}
-FULL = {"episodes": 100000, "max_train_minutes": 11.0, "hidden": 32, "eval_episodes": 600,
+FULL = {"episodes": 100000, "max_train_minutes": 13.0, "hidden": 32, "eval_episodes": 600,
         "curve_every": 500, "curve_episodes": 100}
 FAST = {"episodes": 6, "max_train_minutes": 1.0, "hidden": 4, "eval_episodes": 8,
         "curve_every": 3, "curve_episodes": 4}
@@ -77,6 +75,8 @@ def add_arguments(parser):
     add("--fast-init-scale", type=float, default=0.1,
         help="scale of m's and d's last-layer init (default 0.1; 1 is Chainer's default)")
     add("--second-order", action="store_true", help="differentiate through the meta-information gradients")
+    add("--dtype", choices=("float32", "float64"), default="float32",
+        help="training and evaluation precision (default float32, as PyTorch trains)")
     add("--lr", type=float, default=3e-3, help="Adam step size (default 3e-3; the authors' 1e-3 is slower)")
     add("--test-fraction", type=float, default=0.2, help="characters held out (default 0.2)")
     add("--eval-episodes", type=int, help=f"test episodes per setting (default {FULL['eval_episodes']})")
@@ -96,7 +96,7 @@ def run(args):
     config = make_config(args)
     rng = np.random.default_rng(args.seed)
     train, test, runs = load_data(args, rng)
-    params = {k: backend.asarray(v) for k, v in metanet.init(
+    params = {k: backend.asarray(v, args.dtype) for k, v in metanet.init(
         rng, hidden=size["hidden"], n_blocks=4, n_way=args.train_way,
         fast_init_scale=args.fast_init_scale).items()}
     params, curve, timing = train_model(params, train, test, config, args, size, rng)
@@ -149,7 +149,8 @@ def train_model(params, train, test, config, args, size, rng):
     window = []
     bar = progress(range(size["episodes"]), total=size["episodes"], desc="MetaNet meta-train")
     for done in (episode_number + 1 for episode_number in bar):
-        episode = omniglot.sample_episode(rng, train.images, args.train_way, 1, args.train_query)
+        episode = omniglot.sample_episode(rng, train.images, args.train_way, 1, args.train_query,
+                                          dtype=args.dtype)
         params, state, loss = metanet.meta_step(params, state, episode, config)
         window.append(float(loss) / (args.train_way * args.train_query))   # mean CE per query
         last = done == size["episodes"] or _out_of_time(start, size)
@@ -171,6 +172,10 @@ def train_model(params, train, test, config, args, size, rng):
                            "seconds_per_episode": (total - checking) / max(curve["episode"][-1], 1)}
 
 
+def _dtype(params):
+    return next(iter(params.values())).dtype
+
+
 def _out_of_time(start, size):
     return time.perf_counter() - start > 60 * size["max_train_minutes"]
 
@@ -180,7 +185,7 @@ def episode_accuracies(params, characters, config, n_way, n_episodes, n_query, r
     narrowed = metanet.with_n_way(params, n_way)
     accuracies = []
     for _ in range(n_episodes):
-        episode = omniglot.sample_episode(rng, characters.images, n_way, 1, n_query)
+        episode = omniglot.sample_episode(rng, characters.images, n_way, 1, n_query, dtype=_dtype(params))
         logits = metanet.predict(narrowed, episode.support_x, episode.support_y, episode.query_x, config)
         hits = np.argmax(backend.to_host(logits), axis=1) == backend.to_host(episode.query_y)
         accuracies.append(float(np.mean(hits)))
@@ -201,9 +206,9 @@ def evaluate(params, test, runs, config, args, size):
     if args.train_way >= 20:
         narrowed = metanet.with_n_way(params, 20)
         score = lambda test_images, train_images: metanet.predict(
-            narrowed, backend.asarray(train_images[:, None]),
+            narrowed, backend.asarray(train_images[:, None], _dtype(params)),
             backend.asarray(np.arange(len(train_images)), dtype=None),
-            backend.asarray(test_images[:, None]), config)
+            backend.asarray(test_images[:, None], _dtype(params)), config)
         errors = lake_runs.evaluate_runs(runs, score, kind="score")
         results["lake_runs"] = {"error": errors.mean, "per_run": errors.per_run.tolist()}
     else:
@@ -220,7 +225,7 @@ def build_report(args, size, config, curve, results, timing, n_train_classes, n_
                   "accuracy": PAPER,
                   "note": "trained on Omniglot's standard 1200-character split (with rotations)"},
         "config": {"metanet": config.conventions(), "hidden": size["hidden"], "n_blocks": 4,
-                   "fast_init_scale": args.fast_init_scale, "train_way": args.train_way,
+                   "fast_init_scale": args.fast_init_scale, "dtype": args.dtype, "train_way": args.train_way,
                    "train_shot": 1, "train_query": args.train_query, "episodes_trained": episodes,
                    "max_train_minutes": size["max_train_minutes"], "test_fraction": args.test_fraction,
                    "training_classes": n_train_classes, "heldout_characters": n_test_characters,

@@ -7,8 +7,8 @@ one-shot runs next to MHD's 38.8% and people's 4.5%.  ``demos/fewshot_omniglot.p
 protocol (data split, training loop, cached-embedding evaluation).
 
 Default training: 60-way 1-shot episodes with 1 query per class (the paper trains 60-way
-with 5 queries; one query halves the images per episode), Adam 1e-3, at most 1500 episodes
-or 12 minutes.  ``--fast`` runs in seconds.
+with 5 queries; in 12 minutes here one query did as well: docs/demo-metric-omniglot.md), Adam
+1e-3, float32, at most 6000 episodes or 12 minutes.  ``--fast`` runs in seconds.
 
     refmeta demo protonet-omniglot --data shared/data/omniglot
 """

@@ -39,9 +39,9 @@ from refmeta.progress import progress
 PAPER = {"5-way 1-shot": 99.07, "5-way 5-shot": 99.78, "20-way 1-shot": 97.64,
          "20-way 5-shot": 99.36}
 SPLIT = (0.7, 0.1, 0.2)
-FULL = {"iterations": 1800, "meta_batch_size": 8, "test_episodes": 600,
+FULL = {"iterations": 10000, "max_train_minutes": 12.0, "meta_batch_size": 8, "test_episodes": 600,
         "validation_episodes": 100, "validate_every": 200, "lake_runs": 20}
-FAST = {"iterations": 12, "meta_batch_size": 2, "test_episodes": 20,
+FAST = {"iterations": 12, "max_train_minutes": 1.0, "meta_batch_size": 2, "test_episodes": 20,
         "validation_episodes": 10, "validate_every": 12, "lake_runs": 4}
 
 
@@ -59,7 +59,11 @@ def add_arguments(parser):
         help="training queries per class and episode, each its own sequence (default 1)")
     add("--test-queries", type=positive, default=5, help="test queries per class (default 5)")
     add("--lr", type=float, default=1e-3, help="Adam step size (default 1e-3)")
-    add("--iterations", type=_integer_at_least(0), help=f"default {FULL['iterations']}")
+    add("--dtype", choices=("float32", "float64"), default="float32",
+        help="training and evaluation precision (default float32, as PyTorch trains)")
+    add("--iterations", type=_integer_at_least(0), help=f"at most (default {FULL['iterations']})")
+    add("--max-train-minutes", type=float,
+        help=f"stop training after this long, validating once more (default {FULL['max_train_minutes']})")
     add("--meta-batch-size", type=positive, help=f"episodes per step (default {FULL['meta_batch_size']})")
     add("--test-episodes", type=positive, help=f"default {FULL['test_episodes']}")
     add("--validation-episodes", type=positive, help=f"default {FULL['validation_episodes']}")
@@ -89,7 +93,7 @@ def run(args):
     config = snail.SNAILConfig(n_way=args.n_way, k_shot=args.k_shot)
     data = load_data(args)
     init_rng, train_rng, validation_rng = np.random.default_rng(args.seed).spawn(3)
-    params = {k: backend.asarray(v) for k, v in snail.init(init_rng, config).items()}
+    params = {k: backend.asarray(v, args.dtype) for k, v in snail.init(init_rng, config).items()}
     state = train(params, data, config, args, sizes, train_rng, validation_rng)
     test_start = time.perf_counter()
     accuracies = evaluate(state["best_params"], state["best_bn"], data["test"], config,
@@ -167,23 +171,29 @@ def train(params, data, config, args, sizes, rng, validation_rng):
     for iteration in bar:
         episode = shuffled_support(rng, omniglot.sample_episodes(
             rng, data["train"].images, sizes["meta_batch_size"], config.n_way, config.k_shot,
-            args.n_query))
+            args.n_query, dtype=args.dtype))
         params, opt_state, bn_state, loss = snail.meta_step(params, opt_state, bn_state, episode,
                                                             config, lr=args.lr)
         window.append(float(loss))
-        if iteration % sizes["validate_every"] == 0 or iteration == sizes["iterations"]:
+        out_of_time = time.perf_counter() - begin > 60 * sizes["max_train_minutes"]
+        if iteration % sizes["validate_every"] == 0 or iteration == sizes["iterations"] or out_of_time:
             train_loss, window = float(np.mean(window)), []
             accuracy = validate(iteration, train_loss)
             bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{accuracy:.3f}",
                             best=f"{state['best_accuracy']:.3f}@{state['best_iteration']}")
-    state.update(final_params=params, train_seconds=time.perf_counter() - begin)
+        if out_of_time:
+            break
+    if hasattr(bar, "close"):
+        bar.close()
+    state.update(final_params=params, train_seconds=time.perf_counter() - begin,
+                 iterations_done=state["curve"]["iteration"][-1])
     return state
 
 
 def embed_all(params, bn_state, images, config, chunk=200):
     """images (n, ...) on the host -> (n, d) embeddings, running batch-norm statistics."""
     flat = np.reshape(images, (-1, 1) + np.shape(images)[-2:])
-    parts = [backend.to_host(snail.embed(params, backend.asarray(flat[i:i + chunk]), config,
+    parts = [backend.to_host(snail.embed(params, backend.asarray(flat[i:i + chunk], params["out.w"].dtype), config,
                                          bn_mode="running", bn_state=bn_state))
              for i in range(0, len(flat), chunk)]
     return np.concatenate(parts).reshape(np.shape(images)[:-2] + (-1,))
@@ -197,7 +207,7 @@ def evaluate(params, bn_state, characters, config, rng, n_episodes, n_query, chu
     for begin in range(0, n_episodes, chunk):
         count = min(chunk, n_episodes - begin)
         episode = omniglot.sample_episodes(rng, as_images, count, config.n_way, config.k_shot,
-                                           n_query)
+                                           n_query, dtype=params["out.w"].dtype)
         episode = shuffled_support(rng, episode)
         sequences = snail.make_sequences(episode.support_x[..., 0, 0, :], episode.support_y,
                                          episode.query_x[..., 0, 0, :], config)  # (T, NQ, T, d+N)
@@ -238,8 +248,9 @@ def knockout_scores(params, support_z, query_z, config):
 
 def _probabilities(params, support, labels, query, config):
     """softmax at the query step: support (..., N·K, d), labels (..., N·K), query (..., 1, d)."""
-    sequences = snail.make_sequences(backend.asarray(support), backend.asarray(labels, dtype=None),
-                                     backend.asarray(query), config)
+    dtype = params["out.w"].dtype
+    sequences = snail.make_sequences(backend.asarray(support, dtype), backend.asarray(labels, dtype=None),
+                                     backend.asarray(query, dtype), config)
     logits = backend.to_host(snail.apply(params, sequences, config)[..., 0, -1, :])
     exps = np.exp(logits - logits.max(-1, keepdims=True))
     return exps / exps.sum(-1, keepdims=True)
@@ -269,7 +280,7 @@ def summarise(accuracies):
 
 
 def build_report(args, sizes, config, data, state, results):
-    steps = max(sizes["iterations"], 1)
+    steps = max(state["iterations_done"], 1)
     train_seconds = state["train_seconds"]
     return {
         "demo": "snail-omniglot",
@@ -277,7 +288,8 @@ def build_report(args, sizes, config, data, state, results):
                               "Meta-Learner (ICLR), Table 1", "omniglot_accuracy": PAPER,
                   "note": "the paper trains on the full background set (1200 characters + "
                           "rotations); this demo on the small sets"},
-        "config": {"snail": config.conventions(), **sizes, "lr": args.lr, "optimizer": "Adam",
+        "config": {"snail": config.conventions(), **sizes, "iterations_done": state["iterations_done"],
+                   "dtype": args.dtype, "lr": args.lr, "optimizer": "Adam",
                    "n_query": args.n_query, "test_queries_per_class": args.test_queries,
                    "split": dict(zip(("train", "validation", "test"), SPLIT)),
                    "characters": {"merged": data["n_characters"],

@@ -324,29 +324,32 @@ def _draw_episode(rng, images, n_way, k_shot, n_query):
             x[:, k_shot:].reshape(n_way * n_query, 1, height, width), np.repeat(labels, n_query))
 
 
-def _to_episode(host_arrays, n_way):
+def _to_episode(host_arrays, n_way, dtype):
+    if np.dtype(dtype) not in (np.float32, np.float64):
+        raise ValueError(f"dtype must be float32 or float64; got {dtype!r}")
     support_x, support_y, query_x, query_y = host_arrays
-    return Episode.validated(backend.asarray(support_x), backend.asarray(support_y, dtype=None),
-                             backend.asarray(query_x), backend.asarray(query_y, dtype=None), n_way=n_way)
+    return Episode.validated(backend.asarray(support_x, dtype), backend.asarray(support_y, dtype=None),
+                             backend.asarray(query_x, dtype), backend.asarray(query_y, dtype=None), n_way=n_way)
 
 
-def sample_episode(rng, images, n_way, k_shot, n_query):
+def sample_episode(rng, images, n_way, k_shot, n_query, dtype=np.float64):
     """An N-way K-shot Q-query Episode: N distinct classes, K+Q distinct examples of each.
 
     Args:
         rng: numpy.random.Generator, the only source of randomness.
         images: (n_classes, n_examples, H, W) float, e.g. ``Characters.images``.
     Returns:
-        Episode on the current backend: support_x (N·K, 1, H, W) float64, support_y (N·K,) int,
+        Episode on the current backend: support_x (N·K, 1, H, W) of ``dtype`` (float64 by
+        default, or float32), support_y (N·K,) int,
         query_x (N·Q, 1, H, W), query_y (N·Q,); labels 0..N−1 in the order classes were drawn.
     """
     _check_episode_request(images, n_way, k_shot, n_query)
-    return _to_episode(_draw_episode(rng, images, n_way, k_shot, n_query), n_way)
+    return _to_episode(_draw_episode(rng, images, n_way, k_shot, n_query), n_way, dtype)
 
 
-def sample_episodes(rng, images, n_tasks, n_way, k_shot, n_query):
+def sample_episodes(rng, images, n_tasks, n_way, k_shot, n_query, dtype=np.float64):
     """T = n_tasks independent episodes stacked on a leading task axis: support_x (T, N·K, 1, H, W)."""
     _check_count("n_tasks", n_tasks, 1)
     _check_episode_request(images, n_way, k_shot, n_query)
     episodes = [_draw_episode(rng, images, n_way, k_shot, n_query) for _ in range(n_tasks)]
-    return _to_episode([np.stack(field) for field in zip(*episodes)], n_way)
+    return _to_episode([np.stack(field) for field in zip(*episodes)], n_way, dtype)

@@ -248,8 +248,9 @@ def loss(params, episode, config, bn_mode="transductive", bn_state=None):
 
 
 def bn_state_init(config, like):
-    """Running statistics {"bn{i}.mean": 0, "bn{i}.var": 1} of the embedding, on ``like``'s device."""
-    return {k: np.asarray(v, like=getval(like))
+    """Running statistics {"bn{i}.mean": 0, "bn{i}.var": 1} of the embedding, with ``like``'s
+    device and dtype."""
+    return {k: np.asarray(v, dtype=getval(like).dtype, like=getval(like))
             for k, v in layers.conv4_bn_state(config.embedding_filters).items()}
 
 

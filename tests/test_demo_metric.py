@@ -64,6 +64,7 @@ def test_the_json_holds_every_number_the_issue_asks_for(fast_run):
                              "lake_runs": 20}
     assert saved["timing"]["episodes_done"] == fewshot_omniglot.FAST["episodes"]
     assert saved["config"]["train_way"] == 60 and saved["config"]["seed"] == 0
+    assert saved["config"]["dtype"] == "float32"
     assert len(saved["learning_curve"]["episode"]) == 2
     assert "| Lake's 20 runs" in saved["table"] and "| people | 4.5% |" in saved["table"]
 

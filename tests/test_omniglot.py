@@ -310,6 +310,19 @@ def test_a_batch_of_episodes_has_a_leading_task_axis():
     assert len({tuple(_sources(task)[0]) for task in batch.support_x}) > 1  # tasks differ
 
 
+def test_episodes_come_in_float64_or_float32_and_nothing_else():
+    images = coded_images()
+    wide, narrow = (omniglot.sample_episode(np.random.default_rng(3), images, 3, 1, 2, dtype=d)
+                    for d in (np.float64, "float32"))
+    assert wide.support_x.dtype == np.float64 and narrow.query_x.dtype == np.float32
+    assert narrow.support_y.dtype == wide.support_y.dtype and np.issubdtype(narrow.query_y.dtype, np.integer)
+    np.testing.assert_array_equal(narrow.support_x, wide.support_x.astype(np.float32))
+    batch = omniglot.sample_episodes(np.random.default_rng(3), images, 2, 3, 1, 1, dtype=np.float32)
+    assert batch.support_x.dtype == np.float32
+    with pytest.raises(ValueError, match="dtype must be float32 or float64; got 'float16'"):
+        omniglot.sample_episode(np.random.default_rng(3), images, 3, 1, 2, dtype="float16")
+
+
 def test_zero_queries_give_an_empty_query_set():
     episode = omniglot.sample_episode(np.random.default_rng(0), coded_images(), 3, 2, 0)
     assert episode.query_x.shape == (0, 1, 3, 3) and episode.query_y.shape == (0,)

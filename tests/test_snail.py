@@ -324,6 +324,12 @@ def test_loss_is_the_query_step_cross_entropy(dev):
     close(dev, snail.query_logits(params, episode, TINY), logits)
 
 
+def test_running_statistics_start_on_the_params_device_and_dtype(dev):
+    like = dev.asarray(np.zeros(3)).astype(np.float32)
+    state = snail.bn_state_init(TINY, like)
+    assert all(dev.is_array(v) and v.dtype == np.float32 for v in state.values())
+
+
 def test_meta_step_fits_a_fixed_batch_and_tracks_running_statistics(dev):
     rng = np.random.default_rng(7)
     params = dev.tree(snail.init(rng, TINY))
