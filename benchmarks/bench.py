@@ -129,20 +129,15 @@ def refmeta_sinusoid(params, data, vectorised):
     return lambda: maml.meta_gradient(params, episode, loss_fn, config)
 
 
-def refmeta_sinusoid_fused(params, data):
-    """The same meta-gradient through ``fused_mlp`` (written-out gradient and R-operator)."""
+def refmeta_sinusoid_fused(params, data, written_out):
+    """The same meta-gradient with ``fused_mlp`` (written-out gradient and R-operator): through
+    ``maml.meta_gradient``, or by ``FusedMLP.meta_gradient`` (MAML's Eq. (3), no autograd)."""
     from refmeta import fused_mlp, maml, tasks
     mlp = fused_mlp.FusedMLP(SIZES, "relu")
     config, episode, flat = maml.MAMLConfig(inner_lr=0.01, inner_steps=1), tasks.Episode(*data), mlp.pack(params)
+    if written_out:
+        return lambda: mlp.unpack(mlp.meta_gradient(flat, episode, config))
     return lambda: mlp.unpack(maml.meta_gradient(flat, episode, mlp.loss_fn, config))
-
-
-def refmeta_sinusoid_written_out(params, data):
-    """The same meta-gradient by ``FusedMLP.meta_gradient``: MAML's Eq. (3) without autograd."""
-    from refmeta import fused_mlp, maml, tasks
-    mlp = fused_mlp.FusedMLP(SIZES, "relu")
-    config, episode, flat = maml.MAMLConfig(inner_lr=0.01, inner_steps=1), tasks.Episode(*data), mlp.pack(params)
-    return lambda: mlp.unpack(mlp.meta_gradient(flat, episode, config))
 
 
 def refmeta_conv4(params, data, inner_steps=1):
@@ -283,6 +278,19 @@ def check_same(reference, out, names, label):
     assert worst <= 1e-10 * scale, (label, worst, scale)
 
 
+def against_pytorch(title, ours, theirs, repeats):
+    """Check PyTorch's gradients (``theirs``, or None; a list in sorted-name order) against
+    refmeta's dict, time both, print the table; returns the results entry."""
+    reference = ours()
+    variants = [("refmeta", ours)] + ([("PyTorch eager", theirs)] if theirs else [])
+    rows = []
+    for label, fn in variants:
+        check_same(reference, fn(), sorted(reference), label)
+        rows.append((label, *timed(fn, repeats, warmup=1)))
+    print_table(title, rows, "PyTorch eager" if theirs else "refmeta")
+    return {"load": os.getloadavg(), "rows": rows}
+
+
 def print_table(title, rows, baseline):
     print(f"\n{title}   [{load()}]")
     base = dict((name, t) for name, t, *_ in rows)[baseline]
@@ -297,8 +305,8 @@ def sinusoid_part(repeats, results):
     reference = refmeta_sinusoid(params, data, True)()
     variants = [("refmeta vectorised", refmeta_sinusoid(params, data, True)),
                 ("refmeta per-task loop", refmeta_sinusoid(params, data, False)),
-                ("refmeta vectorised, fused_mlp", refmeta_sinusoid_fused(params, data)),
-                ("refmeta fused_mlp, Eq. (3) written out", refmeta_sinusoid_written_out(params, data))]
+                ("refmeta vectorised, fused_mlp", refmeta_sinusoid_fused(params, data, written_out=False)),
+                ("refmeta fused_mlp, Eq. (3) written out", refmeta_sinusoid_fused(params, data, written_out=True))]
     torch, jax = optional("torch"), optional("jax")
     if jax is not None:
         jax.config.update("jax_enable_x64", True)
@@ -488,17 +496,8 @@ def snail_part(repeats, results):
                       f"T={config.sequence_length} through the paper's stack, float64",
               "stack": f"SNAIL stack alone, forward + backward: {n_sequences} sequences of T="
                        f"{config.sequence_length}, channels {' → '.join(map(str, snail_channels(config)))}, float64"}
-    results["snail"] = {}
-    for case, title in titles.items():
-        reference = ours[case]()
-        names = sorted(reference)
-        variants = [("refmeta", ours[case])] + ([("PyTorch eager", theirs[case])] if theirs else [])
-        rows = []
-        for label, fn in variants:
-            check_same(reference, fn(), names, label)
-            rows.append((label, *timed(fn, repeats, warmup=1)))
-        print_table(title, rows, "PyTorch eager" if theirs else "refmeta")
-        results["snail"][case] = {"load": os.getloadavg(), "rows": rows}
+    results["snail"] = {case: against_pytorch(title, ours[case], theirs and theirs[case], repeats)
+                        for case, title in titles.items()}
 
 
 def snail_channels(config):
@@ -650,26 +649,17 @@ def torch_metric(torch, params, images, support_y, query_y):
 
 def metric_part(repeats, results):
     data = metric_data()
-    names = sorted(data[0])
     ours, torch = refmeta_metric(*data), optional("torch")
     theirs = None
     if torch is not None:
         torch.set_default_dtype(torch.float64)
         theirs = torch_metric(torch, *data)
-    results["metric"] = {}
     titles = {"protonet": f"ProtoNet training episode, {N_WAY}-way {K_SHOT}-shot, {N_QUERY_PER_CLASS} queries "
                           f"per class, conv4 max-pool, {HIDDEN} filters, forward + backward, float64",
               "conv4": f"conv4 max-pool forward + backward on {N_WAY * (K_SHOT + N_QUERY_PER_CLASS)} images "
                        f"{IMAGE}×{IMAGE}, {HIDDEN} filters, float64"}
-    for case, title in titles.items():
-        reference = ours[case]()
-        variants = [("refmeta", ours[case])] + ([("PyTorch eager", theirs[case])] if theirs else [])
-        rows = []
-        for label, fn in variants:
-            check_same(reference, fn(), names, label)
-            rows.append((label, *timed(fn, repeats, warmup=1)))
-        print_table(title, rows, "PyTorch eager" if theirs else "refmeta")
-        results["metric"][case] = {"load": os.getloadavg(), "rows": rows}
+    results["metric"] = {case: against_pytorch(title, ours[case], theirs and theirs[case], repeats)
+                         for case, title in titles.items()}
 
 
 def main(argv=None):

@@ -135,9 +135,9 @@ class FusedMLP:
         thetas, passes = [anp.broadcast_to(theta, (n_tasks, self.size))], []
         for _ in range(config.inner_steps):
             passes.append(self._pass(config.inner_reduction, episode.support_x, episode.support_y, thetas[-1]))
-            thetas.append(thetas[-1] - config.inner_lr * _gradient(passes[-1], thetas[-1], 1.0))
+            thetas.append(thetas[-1] - config.inner_lr * _backprop(passes[-1]))
         query = self._pass(config.query_reduction, episode.query_x, episode.query_y, thetas[-1])
-        g = _gradient(query, thetas[-1], 1.0)                         # ∇L_i^Q(θ_i^(k))
+        g = _backprop(query)                                          # ∇L_i^Q(θ_i^(k))
         if not config.first_order:
             for j in reversed(range(config.inner_steps)):            # g ← (I − αH_j) g
                 g = g - config.inner_lr * _hessian_vector(passes[j], thetas[j], g)
@@ -225,13 +225,17 @@ def _loss(state, theta):
     return state.c * (state.residual * state.residual).sum(axis=(-2, -1))
 
 
+def _backprop(state):
+    """(2): ∇loss(θ), shape (..., P), by backpropagation."""
+    deltas, _ = state.backward()
+    return _flatten([(_mm(_t(a), delta), delta.sum(axis=-2)) for a, delta in zip(state.act, deltas)],
+                    state.batch)
+
+
 @primitive
 def _gradient(state, theta, g):
-    """(2), scaled per task: g ∇loss(θ), shape (..., P), by backpropagation; g (...)."""
-    deltas, _ = state.backward()
-    flat = _flatten([(_mm(_t(a), delta), delta.sum(axis=-2)) for a, delta in zip(state.act, deltas)],
-                    state.batch)
-    return flat if isinstance(g, float) else g[..., None] * flat
+    """(2) scaled per task, g ∇loss(θ) with g (...): the VJP of (1)."""
+    return g[..., None] * _backprop(state)
 
 
 @primitive
