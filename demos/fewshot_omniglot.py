@@ -55,6 +55,7 @@ class Model(NamedTuple):
     log_probs: Callable       # (params, z_support, support_y, z_query, n_way) -> (..., n_q, N)
     conventions: dict
     paper: dict               # "5-way 1-shot" -> published accuracy %
+    learned: Callable = lambda params: {}   # params -> learned hyperparameters worth reporting
 
 
 def add_arguments(parser, name):
@@ -67,9 +68,9 @@ def add_arguments(parser, name):
     add("--episodes", type=int, help=f"training episodes (default {FULL['episodes']})")
     add("--max-train-minutes", type=float,
         help=f"stop training early after this long (default {FULL['max_train_minutes']})")
-    add("--train-way", type=int, default=60, help="classes per training episode (default 60)")
-    add("--train-shot", type=int, default=1, help="support drawings per class (default 1)")
-    add("--train-query", type=int, default=1, help="query drawings per class (default 1)")
+    add("--train-way", type=int, default=60, help="classes per training episode (default %(default)s)")
+    add("--train-shot", type=int, default=1, help="support drawings per class (default %(default)s)")
+    add("--train-query", type=int, default=1, help="query drawings per class (default %(default)s)")
     add("--lr", type=float, default=1e-3, help="Adam step size (default 1e-3)")
     add("--lr-halve-every", type=int, default=2000, help="halve lr every this many episodes")
     add("--hidden", type=int, help=f"conv filters (default {FULL['hidden']})")
@@ -243,7 +244,7 @@ def run(model, args):
                  "heldout_characters": len(test_chars.names), "lake_runs": len(runs)},
         "results": results,
         "lake_runs": {"error": lake.mean, "per_run": lake.per_run.tolist(), "references": LAKE},
-        "paper_full_data": model.paper, "learning_curve": curve,
+        "learned": model.learned(params), "paper_full_data": model.paper, "learning_curve": curve,
         "timing": {"episodes_done": done, "train_seconds": train_seconds,
                    "eval_seconds": time.perf_counter() - eval_start},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),

@@ -59,6 +59,8 @@ def add_arguments(parser):
         help="training queries per class and episode, each its own sequence (default 1)")
     add("--test-queries", type=positive, default=5, help="test queries per class (default 5)")
     add("--lr", type=float, default=1e-3, help="Adam step size (default 1e-3)")
+    add("--lr-halve-every", type=_integer_at_least(0), default=0,
+        help="halve the step size every this many iterations (default 0: never)")
     add("--dtype", choices=("float32", "float64"), default="float32",
         help="training and evaluation precision (default float32, as PyTorch trains)")
     add("--iterations", type=_integer_at_least(0), help=f"at most (default {FULL['iterations']})")
@@ -173,7 +175,7 @@ def train(params, data, config, args, sizes, rng, validation_rng):
             rng, data["train"].images, sizes["meta_batch_size"], config.n_way, config.k_shot,
             args.n_query, dtype=args.dtype))
         params, opt_state, bn_state, loss = snail.meta_step(params, opt_state, bn_state, episode,
-                                                            config, lr=args.lr)
+                                                            config, lr=step_size(args, iteration))
         window.append(float(loss))
         out_of_time = time.perf_counter() - begin > 60 * sizes["max_train_minutes"]
         if iteration % sizes["validate_every"] == 0 or iteration == sizes["iterations"] or out_of_time:
@@ -188,6 +190,12 @@ def train(params, data, config, args, sizes, rng, validation_rng):
     state.update(final_params=params, train_seconds=time.perf_counter() - begin,
                  iterations_done=state["curve"]["iteration"][-1])
     return state
+
+
+def step_size(args, iteration):
+    """Adam's step size at iteration 1, 2, …: lr, halved every lr_halve_every iterations (0: never)."""
+    halvings = (iteration - 1) // args.lr_halve_every if args.lr_halve_every else 0
+    return args.lr * 0.5 ** halvings
 
 
 def embed_all(params, bn_state, images, config, chunk=200):
@@ -289,7 +297,8 @@ def build_report(args, sizes, config, data, state, results):
                   "note": "the paper trains on the full background set (1200 characters + "
                           "rotations); this demo on the small sets"},
         "config": {"snail": config.conventions(), **sizes, "iterations_done": state["iterations_done"],
-                   "dtype": args.dtype, "lr": args.lr, "optimizer": "Adam",
+                   "dtype": args.dtype, "lr": args.lr, "lr_halve_every": args.lr_halve_every,
+                   "optimizer": "Adam",
                    "n_query": args.n_query, "test_queries_per_class": args.test_queries,
                    "split": dict(zip(("train", "validation", "test"), SPLIT)),
                    "characters": {"merged": data["n_characters"],

@@ -9,7 +9,8 @@ Symbols
     g(x_i, S), f(x̂, S)             the support and query embeddings: g′, f′ without FCE
     c(u, v)    distance "cosine"   uᵀv / (‖u‖ ‖v‖), both sides normalised
     K          read_steps          read steps of the attention LSTM
-    s          attention_scale     multiplies the attention logits; the paper has none (s = 1)
+    s          attention_scale     multiplies the attention logits; the paper has none (s = 1).
+                                   learn_attention_scale makes it a parameter, s = exp("attention.log_scale")
     d          the embedding size; every LSTM state has size d (forced by the skips + g′, + f′)
 
 Model (Section 2.1.1, Eqs. 1-2)
@@ -39,11 +40,14 @@ Conventions the paper leaves open (``MatchingConfig``, recorded by ``conventions
     attention_scale   s = 1.0 (the paper).  Cosines lie in [−1, 1], so with s = 1 the attention
                       is nearly uniform over a large support set; implementations differ here
                       (some scale the cosines or learn a temperature)
+    learn_attention_scale  False (the paper).  True: s = exp(ρ) with ρ = "attention.log_scale", a
+                      learned scalar that ``init`` sets to log(attention_scale), as the learned metric
+                      scale of Oreshkin et al. 2018 (TADAM); exp keeps s > 0 whatever the step
     joint_embedding   True: with f′ = g′, support and query go through the net in one call
     task_reduction    "mean" or "sum" over a leading task axis
     support order     the BiLSTM reads S in the order given (class-major in refmeta.omniglot
                       episodes); shuffle the episode first for another order
-Params: {"embed.*"} or {"f.*", "g.*"}, and with FCE "fce.fw.*", "fce.bw.*" (d → d) and
+Params: {"embed.*"} or {"f.*", "g.*"}, "attention.log_scale" (shape ()) if learned, and with FCE "fce.fw.*", "fce.bw.*" (d → d) and
 "fce.att.*" (input d, recurrent 2d → d), each {w_x, w_h, b} of ``layers.lstm_init``.
 """
 
@@ -58,6 +62,7 @@ from refmeta.protonet import DISTANCES, TASK_REDUCTIONS, check_choice, check_lab
 from refmeta.tasks import Episode
 
 ATTENTION_H0 = ("embedding", "zeros")
+LOG_SCALE = "attention.log_scale"
 
 
 @dataclass(frozen=True)
@@ -68,11 +73,12 @@ class MatchingConfig:
     attention_h0: str = "embedding"
     distance: str = "cosine"
     attention_scale: float = 1.0
+    learn_attention_scale: bool = False
     joint_embedding: bool = True
     task_reduction: str = "mean"
 
     def __post_init__(self):
-        for name in ("fce", "share_embedding", "joint_embedding"):
+        for name in ("fce", "share_embedding", "joint_embedding", "learn_attention_scale"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be True or False; got {getattr(self, name)!r}")
         if isinstance(self.read_steps, bool) or not isinstance(self.read_steps, int) or self.read_steps < 0:
@@ -95,6 +101,8 @@ def init(rng, embed_init, embedding_dim, config=MatchingConfig()):
     """Host params: embed_init(rng) -> the base net's params, prefixed as the docstring says."""
     nets = ("embed",) if config.share_embedding else ("f", "g")
     params = {f"{net}.{name}": value for net in nets for name, value in embed_init(rng).items()}
+    if config.learn_attention_scale:
+        params[LOG_SCALE] = np.array(np.log(config.attention_scale))
     if config.fce:
         for lstm, recurrent in (("fw", embedding_dim), ("bw", embedding_dim), ("att", 2 * embedding_dim)):
             for name, value in layers.lstm_init(rng, embedding_dim, embedding_dim, recurrent).items():
@@ -181,10 +189,22 @@ def class_log_probabilities(f, g, support_y, n_way, distance="cosine", scale=1.0
     return losses.log_softmax(per_class)                                  # L_k − logsumexp_k′ L_k′
 
 
+def attention_scale(params, config=MatchingConfig()):
+    """s: config.attention_scale, or exp(params["attention.log_scale"]) when it is learned."""
+    if not config.learn_attention_scale:
+        return config.attention_scale
+    if LOG_SCALE not in params:
+        raise ValueError(f"learn_attention_scale=True needs params[{LOG_SCALE!r}] (made by init); "
+                         f"got params with keys {sorted(params)}")
+    if anp.shape(params[LOG_SCALE]) != ():
+        raise ValueError(f"params[{LOG_SCALE!r}] must be a scalar (shape ()); got shape {anp.shape(params[LOG_SCALE])}")
+    return anp.exp(params[LOG_SCALE])
+
+
 def log_probabilities(params, g_prime, support_y, f_prime, n_way, config=MatchingConfig()):
     """log p(y = k | x̂, S) from the base embeddings: FCE if on, then (L); (..., n_q, N)."""
     g, f = full_context_embeddings(params, g_prime, f_prime, config)
-    return class_log_probabilities(f, g, support_y, n_way, config.distance, config.attention_scale)
+    return class_log_probabilities(f, g, support_y, n_way, config.distance, attention_scale(params, config))
 
 
 def loss_from_embeddings(params, g_prime, support_y, f_prime, query_y, n_way, config=MatchingConfig()):

@@ -36,12 +36,18 @@ def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("omniglot-cache")
 
 
-@pytest.fixture(scope="module", params=["protonet", "matching", "matching-fce"])
+PAPER_MATCHING = ["--attention-scale", "1", "--no-learn-attention-scale", "--train-way", "60", "--train-query", "1"]
+EXTRA = {"protonet": [], "matching": ["--no-fce"] + PAPER_MATCHING,
+         "matching-fce": ["--fce", "--read-steps", "2"] + PAPER_MATCHING, "matching-default": []}
+
+
+@pytest.fixture(scope="module", params=list(EXTRA))
 def fast_run(request, tmp_path_factory, cache):
-    """(out folder, returned report, extra argv) of one ``--fast`` run per demo."""
+    """(out folder, returned report, name) of one ``--fast`` run per demo and Matching variant:
+    the paper's attention without and with FCE, and the demo's defaults."""
     name = request.param
     out = tmp_path_factory.mktemp(name)
-    extra = ["--fce", "--read-steps", "2"] if name == "matching-fce" else []
+    extra = EXTRA[name]
     demo = DEMOS[name.split("-")[0]]
     argv = ["--fast", "--data", str(data_folder()), "--out", str(out), "--cache", str(cache)] + extra
     return out, demo.run(parse(demo, argv)), name
@@ -50,7 +56,7 @@ def fast_run(request, tmp_path_factory, cache):
 def test_the_json_holds_every_number_the_issue_asks_for(fast_run):
     out, report, name = fast_run
     saved = json.loads((out / "results.json").read_text())
-    assert saved["model"] == {"matching-fce": "matching-fce"}.get(name, name)
+    assert saved["model"] == {"matching-default": "matching-fce"}.get(name, name)
     for setting in SETTINGS:
         result = saved["results"][setting]
         assert result["n_episodes"] == fewshot_omniglot.FAST["eval_episodes"]
@@ -63,7 +69,9 @@ def test_the_json_holds_every_number_the_issue_asks_for(fast_run):
     assert saved["data"] == {"train_classes": 4 * 194, "train_characters": 194, "heldout_characters": 48,
                              "lake_runs": 20}
     assert saved["timing"]["episodes_done"] == fewshot_omniglot.FAST["episodes"]
-    assert saved["config"]["train_way"] == 60 and saved["config"]["seed"] == 0
+    assert saved["config"]["train_way"] == (20 if name == "matching-default" else 60)
+    assert saved["config"]["train_query"] == (5 if name == "matching-default" else 1)
+    assert saved["config"]["seed"] == 0
     assert saved["config"]["dtype"] == "float32"
     assert len(saved["learning_curve"]["episode"]) == 2
     assert "| Lake's 20 runs" in saved["table"] and "| people | 4.5% |" in saved["table"]
@@ -74,8 +82,15 @@ def test_the_matching_conventions_are_recorded(fast_run):
     if name == "protonet":
         assert report["conventions"]["distance"] == "sqeuclidean"
     else:
-        assert report["conventions"]["fce"] == (name == "matching-fce")
+        assert report["conventions"]["fce"] == (name != "matching")
         assert report["conventions"]["distance"] == "cosine"
+        learned = name == "matching-default"
+        assert report["conventions"]["learn_attention_scale"] == learned
+        assert report["conventions"]["attention_scale"] == (10.0 if learned else 1.0)
+        assert set(report["learned"]) == ({"attention_scale"} if learned else set())
+        if learned:   # ρ = log s moved from log 10: 10 Adam steps of 1e-3, each at most 1e-3·0.1/√0.001
+            assert report["learned"]["attention_scale"] != 10.0
+            assert abs(np.log(report["learned"]["attention_scale"] / 10.0)) <= 10 * 1e-3 * 0.1 / np.sqrt(1e-3)
 
 
 def test_the_output_folder_holds_only_the_results(fast_run):
@@ -88,7 +103,12 @@ def test_the_fast_run_already_lowers_the_training_loss(fast_run):
     # Mean training loss over episodes 6-10 minus that over episodes 1-5, seed 0 (seeds 1-3 in
     # brackets): protonet −0.22 (−0.46, −0.15, −0.40), matching −0.027 (−0.008, −0.020),
     # matching-fce −0.031 (−0.034).  Without training (--lr 0): +0.135, −0.0015, +0.007.
+    # The defaults (20-way, 5 queries, s = 10) give −0.23 (−0.14, −0.10, −0.015) but −0.052
+    # with --lr 0, so 10 episodes cannot tell their training from none: not checked here (the
+    # conventions test sees the learned s move; the 12-minute runs in the docs show the rest).
     _, report, name = fast_run
+    if name == "matching-default":
+        pytest.skip("10 episodes of the default Matching demo do not separate training from sampling noise")
     first, second = report["learning_curve"]["train_loss"]
     assert second < first - (0.1 if name == "protonet" else 0.01)
 

@@ -127,3 +127,10 @@ def test_knockout_refuses_candidate_counts_it_cannot_split():
         demo.knockout_scores(None, np.zeros((12, 3)), np.zeros((2, 3)), snail.SNAILConfig())
     with pytest.raises(ValueError, match="got 30"):
         demo.knockout_scores(None, np.zeros((30, 3)), np.zeros((2, 3)), snail.SNAILConfig())
+
+
+def test_the_step_size_halves_every_lr_halve_every_iterations():
+    args = argparse.Namespace(lr=1e-3, lr_halve_every=2)
+    assert [demo.step_size(args, i) for i in (1, 2, 3, 4, 5)] == [1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4]
+    constant = argparse.Namespace(lr=1e-3, lr_halve_every=0)
+    assert {demo.step_size(constant, i) for i in (1, 1000, 10 ** 6)} == {1e-3}

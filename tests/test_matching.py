@@ -1,6 +1,7 @@
 """Matching Networks and the LSTM cell: independent references, finite differences, identities."""
 
 import math
+import autograd
 
 import autograd.numpy as anp
 import numpy as np
@@ -246,12 +247,13 @@ def test_task_axis_gives_the_mean_of_per_task_losses(dev):
 # ----- finite differences -----
 @given(seed=seeds, fce=st.booleans(), read_steps=st.integers(0, 2), share=st.booleans(),
        h0=st.sampled_from(matching.ATTENTION_H0), distance=st.sampled_from(protonet.DISTANCES),
-       n_tasks=st.sampled_from([None, 2]), scale=st.sampled_from([1.0, 4.0]))
+       n_tasks=st.sampled_from([None, 2]), scale=st.sampled_from([1.0, 4.0]), learn=st.booleans())
 def test_episode_loss_gradient_matches_finite_differences(dev, seed, fce, read_steps, share, h0, distance,
-                                                          n_tasks, scale):
+                                                          n_tasks, scale, learn):
     rng = np.random.default_rng(seed)
     config = matching.MatchingConfig(fce=fce, read_steps=read_steps, share_embedding=share,
-                                     attention_h0=h0, distance=distance, attention_scale=scale)
+                                     attention_h0=h0, distance=distance, attention_scale=scale,
+                                     learn_attention_scale=learn)
     params = model_params(dev, rng, config)
     ep = episode(dev, rng, 3, 2, 2, n_tasks=n_tasks)
     gradcheck.check_grad(lambda p: matching.episode_loss(p, ep, smooth_embed, 3, config), params, rng=rng)
@@ -268,6 +270,27 @@ def test_episode_loss_gradient_through_the_conv_embedding(dev, seed, fce):
                            dev.asarray(rng.standard_normal((3, 1, 16, 16))), dev.asarray(np.arange(3)), n_way=3)
     f = lambda p: matching.episode_loss(p, ep, protonet.conv4_embedding(), 3, config)
     assume(check_grad_away_from_kinks(f, params, rng, n_directions=2) > 0)
+
+
+@given(seed=seeds, scale=st.sampled_from([0.5, 1.0, 10.0]), fce=st.booleans())
+def test_a_learned_scale_starts_as_the_fixed_one_and_its_gradient_is_the_logit_sum(dev, seed, scale, fce):
+    """At init exp(ρ) = s, so the loss equals the fixed-s loss; and since every logit is s·c,
+    dJ/dρ = s · Σ_logits (dJ/dlogit) · c = s · dJ/ds, checked against the fixed-s model by
+    central differences in s."""
+    rng = np.random.default_rng(seed)
+    learned = matching.MatchingConfig(fce=fce, read_steps=2, attention_scale=scale, learn_attention_scale=True)
+    params = model_params(dev, rng, learned)
+    assert float(params[matching.LOG_SCALE]) == pytest.approx(np.log(scale), rel=1e-15, abs=1e-15)
+    ep = episode(dev, rng, 3, 2, 2)
+    loss_at = lambda s: float(matching.episode_loss(
+        {k: v for k, v in params.items() if k != matching.LOG_SCALE}, ep, smooth_embed, 3,
+        matching.MatchingConfig(fce=fce, read_steps=2, attention_scale=s)))
+    assert float(matching.episode_loss(params, ep, smooth_embed, 3, learned)) == pytest.approx(
+        loss_at(scale), rel=1e-13)
+    grad = autograd.grad(lambda p: matching.episode_loss(p, ep, smooth_embed, 3, learned))(params)
+    h = 1e-5 * scale
+    assert float(grad[matching.LOG_SCALE]) == pytest.approx(
+        scale * (loss_at(scale + h) - loss_at(scale - h)) / (2 * h), rel=1e-6, abs=1e-9)
 
 
 # ----- configuration and bad input -----
@@ -296,6 +319,13 @@ def test_bad_input_raises_clear_errors(dev):
         matching.MatchingConfig(attention_scale=0)
     with pytest.raises(TypeError, match="fce must be True or False"):
         matching.MatchingConfig(fce=1)
+    with pytest.raises(TypeError, match="learn_attention_scale must be True or False"):
+        matching.MatchingConfig(learn_attention_scale="yes")
+    learned = matching.MatchingConfig(learn_attention_scale=True)
+    with pytest.raises(ValueError, match=r"learn_attention_scale=True needs params\['attention.log_scale'\]"):
+        matching.log_probabilities({}, g, y, f, 2, learned)
+    with pytest.raises(ValueError, match=r"must be a scalar \(shape \(\)\); got shape \(1,\)"):
+        matching.log_probabilities({matching.LOG_SCALE: dev.asarray(np.zeros(1))}, g, y, f, 2, learned)
     with pytest.raises(ValueError, match=r"labels must be in 0\.\.1 \(n_way=2\); got values from 0 to 2"):
         matching.class_log_probabilities(f, g, dev.asarray(np.array([0, 1, 2, 1])), 2)
     with pytest.raises(ValueError, match=r"classes \[2\] have none"):
