@@ -32,7 +32,7 @@ from autograd import grad_and_aux
 from autograd.tracer import getval
 
 from refmeta import backend, lake_runs, layers, omniglot, optimizers
-from refmeta.demos import files
+from refmeta.demos import files, options
 from refmeta.progress import progress
 
 EVAL_SETTINGS = ((5, 1), (5, 5), (20, 1))
@@ -60,9 +60,7 @@ class Model(NamedTuple):
 
 def add_arguments(parser, name):
     add = parser.add_argument
-    add("--data", required=True, help="folder holding images_background_small{1,2}.zip and all_runs.zip")
-    add("--out", default=os.path.join("runs", name), help=f"results folder (default runs/{name})")
-    add("--cache", help="cache folder for the decoded zips (default OUT/cache)")
+    options.add_omniglot_folders(parser, name)
     add("--seed", type=int, default=0, help="init, split and training episodes (default 0)")
     add("--eval-seed", type=int, default=2016, help="test episodes (default 2016)")
     add("--episodes", type=int, help=f"training episodes (default {FULL['episodes']})")
@@ -82,14 +80,7 @@ def add_arguments(parser, name):
     add("--eval-query", type=int, default=15, help="queries per class at test (default 15)")
     add("--curve-every", type=int, help="held-out check every this many episodes")
     add("--curve-episodes", type=int, help="5-way 1-shot episodes per held-out check")
-    add("--fast", action="store_true", help="a run of seconds (tests): " +
-        ", ".join(f"{k.replace('_', '-')} {v}" for k, v in FAST.items()))
-    add("--no-plots", action="store_true", help="skip the learning-curve figure")
-
-
-def sizes(args):
-    base = FAST if args.fast else FULL
-    return {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in base.items()}
+    options.add_size_switches(parser, FAST)
 
 
 def check_args(args, size):
@@ -219,7 +210,7 @@ def train(model, args, size, train_chars, test_chars, runs, rng):
 
 def run(model, args):
     """Train, evaluate, print the tables, write results.json (and learning_curve.png)."""
-    start, size = time.perf_counter(), sizes(args)
+    start, size = time.perf_counter(), options.sizes(args, FULL, FAST)
     load_at_start = os.getloadavg()
     check_args(args, size)
     train_chars, test_chars, runs = load_data(args, np.random.default_rng(args.seed))
@@ -275,12 +266,9 @@ def format_table(report):
 
 def save_figure(out_dir, name, curve):
     """Training loss, held-out 5-way 1-shot accuracy and Lake error against episodes."""
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        print("matplotlib is not installed (pip install 'refmeta[plots]'): skipping the figure")
+    fig = options.figure((12, 3.6))
+    if fig is None:
         return None
-    fig = Figure(figsize=(12, 3.6))
     for ax, key, title in zip(fig.subplots(1, 3), ("train_loss", "heldout_5w1s", "lake_error"),
                               ("training loss (window mean)", "held-out 5-way 1-shot accuracy %",
                                "Lake's 20 runs: error %")):

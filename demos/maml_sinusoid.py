@@ -25,7 +25,6 @@ and the best is kept.  Criterion: the K = 5 validation MSE averaged over 1, 5 an
 steps (the three numbers the paper reports); any diverged validation task makes it +inf.
 """
 
-import argparse
 import os
 import platform
 import time
@@ -36,7 +35,7 @@ import numpy as np
 from autograd import value_and_grad
 
 from refmeta import backend, layers, losses, maml, optimizers, tasks, trees
-from refmeta.demos import files
+from refmeta.demos import files, options
 from refmeta.progress import progress
 
 LAYER_SIZES = (1, 40, 40, 1)
@@ -59,7 +58,7 @@ loss_fn = losses.model_loss(layers.mlp_apply, losses.mse)
 
 def add_arguments(parser):
     """The demo's options; sizes left at None take FULL's values, or FAST's with --fast."""
-    add, count, positive = parser.add_argument, _integer_at_least(0), _integer_at_least(1)
+    add, count, positive = parser.add_argument, options.integer_at_least(0), options.integer_at_least(1)
     add("--seed", type=int, default=0, help="training seed: init, batches, validation tasks")
     add("--eval-seed", type=int, default=2017, help="seed of the test tasks (default 2017)")
     add("--iterations", type=count, help=f"MAML meta-iterations (default {FULL['iterations']})")
@@ -79,25 +78,14 @@ def add_arguments(parser):
         help=f"validation tasks for the checkpoint (default {FULL['validation_tasks']})")
     add("--validate-every", type=positive,
         help=f"validate every this many iterations (default {FULL['validate_every']})")
-    add("--fast", action="store_true", help="a run of seconds (tests): " + _describe_sizes(FAST))
-    add("--no-plots", action="store_true", help="skip the figures")
+    options.add_size_switches(parser, FAST, "the figures")
     add("--out", default=os.path.join("runs", "maml-sinusoid"),
         help="results directory (default runs/maml-sinusoid)")
 
 
-def _integer_at_least(minimum):
-    def parse(text):
-        value = int(text)
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}; got {value}")
-        return value
-    parse.__name__ = "integer"  # argparse names the type in its error messages
-    return parse
-
-
 def run(args):
     """Meta-train, train the baseline, test both, print the table, save JSON and figures."""
-    start, sizes = time.perf_counter(), resolve_sizes(args)
+    start, sizes = time.perf_counter(), options.sizes(args, FULL, FAST)
     config = maml.MAMLConfig(inner_lr=args.inner_lr, inner_steps=1,
                              test_inner_steps=max(TEST_STEPS), first_order=args.first_order,
                              task_reduction="mean", meta_lr=args.meta_lr)
@@ -157,12 +145,6 @@ def evaluate_all(runs, data, config):
             "pretrained": evaluate(pretrained["best_params"], data["test_set"], config),
             "pretrained_tuned_lr": evaluate(pretrained["best_params"], data["test_set"],
                                             replace(config, inner_lr=tuned_lr))}
-
-
-def resolve_sizes(args):
-    defaults = FAST if args.fast else FULL
-    return {name: getattr(args, name) if getattr(args, name) is not None else value
-            for name, value in defaults.items()}
 
 
 def maml_step(params, opt_state, episode, config):
@@ -387,15 +369,12 @@ def _number(value):
 
 def save_figures(out_dir, runs, data, family, config):
     """Figure 2 of the paper (one K=5 test task) and the learning curves; [] without matplotlib."""
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        print("matplotlib is not installed (pip install 'refmeta[plots]'): skipping the figures")
+    adaptation, curves = options.figure((10, 4)), options.figure((10, 4))
+    if adaptation is None:
         return []
     paths = [os.path.join(out_dir, "figure2.png"), os.path.join(out_dir, "learning_curves.png")]
-    _plot_adaptation(Figure(figsize=(10, 4)), runs, data["test_tasks"], data["test_set"][5],
-                     family, config, paths[0])
-    _plot_learning_curves(Figure(figsize=(10, 4)), runs, paths[1])
+    _plot_adaptation(adaptation, runs, data["test_tasks"], data["test_set"][5], family, config, paths[0])
+    _plot_learning_curves(curves, runs, paths[1])
     print("wrote " + ", ".join(paths))
     return paths
 
@@ -451,16 +430,9 @@ def _save_atomically(fig, path):
     files.save_figure_atomically(path, fig)
 
 
-def _describe_sizes(sizes):
-    return ", ".join(f"{name.replace('_', '-')} {value}" for name, value in sizes.items())
-
-
 def main(argv=None):
     """``python demos/maml_sinusoid.py [options]``, the same as ``refmeta demo maml-sinusoid``."""
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    run(parser.parse_args(argv))
+    options.main(__doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

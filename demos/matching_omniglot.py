@@ -23,7 +23,7 @@ and every choice is recorded in the JSON's conventions (the learned s under "lea
 import argparse
 
 from refmeta import backend, matching, protonet
-from refmeta.demos import fewshot_omniglot as common
+from refmeta.demos import fewshot_omniglot as common, options
 
 PAPER = {"5-way 1-shot": 98.1, "5-way 5-shot": 98.9, "20-way 1-shot": 93.8, "20-way 5-shot": 98.5}
 
@@ -68,9 +68,7 @@ def run(args):
 
 def main(argv=None):
     """``python demos/matching_omniglot.py --data DIR``, the same as ``refmeta demo matching-omniglot``."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    run(parser.parse_args(argv))
+    options.main(__doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,6 @@ per class], float32, 13 minutes of training [their script: up to 100000 epochs o
 episodes].  Measured runs: docs/demo-metanet-omniglot.md.
 """
 
-import argparse
 import os
 import platform
 import time
@@ -45,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from refmeta import backend, lake_runs, metanet, omniglot, optimizers
-from refmeta.demos import files
+from refmeta.demos import files, options
 from refmeta.progress import progress
 
 ZIPS = ("images_background_small1.zip", "images_background_small2.zip")
@@ -60,9 +59,7 @@ FAST = {"episodes": 6, "max_train_minutes": 1.0, "hidden": 4, "eval_episodes": 8
 
 def add_arguments(parser):
     add = parser.add_argument
-    add("--data", required=True, help="folder holding images_background_small{1,2}.zip and all_runs.zip")
-    add("--out", default=os.path.join("runs", "metanet-omniglot"), help="results folder")
-    add("--cache", help="cache folder for the decoded zips (default OUT/cache)")
+    options.add_omniglot_folders(parser, "metanet-omniglot")
     add("--seed", type=int, default=0, help="init, split and training episodes (default 0)")
     add("--eval-seed", type=int, default=2017, help="test episodes (default 2017)")
     add("--episodes", type=int, help=f"training episodes at most (default {FULL['episodes']})")
@@ -83,16 +80,13 @@ def add_arguments(parser):
     add("--eval-query", type=int, default=5, help="queries per class at test (default 5)")
     add("--curve-every", type=int, help=f"held-out check every this many episodes ({FULL['curve_every']})")
     add("--curve-episodes", type=int, help=f"5-way episodes per check ({FULL['curve_episodes']})")
-    add("--fast", action="store_true", help="a run of seconds (tests): " +
-        ", ".join(f"{k.replace('_', '-')} {v}" for k, v in FAST.items()))
-    add("--no-plots", action="store_true", help="skip the learning-curve figure")
+    options.add_size_switches(parser, FAST)
 
 
 def run(args):
     """Train, test, print the table, write results.json (and learning_curve.png)."""
     start = time.perf_counter()
-    size = {k: getattr(args, k) if getattr(args, k) is not None else v
-            for k, v in (FAST if args.fast else FULL).items()}
+    size = options.sizes(args, FULL, FAST)
     config = make_config(args)
     rng = np.random.default_rng(args.seed)
     train, test, runs = load_data(args, rng)
@@ -261,12 +255,9 @@ def format_table(report):
 
 def save_figure(out_dir, curve):
     """learning_curve.png: training loss and held-out 5-way accuracy by episode; [] without matplotlib."""
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        print("matplotlib is not installed: skipping the figure")
+    fig = options.figure((10, 4))
+    if fig is None:
         return []
-    fig = Figure(figsize=(10, 4))
     loss_ax, acc_ax = fig.subplots(1, 2)
     loss_ax.plot(curve["episode"], curve["train_loss"])
     loss_ax.set(xlabel="episode", ylabel="mean query cross-entropy", title="training loss (per window)")
@@ -282,10 +273,7 @@ def save_figure(out_dir, curve):
 
 def main(argv=None):
     """``python demos/metanet_omniglot.py --data DIR``, the same as ``refmeta demo metanet-omniglot``."""
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    run(parser.parse_args(argv))
+    options.main(__doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

@@ -13,10 +13,9 @@ with 5 queries; in 12 minutes here one query did as well: docs/demo-metric-omnig
     refmeta demo protonet-omniglot --data shared/data/omniglot
 """
 
-import argparse
 
 from refmeta import protonet
-from refmeta.demos import fewshot_omniglot as common
+from refmeta.demos import fewshot_omniglot as common, options
 
 PAPER = {"5-way 1-shot": 98.8, "5-way 5-shot": 99.7, "20-way 1-shot": 96.0, "20-way 5-shot": 98.9}
 CONFIG = protonet.ProtoNetConfig()
@@ -44,9 +43,7 @@ def run(args):
 
 def main(argv=None):
     """``python demos/protonet_omniglot.py --data DIR``, the same as ``refmeta demo protonet-omniglot``."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    run(parser.parse_args(argv))
+    options.main(__doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ highest first-round probability.  It is reported as that, not as the paper's pro
 ``--n-way 20`` the model is trained 20-way and reads each run directly (one round).
 """
 
-import argparse
 import os
 import platform
 import time
@@ -33,7 +32,7 @@ import time
 import numpy as np
 
 from refmeta import backend, lake_runs, omniglot, optimizers, snail
-from refmeta.demos import files
+from refmeta.demos import files, options
 from refmeta.progress import progress
 
 PAPER = {"5-way 1-shot": 99.07, "5-way 5-shot": 99.78, "20-way 1-shot": 97.64,
@@ -47,51 +46,37 @@ FAST = {"iterations": 12, "max_train_minutes": 1.0, "meta_batch_size": 2, "test_
 
 def add_arguments(parser):
     """The demo's options; sizes left at None take FULL's values, or FAST's with --fast."""
-    add, positive = parser.add_argument, _integer_at_least(1)
-    add("--data", required=True, help="folder holding images_background_small{1,2}.zip and all_runs.zip")
-    add("--cache", help="cache folder for the decoded zips (default OUT/cache)")
+    add, at_least = parser.add_argument, options.integer_at_least
+    positive = at_least(1)
+    options.add_omniglot_folders(parser, "snail-omniglot")
     add("--seed", type=int, default=0, help="training seed: init and training episodes")
     add("--split-seed", type=int, default=0, help="seed of the character split (default 0)")
     add("--eval-seed", type=int, default=2018, help="seed of the test episodes (default 2018)")
-    add("--n-way", type=_integer_at_least(2), default=5, help="N (default 5)")
+    add("--n-way", type=at_least(2), default=5, help="N (default 5)")
     add("--k-shot", type=positive, default=1, help="K (default 1)")
     add("--n-query", type=positive, default=1,
         help="training queries per class and episode, each its own sequence (default 1)")
     add("--test-queries", type=positive, default=5, help="test queries per class (default 5)")
     add("--lr", type=float, default=1e-3, help="Adam step size (default 1e-3)")
-    add("--lr-halve-every", type=_integer_at_least(0), default=0,
+    add("--lr-halve-every", type=at_least(0), default=0,
         help="halve the step size every this many iterations (default 0: never)")
     add("--dtype", choices=("float32", "float64"), default="float32",
         help="training and evaluation precision (default float32, as PyTorch trains)")
-    add("--iterations", type=_integer_at_least(0), help=f"at most (default {FULL['iterations']})")
+    add("--iterations", type=at_least(0), help=f"at most (default {FULL['iterations']})")
     add("--max-train-minutes", type=float,
         help=f"stop training after this long, validating once more (default {FULL['max_train_minutes']})")
     add("--meta-batch-size", type=positive, help=f"episodes per step (default {FULL['meta_batch_size']})")
     add("--test-episodes", type=positive, help=f"default {FULL['test_episodes']}")
     add("--validation-episodes", type=positive, help=f"default {FULL['validation_episodes']}")
     add("--validate-every", type=positive, help=f"default {FULL['validate_every']}")
-    add("--lake-runs", type=_integer_at_least(0), help="how many of Lake's 20 runs to score, in "
+    add("--lake-runs", type=at_least(0), help="how many of Lake's 20 runs to score, in "
         f"order (default {FULL['lake_runs']}; 0 skips them)")
-    add("--fast", action="store_true", help="a run of seconds (tests): " +
-        ", ".join(f"{k.replace('_', '-')} {v}" for k, v in FAST.items()))
-    add("--no-plots", action="store_true", help="skip the figure")
-    add("--out", default=os.path.join("runs", "snail-omniglot"),
-        help="results directory (default runs/snail-omniglot)")
-
-
-def _integer_at_least(minimum):
-    def parse(text):
-        value = int(text)
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}; got {value}")
-        return value
-    parse.__name__ = "integer"
-    return parse
+    options.add_size_switches(parser, FAST)
 
 
 def run(args):
     """Train, select the checkpoint, test, score Lake's runs; print, save JSON and the figure."""
-    start, sizes = time.perf_counter(), resolve_sizes(args)
+    start, sizes = time.perf_counter(), options.sizes(args, FULL, FAST)
     config = snail.SNAILConfig(n_way=args.n_way, k_shot=args.k_shot)
     data = load_data(args)
     init_rng, train_rng, validation_rng = np.random.default_rng(args.seed).spawn(3)
@@ -119,11 +104,6 @@ def run(args):
     print(f"wrote {os.path.join(args.out, 'results.json')} "
           f"({report['timing']['total_seconds']:.0f} s in all)")
     return report
-
-
-def resolve_sizes(args):
-    defaults = FAST if args.fast else FULL
-    return {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in defaults.items()}
 
 
 def load_data(args):
@@ -340,12 +320,9 @@ def format_table(report):
 
 def save_figure(out_dir, curve):
     """Training loss and validation accuracy against iteration; [] without matplotlib."""
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        print("matplotlib is not installed (pip install 'refmeta[plots]'): skipping the figure")
+    fig = options.figure((10, 4))
+    if fig is None:
         return []
-    fig = Figure(figsize=(10, 4))
     loss_ax, accuracy_ax = fig.subplots(1, 2)
     loss_ax.plot(curve["iteration"][1:], curve["train_loss"][1:])
     loss_ax.set(xlabel="iteration", ylabel="query cross-entropy (window mean)", title="training")
@@ -360,10 +337,7 @@ def save_figure(out_dir, curve):
 
 def main(argv=None):
     """``python demos/snail_omniglot.py [options]``, the same as ``refmeta demo snail-omniglot``."""
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    run(parser.parse_args(argv))
+    options.main(__doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":
