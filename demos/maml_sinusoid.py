@@ -369,9 +369,10 @@ def _number(value):
 
 def save_figures(out_dir, runs, data, family, config):
     """Figure 2 of the paper (one K=5 test task) and the learning curves; [] without matplotlib."""
-    adaptation, curves = options.figure((10, 4)), options.figure((10, 4))
+    adaptation = options.figure((10, 4))
     if adaptation is None:
         return []
+    curves = options.figure((10, 4))
     paths = [os.path.join(out_dir, "figure2.png"), os.path.join(out_dir, "learning_curves.png")]
     _plot_adaptation(adaptation, runs, data["test_tasks"], data["test_set"][5], family, config, paths[0])
     _plot_learning_curves(curves, runs, paths[1])

@@ -1,5 +1,5 @@
 """What every demo's command line shares: sizes that --fast shrinks, integer options with a
-floor, ``main``, and figures that are skipped when matplotlib is missing."""
+floor, the Omniglot folders, ``main``, and figures that are skipped when matplotlib is missing."""
 
 import argparse
 import os
@@ -21,6 +21,14 @@ def add_size_switches(parser, fast, figures="the learning-curve figure"):
     described = ", ".join(f"{name.replace('_', '-')} {value}" for name, value in fast.items())
     parser.add_argument("--fast", action="store_true", help=f"a run of seconds (tests): {described}")
     parser.add_argument("--no-plots", action="store_true", help=f"skip {figures}")
+
+
+def add_omniglot_folders(parser, name):
+    """--data (the folder of Omniglot zips), --out (default runs/NAME) and --cache (OUT/cache)."""
+    add = parser.add_argument
+    add("--data", required=True, help="folder holding images_background_small{1,2}.zip and all_runs.zip")
+    add("--out", default=os.path.join("runs", name), help=f"results folder (default runs/{name})")
+    add("--cache", help="cache folder for the decoded zips (default OUT/cache)")
 
 
 def sizes(args, full, fast):
@@ -46,11 +54,3 @@ def main(description, add_arguments, run, argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     return run(parser.parse_args(argv))
-
-
-def add_omniglot_folders(parser, name):
-    """--data (the folder of Omniglot zips), --out (default runs/NAME) and --cache (OUT/cache)."""
-    add = parser.add_argument
-    add("--data", required=True, help="folder holding images_background_small{1,2}.zip and all_runs.zip")
-    add("--out", default=os.path.join("runs", name), help=f"results folder (default runs/{name})")
-    add("--cache", help="cache folder for the decoded zips (default OUT/cache)")

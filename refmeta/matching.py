@@ -47,7 +47,8 @@ Conventions the paper leaves open (``MatchingConfig``, recorded by ``conventions
     task_reduction    "mean" or "sum" over a leading task axis
     support order     the BiLSTM reads S in the order given (class-major in refmeta.omniglot
                       episodes); shuffle the episode first for another order
-Params: {"embed.*"} or {"f.*", "g.*"}, "attention.log_scale" (shape ()) if learned, and with FCE "fce.fw.*", "fce.bw.*" (d → d) and
+Params: {"embed.*"} or {"f.*", "g.*"}; "attention.log_scale" (shape ()) if learned; and with FCE
+"fce.fw.*", "fce.bw.*" (d → d) and
 "fce.att.*" (input d, recurrent 2d → d), each {w_x, w_h, b} of ``layers.lstm_init``.
 """
 
@@ -197,7 +198,8 @@ def attention_scale(params, config=MatchingConfig()):
         raise ValueError(f"learn_attention_scale=True needs params[{LOG_SCALE!r}] (made by init); "
                          f"got params with keys {sorted(params)}")
     if anp.shape(params[LOG_SCALE]) != ():
-        raise ValueError(f"params[{LOG_SCALE!r}] must be a scalar (shape ()); got shape {anp.shape(params[LOG_SCALE])}")
+        raise ValueError(f"params[{LOG_SCALE!r}] must be a scalar (shape ()); "
+                         f"got shape {anp.shape(params[LOG_SCALE])}")
     return anp.exp(params[LOG_SCALE])
 
 
