@@ -4,8 +4,10 @@ import hashlib
 import io
 import json
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -35,6 +37,13 @@ def test_the_issue_lists_cases_are_registered():
     for case_id in ALL:
         assert callable(cases.CASES[case_id])
         assert case_id.replace("-", "").isalnum() and case_id == case_id.lower()
+
+
+def test_the_docs_describe_every_case_and_the_readme_counts_them():
+    root = Path(__file__).parents[1]
+    documented = re.findall(r"^\| `([a-z0-9-]+)` \|", (root / "docs" / "reference-cases.md").read_text(), re.M)
+    assert set(ALL) <= set(documented)
+    assert f"writes {len(ALL)} reference cases" in (root / "README.md").read_text()
 
 
 @pytest.mark.parametrize("case_id", ALL)

@@ -1,0 +1,188 @@
+"""Reference cases: refmeta's numbers on fixed inputs, written down for other implementations.
+
+A case is a pair of files, ``<id>.json`` (what to compute) and ``<id>.npz`` (the numbers);
+docs/reference-cases.md is the full description of the format.  ``refmeta cases export DIR``
+writes them, ``refmeta verify CASE.json THEIRS.npz`` (``refmeta.verify``) checks another
+implementation's outputs against them.
+
+The registry.  ``CASES`` maps a case id to a *builder*: a function of no arguments
+(bind settings with ``functools.partial``) that returns a dict with exactly these keys:
+
+    algorithm        str, e.g. "MAML"
+    description      str, one paragraph
+    seed             int: every random draw comes from numpy.random.default_rng(seed)
+    model            JSON-able description complete enough to rebuild the network
+                     (``layers.mlp_describe`` / ``layers.conv4_describe``)
+    loss             JSON-able: the per-example loss and what its labels/targets are
+    conventions      JSON-able: every convention REFERENCE-NOTES lists; the ones that do not
+                     apply say "not applicable: <why>" rather than being left out
+    hyperparameters  JSON-able: step sizes, step counts, sizes
+    procedure        list of str: the computation, step by step, in terms of the array names
+    inputs           {name: Array(value, meaning)}: params, data and the random draws made
+    outputs          {name: Array(value, meaning, rtol=None, atol=None)}: what to reproduce
+
+Array names use "/" to group (``params/conv0.w``, ``meta_gradient/conv0.w``).  Values are host
+numpy arrays; integer arrays (labels, indices) are stored as float64 holding exact integers
+and marked ``integer_valued``.  Tolerances left at None get ``default_tolerance``.  A builder
+must be deterministic: two calls give the same bits (tests/test_cases.py checks every case).
+Adding a case is one more entry in ``CASES``.
+
+Where the builders live: ``optimization`` (MAML, Reptile), ``metric`` (Prototypical and
+Matching Networks) and ``model_based`` (Meta Networks, SNAIL); ``parts`` holds what they share
+(``Array``, ``default_tolerance``, the loss descriptions, the synthetic episode).  This module
+holds the registry and turns a built case into its two files.
+"""
+
+import functools
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+
+import numpy as np
+
+import refmeta
+from refmeta.cases.metric import matching_case, protonet_case
+from refmeta.cases.model_based import metanet_case, snail_case
+from refmeta.cases.optimization import maml_conv4_case, maml_sinusoid_case, reptile_sinusoid_case
+from refmeta.cases.parts import NOT_APPLICABLE, Array, default_tolerance, group_scales
+
+FORMAT = "refmeta.case/1"
+BUILDER_KEYS = ("algorithm", "description", "seed", "model", "loss", "conventions",
+                "hyperparameters", "procedure", "inputs", "outputs")
+# REFERENCE-NOTES' list of conventions every case records (a value, or "not applicable: why")
+REQUIRED_CONVENTIONS = ("task_reduction", "inner_reduction", "query_reduction", "inner_steps",
+                        "test_inner_steps", "first_order", "batch_norm", "adapt_bn", "sinusoid",
+                        "rotations", "distance", "inner_optimizer_state")
+
+CASES = {
+    "maml-sinusoid-k1-second-order": functools.partial(maml_sinusoid_case, 1, False),
+    "maml-sinusoid-k1-first-order": functools.partial(maml_sinusoid_case, 1, True),
+    "maml-sinusoid-k3-second-order": functools.partial(maml_sinusoid_case, 3, False),
+    "maml-sinusoid-k3-first-order": functools.partial(maml_sinusoid_case, 3, True),
+    "maml-conv4-bn-5way1shot-second-order": functools.partial(maml_conv4_case, False),
+    "maml-conv4-bn-5way1shot-first-order": functools.partial(maml_conv4_case, True),
+    "reptile-sinusoid-serial": functools.partial(reptile_sinusoid_case, "serial"),
+    "reptile-sinusoid-batched": functools.partial(reptile_sinusoid_case, "batched"),
+    "protonet-conv4-3way2shot": protonet_case,
+    "matching-conv4-3way2shot": functools.partial(matching_case, False),
+    "matching-conv4-3way2shot-fce": functools.partial(matching_case, True),
+    "metanet-3way1shot-first-order": functools.partial(metanet_case, False),
+    "metanet-3way1shot-second-order": functools.partial(metanet_case, True),
+    "snail-3way1shot": snail_case,
+}
+
+
+# ----- building, encoding and exporting -----
+class CaseError(ValueError):
+    """A case that cannot be built, read or written; the message says what and where."""
+
+
+def build(case_id):
+    """Run the builder of ``case_id`` and check what it returned; returns the dict."""
+    if case_id not in CASES:
+        raise CaseError(f"unknown case {case_id!r}; known: {', '.join(CASES)}")
+    case = CASES[case_id]()
+    if not isinstance(case, dict) or set(case) != set(BUILDER_KEYS):
+        got = sorted(case) if isinstance(case, dict) else type(case).__name__
+        raise CaseError(f"builder of {case_id!r} must return a dict with keys {list(BUILDER_KEYS)};"
+                        f" got {got}")
+    missing = [key for key in REQUIRED_CONVENTIONS if key not in case["conventions"]]
+    if missing:
+        raise CaseError(f"{case_id}: conventions must record {missing} (a value, or "
+                        f"\"{NOT_APPLICABLE}<why>\")")
+    for kind in ("inputs", "outputs"):
+        for name, array in case[kind].items():
+            if not isinstance(array, Array) or not np.all(np.isfinite(array.value)):
+                raise CaseError(f"{case_id}: {kind} {name!r} must be an Array of finite numbers")
+    return case
+
+
+def _entry(array, group_scale):
+    """The JSON entry of an input (group_scale None) or of an output."""
+    value = np.asarray(array.value)
+    entry = {"shape": list(value.shape), "dtype": "float64", "meaning": array.meaning}
+    if np.issubdtype(value.dtype, np.integer) or value.dtype == bool:
+        entry["integer_valued"] = True
+    if group_scale is not None:
+        rtol, atol = default_tolerance(group_scale)
+        entry["rtol"] = rtol if array.rtol is None else array.rtol
+        entry["atol"] = atol if array.atol is None else array.atol
+    return entry
+
+
+def encode(case_id, case):
+    """(json_text, npz_bytes) of a built case; the same case gives the same bytes."""
+    scales = group_scales(case["outputs"])
+    arrays = {f"{kind}/{name}": np.asarray(array.value, dtype=np.float64)
+              for kind in ("inputs", "outputs") for name, array in case[kind].items()}
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)          # zip entries carry a fixed 1980 timestamp: reproducible
+    npz = buffer.getvalue()
+    document = {"format": FORMAT, "id": case_id, "algorithm": case["algorithm"],
+                "description": case["description"], "refmeta_version": refmeta.__version__,
+                "seed": case["seed"], "npz_sha256": hashlib.sha256(npz).hexdigest(),
+                **{key: case[key] for key in ("model", "loss", "conventions", "hyperparameters",
+                                              "procedure")},
+                "inputs": {name: _entry(a, None) for name, a in case["inputs"].items()},
+                "outputs": {name: _entry(a, scales[name.split("/")[0]])
+                            for name, a in case["outputs"].items()}}
+    return json.dumps(document, indent=1, ensure_ascii=False, allow_nan=False) + "\n", npz
+
+
+def describe_cases():
+    """One line per case: its id, algorithm and description, for ``refmeta cases list``."""
+    width = max(len(case_id) for case_id in CASES)
+    lines = []
+    for case_id in CASES:
+        case = build(case_id)
+        lines.append(f"{case_id.ljust(width)}  {case['algorithm']}: {case['description']}")
+    return "\n".join(lines)
+
+
+def export(directory, case_ids=None, report=None):
+    """Write ``<id>.json`` + ``<id>.npz`` for each case (default: all) into ``directory``.
+
+    Every case is built and written into a staging folder inside ``directory`` first; then,
+    per case, any old JSON is removed, the NPZ moved in and the JSON moved in last
+    (os.replace).  The JSON is the case's commit record, and it names its NPZ's sha256: an
+    interrupted export leaves whole cases, old or new, and at most an NPZ without a JSON,
+    which is no case.  ``report(case_id)`` is called as each case is built.
+    Raises CaseError for an unknown id or a directory that cannot be written.
+    """
+    case_ids = list(CASES) if case_ids is None else list(case_ids)
+    unknown = [case_id for case_id in case_ids if case_id not in CASES]
+    if unknown:
+        raise CaseError(f"unknown case(s) {', '.join(map(repr, unknown))}; known: {', '.join(CASES)}")
+    try:
+        os.makedirs(directory, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=".refmeta-export-", dir=directory)
+    except OSError as error:
+        raise CaseError(f"cannot write cases to {directory!r}: {error.strerror or error}") from None
+    try:
+        for case_id in case_ids:
+            if report is not None:
+                report(case_id)
+            text, npz = encode(case_id, build(case_id))
+            _write(os.path.join(staging, case_id + ".npz"), npz)
+            _write(os.path.join(staging, case_id + ".json"), text.encode("utf-8"))
+        for case_id in case_ids:
+            target = os.path.join(directory, case_id)
+            if os.path.lexists(target + ".json"):
+                os.remove(target + ".json")
+            os.replace(os.path.join(staging, case_id + ".npz"), target + ".npz")
+            os.replace(os.path.join(staging, case_id + ".json"), target + ".json")
+    except OSError as error:
+        raise CaseError(f"cannot write cases to {directory!r}: {error}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return [os.path.join(directory, case_id + ".json") for case_id in case_ids]
+
+
+def _write(path, data):
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
