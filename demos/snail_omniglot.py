@@ -7,7 +7,10 @@ their 90/180/270° rotations; validation and test characters are unrotated and n
 
 Model (``refmeta.snail``, the paper's Omniglot stack): conv4 max-pool embedding + linear to 64,
 then Attn(64, 32) → TC(T, 128) → Attn(256, 128) → TC(T, 128) → Attn(512, 256) → linear to N,
-T = N·K + 1.  Training: Adam on the mean query cross-entropy; every episode draws N classes
+T = N·K + 1; every weight starts as PyTorch's default init, except that the attention blocks'
+query and key weights start ``--attention-init-gain`` (default 4) times larger, so the
+attention is not uniform at the start (``SNAILConfig.attention_init_gain``; 1 gives the
+ports' init).  Training: Adam on the mean query cross-entropy; every episode draws N classes
 (labels 0..N−1 in draw order), shuffles the order of its N·K support steps, and gives each of
 its N·Q queries a sequence of its own (they share the support images).  Batch norm uses the
 statistics of the meta-batch's images and tracks running statistics (momentum 0.1).
@@ -57,6 +60,9 @@ def add_arguments(parser):
     add("--n-query", type=positive, default=1,
         help="training queries per class and episode, each its own sequence (default 1)")
     add("--test-queries", type=positive, default=5, help="test queries per class (default 5)")
+    add("--attention-init-gain", type=float, default=4.0,
+        help="the attention blocks' query and key weights start this many times PyTorch's "
+             "default init (default 4; 1 is the ports' init)")
     add("--lr", type=float, default=1e-3, help="Adam step size (default 1e-3)")
     add("--lr-halve-every", type=at_least(0), default=0,
         help="halve the step size every this many iterations (default 0: never)")
@@ -77,7 +83,8 @@ def add_arguments(parser):
 def run(args):
     """Train, select the checkpoint, test, score Lake's runs; print, save JSON and the figure."""
     start, sizes = time.perf_counter(), options.sizes(args, FULL, FAST)
-    config = snail.SNAILConfig(n_way=args.n_way, k_shot=args.k_shot)
+    config = snail.SNAILConfig(n_way=args.n_way, k_shot=args.k_shot,
+                               attention_init_gain=args.attention_init_gain)
     data = load_data(args)
     init_rng, train_rng, validation_rng = np.random.default_rng(args.seed).spawn(3)
     params = {k: backend.asarray(v, args.dtype) for k, v in snail.init(init_rng, config).items()}

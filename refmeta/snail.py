@@ -48,6 +48,12 @@ Conventions (``SNAILConfig``, recorded by ``conventions()``):
     bn_eps            1e-5 (PyTorch's BatchNorm2d); batch statistics are taken over every
                       image of one call (the whole meta-batch, as BatchNorm2d in train mode);
                       "running" mode uses the statistics a training loop tracked.
+    attention_init_gain  1.0: every weight starts as PyTorch's default U(±1/√fan_in), as the
+                      ports do (the paper gives no initialisation); g multiplies the attention
+                      blocks' query and key weights, so the logits qᵀk/√K start g² times
+                      larger.  At g = 1 they start near 0, every attention row is nearly
+                      uniform and training sits at chance for a few hundred steps; the Omniglot
+                      demo uses g = 4 (docs/demo-snail-omniglot.md).
 Not parameters: the softmax runs over keys (the paper's), the query's label slot is zero, and
 the support steps come in the order given (the demo shuffles them).
 Params are a flat dict: "embed.*" (conv4), "block{j}.*" (``snail_blocks`` names), "out.*".
@@ -81,6 +87,7 @@ class SNAILConfig:
     image_channels: int = 1
     image_size: int = 28
     bn_eps: float = 1e-5
+    attention_init_gain: float = 1.0
 
     def __post_init__(self):
         for name, minimum in (("n_way", 2), ("k_shot", 1), ("kernel_size", 1),
@@ -99,6 +106,7 @@ class SNAILConfig:
             raise TypeError(f"embedding_linear must be True or False; got {self.embedding_linear!r}")
         blocks._check(isinstance(self.bn_eps, float) and self.bn_eps > 0,
                       f"bn_eps must be a positive float; got {self.bn_eps!r}")
+        blocks._check_positive("attention_init_gain", self.attention_init_gain)
         side = self.image_size // 16                                     # after four 2×2 pools
         conv_width = self.embedding_filters * side * side
         blocks._check(self.embedding_linear or self.embedding_dim == conv_width,
@@ -140,7 +148,8 @@ def init(rng, config):
     channels = channel_plan(config)
     for j, spec in enumerate(config.blocks):
         if spec[0] == "attention":
-            block = blocks.attention_block_init(rng, channels[j], spec[1], spec[2])
+            block = blocks.attention_block_init(rng, channels[j], spec[1], spec[2],
+                                                config.attention_init_gain)
         else:
             block = blocks.tc_block_init(rng, channels[j], config.sequence_length, spec[1],
                                          config.kernel_size)

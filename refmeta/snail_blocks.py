@@ -64,6 +64,12 @@ def _check_int(name, value, minimum):
            and value >= minimum, f"{name} must be an integer >= {minimum}; got {value!r}")
 
 
+def _check_positive(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a positive number; got {value!r}")
+    _check(math.isfinite(value) and value > 0, f"{name} must be a positive number; got {value!r}")
+
+
 def _rows_matmul(x, w):
     """x (..., T, C) @ w (C, F): one BLAS call over every leading index and step when w is 2-D."""
     if anp.ndim(w) != 2:
@@ -205,15 +211,19 @@ def tc_block_init(rng, in_channels, sequence_length, filters, kernel_size=2):
     return params
 
 
-def attention_block_init(rng, in_channels, key_size, value_size):
-    """{"query.w", "key.w": (C, K), "value.w": (C, V), and biases}, PyTorch Linear init."""
+def attention_block_init(rng, in_channels, key_size, value_size, query_key_gain=1.0):
+    """{"query.w", "key.w": (C, K), "value.w": (C, V), and biases}, PyTorch Linear init
+    U(±1/√C), except that the query and key weights are multiplied by ``query_key_gain``
+    (the same draws: gain 1 is PyTorch's init exactly)."""
     for name, value in (("in_channels", in_channels), ("key_size", key_size),
                         ("value_size", value_size)):
         _check_int(name, value, 1)
+    _check_positive("query_key_gain", query_key_gain)
     sizes = {"query": key_size, "key": key_size, "value": value_size}
     params = {}
     for part, size in sizes.items():
-        params[f"{part}.w"] = _uniform(rng, in_channels, (in_channels, size))
+        gain = query_key_gain if part in ("query", "key") else 1.0
+        params[f"{part}.w"] = gain * _uniform(rng, in_channels, (in_channels, size))
         params[f"{part}.b"] = _uniform(rng, in_channels, (size,))
     return params
 

@@ -42,6 +42,7 @@ def test_the_json_records_config_seeds_timing_and_every_number(fast_run):
         assert key in saved, key
     assert saved["config"]["snail"]["blocks"] == [["attention", 64, 32], ["tc", 128], ["attention", 256, 128],
                                                   ["tc", 128], ["attention", 512, 256]]
+    assert saved["config"]["snail"]["attention_init_gain"] == 4.0       # the demo's default
     assert saved["config"]["characters"] == {"merged": 242, "train_classes_with_rotations": 4 * 169,
                                              "validation": 25, "test": 48}
     assert saved["config"]["iterations"] == demo.FAST["iterations"]

@@ -359,6 +359,23 @@ def test_conventions_are_json_and_complete():
     assert conventions["kernel_size"] == 2 and conventions["channels"][-1] == 1253
 
 
+@given(seed=seeds, gain=st.floats(0.25, 16.0))
+def test_attention_init_gain_scales_exactly_the_query_and_key_weights(seed, gain):
+    """Gain g multiplies the attention blocks' query.w and key.w by g and changes nothing else:
+    the same draws, so g = 1 is the default init and every other parameter is identical."""
+    base = snail.init(np.random.default_rng(seed), TINY)
+    scaled = snail.init(np.random.default_rng(seed), snail.SNAILConfig(**{
+        **{k: getattr(TINY, k) for k in TINY.__dataclass_fields__}, "attention_init_gain": gain}))
+    assert set(scaled) == set(base)
+    attention = [f"block{j}." for j, spec in enumerate(TINY.blocks) if spec[0] == "attention"]
+    changed = {k for k in base if k.startswith(tuple(attention)) and k.endswith(("query.w", "key.w"))}
+    assert len(changed) == 2 * len(attention)
+    for name in base:
+        expected = gain * base[name] if name in changed else base[name]
+        np.testing.assert_array_equal(scaled[name], expected)
+    assert snail.SNAILConfig(attention_init_gain=gain).conventions()["attention_init_gain"] == gain
+
+
 # ----- bad input -----
 
 def test_bad_input_gets_clear_errors(dev):
@@ -399,6 +416,14 @@ def test_bad_input_gets_clear_errors(dev):
         snail.SNAILConfig(dilation_start=-1)
     with pytest.raises(ValueError, match="each block must be"):
         snail.SNAILConfig(blocks=(("attention", 3),))
+    for gain in (0.0, -1.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="attention_init_gain must be a positive number"):
+            snail.SNAILConfig(attention_init_gain=gain)
+    for gain in ("4", True, None):
+        with pytest.raises(TypeError, match="attention_init_gain must be a positive number"):
+            snail.SNAILConfig(attention_init_gain=gain)
+    with pytest.raises(ValueError, match="query_key_gain must be a positive number; got 0"):
+        blocks.attention_block_init(rng, 2, 3, 2, query_key_gain=0)
     images = rng.random((2, 4, 1, 16, 16))
     images[0, 0, 0, 0, 0] = np.inf
     with pytest.raises(ValueError, match="images contain NaN or inf"):
