@@ -32,7 +32,7 @@ METRIC_UPDATE_PROCEDURE = [
 
 
 def metric_case(algorithm, description, seed, model, conventions, hyperparameters, procedure,
-                 params, episode, loss_fn, outputs):
+                params, episode, loss_fn, outputs):
     """The shared tail: inputs, loss, gradient and one gradient step (lr 0.01) on every parameter."""
     lr = 0.01
     loss, gradient = value_and_grad(loss_fn)(params)
