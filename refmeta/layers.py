@@ -57,6 +57,7 @@ def _check_choice(name, value, allowed):
     _check(value in allowed, f"{name} must be one of {list(allowed)}; got {value!r}")
 
 
+# ----- batched matrix products with their adjoints -----
 @primitive
 def _matmul(a, b):
     """a @ b over the last two axes (both ndim ≥ 2), leading axes broadcast; raw arrays."""
@@ -96,6 +97,7 @@ defvjp(_matmul_tn, lambda ans, a, b: lambda g: _sum_to(_matmul_nt(b, g), anp.sha
        lambda ans, a, b: lambda g: _sum_to(_matmul(a, g), anp.shape(b)))
 
 
+# ----- dense, activations, convolution and pooling -----
 def dense(x, w, b):
     """x (..., n, d_in), w (..., d_in, d_out), b (..., d_out) -> (..., n, d_out)."""
     _check(anp.ndim(x) >= 2 and anp.ndim(w) >= 2 and anp.shape(x)[-1] == anp.shape(w)[-2],
@@ -155,6 +157,7 @@ def max_pool_2x2(x):
     return conv.max_pool(x)
 
 
+# ----- batch norm -----
 def _stat_axes(x, spatial_dims):
     """(channel axis, reduction axes) of x (..., n, C, *spatial)."""
     if spatial_dims is None:
@@ -242,6 +245,7 @@ def update_running(running, batch, momentum):
     return (1 - momentum) * running + momentum * batch
 
 
+# ----- the MLP -----
 def _uniform(rng, fan_in, shape):
     bound = 1.0 / np.sqrt(fan_in)
     return rng.uniform(-bound, bound, size=shape)
@@ -291,6 +295,7 @@ def mlp_describe(sizes, activation="relu", weight_std=None):
             "input_layout": "(..., n, d_in)", "init": init, "dtype": "float64"}
 
 
+# ----- the conv4 network (MAML's stride-2 and the metric learners' max-pool variants) -----
 def _head_features(hidden, variant, image_size):
     """Feature count entering the head: hidden, or hidden·H·W after four 2×2 pools."""
     height, width = (image_size, image_size) if np.ndim(image_size) == 0 else image_size
@@ -401,6 +406,7 @@ def conv4_describe(in_channels=1, n_out=5, hidden=64, variant="stride", bn_affin
                                         "kaiming-uniform a=sqrt(5)); bn offset 0, scale 1"}
 
 
+# ----- the LSTM cell -----
 def sigmoid(x):
     """1 / (1 + e^{−x}), computed as (1 + tanh(x/2)) / 2, which never overflows."""
     return 0.5 * (anp.tanh(0.5 * x) + 1.0)

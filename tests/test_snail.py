@@ -1,6 +1,7 @@
 """SNAIL: naive-loop references, causality as a property, the masked softmax, channel counts,
 finite differences through every block and the whole model, bad input, and a PyTorch port."""
 
+import dataclasses
 import math
 
 import autograd.numpy as anp
@@ -364,8 +365,7 @@ def test_attention_init_gain_scales_exactly_the_query_and_key_weights(seed, gain
     """Gain g multiplies the attention blocks' query.w and key.w by g and changes nothing else:
     the same draws, so g = 1 is the default init and every other parameter is identical."""
     base = snail.init(np.random.default_rng(seed), TINY)
-    scaled = snail.init(np.random.default_rng(seed), snail.SNAILConfig(**{
-        **{k: getattr(TINY, k) for k in TINY.__dataclass_fields__}, "attention_init_gain": gain}))
+    scaled = snail.init(np.random.default_rng(seed), dataclasses.replace(TINY, attention_init_gain=gain))
     assert set(scaled) == set(base)
     attention = [f"block{j}." for j, spec in enumerate(TINY.blocks) if spec[0] == "attention"]
     changed = {k for k in base if k.startswith(tuple(attention)) and k.endswith(("query.w", "key.w"))}

@@ -5,7 +5,8 @@ import numpy as np
 from autograd import value_and_grad
 
 from refmeta import layers, matching, optimizers, protonet, tasks
-from refmeta.cases.parts import NOT_APPLICABLE, Array, synthetic_episode, tree_arrays
+from refmeta.cases.parts import (NOT_APPLICABLE, Array, perturbed_batch_norm, synthetic_episode,
+                                 tree_arrays)
 
 
 METRIC_CONVENTIONS = {
@@ -58,8 +59,7 @@ def protonet_case(distance="sqeuclidean", seed=0, n_way=3, k_shot=2, n_query=4, 
     """A ProtoNet (conv4 with max-pool) on one fixed tiny episode."""
     rng = np.random.default_rng(seed)
     params = protonet.conv4_embedding_init(rng, hidden=hidden, image_size=image_size)
-    params = dict(params, **{f"bn{i}.{k}": v + rng.uniform(-0.1, 0.1, hidden) for i in range(4)
-                             for k, v in (("offset", 0.0), ("scale", 1.0))})
+    params = perturbed_batch_norm(rng, params, hidden)
     episode = tasks.Episode(*synthetic_episode(rng, n_way, k_shot, n_query, image_size))
     config, embed = protonet.ProtoNetConfig(distance=distance), protonet.conv4_embedding()
     z_support, z_query = protonet.embed_episode(params, episode, embed)
@@ -104,8 +104,7 @@ def matching_case(fce, seed=0, n_way=3, k_shot=2, n_query=4, hidden=8, image_siz
     config = matching.MatchingConfig(fce=fce, read_steps=read_steps)
     params = matching.init(rng, lambda r: protonet.conv4_embedding_init(r, hidden, 1, image_size), hidden,
                            config)
-    params = dict(params, **{f"embed.bn{i}.{k}": v + rng.uniform(-0.1, 0.1, hidden) for i in range(4)
-                             for k, v in (("offset", 0.0), ("scale", 1.0))})
+    params = perturbed_batch_norm(rng, params, hidden, prefix="embed.")
     episode = tasks.Episode(*synthetic_episode(rng, n_way, k_shot, n_query, image_size))
     embed = protonet.conv4_embedding()
     g_prime, f_prime = matching.base_embeddings(params, episode, embed, config)

@@ -6,7 +6,8 @@ from autograd import value_and_grad
 
 from refmeta import layers, losses, metanet, metanet_parts, optimizers, snail, tasks
 from refmeta.cases.metric import METRIC_UPDATE_PROCEDURE, metric_case
-from refmeta.cases.parts import NOT_APPLICABLE, Array, synthetic_episode, tree_arrays
+from refmeta.cases.parts import (NOT_APPLICABLE, Array, perturbed_batch_norm, synthetic_episode,
+                                 tree_arrays)
 
 
 METANET_PROCEDURE = [
@@ -142,9 +143,7 @@ def snail_case(seed=0, n_way=3, k_shot=1, n_query=2, filters=4, image_size=16):
     config = snail.SNAILConfig(n_way=n_way, k_shot=k_shot, embedding_dim=6, embedding_filters=filters,
                                image_size=image_size, blocks=(("attention", 4, 3), ("tc", 3),
                                                               ("attention", 5, 4), ("tc", 3), ("attention", 6, 5)))
-    params = snail.init(rng, config)
-    params = dict(params, **{f"embed.bn{i}.{k}": v + rng.uniform(-0.1, 0.1, filters) for i in range(4)
-                             for k, v in (("offset", 0.0), ("scale", 1.0))})
+    params = perturbed_batch_norm(rng, snail.init(rng, config), filters, prefix="embed.")
     support_x, support_y, query_x, query_y = synthetic_episode(rng, n_way, k_shot, n_query, image_size)
     order = rng.permutation(n_way * k_shot)                              # the support in random order
     episode = tasks.Episode(support_x[order], support_y[order], query_x, query_y)

@@ -1,5 +1,6 @@
 """What the case builders share: the Array record, its default tolerance, the loss
-descriptions and the synthetic episode of the classification cases."""
+descriptions, the synthetic episode of the classification cases and its batch-norm
+perturbation."""
 
 import math
 from typing import NamedTuple
@@ -70,3 +71,10 @@ def synthetic_episode(rng, n_way, k_shot, n_query, image_size):
     order = rng.permutation(n_way * n_query)
     return (support_x, np.repeat(np.arange(n_way), k_shot), query_x[order],
             np.repeat(np.arange(n_way), n_query)[order])
+
+
+def perturbed_batch_norm(rng, params, width, prefix=""):
+    """params with the four conv4 batch-norm layers' offsets drawn U(±0.1) and scales 1 + U(±0.1)
+    (draws in the order bn0.offset, bn0.scale, bn1.offset, …), so that a case tests them."""
+    return dict(params, **{f"{prefix}bn{i}.{k}": v + rng.uniform(-0.1, 0.1, width) for i in range(4)
+                           for k, v in (("offset", 0.0), ("scale", 1.0))})
