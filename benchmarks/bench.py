@@ -8,7 +8,7 @@
    paper's MLP 1-40-40-1 on a meta-batch of 25 tasks with K = 10 support and 10 query points:
    refmeta vectorised across tasks, refmeta's per-task loop (``maml.looped``) and refmeta
    vectorised with the MLP's gradient and Hessian-vector product written out
-   (``refmeta.fused_mlp``, the same ``maml`` code on a flat parameter vector), and
+   (``refmeta.nn.fused_mlp``, the same ``maml`` code on a flat parameter vector), and
    ``FusedMLP.meta_gradient``, MAML's Eq. (3) applied by hand with those pieces; peers
    JAX ``jit(grad)`` with ``vmap`` over tasks, PyTorch eager per-task loop, PyTorch eager
    vectorised (batched matmuls) and ``torch.func`` (``grad`` of ``vmap``).
@@ -101,7 +101,8 @@ def optional(name):
 
 # ----- data, shared by every implementation -----
 def sinusoid_data(seed=0):
-    from refmeta import layers, tasks
+    from refmeta.data import tasks
+    from refmeta.nn import layers
     rng = np.random.default_rng(seed)
     params = layers.mlp_init(rng, SIZES)
     episode = tasks.sample_sinusoid_episode(rng, tasks.SinusoidFamily(), N_TASKS, K_SUPPORT, K_QUERY)
@@ -109,7 +110,7 @@ def sinusoid_data(seed=0):
 
 
 def conv4_data(seed=0):
-    from refmeta import layers
+    from refmeta.nn import layers
     rng = np.random.default_rng(seed)
     params = layers.conv4_init(rng, 1, N_WAY, HIDDEN, "stride", "offset", IMAGE)
     support_x = rng.uniform(0, 1, (1, N_WAY * K_SHOT, 1, IMAGE, IMAGE))
@@ -121,7 +122,9 @@ def conv4_data(seed=0):
 
 # ----- refmeta -----
 def refmeta_sinusoid(params, data, vectorised):
-    from refmeta import layers, losses, maml, tasks
+    from refmeta import maml
+    from refmeta.data import tasks
+    from refmeta.nn import layers, losses
     loss_fn = losses.model_loss(layers.mlp_apply, losses.mse)
     if not vectorised:
         loss_fn = maml.looped(loss_fn)
@@ -132,7 +135,9 @@ def refmeta_sinusoid(params, data, vectorised):
 def refmeta_sinusoid_fused(params, data, written_out):
     """The same meta-gradient with ``fused_mlp`` (written-out gradient and R-operator): through
     ``maml.meta_gradient``, or by ``FusedMLP.meta_gradient`` (MAML's Eq. (3), no autograd)."""
-    from refmeta import fused_mlp, maml, tasks
+    from refmeta import maml
+    from refmeta.data import tasks
+    from refmeta.nn import fused_mlp
     mlp = fused_mlp.FusedMLP(SIZES, "relu")
     config, episode, flat = maml.MAMLConfig(inner_lr=0.01, inner_steps=1), tasks.Episode(*data), mlp.pack(params)
     if written_out:
@@ -141,7 +146,9 @@ def refmeta_sinusoid_fused(params, data, written_out):
 
 
 def refmeta_conv4(params, data, inner_steps=1):
-    from refmeta import layers, losses, maml, tasks
+    from refmeta import maml
+    from refmeta.data import tasks
+    from refmeta.nn import layers, losses
     loss_fn = losses.model_loss(lambda p, x: layers.conv4_apply(p, x), losses.cross_entropy)
     config = maml.MAMLConfig(inner_lr=0.4, inner_steps=inner_steps, inner_reduction="n_way_times_mean")
     episode = tasks.Episode(*data)
@@ -419,7 +426,8 @@ def refmeta_snail(config, params, data):
     """{case: () -> gradient dict}: the whole step (embedding + stack) and the stack alone."""
     import autograd.numpy as anp
     from autograd import grad
-    from refmeta import snail, tasks
+    from refmeta import snail
+    from refmeta.data import tasks
     episode = tasks.Episode(*data)
     rng = np.random.default_rng(1)
     sequences = rng.standard_normal((SNAIL_EPISODES * N_WAY * SNAIL_QUERIES, config.sequence_length,
@@ -523,7 +531,8 @@ def metanet_data(seed=0):
 
 def refmeta_metanet(config, params, data):
     from autograd import grad
-    from refmeta import metanet, tasks
+    from refmeta import metanet
+    from refmeta.data import tasks
     episode = tasks.Episode(*data)
     return lambda: grad(metanet.episode_loss)(params, episode, config)
 
@@ -618,7 +627,8 @@ def refmeta_metric(params, images, support_y, query_y):
     """{case: () -> gradient dict}: the ProtoNet episode and the conv4 pass."""
     import autograd.numpy as anp
     from autograd import grad
-    from refmeta import protonet, tasks
+    from refmeta import protonet
+    from refmeta.data import tasks
     embed, n_support = protonet.conv4_embedding(), len(support_y)
     episode = tasks.Episode(images[:n_support], support_y, images[n_support:], query_y)
     return {"protonet": lambda: grad(protonet.episode_loss)(params, episode, embed, N_WAY),

@@ -43,7 +43,8 @@ def add_arguments(parser):
 
 def run(args):
     """Compute every selected case with torch, verify it; returns {"cases": {id: result}, ...}."""
-    from refmeta import cases, verify
+    from refmeta import cases
+    from refmeta.cases import verify
     from refmeta.progress import progress
     torch = _import_torch()
     os.makedirs(args.out, exist_ok=True)

@@ -31,7 +31,9 @@ import numpy as np
 from autograd import grad_and_aux
 from autograd.tracer import getval
 
-from refmeta import backend, lake_runs, layers, omniglot, optimizers
+from refmeta.data import lake_runs, omniglot
+from refmeta.device import backend
+from refmeta.nn import layers, optimizers
 from refmeta.demos import files, options
 from refmeta.progress import progress
 

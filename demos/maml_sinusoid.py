@@ -34,7 +34,10 @@ import autograd.numpy as anp
 import numpy as np
 from autograd import value_and_grad
 
-from refmeta import backend, layers, losses, maml, optimizers, tasks, trees
+from refmeta import maml
+from refmeta.data import tasks
+from refmeta.device import backend
+from refmeta.nn import layers, losses, optimizers, trees
 from refmeta.demos import files, options
 from refmeta.progress import progress
 

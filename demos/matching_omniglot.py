@@ -22,7 +22,8 @@ and every choice is recorded in the JSON's conventions (the learned s under "lea
 
 import argparse
 
-from refmeta import backend, matching, protonet
+from refmeta import matching, protonet
+from refmeta.device import backend
 from refmeta.demos import fewshot_omniglot as common, options
 
 PAPER = {"5-way 1-shot": 98.1, "5-way 5-shot": 98.9, "20-way 1-shot": 93.8, "20-way 5-shot": 98.5}

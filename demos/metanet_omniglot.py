@@ -43,7 +43,10 @@ from pathlib import Path
 
 import numpy as np
 
-from refmeta import backend, lake_runs, metanet, omniglot, optimizers
+from refmeta import metanet
+from refmeta.data import lake_runs, omniglot
+from refmeta.device import backend
+from refmeta.nn import optimizers
 from refmeta.demos import files, options
 from refmeta.progress import progress
 

@@ -34,7 +34,10 @@ import time
 
 import numpy as np
 
-from refmeta import backend, lake_runs, omniglot, optimizers, snail
+from refmeta import snail
+from refmeta.data import lake_runs, omniglot
+from refmeta.device import backend
+from refmeta.nn import optimizers
 from refmeta.demos import files, options
 from refmeta.progress import progress
 

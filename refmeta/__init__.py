@@ -1,7 +1,20 @@
 """refmeta: reference implementations of meta-learning, in NumPy + autograd.
 
-Every algorithm is a small module of pure functions over parameter trees
-(``dict[str, array]``); see README.md for the module-to-paper table.
+The six algorithms are the front door, one module each, with one shape (docs/architecture.md):
+``maml``, ``reptile``, ``protonet``, ``matching``, ``snail``, ``metanet``.  Beside them:
+
+    refmeta.nn       layers, losses, optimizers, parameter trees, the algorithms' building blocks
+    refmeta.data     the episode sources: sinusoid tasks, Omniglot, Lake's one-shot runs
+    refmeta.device   numpy / CuPy, and the strict stand-in array the tests run on
+    refmeta.cases    the reference cases and ``verify``
+    refmeta.checks   the input checks every public entry point uses
+
+Importing refmeta installs the autograd patches that let it differentiate device arrays
+(``refmeta.device.backend.install_autograd_patches``), once, before any algorithm runs.
 """
+
+from refmeta.device import backend as _backend
+
+_backend.install_autograd_patches()
 
 __version__ = "0.1.0"

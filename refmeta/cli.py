@@ -115,7 +115,7 @@ def _add_verify_command(subparsers):
 
 
 def _verify_main(case, theirs):
-    from refmeta import verify
+    from refmeta.cases import verify
     return verify.main(case, theirs)
 
 

@@ -23,7 +23,7 @@ import autograd.numpy as anp
 import numpy as np
 from autograd import grad, make_vjp
 
-from refmeta import trees
+from refmeta.nn import trees
 
 __all__ = ["GradientCheckError", "check_grad", "check_vjp", "check_hvp", "numerical_grad",
            "directional_derivative"]

@@ -38,7 +38,7 @@ Conventions (all in ``MAMLConfig``, all recorded by ``MAMLConfig.conventions``):
     query_reduction   "mean" (default) or "sum"
     adapt_bn          False (default, the authors' code): params whose name starts
                       with "bn" are meta-learned but held fixed in the inner loop.
-    Batch-norm mode belongs to the model's loss function (see ``refmeta.layers``).
+    Batch-norm mode belongs to the model's loss function (see ``refmeta.nn.layers``).
 
 Vectorisation.  The meta-batch carries a leading task axis T.  ``meta_loss``
 gives every parameter that axis (``trees.broadcast_tasks``) and runs all tasks
@@ -55,7 +55,7 @@ import autograd.numpy as anp
 from autograd import grad, value_and_grad
 from autograd.tracer import getval
 
-from refmeta import optimizers, trees
+from refmeta.nn import optimizers, trees
 
 TASK_REDUCTIONS = ("mean", "sum")
 INNER_REDUCTIONS = ("mean", "sum", "n_way_times_mean")

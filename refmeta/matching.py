@@ -45,7 +45,7 @@ Conventions the paper leaves open (``MatchingConfig``, recorded by ``conventions
                       scale of Oreshkin et al. 2018 (TADAM); exp keeps s > 0 whatever the step
     joint_embedding   True: with f′ = g′, support and query go through the net in one call
     task_reduction    "mean" or "sum" over a leading task axis
-    support order     the BiLSTM reads S in the order given (class-major in refmeta.omniglot
+    support order     the BiLSTM reads S in the order given (class-major in refmeta.data.omniglot
                       episodes); shuffle the episode first for another order
 Params: {"embed.*"} or {"f.*", "g.*"}; "attention.log_scale" (shape ()) if learned; and with FCE
 "fce.fw.*", "fce.bw.*" (d → d) and
@@ -58,9 +58,9 @@ import autograd.numpy as anp
 import numpy as np
 from autograd.tracer import getval
 
-from refmeta import layers, losses
+from refmeta.nn import layers, losses
 from refmeta.protonet import DISTANCES, TASK_REDUCTIONS, check_choice, check_labels, pairwise_distance
-from refmeta.tasks import Episode
+from refmeta.data.tasks import Episode
 
 ATTENTION_H0 = ("embedding", "zeros")
 LOG_SCALE = "attention.log_scale"

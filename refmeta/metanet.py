@@ -26,7 +26,7 @@ Algorithm 1, one episode (equation numbers as in the paper's Section 3):
         P(ŷ_i | x_i) = softmax(b(W, W*_i, x_i))             (11)
  4. L_train = Σ_i loss_task(b(W, W*_i, x_i), y_i); update θ by ∇_θ L_train  (Algorithm 1, 22)
 Layer augmentation (Section 3.3): every augmented layer computes φ(W h) + φ(W* h), the output
-layer W h + W* h; see ``refmeta.metanet_parts`` with pre(·), m, d and the network.
+layer W h + W* h; see ``refmeta.nn.metanet_parts`` with pre(·), m, d and the network.
 
 Gradients as meta information.  ``second_order=False`` (the authors' code: ``.grad`` arrays
 are fed to m and d as data) treats ∇_t and ∇_i as constants: θ's gradient flows through
@@ -58,8 +58,8 @@ import numpy as np
 from autograd import grad, value_and_grad
 from autograd.tracer import getval
 
-from refmeta import losses, optimizers, trees
-from refmeta.metanet_parts import (base_logits, cosine_attention, example_generator, layer_kind,
+from refmeta.nn import losses, optimizers, trees
+from refmeta.nn.metanet_parts import (base_logits, cosine_attention, example_generator, layer_kind,
                                    learner_init, meta_init, preprocess, read_memory,
                                    representation, slow_logits, softmax, task_generator)
 

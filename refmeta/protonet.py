@@ -38,8 +38,9 @@ import autograd.numpy as anp
 import numpy as np
 from autograd.tracer import getval
 
-from refmeta import backend, layers, losses
-from refmeta.tasks import Episode
+from refmeta.device import backend
+from refmeta.nn import layers, losses
+from refmeta.data.tasks import Episode
 
 DISTANCES = ("sqeuclidean", "euclidean", "cosine")
 TASK_REDUCTIONS = ("mean", "sum")

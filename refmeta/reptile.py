@@ -45,7 +45,7 @@ import autograd.numpy as anp
 import numpy as np
 from autograd import grad
 
-from refmeta import optimizers, trees
+from refmeta.nn import optimizers, trees
 
 INNER_OPTIMIZERS = ("sgd", "adam")
 

@@ -2,7 +2,7 @@
 for N-way K-shot classification.
 
 Paper: Section 3 (the model), Section 4.1 and Appendix B (few-shot image classification),
-Appendix A (the blocks, in ``refmeta.snail_blocks``).
+Appendix A (the blocks, in ``refmeta.nn.snail_blocks``).
 
 An episode is one sequence of T = N·K + 1 steps (Section 3, Figure 1):
 
@@ -66,8 +66,8 @@ import numpy as np
 from autograd import value_and_grad
 from autograd.tracer import getval
 
-from refmeta import layers, losses, optimizers
-from refmeta import snail_blocks as blocks
+from refmeta.nn import layers, losses, optimizers
+from refmeta.nn import snail_blocks as blocks
 
 PAPER_BLOCKS = (("attention", 64, 32), ("tc", 128), ("attention", 256, 128), ("tc", 128),
                 ("attention", 512, 256))

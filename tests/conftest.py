@@ -5,7 +5,7 @@
         ...
         np.testing.assert_allclose(dev.to_host(result), expected)
 
-The "strict" device is refmeta.strict.StrictArray: a silent host copy raises there, on the CPU.
+The "strict" device is refmeta.device.strict.StrictArray: a silent host copy raises there, on the CPU.
 "cupy" is skipped, with its reason shown by ``-ra``, unless cupy and a GPU are present.
 Choose the hypothesis profile with HYPOTHESIS_PROFILE=ci|dev|thorough (default ci).
 """
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
-from refmeta import backend, strict
+from refmeta.device import backend, strict
 
 settings.register_profile("ci", derandomize=True, deadline=None, max_examples=25,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -3,7 +3,9 @@
 import numpy as np
 from autograd import grad
 
-from refmeta import gradcheck, layers, losses, tasks, trees
+from refmeta import gradcheck
+from refmeta.data import tasks
+from refmeta.nn import layers, losses, trees
 
 
 def tiny_mlp(rng, d_in=1, hidden=4, d_out=1, depth=2):

@@ -9,7 +9,8 @@ import autograd.numpy as anp
 import numpy as np
 from hypothesis import given, strategies as st
 
-from refmeta import conv, gradcheck, layers
+from refmeta import gradcheck
+from refmeta.nn import conv, layers
 
 seeds = st.integers(0, 2**32 - 1)
 LEADING = st.sampled_from([((), ()), ((2,), (2,)), ((2,), ()), ((), (2,)), ((3, 2), (2,)),

@@ -1,4 +1,4 @@
-"""refmeta.backend and refmeta.strict: the strict stand-in is strict, and autograd through the
+"""refmeta.device.backend and refmeta.device.strict: the strict stand-in is strict, and autograd through the
 patched internals gives the same numbers on every device as on plain numpy."""
 
 import os
@@ -15,8 +15,8 @@ from autograd.core import primitive_vjps
 from autograd.numpy import numpy_vjps, numpy_wrapper
 from autograd.test_util import check_grads
 
-from refmeta import backend
-from refmeta.strict import StrictArray, from_strict, to_strict
+from refmeta.device import backend
+from refmeta.device.strict import StrictArray, from_strict, to_strict
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -265,7 +265,7 @@ def test_use_rejects_unknown_backends():
 
 def _run(env_value):
     env = dict(os.environ, REFMETA_BACKEND=env_value)
-    return subprocess.run([sys.executable, "-c", "from refmeta import backend; print(backend.current())"],
+    return subprocess.run([sys.executable, "-c", "from refmeta.device import backend; print(backend.current())"],
                           env=env, cwd=REPO, capture_output=True, text=True)
 
 
@@ -289,7 +289,7 @@ def test_asarray_and_to_host_round_trip():
     tree = {"w": to_strict(np.eye(2)), "b": np.ones(2), "steps": 3, "pair": [to_strict(np.zeros(1))]}
     back = backend.to_host(tree)
     assert type(back["w"]) is np.ndarray and type(back["pair"][0]) is np.ndarray and back["steps"] == 3
-    from refmeta.tasks import Episode
+    from refmeta.data.tasks import Episode
     episode = backend.to_host(Episode(*(to_strict(np.zeros(2)) for _ in range(4))))
     assert isinstance(episode, Episode) and type(episode.query_y) is np.ndarray
     assert backend.asarray([1, 2]).dtype == np.float64 and backend.asarray([1, 2], dtype=None).dtype.kind == "i"

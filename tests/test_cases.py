@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from refmeta import cases, verify
+from refmeta import cases
+from refmeta.cases import verify
 
 ALL = list(cases.CASES)
 SHIPPED = ["maml-sinusoid-k1-second-order", "maml-sinusoid-k1-first-order",

@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from refmeta import backend, omniglot, snail
+from refmeta import snail
+from refmeta.data import omniglot
+from refmeta.device import backend
 from refmeta.demos import snail_omniglot as demo
 
 DATA = Path(__file__).parents[2] / "shared" / "data" / "omniglot"

@@ -7,7 +7,9 @@ from autograd import grad
 from hypothesis import given, strategies as st
 
 from helpers import max_abs_diff, mlp_loss, regression_episode, tiny_mlp
-from refmeta import fused_mlp, gradcheck, maml, tasks
+from refmeta import gradcheck, maml
+from refmeta.data import tasks
+from refmeta.nn import fused_mlp
 
 seeds = st.integers(0, 2**32 - 1)
 reductions = st.sampled_from(["mean", "sum"])

@@ -8,7 +8,8 @@ import pytest
 from autograd import grad
 from hypothesis import given, strategies as st
 
-from refmeta import conv, gradcheck, layers
+from refmeta import gradcheck
+from refmeta.nn import conv, layers
 
 seeds = st.integers(0, 2**32 - 1)
 

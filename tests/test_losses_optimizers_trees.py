@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from refmeta import gradcheck, losses, optimizers, trees
+from refmeta import gradcheck
+from refmeta.nn import losses, optimizers, trees
 
 seeds = st.integers(0, 2**32 - 1)
 

@@ -9,7 +9,9 @@ from autograd import grad, jacobian
 from hypothesis import assume, given, strategies as st
 
 from helpers import check_grad_away_from_kinks, classification_episode, max_abs_diff, mlp_loss, regression_episode, tiny_mlp
-from refmeta import gradcheck, layers, losses, maml, tasks, trees
+from refmeta import gradcheck, maml
+from refmeta.data import tasks
+from refmeta.nn import layers, losses, trees
 
 seeds = st.integers(0, 2**32 - 1)
 

@@ -9,8 +9,9 @@ import pytest
 from hypothesis import assume, given, strategies as st
 
 from helpers import check_grad_away_from_kinks
-from refmeta import gradcheck, layers, matching, protonet
-from refmeta.tasks import Episode
+from refmeta import gradcheck, matching, protonet
+from refmeta.nn import layers
+from refmeta.data.tasks import Episode
 
 seeds = st.integers(0, 2**32 - 1)
 

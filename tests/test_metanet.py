@@ -8,8 +8,10 @@ import pytest
 from autograd import grad
 from hypothesis import assume, given, strategies as st
 
-from refmeta import losses, metanet, optimizers, tasks
-from refmeta import metanet_parts as parts
+from refmeta import metanet
+from refmeta.data import tasks
+from refmeta.nn import losses, optimizers
+from refmeta.nn import metanet_parts as parts
 
 from helpers import check_grad_away_from_kinks
 

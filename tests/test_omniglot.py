@@ -1,4 +1,4 @@
-"""The Omniglot pipeline (refmeta.omniglot) and Lake's one-shot runs (refmeta.lake_runs).
+"""The Omniglot pipeline (refmeta.data.omniglot) and Lake's one-shot runs (refmeta.data.lake_runs).
 
 The real zips are read from ``shared/data/omniglot`` beside the repository; tests that need them
 skip, with the path shown by ``-ra``, where they are absent.  Error cases use tiny zips built here.
@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from refmeta import lake_runs, omniglot
-from refmeta.omniglot import Characters
+from refmeta.data import lake_runs, omniglot
+from refmeta.data.omniglot import Characters
 
 DATA = Path(__file__).parents[2] / "shared" / "data" / "omniglot"
 

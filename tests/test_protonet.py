@@ -8,8 +8,9 @@ import pytest
 from hypothesis import assume, given, strategies as st
 
 from helpers import check_grad_away_from_kinks
-from refmeta import gradcheck, matching, omniglot, protonet
-from refmeta.tasks import Episode
+from refmeta import gradcheck, matching, protonet
+from refmeta.data import omniglot
+from refmeta.data.tasks import Episode
 
 seeds = st.integers(0, 2**32 - 1)
 distances = st.sampled_from(protonet.DISTANCES)

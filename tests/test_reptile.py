@@ -9,7 +9,8 @@ from autograd import grad
 from hypothesis import given, strategies as st
 
 from helpers import max_abs_diff, mlp_loss, regression_episode, tiny_mlp
-from refmeta import gradcheck, reptile, trees
+from refmeta import gradcheck, reptile
+from refmeta.nn import trees
 
 seeds = st.integers(0, 2**32 - 1)
 loss_fn = mlp_loss("tanh")

@@ -12,9 +12,10 @@ from hypothesis import assume, given, strategies as st
 
 from helpers import check_grad_away_from_kinks
 
-from refmeta import gradcheck, optimizers, snail
-from refmeta import snail_blocks as blocks
-from refmeta.tasks import Episode
+from refmeta import gradcheck, snail
+from refmeta.nn import optimizers
+from refmeta.nn import snail_blocks as blocks
+from refmeta.data.tasks import Episode
 
 seeds = st.integers(0, 2**32 - 1)
 TINY = snail.SNAILConfig(n_way=3, k_shot=1, blocks=(("attention", 3, 2), ("tc", 2), ("attention", 2, 3)),

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from refmeta import tasks
+from refmeta.data import tasks
 
 
 def test_phase_sign_is_explicit():

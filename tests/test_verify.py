@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, strategies as st
 from hypothesis.extra import numpy as hnp
 
-from refmeta import cases, verify
+from refmeta import cases
+from refmeta.cases import verify
 
 CASE_ID = "maml-sinusoid-k1-second-order"
 

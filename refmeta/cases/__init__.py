@@ -2,7 +2,7 @@
 
 A case is a pair of files, ``<id>.json`` (what to compute) and ``<id>.npz`` (the numbers);
 docs/reference-cases.md is the full description of the format.  ``refmeta cases export DIR``
-writes them, ``refmeta verify CASE.json THEIRS.npz`` (``refmeta.verify``) checks another
+writes them, ``refmeta verify CASE.json THEIRS.npz`` (``refmeta.cases.verify``) checks another
 implementation's outputs against them.
 
 The registry.  ``CASES`` maps a case id to a *builder*: a function of no arguments

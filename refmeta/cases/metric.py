@@ -4,7 +4,9 @@
 import numpy as np
 from autograd import value_and_grad
 
-from refmeta import layers, matching, optimizers, protonet, tasks
+from refmeta import matching, protonet
+from refmeta.data import tasks
+from refmeta.nn import layers, optimizers
 from refmeta.cases.parts import (NOT_APPLICABLE, Array, perturbed_batch_norm, synthetic_episode,
                                  tree_arrays)
 

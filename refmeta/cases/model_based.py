@@ -4,7 +4,9 @@ SNAIL, each on one synthetic episode."""
 import numpy as np
 from autograd import value_and_grad
 
-from refmeta import layers, losses, metanet, metanet_parts, optimizers, snail, tasks
+from refmeta import metanet, snail
+from refmeta.data import tasks
+from refmeta.nn import layers, losses, metanet_parts, optimizers
 from refmeta.cases.metric import METRIC_UPDATE_PROCEDURE, metric_case
 from refmeta.cases.parts import (NOT_APPLICABLE, Array, perturbed_batch_norm, synthetic_episode,
                                  tree_arrays)

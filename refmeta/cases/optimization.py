@@ -6,7 +6,9 @@ import math
 import numpy as np
 from autograd import value_and_grad
 
-from refmeta import layers, losses, maml, optimizers, reptile, tasks, trees
+from refmeta import maml, reptile
+from refmeta.data import tasks
+from refmeta.nn import layers, losses, optimizers, trees
 from refmeta.cases.parts import (ADAM_META, CE_LOSS, MSE_LOSS, NOT_APPLICABLE, Array,
                                  default_tolerance, group_scales, tree_arrays)
 

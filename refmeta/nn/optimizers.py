@@ -14,7 +14,7 @@ from collections import namedtuple
 
 import autograd.numpy as anp
 
-from refmeta import trees
+from refmeta.nn import trees
 
 AdamState = namedtuple("AdamState", ["step", "m", "v"])
 

@@ -52,7 +52,7 @@ import numpy as np
 from autograd.extend import Box, defvjp, primitive
 from autograd.tracer import getval
 
-from refmeta.layers import ACTIVATIONS
+from refmeta.nn.layers import ACTIVATIONS
 
 FLAT = "mlp.flat"
 REDUCTIONS = ("mean", "sum")

@@ -35,7 +35,7 @@ import autograd.numpy as anp
 import numpy as np
 from autograd.extend import defvjp, primitive
 
-from refmeta import conv
+from refmeta.nn import conv
 
 __all__ = ["dense", "relu", "tanh", "conv2d", "max_pool_2x2", "batch_norm", "batch_moments",
            "update_running", "mlp_init", "mlp_apply", "mlp_describe", "conv4_init",

@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from refmeta import backend
+from refmeta.device import backend
 
 
 class Episode(NamedTuple):

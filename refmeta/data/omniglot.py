@@ -21,7 +21,7 @@ Preprocessing (``PREPROCESS_VERSION``; a change of it, or of ``image_size``, is 
 that is, each output pixel averages the source pixels whose centres fall inside it: an
 antialiased (box-filtered) image in [0, 1].  LANCZOS, MAML's choice, rings outside [0, 1].
 Pillow computes in float32; the cache stores float32 and every function returns float64.
-Lake's one-shot runs and their protocol are in ``refmeta.lake_runs``.
+Lake's one-shot runs and their protocol are in ``refmeta.data.lake_runs``.
 
 ``Characters(images, names, rotations)``:
     images     (n_classes, n_drawings, s, s) float64, ink = 1
@@ -47,8 +47,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from refmeta import backend
-from refmeta.tasks import Episode
+from refmeta.device import backend
+from refmeta.data.tasks import Episode
 
 PREPROCESS_VERSION = 1
 ROTATIONS = (0, 90, 180, 270)

@@ -1,6 +1,6 @@
 """The spatial primitives under ``layers.conv2d`` and ``layers.max_pool_2x2``.
 
-Each primitive works on raw arrays (NumPy, CuPy or ``refmeta.strict.StrictArray``)
+Each primitive works on raw arrays (NumPy, CuPy or ``refmeta.device.strict.StrictArray``)
 and is linear (max_pool: once the window choice is fixed).  Its adjoint (VJP)
 is again one of these primitives, so autograd differentiates through them to
 any order, as second-order MAML needs:

@@ -31,7 +31,7 @@ biases 0.
 import autograd.numpy as anp
 import numpy as np
 
-from refmeta import layers
+from refmeta.nn import layers
 
 KINDS = ("conv", "dense")
 HIDDEN_M = 20   # the authors' m: Linear(2, 20) → ReLU → Linear(20, 20) → ReLU → Linear(20, 1)

@@ -19,7 +19,7 @@ the axes of ``transpose`` / ``tensordot`` (autograd's tensordot adjoints pass
 ``numpy.arange`` axes).  Reductions return 0-d StrictArrays, not numpy scalars, as CuPy does.
 
 Importing this module registers StrictArray with autograd (ArrayBox and a VSpace)
-through :func:`refmeta.backend.register_array_type`.
+through :func:`refmeta.device.backend.register_array_type`.
 """
 
 import numbers
@@ -28,7 +28,7 @@ import sys
 
 import numpy as np
 
-from refmeta import backend
+from refmeta.device import backend
 
 __all__ = ["StrictArray", "to_strict", "from_strict", "asarray", "zeros", "ones",
            "scatter_add"]
@@ -150,7 +150,7 @@ class StrictArray:
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
         if method == "at" and isinstance(inputs[1], (slice, tuple)):
             raise TypeError(f"{ufunc.__name__}.at does not support slice or tuple indices "
-                            "on device arrays (as on CuPy); use refmeta.strict.scatter_add")
+                            "on device arrays (as on CuPy); use refmeta.device.strict.scatter_add")
         out = kwargs.get("out")
         try:
             inputs = _unwrap(inputs, allow_index=method == "at")

@@ -10,7 +10,7 @@
 Algorithms never ask the backend: they follow their inputs (``anp.zeros_like(x)``,
 ``numpy.asarray(host, like=x)``).  Only code that creates data uses ``asarray``.
 
-Importing this module rebinds a few internals of autograd 1.9 (pinned in setup.cfg) that
+``import refmeta`` calls ``install_autograd_patches``, which rebinds a few internals of autograd 1.9 (pinned in setup.cfg) that
 create host arrays or call host-only numpy paths, with device-safe versions of the same math
 (the project's notes "autograd on CuPy-like arrays" list them).  They are installed once, on
 every backend, so numpy and device runs go through identical code:
@@ -23,7 +23,7 @@ every backend, so numpy and device runs go through identical code:
     9 array_from_args / _array_from_scalar_or_array (anp.array, anp.stack)
    10 the VJP of broadcast_to, extended to new leading axes (trees.broadcast_tasks needs it)
 
-tests/test_backend.py checks each against plain numpy on ``refmeta.strict.StrictArray``.
+tests/test_backend.py checks each against plain numpy on ``refmeta.device.strict.StrictArray``.
 """
 
 import math
@@ -374,5 +374,4 @@ def install_autograd_patches():
     numpy_vjps._refmeta_patched = True
 
 
-install_autograd_patches()
 use(os.environ.get("REFMETA_BACKEND") or "numpy")

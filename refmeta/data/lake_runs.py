@@ -31,8 +31,8 @@ import numpy as np
 from scipy.spatial import cKDTree
 from scipy.spatial.distance import cdist
 
-from refmeta import backend
-from refmeta.omniglot import member_image, open_zip
+from refmeta.device import backend
+from refmeta.data.omniglot import member_image, open_zip
 
 EXPECTED = "Lake's all_runs.zip: runNN/class_labels.txt, runNN/training/*.png, runNN/test/*.png"
 
@@ -70,7 +70,7 @@ def load_lake_runs(zip_path, image_size=None):
 
     Args:
         image_size: None for the original 105×105 binary images (what MHD and the demo use);
-            an int for the BOX resize of ``refmeta.omniglot`` (what a model trained on it needs).
+            an int for the BOX resize of ``refmeta.data.omniglot`` (what a model trained on it needs).
     Returns:
         tuple of LakeRun; images float64 with ink = 1.
     """

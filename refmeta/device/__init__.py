@@ -1,0 +1,1 @@
+"""Where arrays live: numpy or CuPy (``backend``), and the strict stand-in array (``strict``)."""
