@@ -1,6 +1,10 @@
 """Small shared pieces for the tests: tiny models and data on a chosen backend."""
 
+import os
+from pathlib import Path
+
 import numpy as np
+import pytest
 from autograd import grad
 
 from refmeta import gradcheck
@@ -57,3 +61,23 @@ def check_grad_away_from_kinks(f, x, rng, n_directions=3, rtol=1e-5, grad_fn=Non
         assert abs(analytic - fine) <= 1e-8 + rtol * max(abs(analytic), abs(fine)), (analytic, fine)
         checked += 1
     return checked
+
+
+# ----- where the tests find the Omniglot zips: the one place -----
+OMNIGLOT_FILES = ("images_background_small1.zip", "images_background_small2.zip", "all_runs.zip")
+
+
+def omniglot_folder():
+    """The folder of the Omniglot zips: $REFMETA_OMNIGLOT_DIR, else shared/data/omniglot beside
+    the repository (where CI lays it).  Missing zips fail the test under CI (CI=true), where the
+    data is always there, and skip it elsewhere with the path shown by ``-ra``."""
+    default = Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot"
+    folder = Path(os.environ.get("REFMETA_OMNIGLOT_DIR") or default)
+    missing = [name for name in OMNIGLOT_FILES if not (folder / name).is_file()]
+    if missing:
+        message = (f"Omniglot zips {missing} not found in {folder}: set REFMETA_OMNIGLOT_DIR or "
+                   f"put them in shared/data/omniglot beside the repository")
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return folder

@@ -6,11 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from helpers import omniglot_folder
 from refmeta.demos import metanet_omniglot as demo
 
-DATA = Path("/work/shared/data/omniglot")
-needs_data = pytest.mark.skipif(not all((DATA / z).is_file() for z in demo.ZIPS + ("all_runs.zip",)),
-                                reason=f"Omniglot zips not found in {DATA}")
 
 
 def parse(argv):
@@ -23,10 +21,9 @@ def parse(argv):
 def fast_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("metanet-omniglot")
     cache = tmp_path_factory.mktemp("cache")
-    return out, demo.run(parse(["--data", str(DATA), "--fast", "--out", str(out), "--cache", str(cache)]))
+    return out, demo.run(parse(["--data", str(omniglot_folder()), "--fast", "--out", str(out), "--cache", str(cache)]))
 
 
-@needs_data
 def test_the_json_records_config_results_and_the_learning_curve(fast_run):
     out, report = fast_run
     saved = json.loads((out / "results.json").read_text())
@@ -45,9 +42,8 @@ def test_the_json_records_config_results_and_the_learning_curve(fast_run):
     assert names == {"results.json"} | {Path(p).name for p in report.get("figures", [])}
 
 
-@needs_data
 def test_a_5_way_model_reports_no_20_way_numbers(tmp_path):
-    report = demo.run(parse(["--data", str(DATA), "--fast", "--out", str(tmp_path), "--train-way", "5",
+    report = demo.run(parse(["--data", str(omniglot_folder()), "--fast", "--out", str(tmp_path), "--train-way", "5",
                              "--no-plots", "--cache", str(tmp_path / "cache")]))
     assert report["results"]["20-way 1-shot"] is None and report["results"]["lake_runs"] is None
     assert "n/a" in report["table"]
@@ -60,7 +56,7 @@ def test_a_5_way_model_reports_no_20_way_numbers(tmp_path):
 ])
 def test_bad_options_are_refused_before_any_work(tmp_path, argv, message):
     with pytest.raises(ValueError, match=message):
-        demo.run(parse(["--data", str(DATA), "--out", str(tmp_path)] + argv))
+        demo.run(parse(["--data", str(omniglot_folder()), "--out", str(tmp_path)] + argv))
 
 
 def test_a_folder_without_the_zips_is_refused(tmp_path):

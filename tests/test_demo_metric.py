@@ -1,7 +1,6 @@
 """The ProtoNet and Matching Net Omniglot demos at their --fast size, and their bad input.
 
-The Omniglot zips are read from ``shared/data/omniglot`` beside the repository; the runs skip,
-with the path shown by ``-ra``, where they are absent.  Bad-input cases use folders made here.
+The Omniglot zips are found by ``helpers.omniglot_folder``.  Bad-input cases use folders made here.
 """
 
 import argparse
@@ -12,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import omniglot_folder
 from refmeta.demos import fewshot_omniglot, matching_omniglot, protonet_omniglot
 
-DATA = Path(__file__).parents[2] / "shared" / "data" / "omniglot"
 DEMOS = {"protonet": protonet_omniglot, "matching": matching_omniglot}
 SETTINGS = ("5-way 1-shot", "5-way 5-shot", "20-way 1-shot")
 
@@ -26,9 +25,7 @@ def parse(demo, argv):
 
 
 def data_folder():
-    if not all((DATA / name).is_file() for name in fewshot_omniglot.ZIPS + ("all_runs.zip",)):
-        pytest.skip(f"{DATA} lacks the Omniglot zips: they belong in shared/data/omniglot beside the repo")
-    return DATA
+    return omniglot_folder()
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from refmeta import snail
+from helpers import omniglot_folder
 from refmeta.data import omniglot
 from refmeta.device import backend
 from refmeta.demos import snail_omniglot as demo
 
-DATA = Path(__file__).parents[2] / "shared" / "data" / "omniglot"
 
 
 def parse(argv):
@@ -24,9 +24,7 @@ def parse(argv):
 
 @pytest.fixture(scope="module")
 def data_dir():
-    if not (DATA / "images_background_small1.zip").is_file():
-        pytest.skip(f"{DATA} not found: the Omniglot zips belong in shared/data/omniglot beside the repo")
-    return DATA
+    return omniglot_folder()
 
 
 @pytest.fixture(scope="module")

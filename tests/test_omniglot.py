@@ -14,17 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import omniglot_folder
 from refmeta.data import lake_runs, omniglot
 from refmeta.data.omniglot import Characters
 
-DATA = Path(__file__).parents[2] / "shared" / "data" / "omniglot"
 
 
 def data_file(name):
-    path = DATA / name
-    if not path.is_file():
-        pytest.skip(f"{path} not found: the Omniglot zips belong in shared/data/omniglot beside the repo")
-    return path
+    return omniglot_folder() / name
 
 
 @pytest.fixture(scope="module")
@@ -323,9 +320,9 @@ def test_episodes_come_in_float64_or_float32_and_nothing_else():
         omniglot.sample_episode(np.random.default_rng(3), images, 3, 1, 2, dtype="float16")
 
 
-def test_zero_queries_give_an_empty_query_set():
-    episode = omniglot.sample_episode(np.random.default_rng(0), coded_images(), 3, 2, 0)
-    assert episode.query_x.shape == (0, 1, 3, 3) and episode.query_y.shape == (0,)
+def test_zero_queries_are_refused_as_an_empty_query_set():
+    with pytest.raises(ValueError, match="n_query must be an integer >= 1; got 0"):
+        omniglot.sample_episode(np.random.default_rng(0), coded_images(), 3, 2, 0)
 
 
 @pytest.mark.parametrize("n_way, k_shot, n_query, message", [
@@ -333,7 +330,7 @@ def test_zero_queries_give_an_empty_query_set():
     (5, 5, 2, "a 5-way 5-shot 2-query episode needs 7 examples per class; the classes have 6 < 7"),
     (1, 1, 1, "n_way must be an integer >= 2; got 1"),
     (3, 0, 1, "k_shot must be an integer >= 1; got 0"),
-    (3, 1, -1, "n_query must be an integer >= 0; got -1"),
+    (3, 1, -1, "n_query must be an integer >= 1; got -1"),
     (3.0, 1, 1, "n_way must be an integer"),
 ])
 def test_impossible_episodes_are_refused(n_way, k_shot, n_query, message):

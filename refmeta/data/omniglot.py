@@ -301,7 +301,7 @@ def _check_count(name, value, minimum):
 def _check_episode_request(images, n_way, k_shot, n_query):
     _check_count("n_way", n_way, 2)
     _check_count("k_shot", k_shot, 1)
-    _check_count("n_query", n_query, 0)
+    _check_count("n_query", n_query, 1)
     if getattr(images, "ndim", None) != 4:
         raise ValueError(f"images must be (n_classes, n_examples, H, W); "
                          f"got shape {getattr(images, 'shape', None)}")

@@ -1,14 +1,4 @@
-"""Tasks and the one episode type every algorithm takes.
-
-Episode
-    ``Episode(support_x, support_y, query_x, query_y)``: one task, or a meta-batch
-    of T tasks when every field has a leading task axis.
-
-        regression      x (..., n, d_in) float    y (..., n, d_out) float
-        classification  x (..., n, ...)  float    y (..., n) integer labels in 0..n_way-1
-
-    ``Episode.validated`` checks all of this and raises ``ValueError``/``TypeError``
-    naming what was expected and what was given.
+"""Sinusoid regression tasks, as Episodes (``refmeta.contract.Episode``, re-exported here).
 
 Sinusoid regression (Finn et al. 2017, Section 5.1)
     y = A · sin(x + s·φ),   A ~ U[amplitude_range], φ ~ U[phase_range], x ~ U[x_range]
@@ -23,68 +13,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from refmeta.contract import Episode
 from refmeta.device import backend
-
-
-class Episode(NamedTuple):
-    support_x: object
-    support_y: object
-    query_x: object
-    query_y: object
-
-    @classmethod
-    def validated(cls, support_x, support_y, query_x, query_y, n_way=None):
-        """Build an Episode after checking shapes, dtypes, finiteness and labels.
-
-        Args:
-            n_way: None for regression; for classification the number of classes,
-                so every label must lie in 0..n_way-1.
-        """
-        episode = cls(support_x, support_y, query_x, query_y)
-        for name in cls._fields:
-            if not hasattr(getattr(episode, name), "shape"):
-                raise TypeError(f"episode {name} must be an array; got {type(getattr(episode, name)).__name__}")
-        support = _check_pair(episode.support_x, episode.support_y, "support", n_way)
-        query = _check_pair(episode.query_x, episode.query_y, "query", n_way)
-        if support != query:
-            raise ValueError(
-                f"support and query disagree: support_x {episode.support_x.shape} / support_y "
-                f"{episode.support_y.shape} vs query_x {episode.query_x.shape} / query_y "
-                f"{episode.query_y.shape}; task axes and per-example shapes must match, only n may differ")
-        return episode
-
-
-def _check_pair(x, y, which, n_way):
-    if not np.issubdtype(x.dtype, np.floating):
-        raise TypeError(f"{which}_x must be floating point; got dtype {x.dtype}")
-    if not bool((abs(x) < np.inf).all()):
-        raise ValueError(f"{which}_x contains NaN or inf")
-    if n_way is None:
-        if not np.issubdtype(y.dtype, np.floating):
-            raise TypeError(f"{which}_y (regression targets) must be floating point; got {y.dtype}")
-        if not bool((abs(y) < np.inf).all()):
-            raise ValueError(f"{which}_y contains NaN or inf")
-        if y.ndim < 2 or x.ndim != y.ndim or x.shape[:-1] != y.shape[:-1]:
-            raise ValueError(f"{which}: expected x (..., n, d_in) and y (..., n, d_out) with the same "
-                             f"leading axes; got x {x.shape} and y {y.shape}")
-        return _layout(x, y, example_axis=y.ndim - 2)
-    if not isinstance(n_way, int) or n_way < 2:
-        raise ValueError(f"n_way must be an integer >= 2; got {n_way!r}")
-    if not np.issubdtype(y.dtype, np.integer):
-        raise TypeError(f"{which}_y (class labels) must be integers; got dtype {y.dtype}")
-    if y.ndim < 1 or x.shape[:y.ndim] != y.shape:
-        raise ValueError(f"{which}: expected labels (..., n) matching the leading axes of x; "
-                         f"got x {x.shape} and labels {y.shape}")
-    low, high = (int(y.min()), int(y.max())) if y.size else (0, 0)
-    if low < 0 or high >= n_way:
-        raise ValueError(f"{which} labels must be in 0..{n_way - 1} (n_way={n_way}); "
-                         f"got values from {low} to {high}")
-    return _layout(x, y, example_axis=y.ndim - 1)
-
-
-def _layout(x, y, example_axis):
-    """(task axes, per-example x shape, per-example y shape): what support and query must share."""
-    return x.shape[:example_axis], x.shape[example_axis + 1:], y.shape[example_axis + 1:]
 
 
 class SinusoidFamily(NamedTuple):

@@ -1,0 +1,246 @@
+"""The input checks, in one place: every public entry point of refmeta validates through these.
+
+A check either returns quietly (some return the value they checked, normalised) or raises
+
+    TypeError    the value has the wrong kind: a string where a number belongs, float labels
+    ValueError   the kind is right but the value is not: out of range, NaN, the wrong shape
+
+with a message that names the argument, says what was expected and what was given.
+
+Checks read device arrays only through explicit scalar reads (``bool(...)``, ``int(...)``)
+or one explicit ``backend.to_host`` of a label array, as CuPy allows; nothing here copies
+a float array to the host.  Under autograd, the values are read with ``getval``.
+
+    choice, boolean, integer, number, positive, probability     scalars and names
+    finite, float_array, labels, class_counts                    arrays
+    params                                                       a params tree against its template
+    episode                                                      an Episode, with the N-way K-shot arithmetic
+"""
+
+import math
+import numbers
+
+import autograd.numpy as anp
+import numpy as np
+from autograd.tracer import getval
+
+from refmeta.device import backend
+
+
+# ----- scalars and names -----
+def choice(name, value, allowed):
+    """``value`` must be one of ``allowed`` (a tuple of names)."""
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+    return value
+
+
+def boolean(name, value):
+    """``value`` must be True or False (not 0, 1 or a string)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False; got {value!r}")
+    return bool(value)
+
+
+def integer(name, value, minimum=None, maximum=None):
+    """An int (numpy ints count, bools do not) in [minimum, maximum]; returns it as int."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer{_range_text(minimum, maximum)}; got {value!r}")
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        raise ValueError(f"{name} must be an integer{_range_text(minimum, maximum)}; got {value!r}")
+    return int(value)
+
+
+def number(name, value, low=None, high=None, low_open=False, high_open=False):
+    """A finite real number (not a bool) in the interval low..high; returns it as float.
+
+    ``low_open`` / ``high_open`` exclude the end point: ``number("lr", x, low=0, low_open=True)``
+    is x > 0.
+    """
+    interval = _interval_text(low, high, low_open, high_open)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a finite number{interval}; got {value!r}")
+    value = float(value)
+    inside = math.isfinite(value)
+    if inside and low is not None:
+        inside = value > low if low_open else value >= low
+    if inside and high is not None:
+        inside = value < high if high_open else value <= high
+    if not inside:
+        raise ValueError(f"{name} must be a finite number{interval}; got {value!r}")
+    return value
+
+
+def positive(name, value):
+    """A finite number > 0: a step size, an epsilon, a clip norm."""
+    return number(name, value, low=0.0, low_open=True)
+
+
+def nonnegative(name, value):
+    """A finite number >= 0: a learning rate (0 freezes the step)."""
+    return number(name, value, low=0.0)
+
+
+def probability(name, value, high_open=False):
+    """A finite number in [0, 1] ([0, 1) with ``high_open``): momentum, Adam's β."""
+    return number(name, value, low=0.0, high=1.0, high_open=high_open)
+
+
+# ----- arrays -----
+def float_array(name, x):
+    """``x`` must be a floating-point array (NumPy, CuPy or the strict stand-in)."""
+    raw = getval(x)
+    if not hasattr(raw, "dtype") or not hasattr(raw, "shape"):
+        raise TypeError(f"{name} must be a floating-point array; got {type(raw).__name__}")
+    if not np.issubdtype(raw.dtype, np.floating):
+        raise TypeError(f"{name} must be a floating-point array; got dtype {raw.dtype}")
+    return x
+
+
+def finite(name, x):
+    """``x`` must be a floating-point array with no NaN or inf (one reduction on its device)."""
+    float_array(name, x)
+    if not bool(anp.all(anp.isfinite(getval(x)))):
+        raise ValueError(f"{name} contains NaN or inf")
+    return x
+
+
+def labels(name, y, n_way, shape=None):
+    """Integer class labels in 0..n_way−1 (and of ``shape``, if given); returns them on the host.
+
+    This is the one host copy of a label array that an entry point makes.
+    """
+    raw = getval(y)
+    if not hasattr(raw, "dtype") or not np.issubdtype(raw.dtype, np.integer):
+        raise TypeError(f"{name}: class labels must be integers; got "
+                        f"{getattr(raw, 'dtype', type(raw).__name__)}")
+    if shape is not None and tuple(raw.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}; got {tuple(raw.shape)}")
+    host = np.asarray(backend.to_host(raw))
+    if host.size and (host.min() < 0 or host.max() >= n_way):
+        raise ValueError(f"{name}: labels must be in 0..{n_way - 1} (n_way={n_way}); got values from "
+                         f"{host.min()} to {host.max()}")
+    return host
+
+
+def class_counts(name, host_labels, n_way, k_shot=None):
+    """Every class must appear in every task of ``host_labels`` (..., n): at least once, or
+    exactly ``k_shot`` times when given (an N-way K-shot support set)."""
+    counts = (host_labels[..., None] == np.arange(n_way)).sum(axis=-2)      # (..., N)
+    if k_shot is None and not (counts > 0).all():
+        missing = sorted(set(np.nonzero(counts == 0)[-1].tolist()))
+        raise ValueError(f"{name}: every class 0..{n_way - 1} needs at least one example; "
+                         f"classes {missing} have none")
+    if k_shot is not None and not (counts == k_shot).all():
+        raise ValueError(f"{name}: a {n_way}-way {k_shot}-shot set has each class exactly "
+                         f"{k_shot} time(s); got counts {counts.reshape(-1, n_way)[0].tolist()}"
+                         f"{' (first task)' if counts.ndim > 1 else ''}")
+
+
+# ----- params trees -----
+def params(tree, expected, what="params"):
+    """``tree`` must be a dict with exactly the keys of ``expected`` ({name: shape}), each a
+    finite floating-point array of that shape.  Names the missing, extra or wrong entry."""
+    if not isinstance(tree, dict):
+        raise TypeError(f"{what} must be a dict of arrays; got {type(tree).__name__}")
+    if not tree:
+        raise ValueError(f"{what} is empty; build it with the algorithm's init")
+    missing, extra = sorted(set(expected) - set(tree)), sorted(set(tree) - set(expected))
+    if missing or extra:
+        raise ValueError(f"{what} do not match the model: missing {missing}, unexpected {extra}; "
+                         f"expected the keys {sorted(expected)}")
+    for name in sorted(expected):
+        finite(f"{what}[{name!r}]", tree[name])
+        if tuple(anp.shape(tree[name])) != tuple(expected[name]):
+            raise ValueError(f"{what}[{name!r}] must have shape {tuple(expected[name])}; "
+                             f"got {tuple(anp.shape(tree[name]))}")
+    return tree
+
+
+def tree_shapes(tree):
+    """{name: shape} of a params tree: the template ``params`` checks against."""
+    return {name: tuple(np.shape(value)) for name, value in tree.items()}
+
+
+# ----- episodes -----
+def episode(ep, n_way=None, k_shot=None, task_axis=None):
+    """Check an Episode; returns it as ``refmeta.contract.Episode``.
+
+    Args:
+        ep: an Episode, or any 4-sequence (support_x, support_y, query_x, query_y).
+        n_way: None for regression (y float (..., n, d_out)); else labels (..., n) in 0..N−1,
+            and every class present in every task's support set.
+        k_shot: if given, the support set is N-way K-shot: N·K examples, each class K times.
+        task_axis: True: a meta-batch (T, n, ...) with T >= 1; False: one task (n, ...);
+            None: either.
+    Every field is finite; support and query share the task axes and per-example shapes, and
+    neither is empty.
+    """
+    from refmeta.contract import Episode
+    if not isinstance(ep, tuple) or len(ep) != 4:
+        raise TypeError(f"expected an Episode (support_x, support_y, query_x, query_y); "
+                        f"got {type(ep).__name__}")
+    ep = Episode(*ep)
+    if n_way is not None:
+        integer("n_way", n_way, minimum=2)
+    if k_shot is not None:
+        integer("k_shot", k_shot, minimum=1)
+    layouts, support_labels = {}, None
+    for which in ("support", "query"):
+        x, y = getattr(ep, f"{which}_x"), getattr(ep, f"{which}_y")
+        finite(f"{which}_x", x)
+        if n_way is None:
+            finite(f"{which}_y", y)
+            if anp.ndim(y) < 2 or anp.ndim(x) != anp.ndim(y) or anp.shape(x)[:-1] != anp.shape(y)[:-1]:
+                raise ValueError(f"{which}: regression needs x (..., n, d_in) and y (..., n, d_out) "
+                                 f"with the same leading axes; got x {anp.shape(x)}, y {anp.shape(y)}")
+            example_axis = anp.ndim(y) - 2
+        else:
+            if anp.ndim(getval(y)) < 1 or anp.shape(x)[:anp.ndim(y)] != anp.shape(y):
+                raise ValueError(f"{which}: expected labels (..., n) matching the leading axes of "
+                                 f"{which}_x; got {which}_x {anp.shape(x)}, {which}_y {anp.shape(y)}")
+            host = labels(f"{which}_y", y, n_way)
+            support_labels = host if which == "support" else support_labels
+            example_axis = anp.ndim(y) - 1
+        if anp.shape(x)[example_axis] == 0:
+            raise ValueError(f"the {which} set is empty: {which}_x has shape {anp.shape(x)}")
+        layouts[which] = (anp.shape(x)[:example_axis], anp.shape(x)[example_axis + 1:],
+                          anp.shape(y)[example_axis + 1:])
+    if layouts["support"] != layouts["query"]:
+        raise ValueError(f"support and query disagree: support_x {anp.shape(ep.support_x)} / "
+                         f"support_y {anp.shape(ep.support_y)} vs query_x {anp.shape(ep.query_x)} / "
+                         f"query_y {anp.shape(ep.query_y)}; the task axes and per-example shapes "
+                         f"must match, only n may differ")
+    task_axes = layouts["support"][0]
+    if task_axis is True and len(task_axes) != 1:
+        raise ValueError(f"expected a meta-batch with one leading task axis, support_x (T, n, ...); "
+                         f"got support_x {anp.shape(ep.support_x)}")
+    if task_axis is True and task_axes[0] == 0:
+        raise ValueError("the meta-batch holds no task (T = 0)")
+    if task_axis is False and task_axes:
+        raise ValueError(f"expected one task, support_x (n, ...) without a task axis; got "
+                         f"support_x {anp.shape(ep.support_x)}")
+    if n_way is not None:
+        if k_shot is not None and anp.shape(ep.support_y)[-1] != n_way * k_shot:
+            raise ValueError(f"a {n_way}-way {k_shot}-shot support set has N·K = {n_way * k_shot} "
+                             f"examples; got {anp.shape(ep.support_y)[-1]}")
+        class_counts("support_y", support_labels, n_way, k_shot)
+    return ep
+
+
+def _range_text(minimum, maximum):
+    if minimum is not None and maximum is not None:
+        return f" in {minimum}..{maximum}"
+    if minimum is not None:
+        return f" >= {minimum}"
+    return f" <= {maximum}" if maximum is not None else ""
+
+
+def _interval_text(low, high, low_open, high_open):
+    if low is None and high is None:
+        return ""
+    if high is None:
+        return f" {'>' if low_open else '>='} {low:g}"
+    if low is None:
+        return f" {'<' if high_open else '<='} {high:g}"
+    return f" in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
