@@ -11,12 +11,14 @@ Checks read device arrays only through explicit scalar reads (``bool(...)``, ``i
 or one explicit ``backend.to_host`` of a label array, as CuPy allows; nothing here copies
 a float array to the host.  Under autograd, the values are read with ``getval``.
 
-    choice, boolean, integer, number, positive, probability     scalars and names
+    choice, boolean, integer, number, positive, nonnegative, probability   scalars and names
+    instance, generator                                          a Config, an explicit rng
     finite, float_array, labels, class_counts                    arrays
-    params                                                       a params tree against its template
+    params, tree_shapes, init_shapes                             a params tree against its template
     episode                                                      an Episode, with the N-way K-shot arithmetic
 """
 
+import functools
 import math
 import numbers
 
@@ -84,6 +86,18 @@ def nonnegative(name, value):
 def probability(name, value, high_open=False):
     """A finite number in [0, 1] ([0, 1) with ``high_open``): momentum, Adam's β."""
     return number(name, value, low=0.0, high=1.0, high_open=high_open)
+
+
+def instance(name, value, kind):
+    """``value`` must be a ``kind`` (a Config class, numpy.random.Generator, ...)."""
+    if not isinstance(value, kind):
+        raise TypeError(f"{name} must be a {kind.__name__}; got {type(value).__name__}")
+    return value
+
+
+def generator(rng):
+    """An explicit ``numpy.random.Generator``: refmeta draws from nothing else."""
+    return instance("rng", rng, np.random.Generator)
 
 
 # ----- arrays -----
@@ -160,6 +174,12 @@ def params(tree, expected, what="params"):
 def tree_shapes(tree):
     """{name: shape} of a params tree: the template ``params`` checks against."""
     return {name: tuple(np.shape(value)) for name, value in tree.items()}
+
+
+@functools.lru_cache(maxsize=128)
+def init_shapes(init, config):
+    """The template of ``init(rng, config)``'s params, computed once per (init, config)."""
+    return tree_shapes(init(np.random.default_rng(0), config))
 
 
 # ----- episodes -----
