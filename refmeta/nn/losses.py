@@ -21,11 +21,18 @@ per task.
 
 The log-softmax subtracts the row maximum first, so large logits never
 overflow.
+
+Checks.  ``mse``, ``cross_entropy`` and ``one_hot`` are public doors: by default they refuse
+NaN or inf inputs, mismatched shapes, unknown reductions and labels outside 0..C−1 (through
+``refmeta.checks``).  An algorithm that validated its episode at its own entry calls them with
+``check=False`` (as SciPy's ``check_finite=False``), so nothing is checked twice.
 """
 
 import autograd.numpy as anp
 import numpy as np
 from autograd.tracer import getval
+
+from refmeta import checks
 
 REDUCTIONS = ("mean", "sum", "none")
 CLASSIFICATION_REDUCTIONS = REDUCTIONS + ("n_way_times_mean",)
@@ -42,10 +49,15 @@ def reduce(per_example, reduction):
     raise ValueError(f"reduction must be one of {REDUCTIONS} here; got {reduction!r}")
 
 
-def mse(pred, target, reduction="mean"):
+def mse(pred, target, reduction="mean", check=True):
     """Mean squared error. pred, target (..., n, d) -> (...) or (..., n) for "none"."""
-    if anp.shape(pred) != anp.shape(target):
-        raise ValueError(f"mse: pred has shape {anp.shape(pred)} but target has {anp.shape(target)}")
+    if check:
+        checks.choice("reduction", reduction, REDUCTIONS)
+        checks.finite("mse pred", pred)
+        checks.finite("mse target", target)
+        if anp.ndim(pred) < 2 or anp.shape(pred) != anp.shape(target):
+            raise ValueError(f"mse: expected pred and target (..., n, d) of one shape; "
+                             f"got pred {anp.shape(pred)} and target {anp.shape(target)}")
     return reduce(anp.mean((pred - target) ** 2, axis=-1), reduction)
 
 
@@ -55,21 +67,28 @@ def log_softmax(logits, axis=-1):
     return shifted - anp.log(anp.sum(anp.exp(shifted), axis=axis, keepdims=True))
 
 
-def one_hot(labels, n_classes, like):
+def one_hot(labels, n_classes, like, check=True):
     """(..., n) integer labels -> (..., n, n_classes) float one-hot on ``like``'s device."""
+    if check:
+        checks.integer("n_classes", n_classes, minimum=1)
+        checks.float_array("one_hot like", like)
+        checks.labels("one_hot labels", labels, n_classes)
     like = getval(like)
     classes = np.arange(n_classes, like=like)
     return (getval(labels)[..., None] == classes).astype(like.dtype)
 
 
-def cross_entropy(logits, labels, reduction="mean"):
+def cross_entropy(logits, labels, reduction="mean", check=True):
     """Softmax cross-entropy. logits (..., n, C), labels (..., n) ints in 0..C-1."""
     n_classes = anp.shape(logits)[-1]
-    if anp.shape(labels) != anp.shape(logits)[:-1]:
-        raise ValueError(f"cross_entropy: labels must have shape {anp.shape(logits)[:-1]} "
-                         f"to match logits {anp.shape(logits)}; got {anp.shape(labels)}")
+    if check:
+        checks.choice("reduction", reduction, CLASSIFICATION_REDUCTIONS)
+        checks.finite("cross_entropy logits", logits)
+        if anp.ndim(logits) < 2:
+            raise ValueError(f"cross_entropy: expected logits (..., n, C); got {anp.shape(logits)}")
+        checks.labels("cross_entropy labels", labels, n_classes, shape=anp.shape(logits)[:-1])
     log_probs = log_softmax(logits)
-    per_example = -anp.sum(log_probs * one_hot(labels, n_classes, logits), axis=-1)
+    per_example = -anp.sum(log_probs * one_hot(labels, n_classes, logits, check=False), axis=-1)
     if reduction == "n_way_times_mean":
         return n_classes * anp.mean(per_example, axis=-1)
     return reduce(per_example, reduction)
