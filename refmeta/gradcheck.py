@@ -17,12 +17,18 @@ The derivative under test is passed in as a function (``grad_fn``,
 own gradients with the same code.  ``x`` may be an array or a ``dict`` tree.
 Directions are drawn from the ``numpy.random.Generator`` given (or one seeded
 with ``seed``), on the host, then moved to ``x``'s device.
+
+Settings that cannot check anything are refused (through ``refmeta.checks``): ε ≤ 0 or not
+finite, a negative or NaN tolerance, fewer than one direction, and an ``x`` (or direction)
+that is not a finite floating-point array or a non-empty tree of them.  A derivative that
+disagrees, or is NaN, raises ``GradientCheckError``.
 """
 
 import autograd.numpy as anp
 import numpy as np
 from autograd import grad, make_vjp
 
+from refmeta import checks
 from refmeta.nn import trees
 
 __all__ = ["GradientCheckError", "check_grad", "check_vjp", "check_hvp", "numerical_grad",
@@ -46,7 +52,7 @@ def check_grad(f, x, grad_fn=None, *, n_directions=3, eps=1e-6, rtol=1e-5, atol=
     Raises:
         GradientCheckError if |analytic − numeric| > atol + rtol·max(|analytic|, |numeric|).
     """
-    rng = _rng(rng, seed)
+    rng = _check_settings(x, n_directions, eps, rtol, atol, rng, seed)
     gradient = (grad_fn or grad(f))(x)
     _check_structure(gradient, x, "gradient")
     pairs = []
@@ -64,7 +70,7 @@ def check_vjp(f, x, vjp_fn=None, *, n_directions=3, eps=1e-6, rtol=1e-5, atol=1e
     Args:
         vjp_fn: (x, v) -> Jᵀv with x's structure; default autograd's ``make_vjp``.
     """
-    rng = _rng(rng, seed)
+    rng = _check_settings(x, n_directions, eps, rtol, atol, rng, seed)
     if vjp_fn is None:
         vjp_fn = lambda x_, v_: make_vjp(f)(x_)[0](v_)
     fx = f(x)
@@ -87,7 +93,7 @@ def check_hvp(f, x, hvp_fn=None, *, n_directions=3, eps=1e-6, rtol=1e-5, atol=1e
         hvp_fn: (x, u) -> H(x) u with x's structure; default autograd's grad of ⟨∇f, u⟩.
             The numeric side differences autograd's gradient, so check that first.
     """
-    rng = _rng(rng, seed)
+    rng = _check_settings(x, n_directions, eps, rtol, atol, rng, seed)
     if hvp_fn is None:
         hvp_fn = lambda x_, u_: grad(lambda y: _dot(grad(f)(y), u_))(x_)
     pairs = []
@@ -102,6 +108,13 @@ def check_hvp(f, x, hvp_fn=None, *, n_directions=3, eps=1e-6, rtol=1e-5, atol=1e
 
 def directional_derivative(f, x, u, eps=1e-6):
     """(f(x + εu) − f(x − εu)) / 2ε for scalar ``f``, as a Python float."""
+    checks.positive("eps", eps)
+    _check_point("x", x)
+    _check_point("u", u)
+    if isinstance(x, dict):
+        trees.check_same_keys(u, x)
+    elif np.shape(u) != np.shape(x):
+        raise ValueError(f"the direction u must have x's shape {np.shape(x)}; got {np.shape(u)}")
     return float(_central(f, x, u, eps))
 
 
@@ -111,6 +124,8 @@ def numerical_grad(f, x, eps=1e-6):
     Costs 2·size(x) evaluations: for tiny models only.  Returns host float64
     arrays (a tree when ``x`` is a tree).
     """
+    checks.positive("eps", eps)
+    _check_point("x", x)
     vector, unflatten = trees.flatten(x) if isinstance(x, dict) else (x.reshape(-1), None)
     host = np.empty(vector.shape[0])
     for i in range(vector.shape[0]):
@@ -118,7 +133,7 @@ def numerical_grad(f, x, eps=1e-6):
         basis[i] = 1.0
         u = np.asarray(basis, like=vector)
         step = unflatten(u) if unflatten else u.reshape(x.shape)
-        host[i] = directional_derivative(f, x, step, eps)
+        host[i] = float(_central(f, x, step, eps))
     if unflatten is None:
         return host.reshape(x.shape)
     return {name: _to_host(value) for name, value in unflatten(np.asarray(host, like=vector)).items()}
@@ -172,8 +187,24 @@ def _compare(pairs, rtol, atol, what):
                 f"atol {atol:g} + rtol {rtol:g} · max)")
 
 
-def _rng(rng, seed):
-    return rng if rng is not None else np.random.default_rng(seed)
+def _check_point(name, x):
+    """x: a finite float array, or a non-empty dict tree of them."""
+    if isinstance(x, dict):
+        checks.finite_tree(name, x)
+    else:
+        checks.finite(name, x)
+
+
+def _check_settings(x, n_directions, eps, rtol, atol, rng, seed):
+    """Refuse settings under which nothing is checked; returns the Generator to draw from."""
+    _check_point("x", x)
+    checks.integer("n_directions", n_directions, minimum=1)
+    checks.positive("eps", eps)
+    checks.nonnegative("rtol", rtol)
+    checks.nonnegative("atol", atol)
+    if rng is not None:
+        return checks.generator(rng)
+    return np.random.default_rng(checks.integer("seed", seed, minimum=0))
 
 
 def _to_host(x):

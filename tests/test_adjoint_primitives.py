@@ -1,4 +1,4 @@
-"""The primitives whose adjoints are one array operation each (issue 3's speed work):
+"""The primitives whose adjoints are one array operation each (written for speed):
 layers._matmul / _matmul_nt / _matmul_tn and conv.spread_channels / sum_channels.
 
 Values against plain numpy, VJPs by the adjoint identity, and Hessian-vector products (which

@@ -80,5 +80,127 @@ def test_numerical_grad_recovers_a_known_gradient(dev):
 
 
 def test_non_finite_values_fail(dev):
-    with pytest.raises(gradcheck.GradientCheckError):
+    with pytest.raises(gradcheck.GradientCheckError), np.errstate(invalid="ignore"):
         gradcheck.check_grad(lambda p: anp.sum(anp.log(p - 10.0)), dev.asarray(np.ones(2)))
+
+
+# ----- more wrong derivatives the checker must catch -----
+
+def quadratic(v):
+    return 0.5 * anp.sum(v ** 2) + anp.sum(anp.sin(v))
+
+
+WRONG_GRADIENTS = {
+    "sign flipped": lambda v: -grad(quadratic)(v),
+    "zero": lambda v: 0.0 * v,
+    "NaN": lambda v: grad(quadratic)(v) * np.nan,
+    "missing the sin term": lambda v: v,
+    "coordinates swapped": lambda v: grad(quadratic)(v)[::-1],
+    "a tenth of a percent off in one coordinate": lambda v: grad(quadratic)(v) * np.asarray(
+        np.array([1.0, 1.0, 1.001]), like=getval(v)),
+}
+
+
+@pytest.mark.parametrize("which", sorted(WRONG_GRADIENTS))
+def test_wrong_gradients_of_an_array_fail(dev, which):
+    x = dev.asarray(np.array([0.3, -1.2, 2.0]))
+    gradcheck.check_grad(quadratic, x)                               # the right one passes
+    with pytest.raises(gradcheck.GradientCheckError, match="gradient disagrees"):
+        gradcheck.check_grad(quadratic, x, grad_fn=WRONG_GRADIENTS[which])
+
+
+def test_tolerances_decide_what_counts_as_wrong(dev):
+    """A 0.1% error passes at rtol 1e-2 and fails at the default 1e-5: the tolerance is used."""
+    wrong = lambda p: {k: 1.001 * g for k, g in grad(f)(p).items()}
+    gradcheck.check_grad(f, tree(dev, 4), grad_fn=wrong, rtol=1e-2)
+    with pytest.raises(gradcheck.GradientCheckError):
+        gradcheck.check_grad(f, tree(dev, 4), grad_fn=wrong)
+
+
+def test_wrong_vjp_and_hvp_on_arrays_fail(dev):
+    x = dev.asarray(np.random.default_rng(5).standard_normal(4))
+    from autograd import make_vjp
+    one_output_dropped = lambda x_, v: make_vjp(g_vector)(x_)[0](v * np.asarray(
+        np.array([1.0, 1.0, 0.0]), like=getval(x_)))
+    with pytest.raises(gradcheck.GradientCheckError, match="vector-Jacobian"):
+        gradcheck.check_vjp(g_vector, x, vjp_fn=one_output_dropped)
+    gradcheck.check_hvp(quadratic, x)
+    gauss_newton = lambda x_, u: u                                   # drops the −sin curvature
+    with pytest.raises(gradcheck.GradientCheckError, match="Hessian"):
+        gradcheck.check_hvp(quadratic, x, hvp_fn=gauss_newton)
+
+
+# ----- settings that cannot check anything are refused -----
+
+def checkers(dev):
+    """Every public entry point, called at x with the keyword settings given."""
+    x = dev.asarray(np.array([0.3, -1.2]))
+    return {"check_grad": lambda **kw: gradcheck.check_grad(quadratic, x, **kw),
+            "check_vjp": lambda **kw: gradcheck.check_vjp(g_vector, x, **kw),
+            "check_hvp": lambda **kw: gradcheck.check_hvp(quadratic, x, **kw),
+            "numerical_grad": lambda **kw: gradcheck.numerical_grad(quadratic, x, **kw),
+            "directional_derivative": lambda **kw: gradcheck.directional_derivative(
+                quadratic, x, x, **kw)}
+
+
+CHECKERS = ("check_grad", "check_vjp", "check_hvp", "numerical_grad", "directional_derivative")
+DIRECTIONAL = ("check_grad", "check_vjp", "check_hvp")
+
+
+@pytest.mark.parametrize("which", CHECKERS)
+@pytest.mark.parametrize("eps", [0.0, -1e-6, np.nan, np.inf])
+def test_nonpositive_or_non_finite_eps_is_refused(dev, which, eps):
+    with pytest.raises(ValueError, match="eps must be a finite number > 0"):
+        checkers(dev)[which](eps=eps)
+
+
+@pytest.mark.parametrize("which", DIRECTIONAL)
+@pytest.mark.parametrize("tolerance", ["rtol", "atol"])
+@pytest.mark.parametrize("value", [-1e-5, np.nan, np.inf])
+def test_negative_or_nan_tolerances_are_refused(dev, which, tolerance, value):
+    with pytest.raises(ValueError, match=f"{tolerance} must be a finite number >= 0"):
+        checkers(dev)[which](**{tolerance: value})
+
+
+@pytest.mark.parametrize("which", DIRECTIONAL)
+@pytest.mark.parametrize("n, error", [(0, ValueError), (-2, ValueError), (2.0, TypeError), (True, TypeError)])
+def test_fewer_than_one_or_non_integer_directions_are_refused(dev, which, n, error):
+    with pytest.raises(error, match="n_directions must be an integer >= 1"):
+        checkers(dev)[which](n_directions=n)
+
+
+@pytest.mark.parametrize("which", DIRECTIONAL)
+def test_a_rng_that_is_not_a_generator_or_a_bad_seed_is_refused(dev, which):
+    with pytest.raises(TypeError, match="rng must be a Generator; got RandomState"):
+        checkers(dev)[which](rng=np.random.RandomState(0))
+    with pytest.raises(ValueError, match="seed must be an integer >= 0; got -1"):
+        checkers(dev)[which](seed=-1)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nan_or_inf_in_x_is_refused_naming_it(dev, bad):
+    dirty = dev.asarray(np.array([0.3, bad]))
+    for check in (lambda: gradcheck.check_grad(quadratic, dirty),
+                  lambda: gradcheck.check_vjp(g_vector, dirty),
+                  lambda: gradcheck.check_hvp(quadratic, dirty),
+                  lambda: gradcheck.numerical_grad(quadratic, dirty),
+                  lambda: gradcheck.directional_derivative(quadratic, dirty, dirty)):
+        with pytest.raises(ValueError, match="x contains NaN or inf"):
+            check()
+    dirty_tree = dict(tree(dev, 0), b=dirty)
+    with pytest.raises(ValueError, match=r"x\['b'\] contains NaN or inf"):
+        gradcheck.check_grad(f, dirty_tree)
+    clean = dev.asarray(np.array([0.3, 1.0]))
+    with pytest.raises(ValueError, match="u contains NaN or inf"):
+        gradcheck.directional_derivative(quadratic, clean, dirty)
+
+
+def test_x_that_is_not_a_float_array_or_is_an_empty_tree_is_refused(dev):
+    with pytest.raises(TypeError, match="x must be a floating-point array; got dtype int64"):
+        gradcheck.check_grad(quadratic, dev.asarray(np.array([1, 2])))
+    with pytest.raises(TypeError, match="x must be a floating-point array; got list"):
+        gradcheck.check_grad(quadratic, [0.3, 1.0])
+    with pytest.raises(ValueError, match="x is an empty tree"):
+        gradcheck.check_grad(lambda p: 0.0, {})
+    with pytest.raises(ValueError, match=r"the direction u must have x's shape \(2,\); got \(3,\)"):
+        gradcheck.directional_derivative(quadratic, dev.asarray(np.zeros(2)), dev.asarray(np.zeros(3)))

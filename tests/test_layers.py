@@ -69,7 +69,7 @@ def test_dense_matches_matmul_and_broadcasts_task_axes(dev):
 
 def test_dense_rejects_mismatched_features(dev):
     x, w, b = to_dev(dev, np.zeros((4, 5)), np.zeros((3, 2)), np.zeros(2))
-    with pytest.raises(ValueError, match=r"d_in=3.*got x \(4, 5\)"):
+    with pytest.raises(ValueError, match=r"w \(\.\.\., d_in, d_out\) \(3, 2\) expects x \(\.\.\., n, d_in\); got x \(4, 5\)"):
         layers.dense(x, w, b)
     with pytest.raises(ValueError, match=r"d_out=2.*got b \(3,\)"):
         layers.dense(x, *to_dev(dev, np.zeros((5, 2)), np.zeros(3)))
@@ -119,7 +119,7 @@ def test_conv2d_rejects_bad_inputs(dev):
         layers.conv2d(x, dev.asarray(np.zeros((4, 2, 3, 3))))
     with pytest.raises(ValueError, match=r"kernel \(\.\.\., F, C, 3, 3\); got shape \(4, 3, 5, 5\)"):
         layers.conv2d(x, dev.asarray(np.zeros((4, 3, 5, 5))))
-    with pytest.raises(ValueError, match="stride must be 1 or 2; got 3"):
+    with pytest.raises(ValueError, match="stride must be an integer in 1..2; got 3"):
         layers.conv2d(x, dev.asarray(np.zeros((4, 3, 3, 3))), stride=3)
     with pytest.raises(ValueError, match=r"F=4 entries; got b \(3,\)"):
         layers.conv2d(x, dev.asarray(np.zeros((4, 3, 3, 3))), dev.asarray(np.zeros(3)))
@@ -222,12 +222,69 @@ def test_batch_norm_offset_scale_and_running_mode(dev):
 
 def test_batch_norm_rejects_bad_arguments(dev):
     x = dev.asarray(np.zeros((4, 3, 2, 2)))
-    with pytest.raises(ValueError, match=r"mode must be one of \['transductive', 'running'\]; got 'eval'"):
+    with pytest.raises(ValueError, match="mode must be one of 'transductive', 'running'; got 'eval'"):
         layers.batch_norm(x, mode="eval")
     with pytest.raises(ValueError, match="needs running_mean and running_var"):
         layers.batch_norm(x, mode="running")
     with pytest.raises(ValueError, match=r"offset must have C=3 entries; got \(2,\)"):
         layers.batch_norm(x, offset=dev.asarray(np.zeros(2)))
+
+
+def test_batch_norm_refuses_running_mode_without_statistics(dev):
+    x, stats = dev.asarray(np.zeros((4, 3, 2, 2))), dev.asarray(np.ones(3))
+    with pytest.raises(ValueError, match="mode 'running' needs running_mean and running_var; got None"):
+        layers.batch_norm(x, mode="running", running_mean=stats)
+    with pytest.raises(ValueError, match="batch norm running_var must be >= 0 everywhere"):
+        layers.batch_norm(x, mode="running", running_mean=stats, running_var=-stats)
+    with pytest.raises(ValueError, match="bn_mode 'running' needs bn_state; got None"):
+        layers.conv4_apply(layers.conv4_init(np.random.default_rng(0), hidden=2), x[:, :1], bn_mode="running")
+
+
+@pytest.mark.parametrize("eps", [0.0, -1e-5, np.nan, np.inf])
+def test_batch_norm_refuses_a_nonpositive_or_non_finite_eps(dev, eps):
+    x = dev.asarray(np.random.default_rng(0).standard_normal((4, 3)))
+    with pytest.raises(ValueError, match="batch norm eps must be a finite number > 0"):
+        layers.batch_norm(x, eps=eps)
+    params = layers.conv4_init(np.random.default_rng(0), hidden=2)
+    with pytest.raises(ValueError, match="bn_eps must be a finite number > 0"):
+        layers.conv4_apply(params, dev.asarray(np.zeros((2, 1, 8, 8))), bn_eps=eps)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_batch_norm_refuses_nan_and_inf_naming_the_array(dev, bad):
+    clean = np.random.default_rng(0).standard_normal((4, 3, 2, 2))
+    dirty = clean.copy()
+    dirty[2, 1, 0, 1] = bad
+    with pytest.raises(ValueError, match="batch norm x contains NaN or inf"):
+        layers.batch_norm(dev.asarray(dirty))
+    with pytest.raises(ValueError, match="batch norm x contains NaN or inf"):
+        layers.batch_moments(dev.asarray(dirty))
+    stats = np.ones(3)
+    stats[1] = bad
+    with pytest.raises(ValueError, match="batch norm running_mean contains NaN or inf"):
+        layers.batch_norm(dev.asarray(clean), mode="running", running_mean=dev.asarray(stats),
+                          running_var=dev.asarray(np.ones(3)))
+    with pytest.raises(ValueError, match="batch norm scale contains NaN or inf"):
+        layers.batch_norm(dev.asarray(clean), scale=dev.asarray(stats))
+
+
+def test_batch_norm_refuses_an_empty_batch(dev):
+    with pytest.raises(ValueError, match=r"at least one value per channel; got x \(0, 3\)"):
+        layers.batch_norm(dev.asarray(np.zeros((0, 3))))
+    with pytest.raises(ValueError, match=r"at least one value per channel; got x \(2, 0, 3, 2, 2\)"):
+        layers.batch_moments(dev.asarray(np.zeros((2, 0, 3, 2, 2))))
+
+
+def test_batch_norm_with_check_false_gives_the_same_numbers(dev):
+    rng = np.random.default_rng(3)
+    x, offset, scale = to_dev(dev, rng.standard_normal((2, 4, 3, 2, 2)), rng.standard_normal(3),
+                              rng.standard_normal(3))
+    mean, var = to_dev(dev, rng.standard_normal(3), rng.uniform(0.5, 2.0, 3))
+    for mode in ("transductive", "running"):          # the same path run twice: bit-equal
+        run = lambda check: dev.to_host(layers.batch_norm(x, offset, scale, mode, mean, var, check=check))
+        np.testing.assert_array_equal(run(False), run(True))
+    np.testing.assert_array_equal(dev.to_host(layers.batch_moments(x, check=False)[1]),
+                                  dev.to_host(layers.batch_moments(x)[1]))
 
 
 @given(seed=seeds, affine=st.sampled_from(["none", "both"]), spatial=st.sampled_from([0, 2]))
@@ -252,6 +309,21 @@ def test_unbiased_moments_and_running_update(dev):
     running = {"m": np.array([1.0, 2.0])}
     updated = layers.update_running(running, {"m": np.array([3.0, 6.0])}, momentum=0.25)
     np.testing.assert_allclose(updated["m"], [1.5, 3.0], rtol=1e-15)
+    np.testing.assert_allclose(layers.update_running(running["m"], np.zeros(2), 1.0), [0.0, 0.0])
+
+
+@pytest.mark.parametrize("momentum, error", [(-0.1, ValueError), (1.5, ValueError), (np.nan, ValueError),
+                                             ("0.1", TypeError)])
+def test_update_running_refuses_momentum_outside_0_1(momentum, error):
+    with pytest.raises(error, match=r"momentum must be a finite number in \[0, 1\]"):
+        layers.update_running({"m": np.zeros(2)}, {"m": np.ones(2)}, momentum)
+
+
+def test_update_running_names_a_missing_or_extra_key():
+    with pytest.raises(ValueError, match=r"batch lacks \['bn1.var'\] and has unexpected \['bn1.variance'\]"):
+        layers.update_running({"bn1.var": np.ones(2)}, {"bn1.variance": np.ones(2)}, 0.1)
+    with pytest.raises(TypeError, match="batch must be a dict"):
+        layers.update_running({"bn1.var": np.ones(2)}, np.ones(2), 0.1)
 
 
 # ----- the MLP -----
@@ -287,7 +359,7 @@ def test_mlp_apply_matches_by_hand_and_per_task(dev, activation):
     for t in range(2):
         one = {k: v[t] for k, v in batched.items()}
         close(dev, y[t], dev.to_host(layers.mlp_apply(dev.tree(one), dev.asarray(xs[t]), activation)))
-    with pytest.raises(ValueError, match=r"activation must be one of \['relu', 'tanh'\]; got 'gelu'"):
+    with pytest.raises(ValueError, match="activation must be one of 'relu', 'tanh'; got 'gelu'"):
         layers.mlp_apply(params, x, "gelu")
 
 
@@ -357,12 +429,108 @@ def test_conv4_first_and_second_derivatives_match_finite_differences(dev, varian
 
 def test_conv4_rejects_unknown_options():
     rng = np.random.default_rng(0)
-    with pytest.raises(ValueError, match=r"variant must be one of \['stride', 'maxpool'\]; got 'pool'"):
+    with pytest.raises(ValueError, match="variant must be one of 'stride', 'maxpool'; got 'pool'"):
         layers.conv4_init(rng, variant="pool")
     with pytest.raises(ValueError, match=r"bn_affine must be one of .*; got 'gamma'"):
         layers.conv4_init(rng, bn_affine="gamma")
     with pytest.raises(ValueError, match="image_size 8 is too small for 4 pools"):
         layers.conv4_init(rng, variant="maxpool", image_size=8)
+
+
+# ----- bad inputs at the initialisers and apply functions -----
+
+INITIALISERS = {
+    "mlp_init": lambda rng, size: layers.mlp_init(rng, (1, size, 1)),
+    "conv4_init hidden": lambda rng, size: layers.conv4_init(rng, hidden=size),
+    "conv4_init in_channels": lambda rng, size: layers.conv4_init(rng, in_channels=size, hidden=2),
+    "conv4_init n_out": lambda rng, size: layers.conv4_init(rng, n_out=size, hidden=2),
+    "conv4_init image_size": lambda rng, size: layers.conv4_init(rng, hidden=2, image_size=size),
+    "lstm_init": lambda rng, size: layers.lstm_init(rng, 3, size),
+    "lstm_init recurrent_size": lambda rng, size: layers.lstm_init(rng, 3, 2, recurrent_size=size),
+    "conv4_bn_state": lambda rng, size: layers.conv4_bn_state(size),
+}
+
+
+@pytest.mark.parametrize("which", sorted(INITIALISERS))
+@pytest.mark.parametrize("size, error", [(0, ValueError), (-3, ValueError), (2.0, TypeError),
+                                         (True, TypeError), ("4", TypeError)])
+def test_initialisers_refuse_sizes_of_zero_negative_or_non_integer(which, size, error):
+    with pytest.raises(error, match=r"must be an integer >= 1; got"):
+        INITIALISERS[which](np.random.default_rng(0), size)
+
+
+def test_initialisers_refuse_malformed_size_lists():
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match=r"at least input and output sizes; got \[3\]"):
+        layers.mlp_init(rng, (3,))
+    with pytest.raises(TypeError, match="sizes must be a list of layer sizes d_0..d_L; got int"):
+        layers.mlp_init(rng, 3)
+    with pytest.raises(ValueError, match=r"sizes\[2\] must be an integer >= 1; got 0"):
+        layers.mlp_describe((1, 40, 0))
+    with pytest.raises(ValueError, match=r"image_size must be an integer or a pair \(H, W\)"):
+        layers.conv4_init(rng, image_size=(28, 28, 1))
+    with pytest.raises(ValueError, match=r"image_size\[1\] must be an integer >= 1; got 0"):
+        layers.conv4_init(rng, image_size=(28, 0))
+    for weight_std in (0.0, -0.1, np.nan):
+        with pytest.raises(ValueError, match="weight_std must be a finite number > 0"):
+            layers.mlp_init(rng, (1, 2), weight_std=weight_std)
+    with pytest.raises(ValueError, match="forget_bias must be a finite number"):
+        layers.lstm_init(rng, 3, 2, forget_bias=np.inf)
+
+
+@pytest.mark.parametrize("rng", [np.random.RandomState(0), 0, None])
+def test_initialisers_refuse_a_rng_that_is_not_a_generator(rng):
+    for init in (lambda: layers.mlp_init(rng, (1, 2)), lambda: layers.conv4_init(rng, hidden=2),
+                 lambda: layers.lstm_init(rng, 3, 2)):
+        with pytest.raises(TypeError, match="rng must be a Generator; got"):
+            init()
+
+
+def test_unknown_choice_names_are_refused():
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="activation must be one of 'relu', 'tanh'; got 'sigmoid'"):
+        layers.mlp_describe((1, 2), "sigmoid")
+    with pytest.raises(ValueError, match="bn_mode must be one of 'transductive', 'running'; got 'eval'"):
+        layers.conv4_describe(bn_mode="eval")
+    params, x = layers.conv4_init(rng, hidden=2), np.zeros((2, 1, 8, 8))
+    with pytest.raises(ValueError, match="variant must be one of 'stride', 'maxpool'; got 'pool'"):
+        layers.conv4_apply(params, x, variant="pool")
+    with pytest.raises(ValueError, match="bn_mode must be one of 'transductive', 'running'; got 'train'"):
+        layers.conv4_apply(params, x, bn_mode="train")
+    with pytest.raises(TypeError, match="conv2d stride must be an integer in 1..2; got 1.0"):
+        layers.conv2d(x, params["conv0.w"], stride=1.0)
+
+
+def test_apply_functions_name_missing_params_keys():
+    rng = np.random.default_rng(0)
+    x = np.zeros((2, 1, 8, 8))
+    params = layers.conv4_init(rng, hidden=2)
+    with pytest.raises(ValueError, match=r"params lack \['conv2.w'\]; build them with conv4_init"):
+        layers.conv4_apply({k: v for k, v in params.items() if k != "conv2.w"}, x)
+    with pytest.raises(ValueError, match=r"params lack \['out.b'\]"):
+        layers.conv4_apply({k: v for k, v in params.items() if k != "out.b"}, x)
+    state = layers.conv4_bn_state(2)
+    with pytest.raises(ValueError, match=r"bn_state lacks \['bn3.var'\]"):
+        layers.conv4_apply(params, x, bn_mode="running",
+                           bn_state={k: v for k, v in state.items() if k != "bn3.var"})
+    mlp = layers.mlp_init(rng, (1, 3, 1))
+    with pytest.raises(ValueError, match=r"expects the params of mlp_init.*got the keys \['dense0.b', 'dense0.w', 'dense1.w'\]"):
+        layers.mlp_apply({k: v for k, v in mlp.items() if k != "dense1.b"}, np.zeros((4, 1)))
+    with pytest.raises(ValueError, match=r"got the keys \[\]"):
+        layers.mlp_apply({}, np.zeros((4, 1)))                  # would otherwise return x itself
+
+
+def test_lstm_cell_refuses_mismatched_shapes():
+    p = layers.lstm_init(np.random.default_rng(0), 3, 2)
+    x, h, c = np.zeros((5, 3)), np.zeros((5, 2)), np.zeros((5, 2))
+    with pytest.raises(ValueError, match=r"expects h \(\.\.\., n, 2\); got \(5, 4\)"):
+        layers.lstm_cell(x, np.zeros((5, 4)), c, p["w_x"], p["w_h"], p["b"])
+    with pytest.raises(ValueError, match=r"expects c \(\.\.\., n, H=2\); got \(5, 3\)"):
+        layers.lstm_cell(x, h, np.zeros((5, 3)), p["w_x"], p["w_h"], p["b"])
+    with pytest.raises(ValueError, match="need the same 4H ≥ 4 columns"):
+        layers.lstm_cell(x, h, c, p["w_x"], p["w_h"][:, :4], p["b"])
+    with pytest.raises(ValueError, match=r"dense: w .* expects x \(\.\.\., n, d_in\); got x \(5, 4\)"):
+        layers.lstm_cell(np.zeros((5, 4)), h, c, p["w_x"], p["w_h"], p["b"])
 
 
 def test_mlp_describe_is_json():

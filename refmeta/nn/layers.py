@@ -29,12 +29,21 @@ Models are ``*_init(rng, ...) -> params`` (host float64) and ``*_apply(params, x
 ``*_describe(...)`` returns a JSON-able description complete enough to rebuild the
 model in another framework.  Initialisation follows PyTorch's defaults:
 w, b ~ U(±1/√fan_in) (kaiming-uniform with a = √5), BN β = 0, γ = 1.
+
+Checks.  The initialisers refuse sizes that are not integers ≥ 1, unknown variants and a
+``rng`` that is not a ``numpy.random.Generator``.  The apply functions run inside the
+algorithms' differentiated code, whose entry points check the params against ``init``'s
+template, so they keep only cheap checks of names and shapes (never a scan of the values).
+``batch_norm`` and ``batch_moments`` are also public doors: by default they refuse NaN or
+inf, an unknown mode, ε ≤ 0 and a "running" mode without statistics; ``conv4_apply``
+calls them with ``check=False``.
 """
 
 import autograd.numpy as anp
 import numpy as np
 from autograd.extend import defvjp, primitive
 
+from refmeta import checks
 from refmeta.nn import conv
 
 __all__ = ["dense", "relu", "tanh", "conv2d", "max_pool_2x2", "batch_norm", "batch_moments",
@@ -46,15 +55,6 @@ BN_MODES = ("transductive", "running")
 BN_AFFINE = ("offset", "scale", "both", "none")
 CONV4_VARIANTS = ("stride", "maxpool")
 N_BLOCKS = 4
-
-
-def _check(ok, message):
-    if not ok:
-        raise ValueError(message)
-
-
-def _check_choice(name, value, allowed):
-    _check(value in allowed, f"{name} must be one of {list(allowed)}; got {value!r}")
 
 
 # ----- batched matrix products with their adjoints -----
@@ -100,10 +100,11 @@ defvjp(_matmul_tn, lambda ans, a, b: lambda g: _sum_to(_matmul_nt(b, g), anp.sha
 # ----- dense, activations, convolution and pooling -----
 def dense(x, w, b):
     """x (..., n, d_in), w (..., d_in, d_out), b (..., d_out) -> (..., n, d_out)."""
-    _check(anp.ndim(x) >= 2 and anp.ndim(w) >= 2 and anp.shape(x)[-1] == anp.shape(w)[-2],
-           f"dense: w {anp.shape(w)} expects x (..., n, d_in={anp.shape(w)[-2]}); got x {anp.shape(x)}")
-    _check(anp.ndim(b) >= 1 and anp.shape(b)[-1] == anp.shape(w)[-1],
-           f"dense: b must have d_out={anp.shape(w)[-1]} entries; got b {anp.shape(b)}")
+    if anp.ndim(w) < 2 or anp.ndim(x) < 2 or anp.shape(x)[-1] != anp.shape(w)[-2]:
+        raise ValueError(f"dense: w (..., d_in, d_out) {anp.shape(w)} expects x (..., n, d_in); "
+                         f"got x {anp.shape(x)}")
+    if anp.ndim(b) < 1 or anp.shape(b)[-1] != anp.shape(w)[-1]:
+        raise ValueError(f"dense: b must have d_out={anp.shape(w)[-1]} entries; got b {anp.shape(b)}")
     return _plus_per_channel(_matmul(x, w), b, -1)
 
 
@@ -124,14 +125,16 @@ def conv2d(x, w, b=None, stride=1):
     Returns:
         (..., n, F, H', W') with H' = (H − 1) // stride + 1.
     """
-    _check(stride in (1, 2), f"conv2d stride must be 1 or 2; got {stride!r}")
-    _check(anp.ndim(x) >= 4, f"conv2d expects x (..., n, C, H, W); got shape {anp.shape(x)}")
-    _check(anp.ndim(w) >= 4 and anp.shape(w)[-2:] == (3, 3),
-           f"conv2d expects a kernel (..., F, C, 3, 3); got shape {anp.shape(w)}")
+    checks.integer("conv2d stride", stride, minimum=1, maximum=2)
+    if anp.ndim(x) < 4:
+        raise ValueError(f"conv2d expects x (..., n, C, H, W); got shape {anp.shape(x)}")
+    if anp.ndim(w) < 4 or anp.shape(w)[-2:] != (3, 3):
+        raise ValueError(f"conv2d expects a kernel (..., F, C, 3, 3); got shape {anp.shape(w)}")
     *_, n, channels, height, width = anp.shape(x)
     *_, filters, w_channels = anp.shape(w)[:-2]
-    _check(w_channels == channels, f"conv2d: kernel {anp.shape(w)} expects C={w_channels} "
-                                   f"input channels; got x {anp.shape(x)} with C={channels}")
+    if w_channels != channels:
+        raise ValueError(f"conv2d: kernel {anp.shape(w)} expects C={w_channels} input channels; "
+                         f"got x {anp.shape(x)} with C={channels}")
     patches = conv.im2col(x, stride)                        # (..., C·9, n·H'·W')
     kernel = anp.reshape(w, anp.shape(w)[:-3] + (channels * 9,))  # (..., F, C·9)
     out = _matmul(kernel, patches)                          # (..., F, n·H'·W')
@@ -139,8 +142,8 @@ def conv2d(x, w, b=None, stride=1):
     out = anp.swapaxes(anp.reshape(out, anp.shape(out)[:-1] + (n, out_h, out_w)), -4, -3)
     if b is None:
         return out                                          # (..., n, F, H', W')
-    _check(anp.ndim(b) >= 1 and anp.shape(b)[-1] == filters,
-           f"conv2d: bias must have F={filters} entries; got b {anp.shape(b)}")
+    if anp.ndim(b) < 1 or anp.shape(b)[-1] != filters:
+        raise ValueError(f"conv2d: bias must have F={filters} entries; got b {anp.shape(b)}")
     return _plus_per_channel(out, b, -3)
 
 
@@ -152,8 +155,8 @@ def _plus_per_channel(y, p, channel):
 
 def max_pool_2x2(x):
     """x (..., n, C, H, W) -> (..., n, C, H // 2, W // 2); see the module docstring for ties."""
-    _check(anp.ndim(x) >= 4 and anp.shape(x)[-1] >= 2 and anp.shape(x)[-2] >= 2,
-           f"max_pool_2x2 expects x (..., n, C, H, W) with H, W ≥ 2; got {anp.shape(x)}")
+    if anp.ndim(x) < 4 or anp.shape(x)[-1] < 2 or anp.shape(x)[-2] < 2:
+        raise ValueError(f"max_pool_2x2 expects x (..., n, C, H, W) with H, W ≥ 2; got {anp.shape(x)}")
     return conv.max_pool(x)
 
 
@@ -162,17 +165,20 @@ def _stat_axes(x, spatial_dims):
     """(channel axis, reduction axes) of x (..., n, C, *spatial)."""
     if spatial_dims is None:
         spatial_dims = 2 if anp.ndim(x) >= 4 else 0
-    _check(spatial_dims in (0, 2), f"spatial_dims must be 0 or 2; got {spatial_dims!r}")
-    _check(anp.ndim(x) >= 2 + spatial_dims,
-           f"batch norm expects x (..., n, C{', H, W' if spatial_dims else ''}); got {anp.shape(x)}")
+    if isinstance(spatial_dims, bool) or spatial_dims not in (0, 2):
+        raise ValueError(f"spatial_dims must be 0 or 2 (or None); got {spatial_dims!r}")
+    if anp.ndim(x) < 2 + spatial_dims:
+        raise ValueError(f"batch norm expects x (..., n, C{', H, W' if spatial_dims else ''}); "
+                         f"got {anp.shape(x)}")
     channel = -1 - spatial_dims
     return channel, (channel - 1,) + tuple(range(channel + 1, 0))
 
 
 def _per_channel(p, x, channel, name):
     """Broadcast p (..., C) against x (..., n, C, *spatial)."""
-    _check(anp.ndim(p) >= 1 and anp.shape(p)[-1] == anp.shape(x)[channel],
-           f"batch norm: {name} must have C={anp.shape(x)[channel]} entries; got {anp.shape(p)}")
+    if anp.ndim(p) < 1 or anp.shape(p)[-1] != anp.shape(x)[channel]:
+        raise ValueError(f"batch norm: {name} must have C={anp.shape(x)[channel]} entries; "
+                         f"got {anp.shape(p)}")
     view = anp.shape(p)[:-1] + (1, anp.shape(p)[-1]) + (1,) * (-1 - channel)
     return conv.spread_channels(p, np.broadcast_shapes(anp.shape(x), view), channel)
 
@@ -195,17 +201,21 @@ def _standardize_vjp(ans, x, axes, eps):
 defvjp(_standardize, _standardize_vjp)
 
 
-def batch_moments(x, spatial_dims=None, unbiased=False):
+def batch_moments(x, spatial_dims=None, unbiased=False, check=True):
     """Per-channel mean and variance over the example and spatial axes, per leading index.
 
     Args:
         x: (..., n, C, H, W) or (..., n, C).  spatial_dims: 2 or 0; None infers 2 when
             ndim ≥ 4, else 0 (pass it for dense features with two or more leading axes).
         unbiased: divide the squared deviations by m − 1 instead of m (PyTorch's running_var).
+        check: refuse NaN or inf in x and an empty batch (False: the caller checked).
     Returns:
         (mean, var), each (..., C).
     """
     channel, axes = _stat_axes(x, spatial_dims)
+    if check:
+        checks.boolean("unbiased", unbiased)
+        _check_batch(x, axes)
     mean = anp.mean(x, axis=axes, keepdims=True)
     var = anp.mean((x - mean) * (x - mean), axis=axes, keepdims=True)
     if unbiased:
@@ -216,21 +226,22 @@ def batch_moments(x, spatial_dims=None, unbiased=False):
 
 
 def batch_norm(x, offset=None, scale=None, mode="transductive", running_mean=None,
-               running_var=None, eps=1e-3, spatial_dims=None):
+               running_var=None, eps=1e-3, spatial_dims=None, check=True):
     """Batch normalisation (see the module docstring); the output has x's shape.
 
     Args:
         x: (..., n, C, H, W) or (..., n, C).  offset β, scale γ: (..., C) or None.
         mode: "transductive" or "running".  running_mean, running_var: (..., C), for "running".
-        spatial_dims: as in ``batch_moments``.
+        eps: ε > 0.  spatial_dims: as in ``batch_moments``.
+        check: refuse NaN or inf in any array, an unknown mode, ε ≤ 0, an empty batch and a
+            running mode without statistics (False: the caller checked).
     """
-    _check_choice("batch norm mode", mode, BN_MODES)
     channel, axes = _stat_axes(x, spatial_dims)
+    if check:
+        _check_batch_norm(x, axes, offset, scale, mode, running_mean, running_var, eps)
     if mode == "transductive":
         y = _standardize(x, axes, eps)
     else:
-        _check(running_mean is not None and running_var is not None,
-               "batch norm mode 'running' needs running_mean and running_var; got None")
         y = ((x - _per_channel(running_mean, x, channel, "running_mean"))
              / anp.sqrt(_per_channel(running_var, x, channel, "running_var") + eps))
     if scale is not None:
@@ -238,10 +249,41 @@ def batch_norm(x, offset=None, scale=None, mode="transductive", running_mean=Non
     return y if offset is None else y + _per_channel(offset, x, channel, "offset")
 
 
+def _check_batch(x, axes):
+    checks.finite("batch norm x", x)
+    if any(anp.shape(x)[a] == 0 for a in axes):
+        raise ValueError(f"batch norm needs at least one value per channel; got x {anp.shape(x)}")
+
+
+def _check_batch_norm(x, axes, offset, scale, mode, running_mean, running_var, eps):
+    checks.choice("batch norm mode", mode, BN_MODES)
+    checks.positive("batch norm eps", eps)
+    for name, p in (("offset", offset), ("scale", scale)):
+        if p is not None:
+            checks.finite(f"batch norm {name}", p)
+    if mode == "transductive":
+        _check_batch(x, axes)
+        return
+    checks.finite("batch norm x", x)
+    if running_mean is None or running_var is None:
+        raise ValueError("batch norm mode 'running' needs running_mean and running_var; got None")
+    checks.finite("batch norm running_mean", running_mean)
+    checks.nonnegative_array("batch norm running_var", running_var)
+
+
 def update_running(running, batch, momentum):
     """(1 − momentum)·running + momentum·batch, for arrays or for dict trees leaf by leaf."""
+    checks.probability("momentum", momentum)
     if isinstance(running, dict):
-        return {name: update_running(running[name], batch[name], momentum) for name in running}
+        checks.instance("batch", batch, dict)
+        if set(batch) != set(running):
+            raise ValueError(f"update_running: batch lacks {sorted(set(running) - set(batch))} and "
+                             f"has unexpected {sorted(set(batch) - set(running))}")
+        return {name: _update_running(running[name], batch[name], momentum) for name in running}
+    return _update_running(running, batch, momentum)
+
+
+def _update_running(running, batch, momentum):
     return (1 - momentum) * running + momentum * batch
 
 
@@ -256,7 +298,10 @@ def mlp_init(rng, sizes, weight_std=None):
 
     weight_std None: w, b ~ U(±1/√d_i) (PyTorch nn.Linear); a float: w ~ N(0, std²), b = 0.
     """
-    _check(len(sizes) >= 2, f"mlp_init needs at least input and output sizes; got {sizes!r}")
+    checks.generator(rng)
+    sizes = _layer_sizes(sizes)
+    if weight_std is not None:
+        checks.positive("weight_std", weight_std)
     params = {}
     for i, (d_in, d_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         if weight_std is None:
@@ -268,11 +313,31 @@ def mlp_init(rng, sizes, weight_std=None):
     return params
 
 
+def _layer_sizes(sizes):
+    """The layer sizes d_0..d_L (at least two), each an integer ≥ 1, as a list of ints."""
+    if not isinstance(sizes, (list, tuple, np.ndarray)):
+        raise TypeError(f"sizes must be a list of layer sizes d_0..d_L; got {type(sizes).__name__}")
+    if len(sizes) < 2:
+        raise ValueError(f"an MLP needs at least input and output sizes; got {list(sizes)!r}")
+    return [checks.integer(f"sizes[{i}]", d, minimum=1) for i, d in enumerate(sizes)]
+
+
+def _mlp_depth(params):
+    """L, the number of dense layers "dense0" .. "dense{L-1}" in params (each with w and b)."""
+    n_layers = sum(1 for name in params if name.endswith(".w") and name.startswith("dense"))
+    missing = [f"dense{i}.{leaf}" for i in range(n_layers) for leaf in ("w", "b")
+               if f"dense{i}.{leaf}" not in params]
+    if not n_layers or missing:
+        raise ValueError(f"mlp_apply expects the params of mlp_init, dense0.w/b .. dense{{L-1}}.w/b; "
+                         f"got the keys {sorted(params)}")
+    return n_layers
+
+
 def mlp_apply(params, x, activation="relu"):
     """x (..., n, d_0) -> (..., n, d_L); hidden layers use ``activation``, the last is linear."""
-    _check_choice("activation", activation, ACTIVATIONS)
+    checks.choice("activation", activation, ACTIVATIONS)
     nonlinearity = relu if activation == "relu" else tanh
-    n_layers = sum(1 for name in params if name.endswith(".w") and name.startswith("dense"))
+    n_layers = _mlp_depth(params)
     for i in range(n_layers):
         x = dense(x, params[f"dense{i}.w"], params[f"dense{i}.b"])
         if i < n_layers - 1:
@@ -282,6 +347,8 @@ def mlp_apply(params, x, activation="relu"):
 
 def mlp_describe(sizes, activation="relu", weight_std=None):
     """A JSON-able description of ``mlp_apply`` with these sizes."""
+    sizes = _layer_sizes(sizes)
+    checks.choice("activation", activation, ACTIVATIONS)
     layers = []
     for i, (d_in, d_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         layers.append({"type": "dense", "in_features": d_in, "out_features": d_out,
@@ -296,6 +363,23 @@ def mlp_describe(sizes, activation="relu", weight_std=None):
 
 
 # ----- the conv4 network (MAML's stride-2 and the metric learners' max-pool variants) -----
+def _check_conv4(in_channels, n_out, hidden, variant, bn_affine, image_size):
+    """The arguments shared by ``conv4_init`` and ``conv4_describe``."""
+    checks.integer("in_channels", in_channels, minimum=1)
+    if n_out is not None:
+        checks.integer("n_out", n_out, minimum=1)
+    checks.integer("hidden", hidden, minimum=1)
+    checks.choice("variant", variant, CONV4_VARIANTS)
+    checks.choice("bn_affine", bn_affine, BN_AFFINE)
+    if isinstance(image_size, (tuple, list)) and len(image_size) == 2:
+        checks.integer("image_size[0]", image_size[0], minimum=1)
+        checks.integer("image_size[1]", image_size[1], minimum=1)
+    elif isinstance(image_size, (tuple, list)):
+        raise ValueError(f"image_size must be an integer or a pair (H, W); got {image_size!r}")
+    else:
+        checks.integer("image_size", image_size, minimum=1)
+
+
 def _head_features(hidden, variant, image_size):
     """Feature count entering the head: hidden, or hidden·H·W after four 2×2 pools."""
     height, width = (image_size, image_size) if np.ndim(image_size) == 0 else image_size
@@ -303,7 +387,8 @@ def _head_features(hidden, variant, image_size):
         return hidden
     for _ in range(N_BLOCKS):
         height, width = height // 2, width // 2
-    _check(height >= 1 and width >= 1, f"image_size {image_size!r} is too small for 4 pools")
+    if height < 1 or width < 1:
+        raise ValueError(f"image_size {image_size!r} is too small for 4 pools (16 at least)")
     return hidden * height * width
 
 
@@ -314,8 +399,8 @@ def conv4_init(rng, in_channels=1, n_out=5, hidden=64, variant="stride", bn_affi
 
     ``image_size`` (int or (H, W)) only matters for the "maxpool" head, which flattens.
     """
-    _check_choice("variant", variant, CONV4_VARIANTS)
-    _check_choice("bn_affine", bn_affine, BN_AFFINE)
+    checks.generator(rng)
+    _check_conv4(in_channels, n_out, hidden, variant, bn_affine, image_size)
     params, channels = {}, in_channels
     for i in range(N_BLOCKS):
         params[f"conv{i}.w"] = _uniform(rng, channels * 9, (hidden, channels, 3, 3))
@@ -334,6 +419,7 @@ def conv4_init(rng, in_channels=1, n_out=5, hidden=64, variant="stride", bn_affi
 
 def conv4_bn_state(hidden=64):
     """Initial running statistics {"bn{i}.mean": zeros (F,), "bn{i}.var": ones (F,)} (host)."""
+    checks.integer("hidden", hidden, minimum=1)
     return {f"bn{i}.{stat}": (np.zeros if stat == "mean" else np.ones)(hidden)
             for i in range(N_BLOCKS) for stat in ("mean", "var")}
 
@@ -346,18 +432,17 @@ def conv4_apply(params, x, variant="stride", bn_mode="transductive", bn_state=No
     return_bn_moments: also return {"bn{i}.mean", "bn{i}.var" (unbiased)} of each BN input,
         for ``update_running(bn_state, moments, momentum)``.
     """
-    _check_choice("variant", variant, CONV4_VARIANTS)
-    _check_choice("bn_mode", bn_mode, BN_MODES)
-    _check(bn_mode == "transductive" or bn_state is not None,
-           "bn_mode 'running' needs bn_state; got None")
+    _check_conv4_apply(params, variant, bn_mode, bn_state, bn_eps)
     moments, stats = {}, bn_state or {}
     for i in range(N_BLOCKS):
         x = conv2d(x, params[f"conv{i}.w"], params[f"conv{i}.b"],
                    stride=2 if variant == "stride" else 1)
         if return_bn_moments:
-            moments[f"bn{i}.mean"], moments[f"bn{i}.var"] = batch_moments(x, 2, unbiased=True)
+            moments[f"bn{i}.mean"], moments[f"bn{i}.var"] = batch_moments(x, 2, unbiased=True,
+                                                                          check=False)
         x = batch_norm(x, params.get(f"bn{i}.offset"), params.get(f"bn{i}.scale"), bn_mode,
-                       stats.get(f"bn{i}.mean"), stats.get(f"bn{i}.var"), bn_eps, spatial_dims=2)
+                       stats.get(f"bn{i}.mean"), stats.get(f"bn{i}.var"), bn_eps, spatial_dims=2,
+                       check=False)
         # relu then pool, computed as pool then relu: they commute (relu is monotone), also
         # in the gradient (a window whose max is ≤ 0 gets 0 either way), on 4× fewer pixels.
         x = relu(max_pool_2x2(x) if variant == "maxpool" else x)
@@ -370,12 +455,30 @@ def conv4_apply(params, x, variant="stride", bn_mode="transductive", bn_state=No
     return (x, moments) if return_bn_moments else x
 
 
+def _check_conv4_apply(params, variant, bn_mode, bn_state, bn_eps):
+    """Names and keys only (the values are the caller's to check)."""
+    checks.choice("variant", variant, CONV4_VARIANTS)
+    checks.choice("bn_mode", bn_mode, BN_MODES)
+    checks.positive("bn_eps", bn_eps)
+    needed = [f"conv{i}.{leaf}" for i in range(N_BLOCKS) for leaf in ("w", "b")]
+    missing = [name for name in needed + ["out.b"] * ("out.w" in params) if name not in params]
+    if missing:
+        raise ValueError(f"conv4_apply: params lack {missing}; build them with conv4_init")
+    if bn_mode == "running":
+        if bn_state is None:
+            raise ValueError("bn_mode 'running' needs bn_state; got None")
+        missing = [f"bn{i}.{stat}" for i in range(N_BLOCKS) for stat in ("mean", "var")
+                   if f"bn{i}.{stat}" not in bn_state]
+        if missing:
+            raise ValueError(f"conv4_apply: bn_state lacks {missing}; build it with conv4_bn_state")
+
+
 def conv4_describe(in_channels=1, n_out=5, hidden=64, variant="stride", bn_affine="offset",
                    bn_mode="transductive", bn_eps=1e-3, image_size=28):
     """A JSON-able description of ``conv4_apply`` with these settings."""
-    _check_choice("variant", variant, CONV4_VARIANTS)
-    _check_choice("bn_affine", bn_affine, BN_AFFINE)
-    _check_choice("bn_mode", bn_mode, BN_MODES)
+    _check_conv4(in_channels, n_out, hidden, variant, bn_affine, image_size)
+    checks.choice("bn_mode", bn_mode, BN_MODES)
+    checks.positive("bn_eps", bn_eps)
     layers = []
     for i in range(N_BLOCKS):
         layers += [
@@ -418,7 +521,12 @@ def lstm_init(rng, input_size, hidden_size, recurrent_size=None, forget_bias=0.0
     w_x, w_h, b ~ U(±1/√H) (PyTorch nn.LSTMCell); ``forget_bias`` is added to the f gate's
     bias (TensorFlow's LSTM uses 1.0).  recurrent_size d_h defaults to H.
     """
+    checks.generator(rng)
+    checks.integer("input_size", input_size, minimum=1)
+    checks.integer("hidden_size", hidden_size, minimum=1)
     recurrent_size = hidden_size if recurrent_size is None else recurrent_size
+    checks.integer("recurrent_size", recurrent_size, minimum=1)
+    checks.number("forget_bias", forget_bias)
     bound = 1.0 / np.sqrt(hidden_size)
     b = rng.uniform(-bound, bound, size=4 * hidden_size)
     b[hidden_size:2 * hidden_size] += forget_bias
@@ -428,13 +536,16 @@ def lstm_init(rng, input_size, hidden_size, recurrent_size=None, forget_bias=0.0
 
 def lstm_cell(x, h, c, w_x, w_h, b):
     """One LSTM step (see the module docstring): returns (h', c'), each (..., n, H)."""
-    hidden = anp.shape(w_x)[-1] // 4
-    _check(anp.shape(w_x)[-1] == 4 * hidden and anp.shape(w_h)[-1] == 4 * hidden,
-           f"lstm_cell: w_x {anp.shape(w_x)} and w_h {anp.shape(w_h)} need 4H columns")
-    _check(anp.ndim(h) >= 2 and anp.shape(h)[-1] == anp.shape(w_h)[-2],
-           f"lstm_cell: w_h {anp.shape(w_h)} expects h (..., n, {anp.shape(w_h)[-2]}); got {anp.shape(h)}")
-    _check(anp.ndim(c) >= 2 and anp.shape(c)[-1] == hidden,
-           f"lstm_cell: expects c (..., n, H={hidden}); got {anp.shape(c)}")
+    hidden = anp.shape(w_x)[-1] // 4 if anp.ndim(w_x) >= 2 else 0
+    if hidden < 1 or anp.ndim(w_h) < 2 or anp.shape(w_x)[-1] != 4 * hidden \
+            or anp.shape(w_h)[-1] != 4 * hidden:
+        raise ValueError(f"lstm_cell: w_x (..., d_in, 4H) {anp.shape(w_x)} and w_h (..., d_h, 4H) "
+                         f"{anp.shape(w_h)} need the same 4H ≥ 4 columns")
+    if anp.ndim(h) < 2 or anp.shape(h)[-1] != anp.shape(w_h)[-2]:
+        raise ValueError(f"lstm_cell: w_h {anp.shape(w_h)} expects h (..., n, {anp.shape(w_h)[-2]}); "
+                         f"got {anp.shape(h)}")
+    if anp.ndim(c) < 2 or anp.shape(c)[-1] != hidden:
+        raise ValueError(f"lstm_cell: expects c (..., n, H={hidden}); got {anp.shape(c)}")
     gates = dense(x, w_x, b) + anp.matmul(h, w_h)             # (..., n, 4H)
     i, f, g, o = (gates[..., k * hidden:(k + 1) * hidden] for k in range(4))
     c_next = sigmoid(f) * c + sigmoid(i) * anp.tanh(g)

@@ -46,7 +46,7 @@ def reduce(per_example, reduction):
         return anp.sum(per_example, axis=-1)
     if reduction == "none":
         return per_example
-    raise ValueError(f"reduction must be one of {REDUCTIONS} here; got {reduction!r}")
+    checks.choice("reduction", reduction, REDUCTIONS)       # raises: not one of them
 
 
 def mse(pred, target, reduction="mean", check=True):

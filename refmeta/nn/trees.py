@@ -10,12 +10,18 @@ deterministic.  Names follow openai/supervised-reptile's ``variables.py``:
     scale(a, s)             s * a
     interpolate(a, b, t)    a + t (b - a)        (Reptile's update)
     flatten(a)              one 1-D vector, and the function that undoes it
+    subtree(a, prefix)      the leaves "prefix.<name>", renamed "<name>"
+
+Trees combined leaf-wise must have the same keys and shapes; a mismatch raises ValueError
+naming the key.  ``flatten`` and ``mean`` refuse an empty tree / an empty list.
 """
 
 import autograd.numpy as anp
 
+from refmeta import checks
+
 __all__ = ["add", "subtract", "scale", "interpolate", "mean", "vdot", "zeros_like",
-           "map_tree", "check_same_keys", "flatten", "broadcast_tasks", "take_task"]
+           "map_tree", "check_same_keys", "flatten", "broadcast_tasks", "take_task", "subtree"]
 
 
 def check_same_keys(a, b):
@@ -23,7 +29,8 @@ def check_same_keys(a, b):
     if not isinstance(a, dict) or not isinstance(b, dict):
         raise TypeError(f"expected two dict trees; got {type(a).__name__} and {type(b).__name__}")
     if set(a) != set(b):
-        raise ValueError(f"trees have different keys: {sorted(a)} vs {sorted(b)}")
+        raise ValueError(f"trees have different keys: {sorted(set(a) - set(b))} only in the first, "
+                         f"{sorted(set(b) - set(a))} only in the second")
     for name in a:
         if anp.shape(a[name]) != anp.shape(b[name]):
             raise ValueError(f"parameter {name!r} has shape {anp.shape(a[name])} in one tree "
@@ -84,6 +91,7 @@ def broadcast_tasks(params, n_tasks):
     Differentiating through it sums the per-task gradients, which is exactly the
     meta-gradient of a sum over tasks.
     """
+    checks.integer("n_tasks", n_tasks, minimum=1)
     return {name: anp.broadcast_to(params[name][None], (n_tasks,) + anp.shape(params[name]))
             for name in sorted(params)}
 
@@ -99,6 +107,10 @@ def flatten(a):
     Returns:
         (vector, unflatten) where ``unflatten(vector)`` rebuilds the tree.
     """
+    if not isinstance(a, dict):
+        raise TypeError(f"flatten expects a dict tree; got {type(a).__name__}")
+    if not a:
+        raise ValueError("flatten of an empty tree: there is no leaf to concatenate")
     names = sorted(a)
     shapes = [anp.shape(a[name]) for name in names]
     sizes = [int(anp.size(a[name])) for name in names]
@@ -114,3 +126,11 @@ def flatten(a):
         return out
 
     return vector, unflatten
+
+
+def subtree(params, prefix):
+    """The leaves named ``prefix.<name>``, renamed ``<name>``: one sub-network of a tree.
+
+    ``subtree({"g.W": W, "f.W": V}, "g")`` is ``{"W": W}``.
+    """
+    return {name[len(prefix) + 1:]: v for name, v in params.items() if name.startswith(prefix + ".")}
