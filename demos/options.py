@@ -1,10 +1,39 @@
-"""What every demo's command line shares: sizes that --fast shrinks, integer options with a
-floor, the Omniglot folders, ``main``, and figures that are skipped when matplotlib is missing."""
+"""What every demo's command line shares: option types that refuse bad values, sizes that
+--fast shrinks, the Omniglot folders, the output folder, the 95% confidence interval, ``main``,
+and figures that are skipped when matplotlib is missing.
+
+Bad input is a ``UsageError`` (a ValueError): a bad option (argparse's own errors too, through
+``Parser``), a data folder without its files, an output folder that cannot be written, data
+that cannot be read.  ``refmeta demo NAME`` and ``python demos/NAME.py`` print its message as
+one line and exit with status 2; nothing is trained first.
+"""
 
 import argparse
+import contextlib
+import math
 import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+EXIT_USAGE = 2  # argparse's status for a bad command line
 
 
+class UsageError(ValueError):
+    """A bad option, data folder or output folder; the command line prints it as one line."""
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are UsageError (one line at the command line), not
+    argparse's usage text and exit; ``--help`` still prints the help."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+# ----- option types -----
 def integer_at_least(minimum):
     """An argparse type: an int >= minimum, or a usage error naming both."""
     def parse(text):
@@ -16,6 +45,25 @@ def integer_at_least(minimum):
     return parse
 
 
+def _float_type(accepts, expected):
+    """An argparse type: a float for which ``accepts(value)`` holds (NaN and ±inf never do)."""
+    def parse(text):
+        value = float(text)
+        if not (math.isfinite(value) and accepts(value)):
+            raise argparse.ArgumentTypeError(f"expected {expected}; got {text}")
+        return value
+    parse.__name__ = "float"  # argparse: "invalid float value: 'x'" for text that is no number
+    return parse
+
+
+finite_float = _float_type(lambda x: True, "a finite number")
+positive_float = _float_type(lambda x: x > 0, "a finite number > 0")
+nonnegative_float = _float_type(lambda x: x >= 0, "a finite number >= 0")
+probability = _float_type(lambda x: 0 <= x <= 1, "a number in [0, 1]")
+seed = integer_at_least(0)  # numpy.random.default_rng takes no negative seed
+
+
+# ----- sizes, folders and input errors -----
 def add_size_switches(parser, fast, figures="the learning-curve figure"):
     """--fast (the sizes ``fast``, a run of seconds for the tests) and --no-plots."""
     described = ", ".join(f"{name.replace('_', '-')} {value}" for name, value in fast.items())
@@ -38,6 +86,62 @@ def sizes(args, full, fast):
             for name, value in defaults.items()}
 
 
+def check_data_folder(folder, names):
+    """UsageError unless ``folder`` is a folder holding every file in ``names``."""
+    folder = Path(folder)
+    missing = [name for name in names if not (folder / name).is_file()]
+    if missing:
+        raise UsageError(f"--data {folder}: expected a folder holding {', '.join(names)}; "
+                         f"{'it is not a folder' if not folder.is_dir() else 'missing ' + ', '.join(missing)}")
+
+
+def check_out_folder(folder):
+    """Create the output folder and write a file there (removed at once), or UsageError: an
+    output folder that cannot be written is found before any training."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise UsageError(f"--out {folder}: cannot create or write the output folder "
+                         f"({error.strerror or error})") from None
+
+
+def check_needs(*needs):
+    """UsageError for the first ``(what, needed, available, of_what)`` with needed > available:
+    the episodes an option asks for against what the data holds."""
+    for what, needed, available, of_what in needs:
+        if needed > available:
+            raise UsageError(f"{what}: needs {needed} {of_what}; the data has {available}")
+
+
+@contextlib.contextmanager
+def input_errors():
+    """Inside, a ValueError, TypeError or OSError is the user's input (an option, a data file):
+    it is raised again as a UsageError with the same message."""
+    try:
+        yield
+    except UsageError:
+        raise
+    except OSError as error:
+        where = f"{error.filename}: " if error.filename and error.strerror else ""
+        raise UsageError(f"{where}{error.strerror if where else error}") from error
+    except (ValueError, TypeError) as error:
+        raise UsageError(str(error)) from error
+
+
+# ----- results -----
+def mean_and_ci95(values):
+    """(mean, half-width of the 95% confidence interval) of 1-D ``values``:
+    1.96 · std / √n with the sample standard deviation (ddof = 1); NaN for n = 1."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 1 or values.size == 0:
+        raise ValueError(f"mean_and_ci95 needs a non-empty 1-D array; got shape {values.shape}")
+    n = values.size
+    spread = float(np.std(values, ddof=1)) if n > 1 else math.nan
+    return float(np.mean(values)), 1.96 * spread / math.sqrt(n)
+
+
 def figure(figsize):
     """A matplotlib Figure, or None after saying so when matplotlib is not installed."""
     try:
@@ -48,9 +152,20 @@ def figure(figsize):
     return Figure(figsize=figsize)
 
 
+# ----- running a demo -----
+def parser(prog, description):
+    """The demo's parser: its docstring as the help, errors as UsageError."""
+    return Parser(prog=prog, description=description,
+                  formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def main(description, add_arguments, run, argv=None):
-    """Parse argv with the demo's options (its module docstring as the help) and run it."""
-    parser = argparse.ArgumentParser(description=description,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    """Parse argv with the demo's options (its module docstring as the help) and run it.
+    A UsageError is printed as one line, ``PROG: error: MESSAGE``, and exits with status 2."""
+    demo_parser = parser(None, description)
+    add_arguments(demo_parser)
+    try:
+        return run(demo_parser.parse_args(argv))
+    except UsageError as error:
+        print(f"{demo_parser.prog}: error: {error}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None

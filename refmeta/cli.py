@@ -13,11 +13,25 @@ handler returns the exit status.  A new subcommand is one more such function.
 
 A demo is a module with a docstring (its first line is the description listed
 here), ``add_arguments(parser)``, ``run(args) -> dict`` and ``main()``.
+
+Errors are one line on stderr, never a traceback:
+    refmeta: error: MESSAGE        a bad command line, demo option, data folder, data file or
+                                   output folder (``refmeta.demos.options.UsageError``);
+                                   exit status 2, found before any training
+    refmeta cases export: MESSAGE  a case that cannot be written; exit status 1
+                                   (130 after Ctrl-C, 143 after SIGTERM; every case left is whole)
+    refmeta verify: MESSAGE        exit status 2 when nothing can be compared, 1 when
+                                   verification fails (``refmeta.cases.verify``)
 """
 
 import argparse
+import contextlib
 import importlib
+import signal
 import sys
+import threading
+
+from refmeta.demos import options
 
 # name -> module; `refmeta demo NAME` imports the module only when it runs.
 DEMOS = {
@@ -29,18 +43,22 @@ DEMOS = {
     "metanet-omniglot": "refmeta.demos.metanet_omniglot",
 }
 
-EXIT_USAGE = 2  # argparse's status for a bad command line
+EXIT_USAGE = options.EXIT_USAGE  # 2, argparse's status for a bad command line
+EXIT_INTERRUPTED, EXIT_TERMINATED = 128 + signal.SIGINT, 128 + signal.SIGTERM
 
 
 def main(argv=None):
     """Parse ``argv`` (default: sys.argv[1:]), run the subcommand, return its exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except options.UsageError as error:
+        print(f"refmeta: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = options.Parser(
         prog="refmeta", description="Reference meta-learning in NumPy + autograd.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_demo_command(subparsers)
@@ -64,10 +82,12 @@ def _run_demo_command(args):
         print(format_demo_list())
         return 0
     if args.name not in DEMOS:
-        print(f"refmeta demo: unknown demo {args.name!r}; available: {', '.join(sorted(DEMOS))}",
-              file=sys.stderr)
-        return EXIT_USAGE
-    run_demo(args.name, args.demo_args)
+        raise options.UsageError(f"unknown demo {args.name!r}; available: {', '.join(sorted(DEMOS))}")
+    try:
+        run_demo(args.name, args.demo_args)
+    except KeyboardInterrupt:
+        print(f"refmeta demo {args.name}: interrupted; the files written are whole", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0
 
 
@@ -89,17 +109,43 @@ def _run_cases_list(args):
     return 0
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised where the program is (as Ctrl-C raises KeyboardInterrupt)."""
+
+
+@contextlib.contextmanager
+def sigterm_raises():
+    """Inside, SIGTERM raises Terminated, so ``finally`` clauses clean up; a second SIGTERM
+    during that clean-up is ignored.  The old handler is restored on the way out.  Only the
+    main thread can set handlers: elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated(signum)
+
+    old = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if old is None else old)
+
+
 def _run_cases_export(args):
     from refmeta import cases
     try:
-        paths = cases.export(args.directory, args.case_ids or None)
+        with sigterm_raises():
+            paths = cases.export(args.directory, args.case_ids or None)
     except cases.CaseError as error:
         print(f"refmeta cases export: {error}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("refmeta cases export: interrupted; every case in the directory is whole",
+    except (KeyboardInterrupt, Terminated) as stop:
+        what = "interrupted" if isinstance(stop, KeyboardInterrupt) else "terminated"
+        print(f"refmeta cases export: {what}; every case in the directory is whole",
               file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED if isinstance(stop, KeyboardInterrupt) else EXIT_TERMINATED
     print(f"wrote {len(paths)} case(s) to {args.directory}: " + ", ".join(args.case_ids or ["all"]))
     return 0
 
@@ -120,10 +166,10 @@ def _verify_main(case, theirs):
 
 
 def run_demo(name, argv):
-    """Parse ``argv`` with the demo's own parser and run it; returns its results dict."""
+    """Parse ``argv`` with the demo's own parser and run it; returns its results dict.
+    A bad option, data folder or output folder raises ``options.UsageError``."""
     module = importlib.import_module(DEMOS[name])
-    parser = argparse.ArgumentParser(prog=f"refmeta demo {name}", description=module.__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = options.parser(f"refmeta demo {name}", module.__doc__)
     module.add_arguments(parser)
     return module.run(parser.parse_args(argv))
 

@@ -285,3 +285,65 @@ def test_ctrl_c_during_cli_export_exits_130_with_a_message(tmp_path, monkeypatch
     assert cli.main(["cases", "export", str(tmp_path)]) == 130
     assert "interrupted; every case in the directory is whole" in capsys.readouterr().err
     assert os.listdir(tmp_path) == []
+
+
+def test_a_repeated_case_id_is_named_and_nothing_is_written(tmp_path):
+    case_id = "maml-sinusoid-k1-first-order"
+    with pytest.raises(cases.CaseError, match=f"case\\(s\\) '{case_id}' given more than once"):
+        cases.export(str(tmp_path), [case_id, "reptile-sinusoid-serial", case_id])
+    assert os.listdir(tmp_path) == []
+    result = refmeta("cases", "export", str(tmp_path), case_id, case_id)
+    assert result.returncode == 1 and os.listdir(tmp_path) == []
+    assert result.stderr.splitlines() == [f"refmeta cases export: case(s) '{case_id}' given more than "
+                                          "once; name each case once"]
+
+
+# Exports in a child process whose every file write, once done, is followed by a long pause:
+# the test signals it while a case is half written in the staging folder.
+PAUSING_EXPORT = """
+import os, sys, time
+from refmeta import cases, cli
+real_write = cases._write
+
+def write(path, data):
+    real_write(path, data)
+    open(sys.argv[2], "w").close()          # tell the test: a staging file exists now
+    time.sleep(120)
+
+cases._write = write
+sys.exit(cli.main(["cases", "export", sys.argv[1]]))
+"""
+
+
+def test_sigterm_during_cli_export_leaves_the_directory_as_it_was(tmp_path):
+    import signal
+    import time
+    directory, marker = tmp_path / "cases", tmp_path / "written"
+    cases.export(str(directory), ["reptile-sinusoid-serial"])
+    before = {n: (directory / n).read_bytes() for n in os.listdir(directory)}
+    child = subprocess.Popen([sys.executable, "-c", PAUSING_EXPORT, str(directory), str(marker)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists() and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert marker.exists(), child.communicate(timeout=10)
+        staging = [n for n in os.listdir(directory) if n.startswith(".refmeta-export-")]
+        assert len(staging) == 1 and os.listdir(directory / staging[0])   # a partial export
+        child.send_signal(signal.SIGTERM)
+        out, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 128 + signal.SIGTERM
+    assert err.splitlines() == ["refmeta cases export: terminated; every case in the directory is whole"]
+    assert {n: (directory / n).read_bytes() for n in os.listdir(directory)} == before
+    _assert_whole_cases_only(directory)
+
+
+def test_cli_export_restores_the_sigterm_handler(tmp_path):
+    import signal
+    before = signal.getsignal(signal.SIGTERM)
+    from refmeta import cli
+    assert cli.main(["cases", "export", str(tmp_path), "maml-sinusoid-k1-first-order"]) == 0
+    assert signal.getsignal(signal.SIGTERM) is before

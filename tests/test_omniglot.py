@@ -59,7 +59,7 @@ def write_zip(path, members):
     return path
 
 
-def tiny_members(seed=0, n_drawings=4, side=21):
+def tiny_members(seed=0, n_drawings=4, side=105):
     rng = np.random.default_rng(seed)
     names = [f"images_tiny/{alphabet}/character{c:02d}/{c:04d}_{d:02d}.png"
              for alphabet in ("Alpha", "Beta") for c in (1, 2, 3) for d in range(1, n_drawings + 1)]
@@ -129,13 +129,69 @@ def test_an_interrupted_cache_write_leaves_no_file(tmp_path, monkeypatch):
     assert [p.suffix for p in cache.iterdir()] == [".npz"]
 
 
-def test_an_unreadable_cache_file_is_rebuilt(tmp_path):
+def _npy_bytes(array):
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def _npz_bytes(arrays):
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def _absurd_images_header(arrays):
+    """The cache NPZ with images.npy replaced by a header declaring 10⁶×10⁶×7×7 float32, and 8 bytes."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False,
+                                                   "shape": (10**6, 10**6, 7, 7)})
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, array in arrays.items():
+            if name != "images":
+                archive.writestr(name + ".npy", _npy_bytes(array))
+        archive.writestr("images.npy", header.getvalue() + bytes(8))
+    return buffer.getvalue()
+
+
+def _edited(arrays, **changes):
+    return _npz_bytes({**arrays, **changes})
+
+
+# Each builds wrong cache bytes from the right cache's arrays; every one keeps the zip's SHA-256
+# and the version, so only the checks of the contents can catch it.
+WRONG_CACHES = {
+    "empty file": lambda a, raw: b"",
+    "truncated file": lambda a, raw: raw[: len(raw) // 2],
+    "garbage": lambda a, raw: b"garbage",
+    "a .npy, not an NPZ": lambda a, raw: _npy_bytes(a["images"]),
+    "float64 images": lambda a, raw: _edited(a, images=a["images"].astype(np.float64)),
+    "images of another size": lambda a, raw: _edited(a, images=a["images"][..., :6, :6]),
+    "a drawing missing": lambda a, raw: _edited(a, images=a["images"][:, 1:]),
+    "a class missing": lambda a, raw: _edited(a, images=a["images"][1:], alphabets=a["alphabets"][1:],
+                                              characters=a["characters"][1:]),
+    "another class's name": lambda a, raw: _edited(a, characters=np.array(["x"] * len(a["characters"]))),
+    "values above 1": lambda a, raw: _edited(a, images=a["images"] * 2 + 0.5),
+    "negative values": lambda a, raw: _edited(a, images=a["images"] - 0.5),
+    "NaN": lambda a, raw: _edited(a, images=np.where(a["images"] > 0, np.float32(np.nan), a["images"])),
+    "an absurd images header": lambda a, raw: _absurd_images_header(a),
+}
+
+
+@pytest.mark.parametrize("wrong", list(WRONG_CACHES))
+def test_a_wrong_cache_is_rebuilt_not_trusted_for_its_sha(tmp_path, wrong):
     path, cache = write_zip(tmp_path / "tiny.zip", tiny_members()), tmp_path / "cache"
     expected = omniglot.load_characters(path, image_size=7, cache_dir=cache)
     (cache_file,) = cache.iterdir()
-    cache_file.write_bytes(b"garbage")
-    np.testing.assert_array_equal(omniglot.load_characters(path, image_size=7, cache_dir=cache).images,
-                                  expected.images)
+    raw = cache_file.read_bytes()
+    with np.load(cache_file) as data:
+        arrays = {key: data[key] for key in data.files}
+    cache_file.write_bytes(WRONG_CACHES[wrong](arrays, raw))
+    again = omniglot.load_characters(path, image_size=7, cache_dir=cache)
+    np.testing.assert_array_equal(again.images, expected.images)
+    assert again.names == expected.names
+    assert cache_file.read_bytes() == raw and os.listdir(cache) == [cache_file.name]  # rebuilt whole
 
 
 def _truncated(members):
@@ -154,6 +210,8 @@ def _truncated(members):
     ("empty zip", ValueError, "holds none"),
     ("ragged drawings", ValueError, "same number of drawings"),
     ("bad png", ValueError, "not a readable PNG"),
+    ("drawing of another size", ValueError,
+     r"member 'images_tiny/Alpha/character01/0001_01.png' is 21×21 pixels; Omniglot drawings are 105×105"),
 ])
 def test_bad_zips_raise_naming_the_path_and_leave_no_cache(tmp_path, case, error, message):
     path, cache, members = tmp_path / "bad.zip", tmp_path / "cache", tiny_members()
@@ -169,6 +227,9 @@ def test_bad_zips_raise_naming_the_path_and_leave_no_cache(tmp_path, case, error
         write_zip(path, dict(list(members.items())[:-1]))
     elif case == "bad png":
         write_zip(path, {**members, "images_tiny/Alpha/character01/0001_01.png": b"not a png"})
+    elif case == "drawing of another size":
+        small = png(np.eye(21, dtype=bool))
+        write_zip(path, {**members, "images_tiny/Alpha/character01/0001_01.png": small})
     with pytest.raises(error, match=message) as raised:
         omniglot.load_characters(path, image_size=7, cache_dir=cache)
     assert str(path) in str(raised.value)
@@ -422,10 +483,11 @@ def test_an_identity_embedding_is_pixel_nearest_neighbour():
     np.testing.assert_array_equal(by_embedding.per_run, by_pixels.per_run)
 
 
-@pytest.mark.parametrize("case", ["no labels", "label names a missing image", "not a zip"])
+@pytest.mark.parametrize("case", ["no labels", "label names a missing image", "not a zip", "missing",
+                                  "empty file", "truncated", "a folder", "drawing of another size"])
 def test_bad_runs_zips_raise_naming_the_path(tmp_path, case):
     path = tmp_path / "runs.zip"
-    image = png(np.eye(5, dtype=bool))
+    image = png(np.eye(105, dtype=bool))
     members = {"run01/training/class01.png": image, "run01/training/class02.png": image,
                "run01/test/item01.png": image,
                "run01/class_labels.txt": b"run01/test/item01.png run01/training/class02.png\n"}
@@ -435,8 +497,52 @@ def test_bad_runs_zips_raise_naming_the_path(tmp_path, case):
     elif case == "label names a missing image":
         wrong = b"run01/test/item01.png run01/training/class09.png"
         write_zip(path, {**members, "run01/class_labels.txt": wrong})
-    else:
+    elif case == "not a zip":
         path.write_bytes(b"nope")
-    with pytest.raises(ValueError) as raised:
+    elif case == "missing":
+        path.unlink()
+    elif case == "empty file":
+        path.write_bytes(b"")
+    elif case == "truncated":
+        path.write_bytes(path.read_bytes()[:-40])
+    elif case == "a folder":
+        path.unlink()
+        path.mkdir()
+    else:
+        write_zip(path, {**members, "run01/test/item01.png": png(np.eye(28, dtype=bool))})
+    error, message = {"no labels": (ValueError, "no runNN/class_labels.txt found"),
+                      "label names a missing image": (ValueError, "must map each of the 1 test images"),
+                      "missing": (FileNotFoundError, "no such file; expected Lake's all_runs.zip"),
+                      "a folder": (FileNotFoundError, "not a file; expected Lake's all_runs.zip"),
+                      "drawing of another size": (ValueError, "'run01/test/item01.png' is 28×28 pixels"),
+                      }.get(case, (ValueError, "not a readable zip"))
+    with pytest.raises(error, match=message) as raised:
         lake_runs.load_lake_runs(path)
     assert str(path) in str(raised.value)
+
+
+@pytest.mark.parametrize("predicted, labels, error, message", [
+    (np.array([0, 2, 20]), np.array([0, 1, 2]), ValueError, r"predicted: labels must be in 0..19 .* to 20"),
+    (np.array([0, -1, 2]), np.array([0, 1, 2]), ValueError, r"predicted: labels must be in 0..19"),
+    (np.array([0, 1, 2]), np.array([0, 1, 25]), ValueError, r"labels: labels must be in 0..19"),
+    (np.array([0.0, 1.0, 2.0]), np.array([0, 1, 2]), TypeError, "predicted: class labels must be integers"),
+    (np.array([0, 1, 2]), np.array([0.5, 1, 2]), TypeError, "labels: class labels must be integers"),
+    (np.array([0, 1, 2]), np.array([0, 1]), ValueError, r"labels must have shape \(3,\); got \(2,\)"),
+    (np.zeros(0, int), np.zeros(0, int), ValueError, r"n_test >= 1; got shape \(0,\)"),
+])
+def test_percent_error_refuses_labels_out_of_range_or_not_integers(predicted, labels, error, message):
+    assert lake_runs.percent_error(np.array([0, 1, 3, 3]), np.array([0, 1, 2, 3]), 20) == 25.0
+    with pytest.raises(error, match=message):
+        lake_runs.percent_error(predicted, labels, 20)
+
+
+def test_the_protocol_refuses_runs_whose_true_labels_are_wrong():
+    images = np.zeros((3, 4, 4))
+    score = lambda test, train: np.zeros((len(test), len(train)))
+    for labels, error, message in ((np.array([0, 1, 3]), ValueError, r"run01 labels: labels must be in 0..2"),
+                                   (np.array([0.0, 1.0, 2.0]), TypeError, "run01 labels: class labels must be integers"),
+                                   (np.array([0, 1]), ValueError, r"run01 labels must have shape \(3,\)")):
+        with pytest.raises(error, match=message):
+            lake_runs.evaluate_runs([lake_runs.LakeRun("run01", images, images, labels)], score)
+    with pytest.raises(ValueError, match="runs is empty"):
+        lake_runs.evaluate_runs((), score)

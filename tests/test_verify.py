@@ -3,8 +3,10 @@
 import io
 import json
 import os
+import pickle
 import subprocess
 import sys
+import zipfile
 
 import numpy as np
 import pytest
@@ -228,14 +230,98 @@ def test_missing_and_unreadable_files_are_errors(case_dir, tmp_path):
     assert status == 2 and "single .npy array, not an NPZ" in err
 
 
+def npy_bytes(array):
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def write_zip(path, members):
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return path
+
+
+def absurd_header(shape=(10**6, 10**6)):
+    """A .npy header declaring a float64 array of ``shape`` (8 TB), followed by 8 bytes."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": shape})
+    return header.getvalue() + bytes(8)
+
+
+NOT_ARRAYS = {
+    "text named .npy": ({"meta_loss.npy": b"0.25\n"}, "member 'meta_loss.npy' is not a NumPy array"),
+    "a pickle named .npy": ({"meta_loss.npy": pickle.dumps({"meta_loss": 0.25})},
+                            "member 'meta_loss.npy' is not a NumPy array"),
+    "a text file": ({"meta_loss.npy": npy_bytes(np.zeros(())), "notes.txt": b"hi"},
+                    "member 'notes.txt' is not a .npy array"),
+    "a broken header": ({"meta_loss.npy": b"\x93NUMPY\x01\x00\x10\x00{'descr': 1"},
+                        "member 'meta_loss.npy' has no readable .npy header"),
+    "data cut short": ({"meta_loss.npy": npy_bytes(np.zeros(4))[:-8]},
+                       "declares a float64 array of shape (4,) (32 bytes) but holds 24 bytes"),
+    "an absurd header": ({"meta_loss.npy": absurd_header()},
+                         "declares a float64 array of shape (1000000, 1000000) (8000000000000 bytes) "
+                         "but holds 8 bytes"),
+}
+
+
+@pytest.mark.parametrize("kind", list(NOT_ARRAYS))
+def test_an_npz_whose_members_are_not_arrays_is_refused_in_one_line(case, tmp_path, monkeypatch, kind):
+    members, message = NOT_ARRAYS[kind]
+    loads = []
+    real_read_array = np.lib.format.read_array
+    monkeypatch.setattr(np.lib.format, "read_array",
+                        lambda f, **kw: loads.append(f.name) or real_read_array(f, **kw))
+    status, out, err = run_verify(case[0], write_zip(tmp_path / "theirs.npz", members))
+    assert status == 2 and message in err and out == ""
+    assert err.count("\n") == 1 and err.startswith("refmeta verify: outputs file ")
+    if kind in ("an absurd header", "data cut short", "a broken header"):
+        assert "meta_loss.npy" not in loads     # refused by its header alone: nothing allocated
+
+
+def test_an_absurd_header_in_the_case_npz_is_refused_too(case_dir, tmp_path):
+    path = copy_case(case_dir, tmp_path, lambda d: d.pop("npz_sha256"))
+    with np.load(tmp_path / "case.npz") as f:
+        members = {key + ".npy": npy_bytes(f[key]) for key in f.files}
+    members["outputs/meta_loss.npy"] = absurd_header((10**9,))
+    write_zip(tmp_path / "case.npz", members)
+    status, _, err = run_verify(path, case_dir / f"{CASE_ID}.npz")
+    assert status == 2 and "case NPZ" in err and "declares a float64 array of shape (1000000000,)" in err
+
+
+def test_a_deeply_nested_json_is_refused_without_a_recursion_error(case_dir, tmp_path):
+    for depth in (verify.MAX_JSON_DEPTH + 1, 100_000):
+        (tmp_path / "deep.json").write_text("[" * depth + "]" * depth)
+        status, out, err = run_verify(tmp_path / "deep.json", case_dir / f"{CASE_ID}.npz")
+        assert status == 2 and f"nests arrays and objects more than {verify.MAX_JSON_DEPTH} deep" in err
+        assert err.count("\n") == 1 and out == ""
+    assert verify._nesting_depth('{"a": [1, {"b": "[[[{\\"}"}]}') == 3    # brackets in strings skipped
+    (tmp_path / "shallow.json").write_text("[" * verify.MAX_JSON_DEPTH + "]" * verify.MAX_JSON_DEPTH)
+    assert "is not a refmeta case" in run_verify(tmp_path / "shallow.json", case_dir / f"{CASE_ID}.npz")[2]
+
+
+def test_swapped_arguments_are_named_as_such(case_dir):
+    status, _, err = run_verify(case_dir / f"{CASE_ID}.npz", case_dir / f"{CASE_ID}.json")
+    assert status == 2 and "is an NPZ or .npy file, not a case's JSON: the arguments are CASE.json THEIRS.npz" in err
+
+
 def test_the_command_line_prints_messages_and_never_a_traceback(case_dir, tmp_path):
     (tmp_path / "bad.json").write_text("{")
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
     np.savez(tmp_path / "theirs.npz", meta_loss=np.zeros(()))
-    for argv, status in (([str(tmp_path / "bad.json"), str(tmp_path / "theirs.npz")], 2),
-                         ([str(case_dir / f"{CASE_ID}.json"), str(tmp_path / "theirs.npz")], 1),
-                         ([str(case_dir / f"{CASE_ID}.json"), str(case_dir / f"{CASE_ID}.npz")], 0)):
+    write_zip(tmp_path / "huge.npz", {"meta_loss.npy": absurd_header()})
+    good, theirs = str(case_dir / f"{CASE_ID}.json"), str(tmp_path / "theirs.npz")
+    for argv, status in (([str(tmp_path / "bad.json"), theirs], 2),
+                         ([str(tmp_path / "deep.json"), theirs], 2),
+                         ([str(tmp_path / "missing.json"), theirs], 2),
+                         ([good, str(tmp_path / "huge.npz")], 2),
+                         ([theirs, good], 2),
+                         ([good, theirs], 1),
+                         ([good, str(case_dir / f"{CASE_ID}.npz")], 0)):
         result = subprocess.run([sys.executable, "-m", "refmeta", "verify", *argv],
                                 capture_output=True, text=True, timeout=120)
         assert result.returncode == status, result.stderr
         assert "Traceback" not in result.stderr
         assert status == 0 or result.stderr.startswith("refmeta verify: ")
+        assert status != 2 or len(result.stderr.splitlines()) == 1, result.stderr

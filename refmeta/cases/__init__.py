@@ -14,7 +14,7 @@ The registry.  ``CASES`` maps a case id to a *builder*: a function of no argumen
     model            JSON-able description complete enough to rebuild the network
                      (``layers.mlp_describe`` / ``layers.conv4_describe``)
     loss             JSON-able: the per-example loss and what its labels/targets are
-    conventions      JSON-able: every convention REFERENCE-NOTES lists; the ones that do not
+    conventions      JSON-able: every convention in REQUIRED_CONVENTIONS; the ones that do not
                      apply say "not applicable: <why>" rather than being left out
     hyperparameters  JSON-able: step sizes, step counts, sizes
     procedure        list of str: the computation, step by step, in terms of the array names
@@ -52,7 +52,8 @@ from refmeta.cases.parts import NOT_APPLICABLE, Array, default_tolerance, group_
 FORMAT = "refmeta.case/1"
 BUILDER_KEYS = ("algorithm", "description", "seed", "model", "loss", "conventions",
                 "hyperparameters", "procedure", "inputs", "outputs")
-# REFERENCE-NOTES' list of conventions every case records (a value, or "not applicable: why")
+# The choices where papers and implementations disagree (docs/reference-cases.md, Conventions):
+# every case records each of them, with a value or "not applicable: why"
 REQUIRED_CONVENTIONS = ("task_reduction", "inner_reduction", "query_reduction", "inner_steps",
                         "test_inner_steps", "first_order", "batch_norm", "adapt_bn", "sinusoid",
                         "rotations", "distance", "inner_optimizer_state")
@@ -150,18 +151,25 @@ def export(directory, case_ids=None, report=None):
     (os.replace).  The JSON is the case's commit record, and it names its NPZ's sha256: an
     interrupted export leaves whole cases, old or new, and at most an NPZ without a JSON,
     which is no case.  ``report(case_id)`` is called as each case is built.
-    Raises CaseError for an unknown id or a directory that cannot be written.
+    Raises CaseError for an unknown id, an id given twice, or a directory that cannot be
+    written.  Whatever stops it (an error, Ctrl-C, SIGTERM under ``refmeta cases export``),
+    the staging folder is removed.
     """
     case_ids = list(CASES) if case_ids is None else list(case_ids)
     unknown = [case_id for case_id in case_ids if case_id not in CASES]
     if unknown:
         raise CaseError(f"unknown case(s) {', '.join(map(repr, unknown))}; known: {', '.join(CASES)}")
+    repeated = sorted({case_id for case_id in case_ids if case_ids.count(case_id) > 1})
+    if repeated:
+        raise CaseError(f"case(s) {', '.join(map(repr, repeated))} given more than once; name each "
+                        "case once")
     try:
         os.makedirs(directory, exist_ok=True)
-        staging = tempfile.mkdtemp(prefix=".refmeta-export-", dir=directory)
     except OSError as error:
         raise CaseError(f"cannot write cases to {directory!r}: {error.strerror or error}") from None
+    staging = None
     try:
+        staging = tempfile.mkdtemp(prefix=".refmeta-export-", dir=directory)
         for case_id in case_ids:
             if report is not None:
                 report(case_id)
@@ -177,7 +185,8 @@ def export(directory, case_ids=None, report=None):
     except OSError as error:
         raise CaseError(f"cannot write cases to {directory!r}: {error}") from None
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
     return [os.path.join(directory, case_id + ".json") for case_id in case_ids]
 
 

@@ -18,20 +18,30 @@ the same place; ±inf passes only against the same infinity.  The table shows, p
 Exit status: 0 every output passes; 1 verification failed (an output out of tolerance, or
 THEIRS.npz has missing, extra, misshapen or non-float arrays); 2 nothing could be compared
 (an unreadable or malformed case, a missing NPZ, THEIRS.npz not an NPZ).
+
+Nothing in the files is trusted before it is checked: the JSON's nesting is capped
+(``MAX_JSON_DEPTH``) before it is parsed; every NPZ member must be a ``<name>.npy`` array whose
+header declares as many bytes as the member holds, checked before any array is allocated;
+object arrays are reported by their dtype and never unpickled.
 """
 
 import hashlib
+import itertools
 import json
 import math
 import os
+import re
 import sys
 import zipfile
+import zlib
 
 import numpy as np
 
 from refmeta import cases
 
 EXIT_PASS, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
+MAX_JSON_DEPTH = 64  # a case nests 6 deep; Python's parser recurses once per level
+NPY_MAGIC, ZIP_MAGIC = b"\x93NUMPY", b"PK\x03\x04"
 REQUIRED = ("format", "id", "algorithm", "description", "refmeta_version", "model", "conventions",
             "hyperparameters", "inputs", "outputs")
 
@@ -42,13 +52,7 @@ class VerifyError(Exception):
 
 def load_case(json_path):
     """(document, {"inputs/<name>": array, "outputs/<name>": array}) of a case, checked whole."""
-    try:
-        with open(json_path, encoding="utf-8") as f:
-            document = json.load(f)
-    except OSError as error:
-        raise VerifyError(f"cannot read case {json_path}: {error.strerror or error}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise VerifyError(f"case {json_path} is not valid JSON: {error}") from None
+    document = _read_json(json_path)
     _check_document(document, json_path)
     npz_path = os.path.splitext(json_path)[0] + ".npz"
     if not os.path.isfile(npz_path):
@@ -71,6 +75,36 @@ def load_case(json_path):
             raise VerifyError(f"case NPZ {npz_path}: {key} is {arrays[key].dtype} "
                               f"{arrays[key].shape}; the JSON says float64 {tuple(entry['shape'])}")
     return document, arrays
+
+
+def _read_json(path):
+    """The parsed JSON of a case file, or VerifyError: unreadable, an NPZ, not JSON, too deep."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as error:
+        raise VerifyError(f"cannot read case {path}: {error.strerror or error}") from None
+    if raw.startswith((ZIP_MAGIC, NPY_MAGIC)):
+        raise VerifyError(f"case {path} is an NPZ or .npy file, not a case's JSON: the arguments "
+                          "are CASE.json THEIRS.npz, in that order")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise VerifyError(f"case {path} is not valid JSON: {error}") from None
+    if _nesting_depth(text) > MAX_JSON_DEPTH:
+        raise VerifyError(f"case {path} nests arrays and objects more than {MAX_JSON_DEPTH} deep; "
+                          "a refmeta case nests 6 deep")
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as error:
+        raise VerifyError(f"case {path} is not valid JSON: {error}") from None
+
+
+def _nesting_depth(text):
+    """The deepest nesting of [ and { in JSON text, strings skipped (no parsing, no recursion)."""
+    skeleton = re.sub(r'"(?:[^"\\]|\\.)*"', "", text)
+    steps = (1 if c in "[{" else -1 for c in skeleton if c in "[]{}")
+    return max(itertools.accumulate(steps), default=0)
 
 
 def _check_document(document, path):
@@ -108,27 +142,68 @@ def _entry_problem(entry, is_output):
 
 
 def _read_npz(path, what):
-    """{key: array} of an NPZ, with object arrays refused (no pickles are ever loaded)."""
+    """{key: array} of an NPZ, every member checked before it is loaded (see the docstring)."""
     try:
-        loaded = np.load(path, allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):
+        with open(path, "rb") as f:
+            start = f.read(len(NPY_MAGIC))
+        if start == NPY_MAGIC:
             raise VerifyError(f"{what} {path} is a single .npy array, not an NPZ "
                               "(write it with numpy.savez(path, **{name: array}))")
-        with loaded as npz:
-            return {key: _load_member(npz, key) for key in npz.files}
+        with zipfile.ZipFile(path) as archive:
+            members = [info for info in archive.infolist() if not info.is_dir()]
+            names = [info.filename for info in members]
+            repeated = sorted({name for name in names if names.count(name) > 1})
+            if repeated:
+                raise VerifyError(f"{what} {path} holds more than one member named {repeated}")
+            return {info.filename[:-len(".npy")]: _read_member(archive, info, f"{what} {path}")
+                    for info in members}
     except VerifyError:
         raise
     except OSError as error:
         raise VerifyError(f"cannot read {what} {path}: {error.strerror or error}") from None
-    except (ValueError, EOFError, zipfile.BadZipFile) as error:
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, NotImplementedError,
+            RuntimeError) as error:
         raise VerifyError(f"{what} {path} is not an NPZ file (numpy.savez): {error}") from None
 
 
-def _load_member(npz, key):
+def _read_member(archive, info, where):
+    """One member's array; an object array comes back as a 0-d placeholder, never unpickled."""
+    name = info.filename
+    if not name.endswith(".npy"):
+        raise VerifyError(f"{where}: member {name!r} is not a .npy array (numpy.savez writes "
+                          "<name>.npy members only)")
+    with archive.open(info) as member:
+        if member.read(len(NPY_MAGIC)) != NPY_MAGIC:
+            raise VerifyError(f"{where}: member {name!r} is not a NumPy array (no .npy header)")
+    with archive.open(info) as member:
+        shape, dtype, header_size = _npy_header(member, name, where)
+        if dtype.hasobject:
+            return np.array(None, dtype=object)     # reported as non-float; nothing unpickled
+        declared = math.prod(shape) * dtype.itemsize
+        if declared != info.file_size - header_size:
+            raise VerifyError(f"{where}: member {name!r} declares a {dtype} array of shape "
+                              f"{shape} ({declared} bytes) but holds {info.file_size - header_size} "
+                              "bytes of data")
+    with archive.open(info) as member:
+        try:
+            return np.lib.format.read_array(member, allow_pickle=False)
+        except (ValueError, EOFError, zlib.error, zipfile.BadZipFile) as error:
+            raise VerifyError(f"{where}: member {name!r} cannot be read: {error}") from None
+
+
+def _npy_header(member, name, where):
+    """(shape, dtype, header size in bytes) from a .npy header, reading nothing else."""
     try:
-        return npz[key]
-    except ValueError:
-        return np.array(None, dtype=object)     # an object (pickled) array: reported as non-float
+        version = np.lib.format.read_magic(member)
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f".npy format version {version[0]}.{version[1]} (1.0 or 2.0 hold "
+                             "any plain array)")
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, _, dtype = read_header(member)
+    except (ValueError, TypeError, SyntaxError, EOFError) as error:
+        raise VerifyError(f"{where}: member {name!r} has no readable .npy header ({error})") from None
+    return shape, dtype, member.tell()
 
 
 def load_outputs(npz_path):

@@ -12,6 +12,7 @@ Protocol, per run r, with training and test images in sorted file order:
     C      (n_test, n_train) matrix of costs (small = similar) or scores (large = similar)
     ŷ_i    argmin_j C_ij for costs, argmax_j for scores (the first index on ties, as the demo)
     err_r  100 · #{i : ŷ_i ≠ y_i} / n_test            % error, a multiple of 5 for 20 items
+           (``percent_error``; ŷ and y are integer class indices in 0..n_train−1)
     error  mean_r err_r                                a multiple of 0.25 over 20 runs
 
 Modified Hausdorff distance (Dubuisson & Jain 1994), as in the demo: on the (row, column)
@@ -31,6 +32,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 from scipy.spatial.distance import cdist
 
+from refmeta import checks
 from refmeta.device import backend
 from refmeta.data.omniglot import member_image, open_zip
 
@@ -93,19 +95,32 @@ def evaluate_runs(runs, score, kind="cost"):
     """
     if kind not in ("cost", "score"):
         raise ValueError(f"kind must be 'cost' (argmin) or 'score' (argmax); got {kind!r}")
+    if len(runs) == 0:
+        raise ValueError("runs is empty; load them with load_lake_runs")
     errors = []
     for run in runs:
-        matrix = np.asarray(backend.to_host(score(run.test_images, run.train_images)), dtype=np.float64)
         expected = (len(run.test_images), len(run.train_images))
+        checks.labels(f"{run.name} labels", run.labels, expected[1], shape=expected[:1])
+        matrix = np.asarray(backend.to_host(score(run.test_images, run.train_images)), dtype=np.float64)
         if matrix.shape != expected:
             raise ValueError(f"{run.name}: score must return (n_test, n_train) = {expected}; "
                              f"got {matrix.shape}")
         if not np.isfinite(matrix).all():
             raise ValueError(f"{run.name}: score returned NaN or inf")
         predictions = matrix.argmin(axis=1) if kind == "cost" else matrix.argmax(axis=1)
-        errors.append(100.0 * np.count_nonzero(predictions != run.labels) / len(run.labels))
+        errors.append(percent_error(predictions, run.labels, expected[1]))
     per_run = np.array(errors)
     return RunErrors(per_run, float(per_run.mean()))
+
+
+def percent_error(predicted, labels, n_train):
+    """err = 100 · #{i : ŷ_i ≠ y_i} / n_test for predicted ŷ (n_test,) and true y (n_test,),
+    both integer class indices in 0..n_train−1."""
+    predicted = checks.labels("predicted", predicted, n_train)
+    labels = checks.labels("labels", labels, n_train, shape=np.shape(predicted))
+    if predicted.ndim != 1 or predicted.size == 0:
+        raise ValueError(f"predicted must be (n_test,) with n_test >= 1; got shape {predicted.shape}")
+    return 100.0 * np.count_nonzero(predicted != labels) / predicted.size
 
 
 def ink_points(image):

@@ -10,7 +10,13 @@ Pipeline, every step a pure function:
 
 Zip layout (images_background.zip, images_evaluation.zip, images_background_small{1,2}.zip):
 ``<set>/<Alphabet>/<characterNN>/<id>_<drawer>.png``, 105×105 PNGs, pixel 1 = background,
-0 = ink.  Every character must have the same number of drawings (20 in the published sets).
+0 = ink.  Every character must have the same number of drawings (20 in the published sets);
+a drawing of another size is an error naming it, never resized to fit.
+
+The cache is checked whole when it is read, and rebuilt (atomically) unless it holds exactly
+what the zip gives: the zip's SHA-256 and ``PREPROCESS_VERSION``, the zip's classes by name,
+images float32 (n_classes, n_drawings, s, s) by the header (before the data is read), and
+every value finite in [0, 1].  An empty, truncated or foreign file is rebuilt too.
 
 Preprocessing (``PREPROCESS_VERSION``; a change of it, or of ``image_size``, is a new cache key):
 
@@ -52,6 +58,9 @@ from refmeta.data.tasks import Episode
 
 PREPROCESS_VERSION = 1
 ROTATIONS = (0, 90, 180, 270)
+DRAWING_SIZE = (105, 105)  # (H, W) of every Omniglot drawing, and of Lake's runs
+EXPECTED_ZIP = "an Omniglot images zip (<set>/<Alphabet>/<character>/<id>_<drawer>.png)"
+ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError)
 
 
 class Characters(NamedTuple):
@@ -83,13 +92,26 @@ def resize_ink(ink, image_size):
 
 def open_zip(path, expected):
     """Read every member of a zip into a dict name -> bytes, or raise naming ``path`` and ``expected``."""
+    return _with_zip(path, expected, lambda archive: {
+        info.filename: archive.read(info) for info in archive.infolist() if not info.is_dir()})
+
+
+def _member_names(path, expected):
+    """The names of a zip's members (no directories), without reading them."""
+    return _with_zip(path, expected, lambda archive: [
+        info.filename for info in archive.infolist() if not info.is_dir()])
+
+
+def _with_zip(path, expected, read):
+    """``read(archive)`` of the zip at ``path``; FileNotFoundError or ValueError naming it."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file; expected {expected}")
+        problem = "not a file" if path.exists() else "no such file"
+        raise FileNotFoundError(f"{path}: {problem}; expected {expected}")
     try:
         with zipfile.ZipFile(path) as archive:
-            return {info.filename: archive.read(info) for info in archive.infolist() if not info.is_dir()}
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as error:
+            return read(archive)
+    except ZIP_ERRORS as error:  # (encrypted members: RuntimeError; unknown compression: NotImplementedError)
         raise ValueError(f"{path}: not a readable zip ({error}); expected {expected}") from error
 
 
@@ -118,17 +140,22 @@ def _drawings_by_character(members, path):
 
 
 def member_image(members, name, path, image_size=None):
-    """Zip member ``name`` -> (H, W) ink image, or (s, s) BOX-resized when image_size is given."""
+    """Zip member ``name`` -> (105, 105) ink image, or (s, s) BOX-resized when image_size is given.
+
+    A drawing that is not 105×105 is a ValueError naming the member and both sizes."""
     try:
         ink = ink_image(members[name])
     except (OSError, ValueError, SyntaxError) as error:  # what Pillow raises on a bad PNG
         raise ValueError(f"{path}: member {name!r} is not a readable PNG ({error})") from error
+    if ink.shape != DRAWING_SIZE:
+        raise ValueError(f"{path}: member {name!r} is {ink.shape[1]}×{ink.shape[0]} pixels; Omniglot "
+                         f"drawings are {DRAWING_SIZE[1]}×{DRAWING_SIZE[0]} (refusing to resize it)")
     return ink if image_size is None else resize_ink(ink, image_size).astype(np.float64)
 
 
 def _read_characters(path, image_size):
     """Decode and resize every drawing: (images (n, n_drawings, s, s) float32, names)."""
-    members = open_zip(path, "an Omniglot images zip (<set>/<Alphabet>/<character>/<id>_<drawer>.png)")
+    members = open_zip(path, EXPECTED_ZIP)
     groups = _drawings_by_character(members, path)
     images = np.empty((len(groups), len(next(iter(groups.values()))), image_size, image_size), np.float32)
     for c, drawings in enumerate(groups.values()):
@@ -151,16 +178,39 @@ def cache_path(cache_dir, zip_sha256, image_size):
     return Path(cache_dir) / f"omniglot-{zip_sha256[:24]}-v{PREPROCESS_VERSION}-{image_size}px.npz"
 
 
-def _read_cache(file, zip_sha256):
-    """(images, names) from a cache file, or None if it is absent or not the one we want."""
+def _read_cache(file, zip_sha256, names, shape):
+    """(images, names) from a cache file if it holds what the zip gives, else None (rebuild it).
+
+    ``names`` and ``shape`` (n_classes, n_drawings, s, s) come from the zip's layout; the
+    module docstring lists the checks.
+    """
     try:
-        with np.load(file, allow_pickle=False) as data:
-            if str(data["zip_sha256"]) != zip_sha256 or int(data["version"]) != PREPROCESS_VERSION:
+        with open(file, "rb") as f:
+            if f.read(4) != b"PK\x03\x04":  # not a zip: an empty file, a .npy, anything else
                 return None
-            names = tuple(zip(data["alphabets"].tolist(), data["characters"].tolist()))
-            return data["images"], names
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        with np.load(file, allow_pickle=False) as data:
+            if (str(data["zip_sha256"]) != zip_sha256 or int(data["version"]) != PREPROCESS_VERSION
+                    or _cached_header(data, "images.npy") != (shape, np.dtype(np.float32))
+                    or tuple(zip(data["alphabets"].tolist(), data["characters"].tolist())) != names):
+                return None
+            images = data["images"]
+    except (ValueError, TypeError, KeyError, *ZIP_ERRORS):
         return None
+    if not (np.isfinite(images).all() and images.min() >= 0 and images.max() <= 1):
+        return None
+    return images, names
+
+
+def _cached_header(data, member):
+    """(shape, dtype) that ``member`` of an open NPZ declares in its .npy header."""
+    with data.zip.open(member) as f:
+        version = np.lib.format.read_magic(f)
+        if version not in ((1, 0), (2, 0)):
+            return None
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, _, dtype = read_header(f)
+    return shape, dtype
 
 
 def _write_cache_atomically(file, images, names, zip_sha256):
@@ -196,11 +246,11 @@ def load_characters(zip_path, image_size=28, cache_dir=None):
         raise ValueError(f"image_size must be a positive integer; got {image_size!r}")
     loaded = None
     if cache_dir is not None:
-        if not Path(zip_path).is_file():
-            raise FileNotFoundError(f"{zip_path}: no such file; expected an Omniglot images zip")
+        layout = _drawings_by_character(_member_names(zip_path, EXPECTED_ZIP), zip_path)
+        shape = (len(layout), len(next(iter(layout.values()))), image_size, image_size)
         zip_sha256 = _sha256(zip_path)
         file = cache_path(cache_dir, zip_sha256, image_size)
-        loaded = _read_cache(file, zip_sha256)
+        loaded = _read_cache(file, zip_sha256, tuple(layout), shape)
     if loaded is None:
         loaded = _read_characters(zip_path, image_size)
         if cache_dir is not None:
