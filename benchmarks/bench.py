@@ -122,14 +122,18 @@ def conv4_data(seed=0):
 
 # ----- refmeta -----
 def refmeta_sinusoid(params, data, vectorised):
+    """``maml.meta_gradient`` with the paper's sinusoid MLP (MAMLConfig's default model), its
+    loss vectorised across tasks or wrapped by ``maml.looped`` into a per-task loop."""
+    from functools import partial
     from refmeta import maml
     from refmeta.data import tasks
     from refmeta.nn import layers, losses
-    loss_fn = losses.model_loss(layers.mlp_apply, losses.mse)
+    model = maml.MAMLConfig().model
     if not vectorised:
-        loss_fn = maml.looped(loss_fn)
-    config, episode = maml.MAMLConfig(inner_lr=0.01, inner_steps=1), tasks.Episode(*data)
-    return lambda: maml.meta_gradient(params, episode, loss_fn, config)
+        one_task = losses.model_loss(layers.mlp_apply, partial(losses.mse, check=False))
+        model = model._replace(loss=maml.looped(one_task))
+    config, episode = maml.MAMLConfig(model, inner_lr=0.01, inner_steps=1), tasks.Episode(*data)
+    return lambda: maml.meta_gradient(params, episode, config)
 
 
 def refmeta_sinusoid_fused(params, data, written_out):
@@ -139,20 +143,25 @@ def refmeta_sinusoid_fused(params, data, written_out):
     from refmeta.data import tasks
     from refmeta.nn import fused_mlp
     mlp = fused_mlp.FusedMLP(SIZES, "relu")
-    config, episode, flat = maml.MAMLConfig(inner_lr=0.01, inner_steps=1), tasks.Episode(*data), mlp.pack(params)
+    config = maml.MAMLConfig(mlp.model(), inner_lr=0.01, inner_steps=1)
+    episode, flat = tasks.Episode(*data), mlp.pack(params)
     if written_out:
         return lambda: mlp.unpack(mlp.meta_gradient(flat, episode, config))
-    return lambda: mlp.unpack(maml.meta_gradient(flat, episode, mlp.loss_fn, config))
+    return lambda: mlp.unpack(maml.meta_gradient(flat, episode, config))
 
 
 def refmeta_conv4(params, data, inner_steps=1):
-    from refmeta import maml
+    from functools import partial
+    from refmeta import contract, maml
     from refmeta.data import tasks
     from refmeta.nn import layers, losses
-    loss_fn = losses.model_loss(lambda p, x: layers.conv4_apply(p, x), losses.cross_entropy)
-    config = maml.MAMLConfig(inner_lr=0.4, inner_steps=inner_steps, inner_reduction="n_way_times_mean")
+    init = lambda rng: layers.conv4_init(rng, 1, N_WAY, HIDDEN, "stride", "offset", IMAGE)
+    model = contract.supervised(init, layers.conv4_apply, partial(losses.cross_entropy, check=False),
+                                f"conv4 stride, {HIDDEN} filters, cross-entropy")
+    config = maml.MAMLConfig(model, n_way=N_WAY, inner_lr=0.4, inner_steps=inner_steps,
+                             inner_reduction="n_way_times_mean")
     episode = tasks.Episode(*data)
-    return lambda: maml.meta_gradient(params, episode, loss_fn, config)
+    return lambda: maml.meta_gradient(params, episode, config)
 
 
 # ----- PyTorch -----
@@ -435,13 +444,15 @@ def refmeta_snail(config, params, data):
     sequences[:, -1, config.embedding_dim:] = 0.0
     stack = {k: v for k, v in params.items() if not k.startswith("embed.")}
     stack_loss = lambda p: anp.sum(snail.apply(p, sequences, config)[..., -1, :] ** 2)
+    # The public loss: its input checks are timed with the step, as in the demo's snail.step.
     cases = {"step": lambda: grad(snail.loss)(params, episode, config),
              "stack": lambda: grad(stack_loss)(stack)}
     return cases, sequences
 
 
 def torch_snail(torch, config, params, data, sequences):
-    """The same two computations in PyTorch eager, written from the paper's Appendix A."""
+    """The same two computations in PyTorch eager, written from the paper's Section 3.1 (the
+    blocks) and Appendix A (the few-shot model)."""
     import math
     F = torch.nn.functional
     P = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
@@ -520,8 +531,9 @@ METANET_WAY, METANET_QUERIES, METANET_HIDDEN = 20, 1, 32   # the demo's training
 def metanet_data(seed=0):
     from refmeta import metanet
     rng = np.random.default_rng(seed)
-    config = metanet.MetaNetConfig(fast_conv_blocks=0)
-    params = metanet.init(rng, hidden=METANET_HIDDEN, n_blocks=4, n_way=METANET_WAY, fast_init_scale=0.1)
+    config = metanet.MetaNetConfig(n_way=METANET_WAY, hidden=METANET_HIDDEN, n_blocks=4, fast_init_scale=0.1,
+                                   fast_conv_blocks=0)
+    params = metanet.init(rng, config)
     support_x = rng.uniform(0, 1, (METANET_WAY, 1, IMAGE, IMAGE))
     query_x = rng.uniform(0, 1, (METANET_WAY * METANET_QUERIES, 1, IMAGE, IMAGE))
     support_y = rng.permutation(METANET_WAY)
@@ -531,10 +543,9 @@ def metanet_data(seed=0):
 
 def refmeta_metanet(config, params, data):
     from autograd import grad
-    from refmeta import metanet
-    from refmeta.data import tasks
-    episode = tasks.Episode(*data)
-    return lambda: grad(metanet.episode_loss)(params, episode, config)
+    from refmeta import contract, metanet
+    episode = contract.Episode(*data)
+    return lambda: grad(metanet.loss)(params, episode, config)
 
 
 def torch_metanet(torch, config, params, data):
@@ -615,10 +626,16 @@ def metanet_part(repeats, results):
     results["metanet"] = {"load": os.getloadavg(), "rows": rows}
 
 
+def metric_config():
+    """The ProtoNet of part 4: conv4 max-pool with HIDDEN filters on IMAGE×IMAGE, N_WAY-way."""
+    from refmeta import protonet
+    return protonet.ProtoNetConfig(protonet.conv4_embedding(HIDDEN, image_size=IMAGE), n_way=N_WAY)
+
+
 def metric_data(seed=0):
     from refmeta import protonet
     rng = np.random.default_rng(seed)
-    params = protonet.conv4_embedding_init(rng, hidden=HIDDEN, image_size=IMAGE)
+    params = protonet.init(rng, metric_config())
     images = rng.uniform(0, 1, (N_WAY * (K_SHOT + N_QUERY_PER_CLASS), 1, IMAGE, IMAGE))
     return params, images, np.repeat(np.arange(N_WAY), K_SHOT), np.repeat(np.arange(N_WAY), N_QUERY_PER_CLASS)
 
@@ -628,11 +645,11 @@ def refmeta_metric(params, images, support_y, query_y):
     import autograd.numpy as anp
     from autograd import grad
     from refmeta import protonet
-    from refmeta.data import tasks
-    embed, n_support = protonet.conv4_embedding(), len(support_y)
-    episode = tasks.Episode(images[:n_support], support_y, images[n_support:], query_y)
-    return {"protonet": lambda: grad(protonet.episode_loss)(params, episode, embed, N_WAY),
-            "conv4": lambda: grad(lambda p: anp.sum(embed(p, images) ** 2))(params)}
+    from refmeta.contract import Episode
+    config, n_support = metric_config(), len(support_y)
+    episode = Episode(images[:n_support], support_y, images[n_support:], query_y)
+    return {"protonet": lambda: grad(protonet.loss)(params, episode, config),
+            "conv4": lambda: grad(lambda p: anp.sum(config.embedding.apply(p, images) ** 2))(params)}
 
 
 def torch_metric(torch, params, images, support_y, query_y):

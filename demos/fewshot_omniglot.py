@@ -15,7 +15,7 @@ every ``lr_halve_every`` episodes (ProtoNets, Section 3.1).  Running BN statisti
 Evaluation (BN in running mode).  Every held-out image is embedded once; 600 episodes per
 setting (5-way 1-shot, 5-way 5-shot, 20-way 1-shot; 15 queries per class) are scored from
 those cached embeddings, a task axis at a time, which gives the numbers per-episode
-re-embedding would, much faster.  Accuracy: mean over episodes ± 1.96·std/√600.  Lake's runs:
+re-embedding would, much faster.  Accuracy: mean over episodes ± 1.96·std/√600 (sample std).  Lake's runs:
 each run's 20 training drawings are a 20-way 1-shot support set; the error is by
 ``lake_runs.evaluate_runs`` (argmax of log p over the 20 classes).
 """
@@ -49,35 +49,38 @@ FAST = {"episodes": 10, "max_train_minutes": 1.0, "hidden": 8, "eval_episodes": 
 
 
 class Model(NamedTuple):
-    """What a demo supplies; z_* are conv4 embeddings (..., n, d) with a task axis or not."""
+    """What a demo supplies: its algorithm's Config and init, and the algorithm's equations on
+    conv4 embeddings z_* (..., n, d), with a task axis or not.  ``run`` sets ``config``."""
     name: str
-    init: Callable            # (rng, hidden) -> host params
+    configure: Callable       # (hidden, n_way, meta_lr) -> the algorithm's Config
+    init: Callable            # (rng, config) -> host params: the algorithm's init
     conv_params: Callable     # params -> the conv4 net's params
-    loss: Callable            # (params, z_support, support_y, z_query, query_y, n_way) -> scalar
-    log_probs: Callable       # (params, z_support, support_y, z_query, n_way) -> (..., n_q, N)
-    conventions: dict
+    loss: Callable            # (params, z_support, support_y, z_query, query_y, config) -> scalar
+    log_probs: Callable       # (params, z_support, support_y, z_query, n_way, config) -> (..., n_q, N)
     paper: dict               # "5-way 1-shot" -> published accuracy %
     learned: Callable = lambda params: {}   # params -> learned hyperparameters worth reporting
+    config: object = None     # configure(hidden, train_way, lr), recorded by its conventions()
 
 
 def add_arguments(parser, name):
     add = parser.add_argument
     options.add_omniglot_folders(parser, name)
-    add("--seed", type=int, default=0, help="init, split and training episodes (default 0)")
-    add("--eval-seed", type=int, default=2016, help="test episodes (default 2016)")
+    add("--seed", type=options.seed, default=0, help="init, split and training episodes (default 0)")
+    add("--eval-seed", type=options.seed, default=2016, help="test episodes (default 2016)")
     add("--episodes", type=int, help=f"training episodes (default {FULL['episodes']})")
-    add("--max-train-minutes", type=float,
+    add("--max-train-minutes", type=options.positive_float,
         help=f"stop training early after this long (default {FULL['max_train_minutes']})")
     add("--train-way", type=int, default=60, help="classes per training episode (default %(default)s)")
     add("--train-shot", type=int, default=1, help="support drawings per class (default %(default)s)")
     add("--train-query", type=int, default=1, help="query drawings per class (default %(default)s)")
-    add("--lr", type=float, default=1e-3, help="Adam step size (default 1e-3)")
+    add("--lr", type=options.nonnegative_float, default=1e-3, help="Adam step size (default 1e-3)")
     add("--lr-halve-every", type=int, default=2000, help="halve lr every this many episodes")
     add("--hidden", type=int, help=f"conv filters (default {FULL['hidden']})")
     add("--dtype", choices=("float32", "float64"), default="float32",
         help="training and evaluation precision (default float32, as PyTorch trains; "
              "float64 is about 2.2x slower here)")
-    add("--test-fraction", type=float, default=0.2, help="characters held out (default 0.2)")
+    add("--test-fraction", type=options.finite_float, default=0.2,
+        help="characters held out (default 0.2)")
     add("--eval-episodes", type=int, help=f"test episodes per setting (default {FULL['eval_episodes']})")
     add("--eval-query", type=int, default=15, help="queries per class at test (default 15)")
     add("--curve-every", type=int, help="held-out check every this many episodes")
@@ -86,39 +89,55 @@ def add_arguments(parser, name):
 
 
 def check_args(args, size):
-    """ValueError naming the option, before anything is read or written."""
+    """options.UsageError (a ValueError) naming the option, before anything is read; then the
+    output folder is created and written to, before any training."""
     for name in ("train_way", "train_shot", "train_query", "eval_query", "lr_halve_every"):
         minimum = 2 if name == "train_way" else 1
         if getattr(args, name) < minimum:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= {minimum}; got {getattr(args, name)}")
+            raise options.UsageError(f"--{name.replace('_', '-')} must be >= {minimum}; "
+                                     f"got {getattr(args, name)}")
     for name in ("episodes", "hidden", "eval_episodes", "curve_every", "curve_episodes"):
         if size[name] < (2 if name == "eval_episodes" else 1):
-            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer; got {size[name]}")
+            raise options.UsageError(f"--{name.replace('_', '-')} must be a positive integer; "
+                                     f"got {size[name]}")
     if not 0 < args.test_fraction < 1:
-        raise ValueError(f"--test-fraction must lie in (0, 1); got {args.test_fraction}")
-    folder = Path(args.data)
-    missing = [name for name in ZIPS + ("all_runs.zip",) if not (folder / name).is_file()]
-    if missing:
-        raise ValueError(f"--data {folder}: expected a folder holding {', '.join(ZIPS)} and all_runs.zip; "
-                         f"{'it is not a folder' if not folder.is_dir() else 'missing ' + ', '.join(missing)}")
+        raise options.UsageError(f"--test-fraction must lie in (0, 1); got {args.test_fraction}")
+    options.check_data_folder(args.data, ZIPS + ("all_runs.zip",))
+    options.check_out_folder(args.out)
+
+
+def check_data(args, train, test):
+    """options.UsageError unless the training and test episodes the options ask for fit the data."""
+    drawings = test.images.shape[1]
+    options.check_needs(
+        (f"--train-way {args.train_way}", args.train_way, len(train.names), "training classes"),
+        (f"--train-shot {args.train_shot} + --train-query {args.train_query}",
+         args.train_shot + args.train_query, drawings, "drawings per class"),
+        (f"--eval-query {args.eval_query}: 5-shot episodes need 5 + {args.eval_query}",
+         max(k for _, k in EVAL_SETTINGS) + args.eval_query, drawings, "drawings per class"),
+        ("the 20-way test episodes", max(n for n, _ in EVAL_SETTINGS), len(test.names),
+         "held-out characters (raise --test-fraction)"))
 
 
 def load_data(args, rng):
-    """(train Characters with rotations, held-out Characters, Lake runs at 28×28)."""
+    """(train Characters with rotations, held-out Characters, Lake runs at 28×28); data that
+    cannot be read is an options.UsageError."""
     folder = Path(args.data)
     cache = args.cache or os.path.join(args.out, "cache")
-    merged = omniglot.merge_characters(*(omniglot.load_characters(folder / z, 28, cache) for z in ZIPS))
-    train, test = omniglot.split_characters(merged, rng, (1 - args.test_fraction, args.test_fraction))
-    return omniglot.with_rotations(train), test, lake_runs.load_lake_runs(folder / "all_runs.zip", 28)
+    with options.input_errors():
+        merged = omniglot.merge_characters(*(omniglot.load_characters(folder / z, 28, cache) for z in ZIPS))
+        train, test = omniglot.split_characters(merged, rng, (1 - args.test_fraction, args.test_fraction))
+        runs = lake_runs.load_lake_runs(folder / "all_runs.zip", 28)
+    return omniglot.with_rotations(train), test, runs
 
 
-def objective(params, episode, model, n_way):
+def objective(params, episode, model):
     """The episode loss from one joint pass (support then query), and the BN batch moments."""
     n_support = episode.support_x.shape[0]
     x = anp.concatenate([episode.support_x, episode.query_x])
     z, moments = layers.conv4_apply(model.conv_params(params), x, variant="maxpool", bn_eps=BN_EPS,
                                     return_bn_moments=True)
-    loss = model.loss(params, z[:n_support], episode.support_y, z[n_support:], episode.query_y, n_way)
+    loss = model.loss(params, z[:n_support], episode.support_y, z[n_support:], episode.query_y, model.config)
     return loss, (getval(loss), {name: getval(value) for name, value in moments.items()})
 
 
@@ -151,7 +170,7 @@ def episode_accuracies(model, params, z, rng, n_tasks, n_way, k_shot, n_query, c
     accuracies = []
     for t in range(0, n_tasks, chunk):
         log_p = model.log_probs(params, *(backend.asarray(a, dtype=None) for a in (
-            z_support[t:t + chunk], support_y[t:t + chunk], z_query[t:t + chunk])), n_way)
+            z_support[t:t + chunk], support_y[t:t + chunk], z_query[t:t + chunk])), n_way, model.config)
         predicted = np.argmax(backend.to_host(log_p), axis=-1)
         accuracies.append(np.mean(predicted == query_y[t:t + chunk], axis=-1))
     return np.concatenate(accuracies)
@@ -163,23 +182,23 @@ def lake_error(model, params, bn_state, runs):
         z_test, z_train = (embed_images(model, params, bn_state, im) for im in (test_images, train_images))
         labels = np.arange(len(train_images))
         return model.log_probs(params, *(backend.asarray(a, dtype=None) for a in (z_train, labels, z_test)),
-                               len(train_images))
+                               len(train_images), model.config)
     return lake_runs.evaluate_runs(runs, score, kind="score")
 
 
 def summarise(accuracies):
-    return {"mean": 100 * float(np.mean(accuracies)), "n_episodes": len(accuracies),
-            "ci95": 100 * 1.96 * float(np.std(accuracies, ddof=1)) / np.sqrt(len(accuracies))}
+    mean, ci95 = options.mean_and_ci95(accuracies)
+    return {"mean": 100 * mean, "n_episodes": len(accuracies), "ci95": 100 * ci95}
 
 
 def train(model, args, size, train_chars, test_chars, runs, rng):
     """Adam on training episodes; returns (params, bn_state, curve, episodes done, seconds)."""
-    params = {k: backend.asarray(v, args.dtype) for k, v in model.init(rng, size["hidden"]).items()}
+    params = {k: backend.asarray(v, args.dtype) for k, v in model.init(rng, model.config).items()}
     bn_state = {k: backend.asarray(v, args.dtype) for k, v in layers.conv4_bn_state(size["hidden"]).items()}
     state, curve, window = optimizers.adam_init(params), {"episode": [], "train_loss": [],
                                                           "heldout_5w1s": [], "lake_error": []}, []
     start, done = time.perf_counter(), 0
-    step = grad_and_aux(lambda p, episode: objective(p, episode, model, args.train_way))
+    step = grad_and_aux(lambda p, episode: objective(p, episode, model))
     bar = progress(range(size["episodes"]), total=size["episodes"], desc=f"{model.name} training")
     for episode_index in bar:
         episode = omniglot.sample_episode(rng, train_chars.images, args.train_way, args.train_shot,
@@ -215,12 +234,9 @@ def run(model, args):
     start, size = time.perf_counter(), options.sizes(args, FULL, FAST)
     load_at_start = os.getloadavg()
     check_args(args, size)
+    model = model._replace(config=model.configure(size["hidden"], args.train_way, args.lr))
     train_chars, test_chars, runs = load_data(args, np.random.default_rng(args.seed))
-    n_drawings = test_chars.images.shape[1]
-    if max(k for _, k in EVAL_SETTINGS) + args.eval_query > n_drawings:
-        raise ValueError(f"--eval-query {args.eval_query}: 5-shot episodes need 5 + {args.eval_query} "
-                         f"drawings per class; the characters have {n_drawings}")
-    os.makedirs(args.out, exist_ok=True)
+    check_data(args, train_chars, test_chars)
     params, bn_state, curve, done, train_seconds = train(
         model, args, size, train_chars, test_chars, runs, np.random.default_rng([args.seed, 1]))
     eval_start = time.perf_counter()
@@ -230,7 +246,7 @@ def run(model, args):
         model, params, z, eval_rng, size["eval_episodes"], n, k, args.eval_query)) for n, k in EVAL_SETTINGS}
     lake = lake_error(model, params, bn_state, runs)
     report = {
-        "model": model.name, "conventions": model.conventions,
+        "model": model.name, "conventions": model.config.conventions(),
         "config": {**vars(args), **size, "bn_eps": BN_EPS, "bn_momentum": BN_MOMENTUM,
                    "eval": "BN running mode, cached embeddings, held-out characters, no rotations"},
         "data": {"train_classes": len(train_chars.names), "train_characters": len(train_chars.names) // 4,

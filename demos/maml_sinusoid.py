@@ -11,8 +11,8 @@ Setup (the paper's Section 5.1 and Appendix C; ``tasks.SinusoidFamily`` defaults
 Test protocol (600 tasks from their own seed, never seen in training): every task has
 K = 10 support points, whose first 5 are its K = 5 support set, and 100 fresh query
 points.  Both networks take 1, 5 and 10 plain gradient steps of α = 0.01 on the
-support mean-squared error; we report the query MSE's mean, 95% CI (1.96·std/√n) and
-median.  A task whose MSE is not finite or exceeds 1e3 counts as *diverged*: the
+support mean-squared error; we report the query MSE's mean, 95% CI (1.96·std/√n, the
+sample std) and median.  A task whose MSE is not finite or exceeds 1e3 counts as *diverged*: the
 statistics are over the other tasks and the count is reported beside them.
 
 The paper fine-tunes its baseline with "an automatically tuned step size": we also report
@@ -37,7 +37,7 @@ from autograd import value_and_grad
 from refmeta import maml
 from refmeta.data import tasks
 from refmeta.device import backend
-from refmeta.nn import layers, losses, optimizers, trees
+from refmeta.nn import layers, optimizers, trees
 from refmeta.demos import files, options
 from refmeta.progress import progress
 
@@ -56,22 +56,20 @@ FULL = {"iterations": 50000, "pretrain_iterations": 50000, "test_tasks": 600,
 FAST = {"iterations": 600, "pretrain_iterations": 600, "test_tasks": 100,
         "validation_tasks": 50, "validate_every": 200}
 
-loss_fn = losses.model_loss(layers.mlp_apply, losses.mse)
-
-
 def add_arguments(parser):
     """The demo's options; sizes left at None take FULL's values, or FAST's with --fast."""
     add, count, positive = parser.add_argument, options.integer_at_least(0), options.integer_at_least(1)
-    add("--seed", type=int, default=0, help="training seed: init, batches, validation tasks")
-    add("--eval-seed", type=int, default=2017, help="seed of the test tasks (default 2017)")
+    add("--seed", type=options.seed, default=0, help="training seed: init, batches, validation tasks")
+    add("--eval-seed", type=options.seed, default=2017, help="seed of the test tasks (default 2017)")
     add("--iterations", type=count, help=f"MAML meta-iterations (default {FULL['iterations']})")
     add("--pretrain-iterations", type=count,
         help=f"Adam steps for the pretrained baseline (default {FULL['pretrain_iterations']})")
     add("--meta-batch-size", type=positive, default=25, help="tasks per meta-batch (default 25)")
     add("--n-support", type=positive, default=10, help="K at meta-training (default 10)")
     add("--n-query", type=positive, default=10, help="query points per training task (default 10)")
-    add("--inner-lr", type=float, default=0.01, help="α, at training and test (default 0.01)")
-    add("--meta-lr", type=float, default=1e-3,
+    add("--inner-lr", type=options.nonnegative_float, default=0.01,
+        help="α, at training and test (default 0.01)")
+    add("--meta-lr", type=options.nonnegative_float, default=1e-3,
         help="Adam step size β, both networks (default 1e-3)")
     add("--first-order", action="store_true", help="first-order MAML instead of second order")
     add("--test-tasks", type=positive, help=f"test tasks (default {FULL['test_tasks']})")
@@ -89,6 +87,7 @@ def add_arguments(parser):
 def run(args):
     """Meta-train, train the baseline, test both, print the table, save JSON and figures."""
     start, sizes = time.perf_counter(), options.sizes(args, FULL, FAST)
+    options.check_out_folder(args.out)
     config = maml.MAMLConfig(inner_lr=args.inner_lr, inner_steps=1,
                              test_inner_steps=max(TEST_STEPS), first_order=args.first_order,
                              task_reduction="mean", meta_lr=args.meta_lr)
@@ -152,14 +151,14 @@ def evaluate_all(runs, data, config):
 
 def maml_step(params, opt_state, episode, config):
     """One meta-step of MAML (Algorithm 2): Adam on the mean post-update query loss."""
-    return maml.meta_step(params, opt_state, episode, loss_fn, config)
+    return maml.step(params, opt_state, episode, config)
 
 
 def pretrain_step(params, opt_state, episode, config):
     """One Adam step of ordinary regression on every point of the batch, tasks mixed."""
     x = anp.concatenate([episode.support_x, episode.query_x], axis=1)  # (T, K + n_query, 1)
     y = anp.concatenate([episode.support_y, episode.query_y], axis=1)
-    loss, grads = value_and_grad(lambda p: anp.mean(loss_fn(p, x, y, "mean")))(params)
+    loss, grads = value_and_grad(lambda p: anp.mean(config.model.loss(p, x, y, "mean")))(params)
     new_params, new_state = optimizers.adam_update(params, grads, opt_state, lr=config.meta_lr)
     return new_params, new_state, loss
 
@@ -231,9 +230,10 @@ def task_mse_by_steps(params, episode, config, steps=REPORTED_STEPS):
     task_params = trees.broadcast_tasks(params, anp.shape(episode.support_x)[0])
     with np.errstate(over="ignore", invalid="ignore"):  # diverging tasks are counted, not fatal
         trajectory = maml.adapt_trajectory(task_params, episode.support_x, episode.support_y,
-                                           loss_fn, config, steps=max(steps))
-        return {s: np.asarray(backend.to_host(loss_fn(trajectory[s], episode.query_x,
-                                                      episode.query_y, "mean"))) for s in steps}
+                                           config, steps=max(steps))
+        return {s: np.asarray(backend.to_host(config.model.loss(trajectory[s], episode.query_x,
+                                                                episode.query_y, "mean")))
+                for s in steps}
 
 
 def evaluate(params, test_set, config):
@@ -244,14 +244,13 @@ def evaluate(params, test_set, config):
 
 
 def summarise(mse):
-    """Mean, 95% CI half-width (1.96·std/√n) and median over the non-diverged tasks of mse (T,),
-    and how many diverged."""
+    """Mean, 95% CI half-width (``options.mean_and_ci95``) and median over the non-diverged
+    tasks of mse (T,), and how many diverged."""
     kept = mse[~_diverged(mse)]
     n = len(kept)
-    return {"n_tasks": int(len(mse)), "n_diverged": int(len(mse) - n),
-            "mean": float(np.mean(kept)) if n else None,
-            "ci95": float(1.96 * np.std(kept) / np.sqrt(n)) if n else None,
-            "median": float(np.median(kept)) if n else None}
+    mean, ci95 = options.mean_and_ci95(kept) if n else (None, None)
+    return {"n_tasks": int(len(mse)), "n_diverged": int(len(mse) - n), "mean": mean,
+            "ci95": ci95, "median": float(np.median(kept)) if n else None}
 
 
 def _diverged(mse):
@@ -282,7 +281,7 @@ def build_report(args, sizes, config, family, runs, results):
                    "test_support": "the K=5 support set is the first 5 points of the K=10 one",
                    "diverged": f"query MSE not finite or > {DIVERGED_MSE:g}; statistics exclude "
                                "diverged tasks and count them",
-                   "ci95": "1.96 * std / sqrt(n) over the non-diverged tasks",
+                   "ci95": "1.96 * std(ddof=1) / sqrt(n) over the non-diverged tasks",
                    "checkpoint_criterion": CRITERION, "fast": args.fast},
         "seeds": {"seed": args.seed, "eval_seed": args.eval_seed,
                   "streams": "default_rng(seed).spawn(4): init, MAML batches, pretrain batches, "
@@ -393,10 +392,10 @@ def _plot_adaptation(fig, runs, test_tasks, episode, family, config, path):
     labels = {0: "before adaptation", 1: "after 1 step", last: f"after {last} steps"}
     for ax, name in zip(fig.subplots(1, 2, sharey=True), ("maml", "pretrained")):
         trajectory = maml.adapt_trajectory(trees.broadcast_tasks(runs[name]["best_params"], 1),
-                                           support_x, support_y, loss_fn, config, last)
+                                           support_x, support_y, config, last)
         ax.plot(grid, truth, color="red", label="ground truth")
         for (steps, label), style in zip(labels.items(), (":", "--", "-")):
-            prediction = backend.to_host(layers.mlp_apply(trajectory[steps], grid_batch))
+            prediction = backend.to_host(config.model.apply(trajectory[steps], grid_batch))
             ax.plot(grid, np.ravel(prediction), style, color="green", label=label)
         ax.plot(np.ravel(backend.to_host(support_x)), np.ravel(backend.to_host(support_y)), "^",
                 color="purple", label="K=5 points")

@@ -22,27 +22,33 @@ and every choice is recorded in the JSON's conventions (the learned s under "lea
 
 import argparse
 
+import numpy as np
+
 from refmeta import matching, protonet
 from refmeta.device import backend
+from refmeta.nn import trees
 from refmeta.demos import fewshot_omniglot as common, options
 
 PAPER = {"5-way 1-shot": 98.1, "5-way 5-shot": 98.9, "20-way 1-shot": 93.8, "20-way 5-shot": 98.5}
 
 
-def model(config):
-    d = lambda hidden: hidden  # conv4 max-pool on 28×28: a (hidden·1·1)-d embedding
+def model(args):
+    """The Matching Network the options ask for; conv4 max-pool on 28×28 gives d = hidden."""
     return common.Model(
-        name="matching" + ("-fce" if config.fce else ""),
-        init=lambda rng, hidden: matching.init(
-            rng, lambda r: protonet.conv4_embedding_init(r, hidden=hidden), d(hidden), config),
-        conv_params=lambda params: matching.subtree(params, "embed"),
-        loss=lambda params, z_s, y_s, z_q, y_q, n_way: matching.loss_from_embeddings(
-            params, z_s, y_s, z_q, y_q, n_way, config),
-        log_probs=lambda params, z_s, y_s, z_q, n_way: matching.log_probabilities(
+        name="matching" + ("-fce" if args.fce else ""),
+        configure=lambda hidden, n_way, meta_lr: matching.MatchingConfig(
+            protonet.conv4_embedding(hidden), embedding_dim=hidden, n_way=n_way, fce=args.fce,
+            read_steps=args.read_steps, attention_scale=args.attention_scale,
+            learn_attention_scale=args.learn_attention_scale, meta_lr=meta_lr),
+        init=matching.init,
+        conv_params=lambda params: trees.subtree(params, "embed"),
+        loss=lambda params, z_s, y_s, z_q, y_q, config: matching.loss_from_embeddings(
+            params, z_s, y_s, z_q, y_q, config.n_way, config),
+        log_probs=lambda params, z_s, y_s, z_q, n_way, config: matching.log_probabilities(
             params, z_s, y_s, z_q, n_way, config),
-        conventions=config.conventions(), paper=PAPER,
-        learned=lambda params: ({"attention_scale": float(backend.to_host(matching.attention_scale(params, config)))}
-                                if config.learn_attention_scale else {}))
+        paper=PAPER,
+        learned=lambda params: ({"attention_scale": float(np.exp(backend.to_host(params[matching.LOG_SCALE])))}
+                                if args.learn_attention_scale else {}))
 
 
 def add_arguments(parser):
@@ -50,9 +56,9 @@ def add_arguments(parser):
     add = parser.add_argument
     add("--fce", action=argparse.BooleanOptionalAction, default=True,
         help="full context embeddings, Appendix A (default on; --no-fce for f = f′, g = g′)")
-    add("--read-steps", type=int, default=matching.MatchingConfig().read_steps,
+    add("--read-steps", type=options.integer_at_least(0), default=matching.MatchingConfig().read_steps,
         help="K, the attention LSTM's read steps, with --fce (default %(default)s)")
-    add("--attention-scale", type=float, default=10.0,
+    add("--attention-scale", type=options.positive_float, default=10.0,
         help="s in softmax(s·cos), or its initial value when learned (default %(default)s; "
              "the paper's attention is --attention-scale 1 --no-learn-attention-scale)")
     add("--learn-attention-scale", action=argparse.BooleanOptionalAction, default=True,
@@ -61,10 +67,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    config = matching.MatchingConfig(fce=args.fce, read_steps=args.read_steps,
-                                     attention_scale=args.attention_scale,
-                                     learn_attention_scale=args.learn_attention_scale)
-    return common.run(model(config), args)
+    return common.run(model(args), args)
 
 
 def main(argv=None):

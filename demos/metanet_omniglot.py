@@ -20,7 +20,7 @@ scored on ``--curve-episodes`` 5-way 1-shot held-out episodes (a separate seed):
 learning curve.  No checkpoint is selected: the final model is the one tested.
 
 Test.  600 5-way 1-shot and 600 20-way 1-shot episodes on the held-out characters
-(``--eval-query`` queries per class), accuracy mean ± 1.96·std/√600 over episodes.  A model
+(``--eval-query`` queries per class), accuracy mean ± 1.96·std/√600 (sample std) over episodes.  A model
 trained with N ≥ n output units answers an n-way task with its first n (``with_n_way``: the
 units are exchangeable, labels being random per episode).  20-way tasks need N ≥ 20, which is
 why ``--train-way`` defaults to 20.  Lake's runs: each run's 20 training drawings are a 20-way
@@ -36,6 +36,7 @@ per class], float32, 13 minutes of training [their script: up to 100000 epochs o
 episodes].  Measured runs: docs/demo-metanet-omniglot.md.
 """
 
+import dataclasses
 import os
 import platform
 import time
@@ -43,10 +44,9 @@ from pathlib import Path
 
 import numpy as np
 
-from refmeta import metanet
+from refmeta import contract, metanet
 from refmeta.data import lake_runs, omniglot
 from refmeta.device import backend
-from refmeta.nn import optimizers
 from refmeta.demos import files, options
 from refmeta.progress import progress
 
@@ -63,26 +63,30 @@ FAST = {"episodes": 6, "max_train_minutes": 1.0, "hidden": 4, "eval_episodes": 8
 def add_arguments(parser):
     add = parser.add_argument
     options.add_omniglot_folders(parser, "metanet-omniglot")
-    add("--seed", type=int, default=0, help="init, split and training episodes (default 0)")
-    add("--eval-seed", type=int, default=2017, help="test episodes (default 2017)")
-    add("--episodes", type=int, help=f"training episodes at most (default {FULL['episodes']})")
-    add("--max-train-minutes", type=float,
+    at_least = options.integer_at_least
+    add("--seed", type=options.seed, default=0, help="init, split and training episodes (default 0)")
+    add("--eval-seed", type=options.seed, default=2017, help="test episodes (default 2017)")
+    add("--episodes", type=at_least(1), help=f"training episodes at most (default {FULL['episodes']})")
+    add("--max-train-minutes", type=options.positive_float,
         help=f"stop training after this long (default {FULL['max_train_minutes']})")
     add("--train-way", type=int, default=20, help="classes per training episode (default 20)")
     add("--train-query", type=int, default=1, help="queries per class in training (default 1)")
-    add("--hidden", type=int, help=f"conv filters (default {FULL['hidden']})")
+    add("--hidden", type=at_least(1), help=f"conv filters (default {FULL['hidden']})")
     add("--fast-conv-blocks", default="0", help="top conv blocks with fast weights: an integer or 'all'")
-    add("--fast-init-scale", type=float, default=0.1,
+    add("--fast-init-scale", type=options.positive_float, default=0.1,
         help="scale of m's and d's last-layer init (default 0.1; 1 is Chainer's default)")
     add("--second-order", action="store_true", help="differentiate through the meta-information gradients")
     add("--dtype", choices=("float32", "float64"), default="float32",
         help="training and evaluation precision (default float32, as PyTorch trains)")
-    add("--lr", type=float, default=3e-3, help="Adam step size (default 3e-3; the authors' 1e-3 is slower)")
-    add("--test-fraction", type=float, default=0.2, help="characters held out (default 0.2)")
-    add("--eval-episodes", type=int, help=f"test episodes per setting (default {FULL['eval_episodes']})")
+    add("--lr", type=options.nonnegative_float, default=3e-3, help="Adam step size (default 3e-3; the authors' 1e-3 is slower)")
+    add("--test-fraction", type=options.finite_float, default=0.2,
+        help="characters held out (default 0.2)")
+    add("--eval-episodes", type=at_least(2),
+        help=f"test episodes per setting (default {FULL['eval_episodes']})")
     add("--eval-query", type=int, default=5, help="queries per class at test (default 5)")
-    add("--curve-every", type=int, help=f"held-out check every this many episodes ({FULL['curve_every']})")
-    add("--curve-episodes", type=int, help=f"5-way episodes per check ({FULL['curve_episodes']})")
+    add("--curve-every", type=at_least(1),
+        help=f"held-out check every this many episodes ({FULL['curve_every']})")
+    add("--curve-episodes", type=at_least(1), help=f"5-way episodes per check ({FULL['curve_episodes']})")
     options.add_size_switches(parser, FAST)
 
 
@@ -90,12 +94,10 @@ def run(args):
     """Train, test, print the table, write results.json (and learning_curve.png)."""
     start = time.perf_counter()
     size = options.sizes(args, FULL, FAST)
-    config = make_config(args)
+    config = make_config(args, size)
     rng = np.random.default_rng(args.seed)
     train, test, runs = load_data(args, rng)
-    params = {k: backend.asarray(v, args.dtype) for k, v in metanet.init(
-        rng, hidden=size["hidden"], n_blocks=4, n_way=args.train_way,
-        fast_init_scale=args.fast_init_scale).items()}
+    params = {k: backend.asarray(v, args.dtype) for k, v in metanet.init(rng, config).items()}
     params, curve, timing = train_model(params, train, test, config, args, size, rng)
     results = evaluate(params, test, runs, config, args, size)
     report = build_report(args, size, config, curve, results, timing, len(train.names), len(test.names))
@@ -111,44 +113,55 @@ def run(args):
     return report
 
 
-def make_config(args):
-    """MetaNetConfig from the options, after checking them (ValueError naming the option)."""
+def make_config(args, size):
+    """MetaNetConfig from the options, after checking them (options.UsageError naming the
+    option) and the data and output folders (the output folder is created and written to)."""
     for name, minimum in (("train_way", 2), ("train_query", 1), ("eval_query", 1)):
         if getattr(args, name) < minimum:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= {minimum}; got {getattr(args, name)}")
+            raise options.UsageError(f"--{name.replace('_', '-')} must be >= {minimum}; "
+                                     f"got {getattr(args, name)}")
     if not 0 < args.test_fraction < 1:
-        raise ValueError(f"--test-fraction must lie in (0, 1); got {args.test_fraction}")
+        raise options.UsageError(f"--test-fraction must lie in (0, 1); got {args.test_fraction}")
     blocks = args.fast_conv_blocks
     if blocks != "all" and not (blocks.isdigit() and int(blocks) <= 4):
-        raise ValueError(f"--fast-conv-blocks must be 0..4 or 'all'; got {blocks!r}")
-    folder = Path(args.data)
-    missing = [z for z in ZIPS + ("all_runs.zip",) if not (folder / z).is_file()]
-    if missing:
-        raise ValueError(f"--data {folder}: expected a folder holding {', '.join(ZIPS)} and all_runs.zip; "
-                         f"missing {', '.join(missing)}")
-    return metanet.MetaNetConfig(fast_conv_blocks=None if blocks == "all" else int(blocks),
+        raise options.UsageError(f"--fast-conv-blocks must be 0..4 or 'all'; got {blocks!r}")
+    options.check_data_folder(args.data, ZIPS + ("all_runs.zip",))
+    options.check_out_folder(args.out)
+    return metanet.MetaNetConfig(n_way=args.train_way, hidden=size["hidden"], n_blocks=4,
+                                 fast_init_scale=args.fast_init_scale,
+                                 fast_conv_blocks=None if blocks == "all" else int(blocks),
                                  second_order=args.second_order, meta_lr=args.lr)
 
 
 def load_data(args, rng):
-    """(train Characters with rotations, held-out Characters, Lake runs at 28×28)."""
+    """(train Characters with rotations, held-out Characters, Lake runs at 28×28); data that
+    cannot be read, or that the episodes do not fit, is an options.UsageError."""
     folder = Path(args.data)
     cache = args.cache or os.path.join(args.out, "cache")
-    merged = omniglot.merge_characters(*(omniglot.load_characters(folder / z, 28, cache) for z in ZIPS))
-    train, test = omniglot.split_characters(merged, rng, (1 - args.test_fraction, args.test_fraction))
-    return omniglot.with_rotations(train), test, lake_runs.load_lake_runs(folder / "all_runs.zip", 28)
+    with options.input_errors():
+        merged = omniglot.merge_characters(*(omniglot.load_characters(folder / z, 28, cache) for z in ZIPS))
+        train, test = omniglot.split_characters(merged, rng, (1 - args.test_fraction, args.test_fraction))
+        runs = lake_runs.load_lake_runs(folder / "all_runs.zip", 28)
+    drawings, test_way = test.images.shape[1], 20 if args.train_way >= 20 else 5
+    options.check_needs(
+        (f"--train-way {args.train_way}", args.train_way, len(train.names) * 4, "training classes"),
+        (f"the {test_way}-way test episodes", test_way, len(test.names),
+         "held-out characters (raise --test-fraction)"),
+        (f"1 shot + --train-query {args.train_query}", 1 + args.train_query, drawings, "drawings per class"),
+        (f"1 shot + --eval-query {args.eval_query}", 1 + args.eval_query, drawings, "drawings per class"))
+    return omniglot.with_rotations(train), test, runs
 
 
 def train_model(params, train, test, config, args, size, rng):
     """Adam on one episode at a time; returns (params, learning curve, timing)."""
-    state, start, checking = optimizers.adam_init(params), time.perf_counter(), 0.0
+    state, start, checking = metanet.init_state(params, config), time.perf_counter(), 0.0
     curve = {"episode": [], "seconds": [], "train_loss": [], "heldout_5way": []}
     window = []
     bar = progress(range(size["episodes"]), total=size["episodes"], desc="MetaNet meta-train")
     for done in (episode_number + 1 for episode_number in bar):
         episode = omniglot.sample_episode(rng, train.images, args.train_way, 1, args.train_query,
                                           dtype=args.dtype)
-        params, state, loss = metanet.meta_step(params, state, episode, config)
+        params, state, loss = metanet.step(params, state, episode, config)
         window.append(float(loss) / (args.train_way * args.train_query))   # mean CE per query
         last = done == size["episodes"] or _out_of_time(start, size)
         if done % size["curve_every"] == 0 or last:
@@ -179,11 +192,11 @@ def _out_of_time(start, size):
 
 def episode_accuracies(params, characters, config, n_way, n_episodes, n_query, rng):
     """Query accuracy of each of n_episodes n_way 1-shot episodes (the first n_way output units)."""
-    narrowed = metanet.with_n_way(params, n_way)
+    narrowed, config = metanet.with_n_way(params, n_way), dataclasses.replace(config, n_way=n_way)
     accuracies = []
     for _ in range(n_episodes):
         episode = omniglot.sample_episode(rng, characters.images, n_way, 1, n_query, dtype=_dtype(params))
-        logits = metanet.predict(narrowed, episode.support_x, episode.support_y, episode.query_x, config)
+        logits = metanet.predict(narrowed, episode, config)
         hits = np.argmax(backend.to_host(logits), axis=1) == backend.to_host(episode.query_y)
         accuracies.append(float(np.mean(hits)))
     return np.array(accuracies)
@@ -198,20 +211,27 @@ def evaluate(params, test, runs, config, args, size):
             continue
         acc = 100 * episode_accuracies(params, test, config, n_way, size["eval_episodes"], args.eval_query,
                                        np.random.default_rng(args.eval_seed))
-        results[f"{n_way}-way 1-shot"] = {"accuracy": float(acc.mean()), "n_episodes": len(acc),
-                                         "ci95": float(1.96 * acc.std() / np.sqrt(len(acc)))}
+        mean, ci95 = options.mean_and_ci95(acc)
+        results[f"{n_way}-way 1-shot"] = {"accuracy": mean, "n_episodes": len(acc), "ci95": ci95}
     if args.train_way >= 20:
-        narrowed = metanet.with_n_way(params, 20)
-        score = lambda test_images, train_images: metanet.predict(
-            narrowed, backend.asarray(train_images[:, None], _dtype(params)),
-            backend.asarray(np.arange(len(train_images)), dtype=None),
-            backend.asarray(test_images[:, None], _dtype(params)), config)
-        errors = lake_runs.evaluate_runs(runs, score, kind="score")
+        errors = lake_runs.evaluate_runs(runs, lake_score(params, config), kind="score")
         results["lake_runs"] = {"error": errors.mean, "per_run": errors.per_run.tolist()}
     else:
         results["lake_runs"] = None
     results["eval_seconds"] = time.perf_counter() - start
     return results
+
+
+def lake_score(params, config):
+    """score(test_images, train_images) -> logits (n_test, 20) for one of Lake's runs: its 20
+    training drawings are the support set (classes 0..19), its test drawings the queries (their
+    labels, unknown here and unused by predict, are given as 0)."""
+    narrowed, config = metanet.with_n_way(params, 20), dataclasses.replace(config, n_way=20)
+    images = lambda x: backend.asarray(x[:, None], _dtype(params))
+    labels = lambda y: backend.asarray(y, dtype=None)
+    return lambda test_images, train_images: metanet.predict(narrowed, contract.Episode(
+        images(train_images), labels(np.arange(len(train_images))),
+        images(test_images), labels(np.zeros(len(test_images), dtype=np.int64))), config)
 
 
 def build_report(args, size, config, curve, results, timing, n_train_classes, n_test_characters):
@@ -227,7 +247,7 @@ def build_report(args, size, config, curve, results, timing, n_train_classes, n_
                    "max_train_minutes": size["max_train_minutes"], "test_fraction": args.test_fraction,
                    "training_classes": n_train_classes, "heldout_characters": n_test_characters,
                    "eval_episodes": size["eval_episodes"], "eval_query": args.eval_query,
-                   "ci95": "1.96 * std / sqrt(n_episodes) over episode accuracies",
+                   "ci95": "1.96 * std(ddof=1) / sqrt(n_episodes) over episode accuracies",
                    "n_way_answered_by": "the first n_way output units (metanet.with_n_way)",
                    "rotations": "90/180/270 as new training classes", "fast": args.fast},
         "seeds": {"seed": args.seed, "eval_seed": args.eval_seed,

@@ -10,7 +10,7 @@ Default training: 60-way 1-shot episodes with 1 query per class (the paper train
 with 5 queries; in 12 minutes here one query did as well: docs/demo-metric-omniglot.md), Adam
 1e-3, float32, at most 6000 episodes or 12 minutes.  ``--fast`` runs in seconds.
 
-    refmeta demo protonet-omniglot --data shared/data/omniglot
+    refmeta demo protonet-omniglot --data OMNIGLOT_DIR
 """
 
 
@@ -18,19 +18,20 @@ from refmeta import protonet
 from refmeta.demos import fewshot_omniglot as common, options
 
 PAPER = {"5-way 1-shot": 98.8, "5-way 5-shot": 99.7, "20-way 1-shot": 96.0, "20-way 5-shot": 98.9}
-CONFIG = protonet.ProtoNetConfig()
 
 
 def model():
     return common.Model(
         name="protonet",
-        init=lambda rng, hidden: protonet.conv4_embedding_init(rng, hidden=hidden),
+        configure=lambda hidden, n_way, meta_lr: protonet.ProtoNetConfig(
+            protonet.conv4_embedding(hidden), n_way=n_way, meta_lr=meta_lr),
+        init=protonet.init,
         conv_params=lambda params: params,
-        loss=lambda params, z_s, y_s, z_q, y_q, n_way: protonet.loss_from_embeddings(
-            z_s, y_s, z_q, y_q, n_way, CONFIG),
-        log_probs=lambda params, z_s, y_s, z_q, n_way: protonet.log_probabilities(
-            z_s, y_s, z_q, n_way, CONFIG.distance),
-        conventions=CONFIG.conventions(), paper=PAPER)
+        loss=lambda params, z_s, y_s, z_q, y_q, config: protonet.loss_from_embeddings(
+            z_s, y_s, z_q, y_q, config.n_way, config.distance),
+        log_probs=lambda params, z_s, y_s, z_q, n_way, config: protonet.log_probabilities(
+            z_s, y_s, z_q, n_way, config.distance),
+        paper=PAPER)
 
 
 def add_arguments(parser):

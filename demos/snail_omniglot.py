@@ -1,4 +1,4 @@
-"""SNAIL on Omniglot 5-way 1-shot (Mishra et al. 2018, Section 4.1), on the small background sets.
+"""SNAIL on Omniglot 5-way 1-shot (Mishra et al. 2018, Section 5.1), on the small background sets.
 
 Data (``--data DIR``): images_background_small1.zip + small2.zip, merged (242 characters, 8
 alphabets), 28×28 BOX-resized; split by character with ``default_rng(split_seed)`` into
@@ -10,15 +10,16 @@ then Attn(64, 32) → TC(T, 128) → Attn(256, 128) → TC(T, 128) → Attn(512,
 T = N·K + 1; every weight starts as PyTorch's default init, except that the attention blocks'
 query and key weights start ``--attention-init-gain`` (default 4) times larger, so the
 attention is not uniform at the start (``SNAILConfig.attention_init_gain``; 1 gives the
-ports' init).  Training: Adam on the mean query cross-entropy; every episode draws N classes
-(labels 0..N−1 in draw order), shuffles the order of its N·K support steps, and gives each of
-its N·Q queries a sequence of its own (they share the support images).  Batch norm uses the
-statistics of the meta-batch's images and tracks running statistics (momentum 0.1).
+ports' init).  Training: ``snail.step``, Adam on the mean query cross-entropy; every episode
+draws N classes (labels 0..N−1 in draw order), shuffles the order of its N·K support steps, and
+gives each of its N·Q queries a sequence of its own (they share the support images).  Batch
+norm uses the statistics of the meta-batch's images and tracks running statistics (momentum
+0.1), which validation and test use (``SNAILConfig.bn_mode`` "running").
 
 Test: N-way K-shot episodes on the held-out characters (``--eval-seed``), with running batch
 norm statistics, so every test image is embedded once and episodes are scored from the cached
 embeddings (the same numbers as embedding each episode anew).  Reported: the mean per-episode
-accuracy and its 95% CI (1.96·std/√n), at the checkpoint with the best validation accuracy.
+accuracy and its 95% CI (1.96·std/√n, the sample std), at the checkpoint with the best validation accuracy.
 
 Lake's 20 official runs are 20-way 1-shot.  A SNAIL's N is fixed by its label slots and output
 layer, so a 5-way model cannot read 20 labelled examples.  Our choice: a knockout in two rounds,
@@ -28,6 +29,7 @@ highest first-round probability.  It is reported as that, not as the paper's pro
 ``--n-way 20`` the model is trained 20-way and reads each run directly (one round).
 """
 
+import dataclasses
 import os
 import platform
 import time
@@ -37,7 +39,6 @@ import numpy as np
 from refmeta import snail
 from refmeta.data import lake_runs, omniglot
 from refmeta.device import backend
-from refmeta.nn import optimizers
 from refmeta.demos import files, options
 from refmeta.progress import progress
 
@@ -55,24 +56,24 @@ def add_arguments(parser):
     add, at_least = parser.add_argument, options.integer_at_least
     positive = at_least(1)
     options.add_omniglot_folders(parser, "snail-omniglot")
-    add("--seed", type=int, default=0, help="training seed: init and training episodes")
-    add("--split-seed", type=int, default=0, help="seed of the character split (default 0)")
-    add("--eval-seed", type=int, default=2018, help="seed of the test episodes (default 2018)")
+    add("--seed", type=options.seed, default=0, help="training seed: init and training episodes")
+    add("--split-seed", type=options.seed, default=0, help="seed of the character split (default 0)")
+    add("--eval-seed", type=options.seed, default=2018, help="seed of the test episodes (default 2018)")
     add("--n-way", type=at_least(2), default=5, help="N (default 5)")
     add("--k-shot", type=positive, default=1, help="K (default 1)")
     add("--n-query", type=positive, default=1,
         help="training queries per class and episode, each its own sequence (default 1)")
     add("--test-queries", type=positive, default=5, help="test queries per class (default 5)")
-    add("--attention-init-gain", type=float, default=4.0,
+    add("--attention-init-gain", type=options.positive_float, default=4.0,
         help="the attention blocks' query and key weights start this many times PyTorch's "
              "default init (default 4; 1 is the ports' init)")
-    add("--lr", type=float, default=1e-3, help="Adam step size (default 1e-3)")
+    add("--lr", type=options.nonnegative_float, default=1e-3, help="Adam step size (default 1e-3)")
     add("--lr-halve-every", type=at_least(0), default=0,
         help="halve the step size every this many iterations (default 0: never)")
     add("--dtype", choices=("float32", "float64"), default="float32",
         help="training and evaluation precision (default float32, as PyTorch trains)")
     add("--iterations", type=at_least(0), help=f"at most (default {FULL['iterations']})")
-    add("--max-train-minutes", type=float,
+    add("--max-train-minutes", type=options.positive_float,
         help=f"stop training after this long, validating once more (default {FULL['max_train_minutes']})")
     add("--meta-batch-size", type=positive, help=f"episodes per step (default {FULL['meta_batch_size']})")
     add("--test-episodes", type=positive, help=f"default {FULL['test_episodes']}")
@@ -86,9 +87,11 @@ def add_arguments(parser):
 def run(args):
     """Train, select the checkpoint, test, score Lake's runs; print, save JSON and the figure."""
     start, sizes = time.perf_counter(), options.sizes(args, FULL, FAST)
+    check_args(args, sizes)
     config = snail.SNAILConfig(n_way=args.n_way, k_shot=args.k_shot,
-                               attention_init_gain=args.attention_init_gain)
-    data = load_data(args)
+                               attention_init_gain=args.attention_init_gain, bn_mode="running",
+                               meta_lr=args.lr)
+    data = load_data(args, sizes)
     init_rng, train_rng, validation_rng = np.random.default_rng(args.seed).spawn(3)
     params = {k: backend.asarray(v, args.dtype) for k, v in snail.init(init_rng, config).items()}
     state = train(params, data, config, args, sizes, train_rng, validation_rng)
@@ -99,9 +102,8 @@ def run(args):
     results = {"test": summarise(accuracies), "test_seconds": time.perf_counter() - test_start}
     if sizes["lake_runs"]:
         lake_start = time.perf_counter()
-        runs = lake_runs.load_lake_runs(os.path.join(args.data, "all_runs.zip"), image_size=28)
-        results["lake"] = lake_error(state["best_params"], state["best_bn"],
-                                     runs[:sizes["lake_runs"]], config)
+        results["lake"] = lake_error(state["best_params"], state["best_bn"], data["lake_runs"],
+                                     config)
         results["lake"]["seconds"] = time.perf_counter() - lake_start
     report = build_report(args, sizes, config, data, state, results)
     report["table"] = format_table(report)
@@ -116,16 +118,47 @@ def run(args):
     return report
 
 
-def load_data(args):
-    """{"train": rotated training classes, "validation", "test": unrotated Characters}."""
-    sets = [omniglot.load_characters(os.path.join(args.data, f"images_background_small{i}.zip"),
-                                     cache_dir=args.cache or os.path.join(args.out, "cache"))
-            for i in (1, 2)]
-    merged = omniglot.merge_characters(*sets)
-    train, validation, test = omniglot.split_characters(
-        merged, np.random.default_rng(args.split_seed), SPLIT)
-    return {"train": omniglot.with_rotations(train), "validation": validation, "test": test,
-            "n_characters": len(merged.names)}
+def check_args(args, sizes):
+    """options.UsageError naming the option, before anything is read; then the output folder is
+    created and written to, before any training."""
+    zips = ("images_background_small1.zip", "images_background_small2.zip")
+    options.check_data_folder(args.data, zips + (("all_runs.zip",) if sizes["lake_runs"] else ()))
+    groups = 20 // args.n_way
+    if sizes["lake_runs"] and args.k_shot == 1 and (20 % args.n_way or groups > args.n_way):
+        raise options.UsageError(f"--n-way {args.n_way}: Lake's 20-way runs are scored by a knockout "
+                                 "of g groups of N with g <= N (N = 5, 10 or 20); --lake-runs 0 "
+                                 "skips them")
+    options.check_out_folder(args.out)
+
+
+def check_data(args, data):
+    """options.UsageError unless the episodes the options ask for fit the characters."""
+    drawings = data["test"].images.shape[1]
+    options.check_needs(*((f"--n-way {args.n_way} on the {part} characters", args.n_way,
+                           len(data[part].names), "classes") for part in ("train", "validation", "test")),
+                        (f"--k-shot {args.k_shot} + --n-query {args.n_query}", args.k_shot + args.n_query,
+                         drawings, "drawings per class"),
+                        (f"--k-shot {args.k_shot} + --test-queries {args.test_queries}",
+                         args.k_shot + args.test_queries, drawings, "drawings per class"))
+
+
+def load_data(args, sizes):
+    """{"train": rotated training classes, "validation", "test": unrotated Characters,
+    "lake_runs": the first ``lake_runs`` of Lake's runs}; data that cannot be read, or that the
+    episodes do not fit, is an options.UsageError."""
+    with options.input_errors():
+        sets = [omniglot.load_characters(os.path.join(args.data, f"images_background_small{i}.zip"),
+                                         cache_dir=args.cache or os.path.join(args.out, "cache"))
+                for i in (1, 2)]
+        merged = omniglot.merge_characters(*sets)
+        train, validation, test = omniglot.split_characters(
+            merged, np.random.default_rng(args.split_seed), SPLIT)
+        runs = (lake_runs.load_lake_runs(os.path.join(args.data, "all_runs.zip"), image_size=28)
+                if sizes["lake_runs"] else ())
+    data = {"train": omniglot.with_rotations(train), "validation": validation, "test": test,
+            "n_characters": len(merged.names), "lake_runs": runs[:sizes["lake_runs"]]}
+    check_data(args, data)
+    return data
 
 
 def shuffled_support(rng, episode):
@@ -138,15 +171,15 @@ def shuffled_support(rng, episode):
 
 
 def train(params, data, config, args, sizes, rng, validation_rng):
-    """Adam on the query loss; validate every ``validate_every`` steps and keep the best."""
-    opt_state, bn_state = optimizers.adam_init(params), snail.bn_state_init(config, params["out.w"])
+    """``snail.step`` on the query loss; validate every ``validate_every`` steps, keep the best."""
+    snail_state = snail.init_state(params, config)
     validation_seed = int(validation_rng.integers(2**32))
     state = {"curve": {"iteration": [], "train_loss": [], "validation_accuracy": []},
              "best_accuracy": -1.0, "validation_seconds": 0.0}
 
     def validate(iteration, train_loss):
         begin = time.perf_counter()
-        accuracy = float(np.mean(evaluate(params, bn_state, data["validation"], config,
+        accuracy = float(np.mean(evaluate(params, snail_state.bn, data["validation"], config,
                                           np.random.default_rng(validation_seed),
                                           sizes["validation_episodes"], 1)))
         state["validation_seconds"] += time.perf_counter() - begin
@@ -154,7 +187,7 @@ def train(params, data, config, args, sizes, rng, validation_rng):
             state["curve"][key].append(value)
         if accuracy > state["best_accuracy"]:
             state.update(best_accuracy=accuracy, best_iteration=iteration, best_params=params,
-                         best_bn=bn_state)
+                         best_bn=snail_state.bn)
         return accuracy
 
     validate(0, float("nan"))
@@ -164,8 +197,8 @@ def train(params, data, config, args, sizes, rng, validation_rng):
         episode = shuffled_support(rng, omniglot.sample_episodes(
             rng, data["train"].images, sizes["meta_batch_size"], config.n_way, config.k_shot,
             args.n_query, dtype=args.dtype))
-        params, opt_state, bn_state, loss = snail.meta_step(params, opt_state, bn_state, episode,
-                                                            config, lr=step_size(args, iteration))
+        config = dataclasses.replace(config, meta_lr=step_size(args, iteration))
+        params, snail_state, loss = snail.step(params, snail_state, episode, config)
         window.append(float(loss))
         out_of_time = time.perf_counter() - begin > 60 * sizes["max_train_minutes"]
         if iteration % sizes["validate_every"] == 0 or iteration == sizes["iterations"] or out_of_time:
@@ -191,8 +224,9 @@ def step_size(args, iteration):
 def embed_all(params, bn_state, images, config, chunk=200):
     """images (n, ...) on the host -> (n, d) embeddings, running batch-norm statistics."""
     flat = np.reshape(images, (-1, 1) + np.shape(images)[-2:])
-    parts = [backend.to_host(snail.embed(params, backend.asarray(flat[i:i + chunk], params["out.w"].dtype), config,
-                                         bn_mode="running", bn_state=bn_state))
+    dtype = params["out.w"].dtype
+    parts = [backend.to_host(snail.embed(params, backend.asarray(flat[i:i + chunk], dtype), config,
+                                         bn_state=bn_state))
              for i in range(0, len(flat), chunk)]
     return np.concatenate(parts).reshape(np.shape(images)[:-2] + (-1,))
 
@@ -271,10 +305,9 @@ def lake_error(params, bn_state, runs, config):
 
 
 def summarise(accuracies):
-    """Mean accuracy (%) and 95% CI half-width over episodes."""
-    n = len(accuracies)
-    return {"n_episodes": n, "accuracy": 100 * float(np.mean(accuracies)),
-            "ci95": 100 * float(1.96 * np.std(accuracies) / np.sqrt(n))}
+    """Mean accuracy (%) and 95% CI half-width (``options.mean_and_ci95``) over episodes."""
+    mean, ci95 = options.mean_and_ci95(accuracies)
+    return {"n_episodes": len(accuracies), "accuracy": 100 * mean, "ci95": 100 * ci95}
 
 
 def build_report(args, sizes, config, data, state, results):

@@ -12,9 +12,14 @@ or one explicit ``backend.to_host`` of a label array, as CuPy allows; nothing he
 a float array to the host.  Under autograd, the values are read with ``getval``.
 
     choice, boolean, integer, number, positive, nonnegative, probability   scalars and names
+    specs                                                        a tuple of (kind, sizes…) specs
     instance, generator                                          a Config, an explicit rng
     finite, float_array, labels, class_counts                    arrays
+    indices                                                      integer positions into an axis
+    nonempty, nonnegative_array, example_shape                   arrays: sizes, signs, image shapes
+    finite_tree                                                  a dict of finite arrays (gradients)
     params, tree_shapes, init_shapes                             a params tree against its template
+    running_stats, adam_state                                    running BN statistics, Adam's (step, m, v)
     episode                                                      an Episode, with the N-way K-shot arithmetic
 """
 
@@ -88,6 +93,20 @@ def probability(name, value, high_open=False):
     return number(name, value, low=0.0, high=1.0, high_open=high_open)
 
 
+def specs(name, value, forms):
+    """A tuple of specs (kind, size, …), ``forms[kind]`` naming the sizes, each an integer >= 1:
+    SNAIL's blocks, forms {"attention": ("key_size", "value_size"), "tc": ("filters",)}."""
+    instance(name, value, tuple)
+    allowed = " or ".join(f"({kind!r}, {', '.join(sizes)})" for kind, sizes in forms.items())
+    for j, spec in enumerate(value):
+        kind = spec[0] if isinstance(spec, tuple) and spec and isinstance(spec[0], str) else None
+        if kind not in forms or len(spec) != 1 + len(forms[kind]):
+            raise ValueError(f"{name}[{j}] must be {allowed}; got {spec!r}")
+        for size_name, size in zip(forms[kind], spec[1:]):
+            integer(f"{name}[{j}] {size_name}", size, minimum=1)
+    return value
+
+
 def instance(name, value, kind):
     """``value`` must be a ``kind`` (a Config class, numpy.random.Generator, ...)."""
     if not isinstance(value, kind):
@@ -117,6 +136,24 @@ def finite(name, x):
     if not bool(anp.all(anp.isfinite(getval(x)))):
         raise ValueError(f"{name} contains NaN or inf")
     return x
+
+
+def finite_tree(name, tree):
+    """``tree`` must be a non-empty dict of finite floating-point arrays; one device read for
+    the whole tree, and on failure the message names the leaf (``name['leaf']``)."""
+    given, tree = tree, getval(tree)                # under autograd a DictBox: read its dict
+    if not isinstance(tree, dict):
+        raise TypeError(f"{name} must be a dict of arrays; got {type(tree).__name__}")
+    if not tree:
+        raise ValueError(f"{name} is an empty tree")
+    for leaf in sorted(tree):
+        float_array(f"{name}[{leaf!r}]", tree[leaf])
+    every = functools.reduce(lambda a, b: a & b, (anp.all(anp.isfinite(getval(tree[leaf])))
+                                                  for leaf in sorted(tree)))
+    if not bool(every):
+        for leaf in sorted(tree):
+            finite(f"{name}[{leaf!r}]", tree[leaf])
+    return given
 
 
 def labels(name, y, n_way, shape=None):
@@ -151,10 +188,55 @@ def class_counts(name, host_labels, n_way, k_shot=None):
                          f"{' (first task)' if counts.ndim > 1 else ''}")
 
 
+def indices(name, idx, size, shape):
+    """An integer array of ``shape`` (an entry None takes any length) with every value in
+    0..size−1: positions along an axis of length ``size`` (Reptile's mini-batch indices).
+    Reads its minimum and maximum as two explicit scalar reads; returns ``idx`` unchanged."""
+    raw = getval(idx)
+    if not hasattr(raw, "dtype") or not np.issubdtype(raw.dtype, np.integer):
+        raise TypeError(f"{name} must be an integer array; got "
+                        f"{getattr(raw, 'dtype', type(raw).__name__)}")
+    expected = tuple("any" if n is None else n for n in shape)
+    if len(raw.shape) != len(shape) or any(n is not None and n != got
+                                           for n, got in zip(shape, raw.shape)):
+        raise ValueError(f"{name} must have shape ({', '.join(map(str, expected))}); "
+                         f"got {tuple(raw.shape)}")
+    if raw.size and (int(raw.min()) < 0 or int(raw.max()) >= size):
+        raise ValueError(f"{name} must lie in 0..{size - 1}; got values from {int(raw.min())} "
+                         f"to {int(raw.max())}")
+    return idx
+
+
+def nonempty(name, x):
+    """``x`` must hold at least one element: no axis of length 0 (T = 0 tasks, an empty set)."""
+    if 0 in tuple(anp.shape(getval(x))):
+        raise ValueError(f"{name} is empty: its shape {tuple(anp.shape(getval(x)))} has an axis "
+                         f"of length 0")
+    return x
+
+
+def nonnegative_array(name, x):
+    """``x`` must be a finite floating-point array with every entry >= 0 (a variance)."""
+    finite(name, x)
+    if not bool(anp.all(getval(x) >= 0)):
+        raise ValueError(f"{name} must be >= 0 everywhere (a variance); got a negative entry")
+    return x
+
+
+def example_shape(name, x, example_axis, shape):
+    """Each example of ``x`` (the axes after ``example_axis``) must have ``shape``, e.g. the
+    (C, H, W) images a network was built for."""
+    got = tuple(anp.shape(x)[example_axis + 1:])
+    if got != tuple(shape):
+        raise ValueError(f"{name}: each example must have shape {tuple(shape)}; got {got} "
+                         f"({name} has shape {tuple(anp.shape(x))})")
+    return x
+
 # ----- params trees -----
 def params(tree, expected, what="params"):
     """``tree`` must be a dict with exactly the keys of ``expected`` ({name: shape}), each a
     finite floating-point array of that shape.  Names the missing, extra or wrong entry."""
+    given, tree = tree, getval(tree)                # under autograd a DictBox: read its dict
     if not isinstance(tree, dict):
         raise TypeError(f"{what} must be a dict of arrays; got {type(tree).__name__}")
     if not tree:
@@ -168,7 +250,7 @@ def params(tree, expected, what="params"):
         if tuple(anp.shape(tree[name])) != tuple(expected[name]):
             raise ValueError(f"{what}[{name!r}] must have shape {tuple(expected[name])}; "
                              f"got {tuple(anp.shape(tree[name]))}")
-    return tree
+    return given
 
 
 def tree_shapes(tree):
@@ -180,6 +262,29 @@ def tree_shapes(tree):
 def init_shapes(init, config):
     """The template of ``init(rng, config)``'s params, computed once per (init, config)."""
     return tree_shapes(init(np.random.default_rng(0), config))
+
+
+def running_stats(tree, expected, what="bn_state"):
+    """Running batch-norm statistics against their template {"….mean", "….var": shape}: the
+    keys and shapes of ``params``, finite, and every variance >= 0."""
+    params(tree, expected, what)
+    for name in sorted(expected):
+        if name.endswith("var"):
+            nonnegative_array(f"{what}[{name!r}]", getval(tree)[name])
+    return tree
+
+
+def adam_state(name, state, expected):
+    """Adam's state (step, m, v) for params of template ``expected``: a step count >= 0 and
+    moment trees with the params' keys and shapes, finite, with v >= 0."""
+    if not all(hasattr(state, field) for field in ("step", "m", "v")):
+        raise TypeError(f"{name} must be Adam's state (step, m, v); got {type(state).__name__}")
+    integer(f"{name}.step", state.step, minimum=0)
+    params(state.m, expected, f"{name}.m")
+    params(state.v, expected, f"{name}.v")
+    for leaf in sorted(expected):
+        nonnegative_array(f"{name}.v[{leaf!r}]", state.v[leaf])
+    return state
 
 
 # ----- episodes -----

@@ -4,9 +4,10 @@ Paper: Section 2.2, Algorithm 1 (supervised: Algorithm 2), Section 5.1 (sinusoid
 
 Symbols
     θ        params             meta-parameters (a dict tree)
+    f_θ      model              a ``contract.Model``: ``model.apply`` is f_θ, ``model.loss`` is L
     α        inner_lr           inner-loop step size
-    k        inner_steps        inner gradient steps at meta-training
-             test_inner_steps   inner gradient steps at meta-test
+    k        inner_steps        inner gradient steps at meta-training (``loss``, ``step``)
+             test_inner_steps   inner gradient steps at meta-test (``adapt``, ``predict``)
     β        meta_lr            outer (Adam) step size
     L_i^S    support loss of task i, reduced over examples by ``inner_reduction``
     L_i^Q    query loss of task i, reduced over examples by ``query_reduction``
@@ -29,41 +30,60 @@ Meta-gradient.  With H_j = ∇²L_i^S(θ_i^(j)) the chain rule through (1) gives
 autograd forms (3) exactly by differentiating through all k steps: that is
 second-order MAML.  ``first_order=True`` treats each ∇L_i^S as a constant, so
 every (I − αH_j) becomes I and the meta-gradient is ∇L_i^Q(θ_i^(k)) (FOMAML,
-Section 5.2).
+Section 5.2).  ``step`` is Algorithm 2, line 10, with Adam (β = meta_lr).
+
+Meta-test (Section 5.1: 10 steps on a new sinusoid).  ``adapt`` runs (1) for
+``test_inner_steps`` steps (or ``steps``) on each task's support set and returns
+θ_i^(k) with its task axis; ``predict`` is f applied to the query inputs with them.
 
 Conventions (all in ``MAMLConfig``, all recorded by ``MAMLConfig.conventions``):
     task_reduction    "mean" (default: the authors' code) or "sum" (the paper's Eq. 1)
-    inner_reduction   "mean" (default), "sum", or "n_way_times_mean" (the authors'
-                      classification code: N × mean cross-entropy)
-    query_reduction   "mean" (default) or "sum"
+    inner_reduction   "mean" (default), "sum", or, with ``n_way`` set, "n_way_times_mean"
+                      (the authors' classification code: N × mean cross-entropy)
+    query_reduction   the same choices
     adapt_bn          False (default, the authors' code): params whose name starts
                       with "bn" are meta-learned but held fixed in the inner loop.
     Batch-norm mode belongs to the model's loss function (see ``refmeta.nn.layers``).
 
-Vectorisation.  The meta-batch carries a leading task axis T.  ``meta_loss``
-gives every parameter that axis (``trees.broadcast_tasks``) and runs all tasks
-through one call of the model.  Because Σ_i L_i^S(θ_i) couples no two tasks,
-its gradient with respect to the task-batched params is every task's own
-gradient, so (1) is one ``grad`` call for the whole meta-batch.  ``looped``
-wraps a one-task loss into the same interface for models that cannot batch.
+Vectorisation.  The meta-batch carries a leading task axis T.  ``loss`` gives every
+parameter that axis (``trees.broadcast_tasks``) and runs all tasks through one call
+of the model.  Because Σ_i L_i^S(θ_i) couples no two tasks, its gradient with respect
+to the task-batched params is every task's own gradient, so (1) is one ``grad`` call
+for the whole meta-batch.  ``looped`` wraps a one-task loss into the same interface
+for models that cannot batch.
+
+Checks.  ``init``, ``init_state``, ``loss``, ``meta_gradient``, ``step``, ``adapt``
+and ``predict`` check their inputs once (``refmeta.checks``); the equations below
+them (``inner_update``, ``adapt_trajectory``, ``task_query_losses``) do not.
 """
 
-from dataclasses import asdict, dataclass
-import math
+import functools
+from dataclasses import dataclass, fields
+from typing import Optional
 
 import autograd.numpy as anp
 from autograd import grad, value_and_grad
 from autograd.tracer import getval
 
-from refmeta.nn import optimizers, trees
+from refmeta import checks, contract
+from refmeta.nn import layers, losses, optimizers, trees
 
 TASK_REDUCTIONS = ("mean", "sum")
-INNER_REDUCTIONS = ("mean", "sum", "n_way_times_mean")
+REDUCTIONS = ("mean", "sum")
+CLASSIFICATION_REDUCTIONS = REDUCTIONS + ("n_way_times_mean",)
+SINUSOID_MLP = contract.supervised(functools.partial(layers.mlp_init, sizes=(1, 40, 40, 1)),
+                                   layers.mlp_apply, functools.partial(losses.mse, check=False),
+                                   "mlp 1-40-40-1 relu, mse")
 
 
 @dataclass(frozen=True)
 class MAMLConfig:
-    """Hyperparameters and conventions; defaults are the paper's sinusoid setup."""
+    """Hyperparameters and conventions; defaults are the paper's sinusoid setup (Section 5.1).
+
+    ``n_way`` None: regression (y float (T, n, d)); an int N: classification, labels in 0..N−1.
+    """
+    model: contract.Model = SINUSOID_MLP
+    n_way: Optional[int] = None
     inner_lr: float = 0.01
     inner_steps: int = 1
     test_inner_steps: int = 10
@@ -75,35 +95,105 @@ class MAMLConfig:
     meta_lr: float = 1e-3
 
     def __post_init__(self):
+        checks.instance("model", self.model, contract.Model)
+        if self.model.loss is None:
+            raise ValueError(f"model {self.model.name!r} has no loss (an embedding?); MAML needs "
+                             "model.loss(params, x, y, reduction)")
+        if self.n_way is not None:
+            checks.integer("n_way", self.n_way, minimum=2)
         for name in ("inner_lr", "meta_lr"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite number; got {value!r}")
+            checks.nonnegative(name, getattr(self, name))
         for name in ("inner_steps", "test_inner_steps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an integer >= 0; got {value!r}")
-        _check_choice("task_reduction", self.task_reduction, TASK_REDUCTIONS)
-        _check_choice("inner_reduction", self.inner_reduction, INNER_REDUCTIONS)
-        _check_choice("query_reduction", self.query_reduction, INNER_REDUCTIONS)
+            checks.integer(name, getattr(self, name), minimum=0)
         for name in ("first_order", "adapt_bn"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name} must be True or False; got {getattr(self, name)!r}")
+            checks.boolean(name, getattr(self, name))
+        checks.choice("task_reduction", self.task_reduction, TASK_REDUCTIONS)
+        allowed = REDUCTIONS if self.n_way is None else CLASSIFICATION_REDUCTIONS
+        checks.choice("inner_reduction", self.inner_reduction, allowed)
+        checks.choice("query_reduction", self.query_reduction, allowed)
 
     def conventions(self):
-        """Every field, as a JSON-able dict (reference cases record it whole)."""
-        return asdict(self)
+        """Every field, as a JSON-able dict (the model by its name); reference cases record it."""
+        return dict({f.name: getattr(self, f.name) for f in fields(self)}, model=self.model.name)
 
 
-def inner_update(params, support_x, support_y, loss_fn, config):
+# ----- the front door: checks once, then the math below -----
+def init(rng, config):
+    """θ from ``config.model.init``: a dict of host float64 arrays."""
+    checks.generator(rng)
+    checks.instance("config", config, MAMLConfig)
+    return config.model.init(rng)
+
+
+def init_state(params, config):
+    """Adam's state for the outer update (zero moments, step 0)."""
+    _check_params(params, config)
+    return optimizers.adam_init(params)
+
+
+def loss(params, episode, config):
+    """The meta-objective (2) on a meta-batch (T, n, ...): query losses after ``inner_steps``."""
+    return _loss(params, _check(params, episode, config), config)
+
+
+def meta_gradient(params, episode, config):
+    """∇_θ of (2): exact (3) through all k steps, or FOMAML's if config.first_order."""
+    return grad(_loss)(params, _check(params, episode, config), config)
+
+
+def step(params, state, episode, config):
+    """One meta-training step, Adam on (2) (Algorithm 2, line 10).
+
+    Returns:
+        Step(new params, new Adam state, the meta-loss (2) at ``params``); start from
+        ``init_state(params, config)``.
+    """
+    episode = _check(params, episode, config)
+    checks.adam_state("state", state, checks.init_shapes(init, config))
+    value, grads = value_and_grad(_loss)(params, episode, config)
+    new_params, new_state = optimizers.adam_update(params, grads, state, lr=config.meta_lr,
+                                                   check=False)
+    return contract.Step(new_params, new_state, value)
+
+
+def adapt(params, episode, config, *, steps=None):
+    """θ_i^(k) for every task (leaves (T, ...)): (1) on the support sets, ``steps`` times
+    (default ``config.test_inner_steps``: this is where meta-test adaptation happens)."""
+    episode = _check(params, episode, config)
+    return _adapt(params, episode, config, _test_steps(steps, config))
+
+
+def predict(params, episode, config, *, steps=None):
+    """f_{θ_i^(k)}(query_x) for every task: the model's outputs after ``adapt``."""
+    episode = _check(params, episode, config)
+    return config.model.apply(_adapt(params, episode, config, _test_steps(steps, config)),
+                              episode.query_x)
+
+
+def _check_params(params, config):
+    checks.instance("config", config, MAMLConfig)
+    return checks.params(params, checks.init_shapes(init, config))
+
+
+def _check(params, episode, config):
+    _check_params(params, config)
+    return checks.episode(episode, n_way=config.n_way, task_axis=True)
+
+
+def _test_steps(steps, config):
+    return config.test_inner_steps if steps is None else checks.integer("steps", steps, minimum=0)
+
+
+# ----- the paper's equations (no checks) -----
+def inner_update(params, support_x, support_y, config):
     """One inner step (1) for every task: θ_i − α ∇L_i^S(θ_i).
 
     Args:
         params: tree whose leaves carry the task axis, (T, ...).
         support_x, support_y: (T, n_support, ...).
-        loss_fn: (params, x, y, reduction) -> per-task losses (T,).
     """
-    total_support_loss = lambda p: anp.sum(loss_fn(p, support_x, support_y, config.inner_reduction))
+    total_support_loss = lambda p: anp.sum(config.model.loss(p, support_x, support_y,
+                                                              config.inner_reduction))
     grads = grad(total_support_loss)(params)
     if config.first_order:
         grads = {name: getval(g) for name, g in grads.items()}  # ∇L_i^S held constant
@@ -111,82 +201,46 @@ def inner_update(params, support_x, support_y, loss_fn, config):
             else params[name] for name in sorted(params)}
 
 
-def adapt_trajectory(params, support_x, support_y, loss_fn, config, steps=None):
+def adapt_trajectory(params, support_x, support_y, config, steps=None):
     """[θ^(0), θ^(1), …, θ^(steps)] for every task; steps defaults to config.inner_steps."""
-    steps = config.inner_steps if steps is None else _check_steps(steps)
     trajectory = [params]
-    for _ in range(steps):
-        trajectory.append(inner_update(trajectory[-1], support_x, support_y, loss_fn, config))
+    for _ in range(config.inner_steps if steps is None else steps):
+        trajectory.append(inner_update(trajectory[-1], support_x, support_y, config))
     return trajectory
 
 
-def adapt(params, support_x, support_y, loss_fn, config, steps=None):
-    """θ_i^(k): the task-adapted params after ``steps`` inner steps (1)."""
-    return adapt_trajectory(params, support_x, support_y, loss_fn, config, steps)[-1]
-
-
-def task_query_losses(params, episode, loss_fn, config, steps=None):
+def task_query_losses(params, episode, config, steps=None):
     """L_i^Q(θ_i^(k)) for every task in the meta-batch, shape (T,)."""
-    n_tasks = _n_tasks(episode)
-    task_params = trees.broadcast_tasks(params, n_tasks)
-    adapted = adapt(task_params, episode.support_x, episode.support_y, loss_fn, config, steps)
-    losses = loss_fn(adapted, episode.query_x, episode.query_y, config.query_reduction)
-    if anp.shape(losses) != (n_tasks,):
-        raise ValueError(f"loss_fn must return one loss per task, shape ({n_tasks},); "
-                         f"got {anp.shape(losses)}")
-    return losses
-
-
-def meta_loss(params, episode, loss_fn, config):
-    """The meta-objective (2): the query losses after k inner steps, reduced over tasks."""
-    losses = task_query_losses(params, episode, loss_fn, config)
-    return anp.mean(losses) if config.task_reduction == "mean" else anp.sum(losses)
-
-
-def meta_gradient(params, episode, loss_fn, config):
-    """∇_θ of (2): exact (3) through all k steps, or FOMAML's if config.first_order."""
-    return grad(meta_loss)(params, episode, loss_fn, config)
-
-
-def meta_step(params, opt_state, episode, loss_fn, config):
-    """One meta-training step with Adam (Algorithm 2, line 10).
-
-    Returns:
-        (new_params, new_opt_state, meta_loss_value); start with
-        ``opt_state = optimizers.adam_init(params)``.
-    """
-    loss, grads = value_and_grad(meta_loss)(params, episode, loss_fn, config)
-    new_params, new_state = optimizers.adam_update(params, grads, opt_state, lr=config.meta_lr)
-    return new_params, new_state, loss
+    adapted = _adapt(params, episode, config, config.inner_steps if steps is None else steps)
+    task_losses = config.model.loss(adapted, episode.query_x, episode.query_y, config.query_reduction)
+    n_tasks = anp.shape(episode.support_x)[0]
+    if anp.shape(task_losses) != (n_tasks,):
+        raise ValueError(f"model.loss must return one loss per task, shape ({n_tasks},); "
+                         f"got {anp.shape(task_losses)}")
+    return task_losses
 
 
 def looped(loss_fn):
     """Wrap a one-task loss (params, x (n, ...), y, reduction) -> scalar into the per-task
-    interface by a Python loop over the task axis.  Same numbers, no vectorisation."""
+    interface of ``Model.loss`` by a Python loop over the task axis.  Same numbers, no
+    vectorisation."""
     def task_losses(params, x, y, reduction):
         return anp.stack([loss_fn(trees.take_task(params, t), x[t], y[t], reduction)
                           for t in range(anp.shape(x)[0])])
     return task_losses
 
 
+def _loss(params, episode, config):
+    """(2): the query losses after k inner steps, reduced over tasks."""
+    task_losses = task_query_losses(params, episode, config)
+    return anp.mean(task_losses) if config.task_reduction == "mean" else anp.sum(task_losses)
+
+
+def _adapt(params, episode, config, steps):
+    """θ_i^(steps) for every task of the meta-batch, from the shared θ."""
+    task_params = trees.broadcast_tasks(params, anp.shape(episode.support_x)[0])
+    return adapt_trajectory(task_params, episode.support_x, episode.support_y, config, steps)[-1]
+
+
 def _adapts(name, config):
     return config.adapt_bn or not name.startswith("bn")
-
-
-def _n_tasks(episode):
-    shape = anp.shape(episode.support_x)
-    if len(shape) < 2 or anp.shape(episode.query_x)[:1] != shape[:1]:
-        raise ValueError("MAML takes a meta-batch: support_x and query_x need the same leading "
-                         f"task axis; got {shape} and {anp.shape(episode.query_x)}")
-    return shape[0]
-
-
-def _check_steps(steps):
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be an integer >= 0; got {steps!r}")
-    return steps
-
-
-def _check_choice(name, value, allowed):
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {allowed}; got {value!r}")

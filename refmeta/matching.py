@@ -5,15 +5,15 @@ Section 2.1 (the model), Appendix A.1 (f, the attention LSTM), A.2 (g, the bidir
 Symbols
     S = ((x_i, y_i)), i = 1..|S|   the support set, a sequence in the order given
     x̂                              a query point
-    f′, g′     embed               base embeddings, e.g. the conv4 net (f′ = g′ by default)
+    f′, g′     config.embedding    base embeddings, a ``contract.Model`` (default: ProtoNet's conv4)
     g(x_i, S), f(x̂, S)             the support and query embeddings: g′, f′ without FCE
     c(u, v)    distance "cosine"   uᵀv / (‖u‖ ‖v‖), both sides normalised
     K          read_steps          read steps of the attention LSTM
-    s          attention_scale     multiplies the attention logits; the paper has none (s = 1).
-                                   learn_attention_scale makes it a parameter, s = exp("attention.log_scale")
-    d          the embedding size; every LSTM state has size d (forced by the skips + g′, + f′)
+    s          attention_scale     scales the cosines inside the softmax of (A); the paper has s = 1
+    d          embedding_dim       f′'s output size; every LSTM state has size d (forced by (G), (F2))
 
-Model (Section 2.1.1, Eqs. 1-2)
+Model (Section 2.1.1, Eqs. 1-2).  s enters in one place, (A): a = softmax(s·c) over the support
+set, i.e. s multiplies every cosine before the softmax over j = 1..|S| (FCE's (R) has no s):
     a(x̂, x_i) = exp s·c(f(x̂, S), g(x_i, S)) / Σ_j exp s·c(f(x̂, S), g(x_j, S))    (A)
     p(y = k | x̂, S) = Σ_{i: y_i = k} a(x̂, x_i)                                     (P)
     J = mean over the queries of −log p(y | x̂, S)
@@ -37,37 +37,41 @@ Conventions the paper leaves open (``MatchingConfig``, recorded by ``conventions
                       c_0 = 0 either way; the BiLSTM starts from zeros at both ends
     distance          "cosine" (the paper), or any of ``protonet.DISTANCES``: the attention
                       logits are −s·d, and −(1 − cos) gives the same softmax as c
-    attention_scale   s = 1.0 (the paper).  Cosines lie in [−1, 1], so with s = 1 the attention
-                      is nearly uniform over a large support set; implementations differ here
-                      (some scale the cosines or learn a temperature)
-    learn_attention_scale  False (the paper).  True: s = exp(ρ) with ρ = "attention.log_scale", a
-                      learned scalar that ``init`` sets to log(attention_scale), as the learned metric
-                      scale of Oreshkin et al. 2018 (TADAM); exp keeps s > 0 whatever the step
+    attention_scale   s = 1.0 (the paper).  Cosines lie in [−1, 1], so with s = 1 the attention is nearly
+                      uniform over a large support set; implementations differ (some scale, some learn s)
+    learn_attention_scale  False (the paper).  True: s = exp(ρ), ρ = "attention.log_scale" learned from
+                      ρ = log(attention_scale) at init, as TADAM's metric scale (Oreshkin et al. 2018)
     joint_embedding   True: with f′ = g′, support and query go through the net in one call
     task_reduction    "mean" or "sum" over a leading task axis
     support order     the BiLSTM reads S in the order given (class-major in refmeta.data.omniglot
                       episodes); shuffle the episode first for another order
-Params: {"embed.*"} or {"f.*", "g.*"}; "attention.log_scale" (shape ()) if learned; and with FCE
-"fce.fw.*", "fce.bw.*" (d → d) and
-"fce.att.*" (input d, recurrent 2d → d), each {w_x, w_h, b} of ``layers.lstm_init``.
+Params: {"embed.*"} or {"f.*", "g.*"}; "attention.log_scale" (shape ()) if learned; with FCE
+"fce.fw.*", "fce.bw.*" (d → d), "fce.att.*" (input d, recurrent 2d → d), as ``layers.lstm_init``.
+``step``: Adam on J (meta_lr).  The entry points check their inputs once; the equations do not.
 """
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 
 import autograd.numpy as anp
 import numpy as np
+from autograd import value_and_grad
 from autograd.tracer import getval
 
-from refmeta.nn import layers, losses
-from refmeta.protonet import DISTANCES, TASK_REDUCTIONS, check_choice, check_labels, pairwise_distance
-from refmeta.data.tasks import Episode
+from refmeta import checks
+from refmeta.contract import Model, Step
+from refmeta.nn import layers, losses, optimizers, trees
+from refmeta.protonet import DISTANCES, conv4_embedding, pairwise_distance
 
 ATTENTION_H0 = ("embedding", "zeros")
+TASK_REDUCTIONS = ("mean", "sum")
 LOG_SCALE = "attention.log_scale"
 
 
 @dataclass(frozen=True)
 class MatchingConfig:
+    embedding: Model = conv4_embedding()
+    embedding_dim: int = 64
+    n_way: int = 5
     fce: bool = False
     read_steps: int = 5
     share_embedding: bool = True
@@ -77,62 +81,44 @@ class MatchingConfig:
     learn_attention_scale: bool = False
     joint_embedding: bool = True
     task_reduction: str = "mean"
+    meta_lr: float = 1e-3
 
     def __post_init__(self):
-        for name in ("fce", "share_embedding", "joint_embedding", "learn_attention_scale"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name} must be True or False; got {getattr(self, name)!r}")
-        if isinstance(self.read_steps, bool) or not isinstance(self.read_steps, int) or self.read_steps < 0:
-            raise ValueError(f"read_steps must be an integer >= 0; got {self.read_steps!r}")
-        check_choice("attention_h0", self.attention_h0, ATTENTION_H0)
-        scale = self.attention_scale
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < float("inf"):
-            raise ValueError(f"attention_scale must be a positive finite number; got {scale!r}")
-        check_choice("distance", self.distance, DISTANCES)
-        check_choice("task_reduction", self.task_reduction, TASK_REDUCTIONS)
+        checks.instance("embedding", self.embedding, Model)
+        checks.integer("embedding_dim", self.embedding_dim, minimum=1)
+        checks.integer("n_way", self.n_way, minimum=2)
+        for name in ("fce", "share_embedding", "learn_attention_scale", "joint_embedding"):
+            checks.boolean(name, getattr(self, name))
+        checks.integer("read_steps", self.read_steps, minimum=0)
+        checks.choice("attention_h0", self.attention_h0, ATTENTION_H0)
+        checks.choice("distance", self.distance, DISTANCES)
+        checks.positive("attention_scale", self.attention_scale)
+        checks.choice("task_reduction", self.task_reduction, TASK_REDUCTIONS)
+        checks.nonnegative("meta_lr", self.meta_lr)
 
     def conventions(self):
-        return {**asdict(self), "lstm_state_size": "d, the embedding size (forced by (G), (F2))",
-                "bilstm_initial_state": "zeros", "attention_c0": "zeros",
-                "support_order": "as given", "lstm_gate_order": "i, f, g, o",
+        return {**{f.name: getattr(self, f.name) for f in fields(self)}, "embedding": self.embedding.name,
+                "lstm_state_size": "d, the embedding size (forced by (G), (F2))", "attention_c0": "zeros",
+                "bilstm_initial_state": "zeros", "support_order": "as given", "lstm_gate_order": "i, f, g, o",
                 "loss": "mean over queries of -log p, per-class logsumexp (L)"}
 
 
-def init(rng, embed_init, embedding_dim, config=MatchingConfig()):
-    """Host params: embed_init(rng) -> the base net's params, prefixed as the docstring says."""
-    nets = ("embed",) if config.share_embedding else ("f", "g")
-    params = {f"{net}.{name}": value for net in nets for name, value in embed_init(rng).items()}
-    if config.learn_attention_scale:
-        params[LOG_SCALE] = np.array(np.log(config.attention_scale))
-    if config.fce:
-        for lstm, recurrent in (("fw", embedding_dim), ("bw", embedding_dim), ("att", 2 * embedding_dim)):
-            for name, value in layers.lstm_init(rng, embedding_dim, embedding_dim, recurrent).items():
-                params[f"fce.{lstm}.{name}"] = value
-    return params
-
-
-def subtree(params, prefix):
-    """The entries named "<prefix>.<name>", as {name: value}."""
-    return {name[len(prefix) + 1:]: value for name, value in params.items()
-            if name.startswith(prefix + ".")}
-
-
-def base_embeddings(params, episode, embed, config=MatchingConfig()):
+# ----- the model: (G), (R), (F1), (F2), (A), (L); no checks -----
+def base_embeddings(params, episode, config):
     """(g′(support_x) (..., n_s, d), f′(query_x) (..., n_q, d))."""
+    embed, support_x, query_x = config.embedding.apply, episode.support_x, episode.query_x
     if not config.share_embedding:
-        return embed(subtree(params, "g"), episode.support_x), embed(subtree(params, "f"), episode.query_x)
-    net = subtree(params, "embed")
+        return embed(trees.subtree(params, "g"), support_x), embed(trees.subtree(params, "f"), query_x)
+    net = trees.subtree(params, "embed")
     if not config.joint_embedding:
-        return embed(net, episode.support_x), embed(net, episode.query_x)
+        return embed(net, support_x), embed(net, query_x)
     n_support = anp.shape(episode.support_y)[-1]
-    z = embed(net, anp.concatenate([episode.support_x, episode.query_x],
-                                   axis=anp.ndim(episode.support_y) - 1))
+    z = embed(net, anp.concatenate([support_x, query_x], axis=anp.ndim(episode.support_y) - 1))
     return z[..., :n_support, :], z[..., n_support:, :]
 
 
 def _lstm(params, name, x, h, c):
-    return layers.lstm_cell(x, h, c, params[f"fce.{name}.w_x"], params[f"fce.{name}.w_h"],
-                            params[f"fce.{name}.b"])
+    return layers.lstm_cell(x, h, c, *(params[f"fce.{name}.{k}"] for k in ("w_x", "w_h", "b")))
 
 
 def support_fce(params, g_prime):
@@ -150,7 +136,7 @@ def support_fce(params, g_prime):
     return forward + backward + g_prime
 
 
-def query_fce(params, f_prime, g, config=MatchingConfig()):
+def query_fce(params, f_prime, g, config):
     """(R), (F1), (F2): f(x̂, S) = h_K, f_prime (..., n_q, d), g (..., n_s, d) -> (..., n_q, d)."""
     h = f_prime if config.attention_h0 == "embedding" else anp.zeros_like(f_prime)
     c = anp.zeros_like(f_prime)
@@ -162,7 +148,7 @@ def query_fce(params, f_prime, g, config=MatchingConfig()):
     return h
 
 
-def full_context_embeddings(params, g_prime, f_prime, config=MatchingConfig()):
+def full_context_embeddings(params, g_prime, f_prime, config):
     """(g(x_i, S), f(x̂, S)): the FCE of the docstring, or (g′, f′) unchanged when config.fce is off."""
     if not config.fce:
         return g_prime, f_prime
@@ -177,52 +163,92 @@ def attention(f, g, distance="cosine", scale=1.0):
 
 def class_log_probabilities(f, g, support_y, n_way, distance="cosine", scale=1.0):
     """(L): log p(y = k | x̂, S) = L_k − log Σ_k′ exp L_k′ from per-class logsumexps, (..., n_q, N)."""
-    check_labels(support_y, None, n_way)
-    if anp.shape(g)[:-1] != anp.shape(support_y) or anp.shape(f)[:-2] != anp.shape(g)[:-2]:
-        raise ValueError(f"expected g (..., n_s, d) with (..., n_s) = support_y {anp.shape(support_y)} "
-                         f"and f (..., n_q, d) with the same task axes; got g {anp.shape(g)}, f {anp.shape(f)}")
     scores = -scale * pairwise_distance(f, g, distance)[..., :, None, :]   # (..., n_q, 1, n_s)
-    in_class = anp.swapaxes(losses.one_hot(support_y, n_way, g), -1, -2) > 0  # (..., N, n_s)
-    in_class = in_class[..., None, :, :]                                  # (..., 1, N, n_s)
+    one_hot = losses.one_hot(support_y, n_way, g, check=False)             # (..., n_s, N)
+    in_class = anp.swapaxes(one_hot, -1, -2)[..., None, :, :] > 0          # (..., 1, N, n_s)
     class_max = np.where(in_class, getval(scores), -np.inf).max(axis=-1, keepdims=True)  # a constant
     shifted = anp.where(in_class, scores - class_max, 0.0)                # (..., n_q, N, n_s)
     per_class = class_max[..., 0] + anp.log(anp.sum(in_class * anp.exp(shifted), axis=-1))  # L_k
     return losses.log_softmax(per_class)                                  # L_k − logsumexp_k′ L_k′
 
 
-def attention_scale(params, config=MatchingConfig()):
-    """s: config.attention_scale, or exp(params["attention.log_scale"]) when it is learned."""
-    if not config.learn_attention_scale:
-        return config.attention_scale
-    if LOG_SCALE not in params:
-        raise ValueError(f"learn_attention_scale=True needs params[{LOG_SCALE!r}] (made by init); "
-                         f"got params with keys {sorted(params)}")
-    if anp.shape(params[LOG_SCALE]) != ():
-        raise ValueError(f"params[{LOG_SCALE!r}] must be a scalar (shape ()); "
-                         f"got shape {anp.shape(params[LOG_SCALE])}")
-    return anp.exp(params[LOG_SCALE])
-
-
-def log_probabilities(params, g_prime, support_y, f_prime, n_way, config=MatchingConfig()):
-    """log p(y = k | x̂, S) from the base embeddings: FCE if on, then (L); (..., n_q, N)."""
+def log_probabilities(params, g_prime, support_y, f_prime, n_way, config):
+    """log p(y = k | x̂, S) from the base embeddings: FCE if on, then (L) with s; (..., n_q, N)."""
     g, f = full_context_embeddings(params, g_prime, f_prime, config)
-    return class_log_probabilities(f, g, support_y, n_way, config.distance, attention_scale(params, config))
+    s = anp.exp(params[LOG_SCALE]) if config.learn_attention_scale else config.attention_scale
+    return class_log_probabilities(f, g, support_y, n_way, config.distance, s)
 
 
-def loss_from_embeddings(params, g_prime, support_y, f_prime, query_y, n_way, config=MatchingConfig()):
+def loss_from_embeddings(params, g_prime, support_y, f_prime, query_y, n_way, config):
     """J for every task: mean over queries of −log p(y | x̂, S), shape (...)."""
-    check_labels(support_y, query_y, n_way)
-    if anp.shape(f_prime)[:-1] != anp.shape(query_y) or anp.shape(f_prime)[-1] != anp.shape(g_prime)[-1]:
-        raise ValueError(f"f′ must be (..., n_q, d) with (..., n_q) = query_y {anp.shape(query_y)} and "
-                         f"g′'s d; got f′ {anp.shape(f_prime)}, g′ {anp.shape(g_prime)}")
-    log_p = log_probabilities(params, g_prime, support_y, f_prime, n_way, config)
-    return -anp.mean(anp.sum(log_p * losses.one_hot(query_y, n_way, log_p), axis=-1), axis=-1)
+    log_p = log_probabilities(params, g_prime, support_y, f_prime, n_way, config)   # (..., n_q, N)
+    one_hot = losses.one_hot(query_y, n_way, log_p, check=False)
+    return -anp.mean(anp.sum(log_p * one_hot, axis=-1), axis=-1)
 
 
-def episode_loss(params, episode, embed, n_way, config=MatchingConfig()):
-    """J for an Episode (one task, or a meta-batch reduced by task_reduction)."""
-    episode = Episode.validated(*episode, n_way=n_way)
-    g_prime, f_prime = base_embeddings(params, episode, embed, config)
+# ----- the entry points: each checks its inputs once -----
+def init(rng, config):
+    """Host params: the base net's, prefixed as the docstring says; log s if learned; the FCE LSTMs."""
+    checks.generator(rng)
+    checks.instance("config", config, MatchingConfig)
+    nets = ("embed",) if config.share_embedding else ("f", "g")
+    params = {f"{net}.{name}": value for net in nets for name, value in config.embedding.init(rng).items()}
+    if config.learn_attention_scale:
+        params[LOG_SCALE] = np.array(np.log(config.attention_scale))
+    if config.fce:
+        d = config.embedding_dim
+        for lstm, recurrent in (("fw", d), ("bw", d), ("att", 2 * d)):
+            params.update({f"fce.{lstm}.{k}": v for k, v in layers.lstm_init(rng, d, d, recurrent).items()})
+    return params
+
+
+def init_state(params, config):
+    """Adam's state for ``step``: zero moments."""
+    _check(params, config)
+    return optimizers.adam_init(params)
+
+
+def loss(params, episode, config):
+    """J on an Episode: one task, or leading task axes reduced by task_reduction."""
+    return _loss(params, _check(params, config, episode), config)
+
+
+def step(params, state, episode, config):
+    """One Adam step (lr meta_lr) on J; the loss is J at the params it started from."""
+    episode = _check(params, config, episode)
+    checks.adam_state("state", state, checks.init_shapes(init, config))
+    value, gradient = value_and_grad(_loss)(params, episode, config)
+    params, state = optimizers.adam_update(params, gradient, state, lr=config.meta_lr, check=False)
+    return Step(params, state, value)
+
+
+def predict(params, episode, config):
+    """log p(y = k | x̂, S) for every query, (..., n_q, N)."""
+    episode = _check(params, config, episode)
+    g_prime, f_prime = _embed(params, episode, config)
+    return log_probabilities(params, g_prime, episode.support_y, f_prime, config.n_way, config)
+
+
+def _check(params, config, episode=None):
+    """Checks the config and params, and the episode when given (returned as checks.episode gives it)."""
+    checks.instance("config", config, MatchingConfig)
+    checks.params(params, checks.init_shapes(init, config))
+    if episode is not None:
+        episode = checks.episode(episode, n_way=config.n_way)
+        checks.nonempty("support_x", episode.support_x)                   # also T = 0 tasks
+    return episode
+
+
+def _embed(params, episode, config):
+    g_prime, f_prime = base_embeddings(params, episode, config)
+    if config.fce and anp.shape(g_prime)[-1] != config.embedding_dim:        # the LSTMs' size d
+        raise ValueError(f"with fce, embedding_dim must be the embedding's output size d = "
+                         f"{anp.shape(g_prime)[-1]}; got embedding_dim={config.embedding_dim}")
+    return g_prime, f_prime
+
+
+def _loss(params, episode, config):
+    g_prime, f_prime = _embed(params, episode, config)
     task_losses = loss_from_embeddings(params, g_prime, episode.support_y, f_prime, episode.query_y,
-                                       n_way, config)
+                                       config.n_way, config)
     return anp.mean(task_losses) if config.task_reduction == "mean" else anp.sum(task_losses)

@@ -1,8 +1,9 @@
 """Prototypical Networks (Snell, Swersky & Zemel, NeurIPS 2017), Section 2.1-2.2, Algorithm 1.
 
 Symbols
-    f_φ        embed(params, x)       any embedding (..., n, *x) -> (..., n, d), e.g. the
-                                      4-block conv net with max-pool (``conv4_embedding``)
+    f_φ        config.embedding       a ``contract.Model``: f_φ(x) = apply(params, x), (..., n, *x) ->
+                                      (..., n, d); by default the 4-block conv net with max-pool of
+                                      Section 3.1 (``conv4_embedding``)
     N, K       n_way, shots           S_k: the support examples of class k = 0..N−1
     c_k        prototypes             (..., N, d)
     d(z, c)    distance               "sqeuclidean" (default), "euclidean", "cosine"
@@ -12,17 +13,18 @@ Equations
     c_k = (1/|S_k|) Σ_{x_i ∈ S_k} f_φ(x_i)                                       (1)  Eq. 1
     p_φ(y = k | x) = exp(−d(f_φ(x), c_k)) / Σ_k′ exp(−d(f_φ(x), c_k′))          (2)  Eq. 2
     J(φ) = (1/|Q|) Σ_{(x, y) ∈ Q} −log p_φ(y | x)                                (3)  Algorithm 1
+Training descends J with Adam (Section 3.1), step size meta_lr.
 
 Distances, z (..., m, d) against c (..., n, d) -> (..., m, n):
     sqeuclidean   ‖z − c‖²       what the paper and the authors' code use (the text says
-                                 "Euclidean"; Section 2.7 argues for the square)
+                                 "Euclidean"; Sections 2.4 and 2.6 argue for the square)
     euclidean     ‖z − c‖        (its gradient is infinite where z = c)
     cosine        1 − zᵀc / (‖z‖ ‖c‖)
 
 Two identities the tests check.  With f_φ the identity, (2) is a nearest-centroid classifier.
 With the squared distance, −‖z − c_k‖² = 2c_kᵀz − c_kᵀc_k − zᵀz and the last term is the same
-for every k, so (2) is a linear softmax model with w_k = 2c_k, b_k = −‖c_k‖² (Section 2.4, Eqs.
-8-9).  With K = 1, (2) is a Matching Network without FCE under the same distance.
+for every k, so (2) is a linear softmax model with w_k = 2c_k, b_k = −‖c_k‖² (Section 2.4,
+Eqs. (7)–(8)).  With K = 1, (2) is a Matching Network without FCE under the same distance.
 
 Conventions (``ProtoNetConfig``, recorded by ``conventions()``):
     distance          "sqeuclidean" (default), "euclidean" or "cosine"
@@ -30,60 +32,93 @@ Conventions (``ProtoNetConfig``, recorded by ``conventions()``):
                       one call, so transductive batch norm sees both; False: two calls
     task_reduction    "mean" (default) or "sum" of the per-task losses (3) over a leading task axis
 Every function takes leading task axes: support (..., N·K, ...), query (..., n_q, ...).
+``init``, ``init_state``, ``loss``, ``step``, ``predict`` and ``accuracy`` check their inputs
+(``refmeta.checks``); the equations below them do not.
 """
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 
 import autograd.numpy as anp
 import numpy as np
+from autograd import value_and_grad
 from autograd.tracer import getval
 
+from refmeta import checks
+from refmeta.contract import Model, Step
 from refmeta.device import backend
-from refmeta.nn import layers, losses
-from refmeta.data.tasks import Episode
+from refmeta.nn import layers, losses, optimizers
 
 DISTANCES = ("sqeuclidean", "euclidean", "cosine")
 TASK_REDUCTIONS = ("mean", "sum")
 
 
-def check_choice(name, value, allowed):
-    if value not in allowed:
-        raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(allowed)}")
+# ----- the 4-block conv embedding with max-pool (Section 3.1) -----
+def conv4_embedding(hidden=64, in_channels=1, image_size=28, bn_mode="transductive", bn_state=None,
+                    bn_eps=1e-5):
+    """The conv4 max-pool net without a head, as a Model: x (..., n, C, H, W) -> (..., n, d),
+    d = hidden·⌊H/16⌋·⌊W/16⌋ (64 on 28×28).  Batch norm learns its offset and scale and uses
+    eps 1e-5, as PyTorch's BatchNorm2d; bn_mode "running" normalises with bn_state
+    {"bn{i}.mean", "bn{i}.var"} (``layers.conv4_bn_state``)."""
+    checks.integer("hidden", hidden, minimum=1)
+    checks.integer("in_channels", in_channels, minimum=1)
+    checks.integer("image_size", image_size, minimum=16)
+    checks.choice("bn_mode", bn_mode, layers.BN_MODES)
+    checks.positive("bn_eps", bn_eps)
+    if (bn_mode == "running") != (bn_state is not None):
+        raise ValueError(f"bn_state is needed by bn_mode 'running' and only by it; got bn_mode "
+                         f"{bn_mode!r} with bn_state {'None' if bn_state is None else 'given'}")
+    init = lambda rng: layers.conv4_init(rng, in_channels=in_channels, n_out=None, hidden=hidden,
+                                         variant="maxpool", bn_affine="both", image_size=image_size)
+    apply = lambda params, x: layers.conv4_apply(params, x, variant="maxpool", bn_mode=bn_mode,
+                                                 bn_state=bn_state, bn_eps=bn_eps)
+    return Model(init, apply, None, f"conv4 max-pool: {hidden} filters, {in_channels} channel(s), "
+                                    f"{image_size}x{image_size}, batch norm {bn_mode}, eps {bn_eps:g}")
 
 
 @dataclass(frozen=True)
 class ProtoNetConfig:
     """The choices of (1)-(3); the defaults are the paper's."""
+    embedding: Model = conv4_embedding()
+    n_way: int = 5
     distance: str = "sqeuclidean"
     joint_embedding: bool = True
     task_reduction: str = "mean"
+    meta_lr: float = 1e-3
 
     def __post_init__(self):
-        check_choice("distance", self.distance, DISTANCES)
-        check_choice("task_reduction", self.task_reduction, TASK_REDUCTIONS)
-        if not isinstance(self.joint_embedding, bool):
-            raise TypeError(f"joint_embedding must be True or False; got {self.joint_embedding!r}")
+        checks.instance("embedding", self.embedding, Model)
+        checks.integer("n_way", self.n_way, minimum=2)
+        checks.choice("distance", self.distance, DISTANCES)
+        checks.boolean("joint_embedding", self.joint_embedding)
+        checks.choice("task_reduction", self.task_reduction, TASK_REDUCTIONS)
+        checks.nonnegative("meta_lr", self.meta_lr)
 
     def conventions(self):
-        return {**asdict(self), "prototype": "class mean of the support embeddings (Eq. 1)",
+        return {**{f.name: getattr(self, f.name) for f in fields(self)}, "embedding": self.embedding.name,
+                "prototype": "class mean of the support embeddings (Eq. 1)",
                 "loss": "mean over query points of -log softmax(-d)[y] (Algorithm 1)"}
+
+
+# ----- the model: (1), (2), (3); no checks -----
+def embed_episode(params, episode, embed, joint=True):
+    """(f_φ(support_x), f_φ(query_x)), through one call of ``embed`` when ``joint``."""
+    if not joint:
+        return embed(params, episode.support_x), embed(params, episode.query_x)
+    axis = anp.ndim(episode.support_y) - 1                                    # the example axis
+    z = embed(params, anp.concatenate([episode.support_x, episode.query_x], axis=axis))
+    n_support = anp.shape(episode.support_y)[-1]
+    return z[..., :n_support, :], z[..., n_support:, :]
 
 
 def prototypes(z_support, support_y, n_way):
     """(1): z_support (..., n_s, d), support_y (..., n_s) -> c (..., N, d)."""
-    check_labels(support_y, None, n_way)
-    _check_rows(z_support, support_y, "z_support", "support_y")
-    one_hot = losses.one_hot(support_y, n_way, z_support)                  # (..., n_s, N)
+    one_hot = losses.one_hot(support_y, n_way, z_support, check=False)     # (..., n_s, N)
     sums = anp.matmul(anp.swapaxes(one_hot, -1, -2), z_support)              # (..., N, d)
     return sums / anp.sum(one_hot, axis=-2)[..., None]
 
 
 def pairwise_distance(z, c, distance="sqeuclidean"):
     """d(z_i, c_j) for z (..., m, d) and c (..., n, d) -> (..., m, n); see the module docstring."""
-    check_choice("distance", distance, DISTANCES)
-    if anp.ndim(z) < 2 or anp.ndim(c) < 2 or anp.shape(z)[-1] != anp.shape(c)[-1]:
-        raise ValueError(f"embeddings must be (..., m, d) and (..., n, d) with the same d; "
-                         f"got {anp.shape(z)} and {anp.shape(c)}")
     if distance == "cosine":
         return 1.0 - anp.matmul(normalize(z), anp.swapaxes(normalize(c), -1, -2))
     difference = z[..., :, None, :] - c[..., None, :, :]                    # (..., m, n, d)
@@ -98,91 +133,76 @@ def normalize(z, eps=1e-12):
 
 def log_probabilities(z_support, support_y, z_query, n_way, distance="sqeuclidean"):
     """(2) in logs: log p(y = k | x) for every query, (..., n_q, N)."""
-    _check_embeddings(z_support, z_query)
     return losses.log_softmax(-pairwise_distance(z_query, prototypes(z_support, support_y, n_way),
                                                  distance))
 
 
-def loss_from_embeddings(z_support, support_y, z_query, query_y, n_way, config=ProtoNetConfig()):
+def loss_from_embeddings(z_support, support_y, z_query, query_y, n_way, distance="sqeuclidean"):
     """(3) for every task: the mean over queries of −log p(y | x), shape (...)."""
-    check_labels(support_y, query_y, n_way)
-    _check_embeddings(z_support, z_query)
-    _check_rows(z_query, query_y, "z_query", "query_y")
-    logits = -pairwise_distance(z_query, prototypes(z_support, support_y, n_way), config.distance)
-    return losses.cross_entropy(logits, query_y, "mean")                   # log_softmax inside
+    logits = -pairwise_distance(z_query, prototypes(z_support, support_y, n_way), distance)
+    return losses.cross_entropy(logits, query_y, "mean", check=False)       # log_softmax inside
 
 
-def embed_episode(params, episode, embed, joint=True):
-    """(f_φ(support_x), f_φ(query_x)), through one call of ``embed`` when ``joint``."""
-    if not joint:
-        return embed(params, episode.support_x), embed(params, episode.query_x)
-    axis = anp.ndim(episode.support_y) - 1                                    # the example axis
-    z = embed(params, anp.concatenate([episode.support_x, episode.query_x], axis=axis))
-    n_support = anp.shape(episode.support_y)[-1]
-    return z[..., :n_support, :], z[..., n_support:, :]
+# ----- the entry points: each checks its inputs once -----
+def init(rng, config):
+    """The embedding's host params, f_φ's φ."""
+    checks.generator(rng)
+    checks.instance("config", config, ProtoNetConfig)
+    return config.embedding.init(rng)
 
 
-def episode_loss(params, episode, embed, n_way, config=ProtoNetConfig()):
-    """J(φ) of (3) for an Episode (one task, or a meta-batch reduced by task_reduction)."""
-    episode = Episode.validated(*episode, n_way=n_way)
-    z_support, z_query = embed_episode(params, episode, embed, config.joint_embedding)
-    task_losses = loss_from_embeddings(z_support, episode.support_y, z_query, episode.query_y,
-                                       n_way, config)
-    return anp.mean(task_losses) if config.task_reduction == "mean" else anp.sum(task_losses)
+def init_state(params, config):
+    """Adam's state for ``step``: zero moments."""
+    _check(params, config)
+    return optimizers.adam_init(params)
+
+
+def loss(params, episode, config):
+    """J(φ) of (3) on an Episode: one task, or leading task axes reduced by task_reduction."""
+    return _loss(params, _check(params, config, episode), config)
+
+
+def step(params, state, episode, config):
+    """One Adam step (lr meta_lr) on J; the loss is J at the params it started from."""
+    episode = _check(params, config, episode)
+    checks.adam_state("state", state, checks.init_shapes(init, config))
+    value, gradient = value_and_grad(_loss)(params, episode, config)
+    params, state = optimizers.adam_update(params, gradient, state, lr=config.meta_lr, check=False)
+    return Step(params, state, value)
+
+
+def predict(params, episode, config):
+    """log p_φ(y = k | x) of (2) for every query, (..., n_q, N)."""
+    episode = _check(params, config, episode)
+    z_support, z_query = embed_episode(params, episode, config.embedding.apply, config.joint_embedding)
+    return log_probabilities(z_support, episode.support_y, z_query, config.n_way, config.distance)
 
 
 def accuracy(log_probs, query_y):
-    """Fraction of queries whose most probable class is the label, per task (...) (host floats)."""
+    """Fraction of queries whose most probable class is the label, per task (...) (host floats).
+
+    log_probs (..., n_q, N) as ``predict`` gives; query_y (..., n_q) integer labels in 0..N−1.
+    """
+    checks.finite("log_probs", log_probs)
+    if anp.ndim(log_probs) < 2 or 0 in anp.shape(log_probs)[-2:]:
+        raise ValueError(f"log_probs must be (..., n_q, N) with n_q, N >= 1; got {anp.shape(log_probs)}")
+    labels = checks.labels("query_y", query_y, anp.shape(log_probs)[-1], shape=anp.shape(log_probs)[:-1])
     predicted = np.argmax(backend.to_host(getval(log_probs)), axis=-1)
-    return np.mean(predicted == backend.to_host(query_y), axis=-1)
+    return np.mean(predicted == labels, axis=-1)
 
 
-# ----- the 4-block conv embedding with max-pool (Section 3.1) -----
-def conv4_embedding_init(rng, hidden=64, in_channels=1, image_size=28):
-    """Host params of the conv4 max-pool net without a head: a (hidden·H/16·W/16)-d embedding
-    (64-d on 28×28).  Batch norm learns its offset and scale, as PyTorch's BatchNorm2d."""
-    return layers.conv4_init(rng, in_channels=in_channels, n_out=None, hidden=hidden,
-                             variant="maxpool", bn_affine="both", image_size=image_size)
+def _check(params, config, episode=None):
+    """Checks the config and params, and the episode when given (returned as checks.episode gives it)."""
+    checks.instance("config", config, ProtoNetConfig)
+    checks.params(params, checks.init_shapes(init, config))
+    if episode is not None:
+        episode = checks.episode(episode, n_way=config.n_way)
+        checks.nonempty("support_x", episode.support_x)                   # also T = 0 tasks
+    return episode
 
 
-def conv4_embedding(bn_mode="transductive", bn_state=None, bn_eps=1e-5):
-    """embed(params, x (..., n, C, H, W)) -> (..., n, d): conv4 with max-pool; BN eps as PyTorch."""
-    return lambda params, x: layers.conv4_apply(params, x, variant="maxpool", bn_mode=bn_mode,
-                                                bn_state=bn_state, bn_eps=bn_eps)
-
-
-# ----- checks -----
-def check_labels(support_y, query_y, n_way):
-    """Labels in 0..n_way−1, every class in every task's support; ValueError/TypeError if not."""
-    if isinstance(n_way, bool) or not isinstance(n_way, (int, np.integer)) or n_way < 2:
-        raise ValueError(f"n_way must be an integer >= 2; got {n_way!r}")
-    for name, y in (("support", support_y), ("query", query_y)):
-        if y is None:
-            continue
-        if not hasattr(y, "dtype") or not np.issubdtype(y.dtype, np.integer) or anp.ndim(y) < 1:
-            raise TypeError(f"{name} labels must be an integer array (..., n); got "
-                            f"{getattr(y, 'dtype', type(y).__name__)} {anp.shape(y)}")
-        host = backend.to_host(y)
-        if host.size and (host.min() < 0 or host.max() >= n_way):
-            raise ValueError(f"{name} labels must be in 0..{n_way - 1} (n_way={n_way}); "
-                             f"got values from {host.min()} to {host.max()}")
-        if name == "support":
-            present = (host[..., None] == np.arange(n_way)).any(axis=-2)    # (..., N)
-            if not present.all():
-                missing = sorted(set(np.nonzero(~present)[-1].tolist()))
-                raise ValueError(f"every class 0..{n_way - 1} needs at least one support example; "
-                                 f"classes {missing} have none")
-
-
-def _check_rows(z, y, z_name, y_name):
-    if anp.ndim(z) != anp.ndim(y) + 1 or anp.shape(z)[:-1] != anp.shape(y):
-        raise ValueError(f"{z_name} must be (..., n, d) with (..., n) = {y_name}'s shape "
-                         f"{anp.shape(y)}; got {anp.shape(z)}")
-
-
-def _check_embeddings(z_support, z_query):
-    if anp.ndim(z_support) != anp.ndim(z_query) or anp.shape(z_support)[:-2] != anp.shape(z_query)[:-2] \
-            or anp.shape(z_support)[-1] != anp.shape(z_query)[-1]:
-        raise ValueError(f"support and query embeddings must be (..., n_s, d) and (..., n_q, d) "
-                         f"with the same task axes and d; got {anp.shape(z_support)} and "
-                         f"{anp.shape(z_query)}")
+def _loss(params, episode, config):
+    z_support, z_query = embed_episode(params, episode, config.embedding.apply, config.joint_embedding)
+    task_losses = loss_from_embeddings(z_support, episode.support_y, z_query, episode.query_y,
+                                       config.n_way, config.distance)
+    return anp.mean(task_losses) if config.task_reduction == "mean" else anp.sum(task_losses)

@@ -5,15 +5,17 @@ Paper: Section 3, Algorithm 1 (serial) and Algorithm 2 (batched).
 Symbols
     φ (θ)    params             meta-parameters
     ε        meta_step_size     outer step size (the paper anneals it linearly to 0)
-    k        inner_steps        inner optimiser steps per task
+    k        inner_steps        inner optimiser steps per task at meta-training
+             test_inner_steps   inner optimiser steps at meta-test (``adapt``, ``predict``)
              inner_lr           inner optimiser step size (SGD or Adam)
+    L_i      task i's loss on (a mini-batch of) its support set, reduced by ``inner_reduction``
     φ̃_i      the params after k inner steps on task i: φ̃_i = U_i^k(φ)
 
-Serial (Algorithm 1), one task at a time:
+Serial (Algorithm 1), one task at a time (``variant="serial"``):
 
     φ ← φ + ε (φ̃ − φ)                                                        (1)
 
-Batched (Algorithm 2), n tasks adapted from the same φ:
+Batched (Algorithm 2), n tasks adapted from the same φ (``variant="batched"``):
 
     φ ← φ + ε · (1/n) Σ_i (φ̃_i − φ)        task_reduction = "mean" (the paper)   (2)
     φ ← φ + ε · Σ_i (φ̃_i − φ)              task_reduction = "sum"  (the seed text)
@@ -22,39 +24,56 @@ Identity (Section 5): with k = 1 SGD step, φ̃_i − φ = −α ∇L_i(φ), so 
 is −ε α ∇L_i(φ): a step of joint training on the task's loss.
 
 Inner loop.  U_i^k is k steps of SGD or of Adam (the paper's Omniglot setup:
-Adam with β1 = 0, lr 1e-3, 5 steps on mini-batches of 10) on task i's support set.
-Mini-batches are explicit inputs, ``batch_indices`` (T, k, b), so the random
-draws are part of the data; ``sample_inner_batches`` draws them the way the
-authors' code does (shuffle, cut into batches, reshuffle when used up).
-``batch_indices=None`` takes every step on the whole support set.
+Adam with β1 = 0, lr 1e-3, 5 steps on mini-batches of 10; 50 steps at evaluation)
+on task i's support set.  Mini-batches are explicit inputs, ``batch_indices``
+(T, k, b), so the random draws are part of the data; ``sample_inner_batches`` draws
+them the way the authors' code does (shuffle, cut into batches, reshuffle when used
+up).  ``batch_indices=None`` takes every step on the whole support set.
 
-Conventions recorded by ``ReptileConfig.conventions``: task_reduction,
-inner_reduction (over the examples of a mini-batch), the inner optimiser and its
-settings, and that the inner optimiser's state starts from zero for every task
-(the authors' TensorFlow code restores only the model's variables between tasks,
-so its Adam moments carry over; refmeta resets them).
+Reptile descends no objective of its own.  ``loss`` reports the query loss after k
+full-support inner steps, reduced over tasks (``task_reduction``); ``step`` returns the
+support loss at the φ it starts from, on the batch of the first inner step, reduced
+over tasks: the batched update computes it anyway (its first inner step), the serial
+one by one more forward pass.
+
+Conventions (``ReptileConfig.conventions`` records them): every field, and that the
+inner optimiser's state starts from zero for every task, where the authors' TensorFlow
+code (it restores only the model's variables between tasks) and learn2learn's Reptile
+example (it reloads the previous task's optimiser state) carry Adam's moments over.
 
 Tasks are vectorised like MAML's: params get a leading task axis and one
-``grad`` call serves every task, since Σ_i L_i couples no two tasks.
+``grad`` call serves every task, since Σ_i L_i couples no two tasks.  Entry points
+check their inputs once (``refmeta.checks``); the update rules below them do not.
 """
 
-from dataclasses import asdict, dataclass
-import math
+from dataclasses import dataclass, fields
+from typing import Optional
 
 import autograd.numpy as anp
 import numpy as np
-from autograd import grad
+from autograd import value_and_grad
 
+from refmeta import checks, contract
 from refmeta.nn import optimizers, trees
 
 INNER_OPTIMIZERS = ("sgd", "adam")
+VARIANTS = ("batched", "serial")
+INNER_OPTIMIZER_STATE = ("reset for every task (the authors' code and learn2learn's example "
+                         "carry Adam's moments over from task to task)")
 
 
 @dataclass(frozen=True)
 class ReptileConfig:
-    """Hyperparameters and conventions; defaults are the paper's Omniglot setup."""
+    """Hyperparameters and conventions; defaults are the paper's Omniglot setup (Appendix A).
+
+    ``model`` (a ``contract.Model`` with a loss) has no default.  ``n_way`` None: regression;
+    an int N: classification, labels in 0..N−1.
+    """
+    model: contract.Model
+    n_way: Optional[int] = None
     inner_lr: float = 1e-3
     inner_steps: int = 5
+    test_inner_steps: int = 50
     inner_optimizer: str = "adam"
     adam_b1: float = 0.0
     adam_b2: float = 0.999
@@ -62,72 +81,133 @@ class ReptileConfig:
     inner_reduction: str = "mean"
     meta_step_size: float = 1.0
     task_reduction: str = "mean"
+    variant: str = "batched"
 
     def __post_init__(self):
-        for name in ("inner_lr", "adam_b1", "adam_b2", "adam_eps", "meta_step_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite number; got {value!r}")
-        if isinstance(self.inner_steps, bool) or not isinstance(self.inner_steps, int) or self.inner_steps < 0:
-            raise ValueError(f"inner_steps must be an integer >= 0; got {self.inner_steps!r}")
-        for name, allowed in (("inner_optimizer", INNER_OPTIMIZERS), ("task_reduction", ("mean", "sum")),
-                              ("inner_reduction", ("mean", "sum", "n_way_times_mean"))):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}; got {getattr(self, name)!r}")
+        checks.instance("model", self.model, contract.Model)
+        if self.model.loss is None:
+            raise ValueError(f"model {self.model.name!r} has no loss (an embedding?); Reptile "
+                             "needs model.loss(params, x, y, reduction)")
+        if self.n_way is not None:
+            checks.integer("n_way", self.n_way, minimum=2)
+        for name in ("inner_lr", "meta_step_size"):
+            checks.nonnegative(name, getattr(self, name))
+        for name in ("inner_steps", "test_inner_steps"):
+            checks.integer(name, getattr(self, name), minimum=0)
+        for name in ("adam_b1", "adam_b2"):
+            checks.probability(name, getattr(self, name), high_open=True)
+        checks.positive("adam_eps", self.adam_eps)
+        checks.choice("inner_optimizer", self.inner_optimizer, INNER_OPTIMIZERS)
+        reductions = ("mean", "sum") + (() if self.n_way is None else ("n_way_times_mean",))
+        checks.choice("inner_reduction", self.inner_reduction, reductions)
+        checks.choice("task_reduction", self.task_reduction, ("mean", "sum"))
+        checks.choice("variant", self.variant, VARIANTS)
 
     def conventions(self):
-        """Every field plus the fixed inner-state convention, JSON-able."""
-        return dict(asdict(self), inner_optimizer_state="reset for every task")
+        """Every field (the model by its name) plus the inner-state convention, JSON-able."""
+        return dict({f.name: getattr(self, f.name) for f in fields(self)}, model=self.model.name,
+                    inner_optimizer_state=INNER_OPTIMIZER_STATE)
 
 
-def adapt(params, support_x, support_y, loss_fn, config, batch_indices=None):
-    """φ̃_i = U_i^k(φ) for every task: k inner optimiser steps from the given params.
+# ----- the front door: checks once, then the math below -----
+def init(rng, config):
+    """φ from ``config.model.init``: a dict of host float64 arrays."""
+    checks.generator(rng)
+    checks.instance("config", config, ReptileConfig)
+    return config.model.init(rng)
 
-    Args:
-        params: tree whose leaves carry the task axis, (T, ...).
-        support_x, support_y: (T, n, ...).
-        loss_fn: (params, x, y, reduction) -> per-task losses (T,).
-        batch_indices: (T, k, b) integer indices into the n support examples, or None.
+
+def init_state(params, config):
+    """None: the Reptile update keeps no state (a fresh inner optimiser serves every task)."""
+    _check(params, config)
+    return None
+
+
+def loss(params, episode, config):
+    """The query loss after ``inner_steps`` inner steps on the whole support set, reduced over
+    the query examples by ``inner_reduction`` and over tasks by ``task_reduction``."""
+    episode = _check(params, config, episode)
+    adapted = _adapt(params, episode, config, config.inner_steps)
+    task_losses = config.model.loss(adapted, episode.query_x, episode.query_y, config.inner_reduction)
+    return _reduce_total(anp.sum(task_losses), episode, config)
+
+
+def step(params, state, episode, config, *, batch_indices=None):
+    """One Reptile update, (1) serial or (2) batched as ``config.variant`` says.
+
     Returns:
-        the list [φ^(0), φ^(1), …, φ^(k)] of task-batched params.
+        Step(new φ, None, the task-reduced support loss at φ on the first inner step's batch).
     """
-    _check_batches(batch_indices, support_x, config)
-    state = optimizers.adam_init(params) if config.inner_optimizer == "adam" else None
-    trajectory = [params]
-    for step in range(config.inner_steps):
-        x, y = _mini_batch(support_x, support_y, batch_indices, step)
-        total_loss = lambda p: anp.sum(loss_fn(p, x, y, config.inner_reduction))
-        grads = grad(total_loss)(trajectory[-1])
-        if config.inner_optimizer == "sgd":
-            new_params = optimizers.sgd_update(trajectory[-1], grads, config.inner_lr)
-        else:
-            new_params, state = optimizers.adam_update(
-                trajectory[-1], grads, state, lr=config.inner_lr,
-                b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
-        trajectory.append(new_params)
-    return trajectory
+    episode = _check(params, config, episode, batch_indices, config.inner_steps)
+    if state is not None:
+        raise TypeError(f"Reptile keeps no state: pass init_state's None; got {type(state).__name__}")
+    update = serial_step if config.variant == "serial" else batched_step
+    new_params, start_loss = update(params, episode, config, batch_indices)
+    return contract.Step(new_params, None, start_loss)
 
 
-def batched_step(params, episode, loss_fn, config, batch_indices=None):
-    """Algorithm 2, update (2): adapt every task from φ, then move φ toward the results."""
-    n_tasks = anp.shape(episode.support_x)[0]
-    adapted = adapt(trees.broadcast_tasks(params, n_tasks), episode.support_x,
-                    episode.support_y, loss_fn, config, batch_indices)[-1]
-    differences = {name: adapted[name] - params[name] for name in sorted(params)}  # (T, ...)
+def adapt(params, episode, config, *, steps=None, batch_indices=None):
+    """φ̃_i for every task (leaves (T, ...)) after ``steps`` inner steps (default
+    ``config.test_inner_steps``) on its support set, mini-batched by ``batch_indices``."""
+    steps = config.test_inner_steps if steps is None else checks.integer("steps", steps, minimum=0)
+    episode = _check(params, config, episode, batch_indices, steps)
+    return _adapt(params, episode, config, steps, batch_indices)
+
+
+def predict(params, episode, config, *, steps=None, batch_indices=None):
+    """f_{φ̃_i}(query_x) for every task: the model's outputs after ``adapt``."""
+    steps = config.test_inner_steps if steps is None else checks.integer("steps", steps, minimum=0)
+    episode = _check(params, config, episode, batch_indices, steps)
+    return config.model.apply(_adapt(params, episode, config, steps, batch_indices), episode.query_x)
+
+
+def _check(params, config, episode=None, batch_indices=None, steps=0):
+    """The door: config, params against init's template, a meta-batch, the mini-batches."""
+    checks.instance("config", config, ReptileConfig)
+    checks.params(params, checks.init_shapes(init, config))
+    episode = None if episode is None else checks.episode(episode, n_way=config.n_way, task_axis=True)
+    if batch_indices is not None:
+        n_tasks, n_support = anp.shape(episode.support_x)[:2]
+        checks.indices("batch_indices", batch_indices, n_support, (n_tasks, steps, None))
+        checks.integer("the mini-batch size, batch_indices.shape[2]",
+                       anp.shape(batch_indices)[2], minimum=1)
+    return episode
+
+
+# ----- the paper's update rules (no checks) -----
+def batched_step(params, episode, config, batch_indices=None):
+    """Algorithm 2, update (2): adapt every task from φ, then move φ toward the results.
+    Returns (new φ, the task-reduced loss at φ of the first inner step's batch)."""
+    trajectory, start_total = _inner_loop(_per_task(params, episode), episode.support_x,
+                                          episode.support_y, config, config.inner_steps, batch_indices)
+    differences = {name: trajectory[-1][name] - params[name] for name in sorted(params)}  # (T, ...)
     reduce = anp.mean if config.task_reduction == "mean" else anp.sum
-    return {name: params[name] + config.meta_step_size * reduce(differences[name], axis=0)
-            for name in sorted(params)}
+    new_params = {name: params[name] + config.meta_step_size * reduce(differences[name], axis=0)
+                  for name in sorted(params)}
+    return new_params, _reduce_total(start_total, episode, config)
 
 
-def serial_step(params, episode, loss_fn, config, batch_indices=None):
-    """Algorithm 1, update (1), applied to the meta-batch's tasks one after another."""
+def serial_step(params, episode, config, batch_indices=None):
+    """Algorithm 1, update (1), applied to the meta-batch's tasks one after another.
+    Returns (new φ, the task-reduced loss at the starting φ of the first inner step's batch)."""
+    x, y = _mini_batch(episode.support_x, episode.support_y,
+                       batch_indices if config.inner_steps else None, 0)   # the first batch
+    start_loss = _reduce_total(_total_loss(_per_task(params, episode), x, y, config), episode, config)
     for t in range(anp.shape(episode.support_x)[0]):
         one = slice(t, t + 1)
         task_indices = None if batch_indices is None else batch_indices[one]
-        adapted = adapt(trees.broadcast_tasks(params, 1), episode.support_x[one],
-                        episode.support_y[one], loss_fn, config, task_indices)[-1]
+        adapted = _inner_loop(trees.broadcast_tasks(params, 1), episode.support_x[one],
+                              episode.support_y[one], config, config.inner_steps, task_indices)[0][-1]
         params = trees.interpolate(params, trees.take_task(adapted, 0), config.meta_step_size)
-    return params
+    return params, start_loss
+
+
+def adapt_trajectory(params, support_x, support_y, config, steps=None, batch_indices=None):
+    """[φ^(0), φ^(1), …, φ^(steps)] (default ``config.inner_steps``) for every task, from
+    params with a task axis (T, ...), on support_x, support_y (T, n, ...) mini-batched by
+    ``batch_indices`` (T, steps, b) (None: the whole support set at every step)."""
+    steps = config.inner_steps if steps is None else steps
+    return _inner_loop(params, support_x, support_y, config, steps, batch_indices)[0]
 
 
 def sample_inner_batches(rng, n_tasks, n_examples, inner_steps, batch_size):
@@ -136,8 +216,11 @@ def sample_inner_batches(rng, n_tasks, n_examples, inner_steps, batch_size):
     Each task's examples are shuffled and cut into consecutive batches; when a
     batch would run past the end, the examples are reshuffled and cutting restarts.
     """
-    if not 1 <= batch_size <= n_examples:
-        raise ValueError(f"batch_size must be in 1..n_examples ({n_examples}); got {batch_size}")
+    checks.generator(rng)
+    checks.integer("n_tasks", n_tasks, minimum=1)
+    checks.integer("n_examples", n_examples, minimum=1)
+    checks.integer("inner_steps", inner_steps, minimum=0)
+    checks.integer("batch_size", batch_size, minimum=1, maximum=n_examples)
     out = np.empty((n_tasks, inner_steps, batch_size), dtype=np.int64)
     for t in range(n_tasks):
         order, start = rng.permutation(n_examples), 0
@@ -149,25 +232,48 @@ def sample_inner_batches(rng, n_tasks, n_examples, inner_steps, batch_size):
     return out
 
 
+def _inner_loop(params, support_x, support_y, config, steps, batch_indices=None):
+    """U^steps from task-batched params: ([φ^(0), …, φ^(steps)], Σ_i L_i(φ^(0)) on the first
+    batch, or on the whole support set if steps = 0).  The inner optimiser starts fresh
+    (Adam: m = v = 0) for every call, i.e. for every task."""
+    state = optimizers.adam_init(params) if config.inner_optimizer == "adam" else None
+    trajectory, totals = [params], []
+    for j in range(steps):
+        x, y = _mini_batch(support_x, support_y, batch_indices, j)
+        total, grads = value_and_grad(_total_loss)(trajectory[-1], x, y, config)
+        if config.inner_optimizer == "sgd":
+            new_params = optimizers.sgd_update(trajectory[-1], grads, config.inner_lr, check=False)
+        else:
+            new_params, state = optimizers.adam_update(
+                trajectory[-1], grads, state, lr=config.inner_lr, b1=config.adam_b1,
+                b2=config.adam_b2, eps=config.adam_eps, check=False)
+        trajectory.append(new_params)
+        totals.append(total)
+    return trajectory, totals[0] if totals else _total_loss(params, support_x, support_y, config)
+
+
+def _total_loss(params, x, y, config):
+    return anp.sum(config.model.loss(params, x, y, config.inner_reduction))     # Σ_i L_i
+
+
+def _reduce_total(total, episode, config):
+    """Σ_i L_i -> the task reduction: Σ_i, or (1/T) Σ_i."""
+    return total / anp.shape(episode.support_x)[0] if config.task_reduction == "mean" else total
+
+
+def _adapt(params, episode, config, steps, batch_indices=None):
+    """φ̃_i = U_i^steps(φ) for every task of the meta-batch, from the shared φ."""
+    return _inner_loop(_per_task(params, episode), episode.support_x, episode.support_y, config,
+                       steps, batch_indices)[0][-1]
+
+
+def _per_task(params, episode):
+    return trees.broadcast_tasks(params, anp.shape(episode.support_x)[0])
+
+
 def _mini_batch(x, y, batch_indices, step):
     if batch_indices is None:
         return x, y
     tasks = np.arange(anp.shape(x)[0], like=batch_indices)[:, None]  # (T, 1)
     rows = batch_indices[:, step]                                     # (T, b)
     return x[tasks, rows], y[tasks, rows]
-
-
-def _check_batches(batch_indices, support_x, config):
-    if batch_indices is None:
-        return
-    expected = (anp.shape(support_x)[0], config.inner_steps)
-    shape = anp.shape(batch_indices)
-    if len(shape) != 3 or shape[:2] != expected:
-        raise ValueError(f"batch_indices must have shape (T, inner_steps, batch) = {expected + ('b',)}; "
-                         f"got {shape}")
-    if not np.issubdtype(batch_indices.dtype, np.integer):
-        raise TypeError(f"batch_indices must be integers; got {batch_indices.dtype}")
-    n = anp.shape(support_x)[1]
-    if int(batch_indices.min()) < 0 or int(batch_indices.max()) >= n:
-        raise ValueError(f"batch_indices must lie in 0..{n - 1}; got {int(batch_indices.min())}"
-                         f"..{int(batch_indices.max())}")

@@ -1,8 +1,6 @@
 """SNAIL, a Simple Neural AttentIve meta-Learner (Mishra, Rohaninejad, Chen & Abbeel, ICLR 2018),
-for N-way K-shot classification.
-
-Paper: Section 3 (the model), Section 4.1 and Appendix B (few-shot image classification),
-Appendix A (the blocks, in ``refmeta.nn.snail_blocks``).
+for N-way K-shot classification.  Paper: Section 3 (the model), Section 3.1 (the blocks, in
+``refmeta.nn.snail_blocks``), Section 5.1 and Appendix A (few-shot image classification).
 
 An episode is one sequence of T = N·K + 1 steps (Section 3, Figure 1):
 
@@ -16,8 +14,8 @@ gives logits; the prediction is read at the query step, and the loss is its cros
     z_t = W_out h_t + b_out,    L = mean over queries and episodes of −log softmax(z_T)[y_q]   (2)
 
 Several queries of one episode become several sequences that share the support steps.
-
-The few-shot stack (Appendix B; the same for Omniglot and mini-ImageNet, only f differs):
+Training is Adam on (2).  The few-shot stack (Appendix A; the same for Omniglot and
+mini-ImageNet, only f differs):
 
     AttentionBlock(64, 32) → TCBlock(T, 128) → AttentionBlock(256, 128) → TCBlock(T, 128)
     → AttentionBlock(512, 256) → linear to N                                              (3)
@@ -34,48 +32,46 @@ Symbols
     N → n_way     K → k_shot     T → sequence_length = N·K + 1     d → embedding_dim
     f → embed     h_t → the stack's output at step t      W_out, b_out → "out.w", "out.b"
 
-Sources.  (3), the block definitions and T = N·K + 1 are REFERENCE-NOTES' reading of the paper
-and agree with three public ports (sagelywizard/snail, eambutu/snail-pytorch, seujung/SNAIL-gluon);
-the appendix text itself could not be re-read here.  The ports disagree on the dilations
-(2^0… vs 2^1…, one counts blocks by ⌈ln T⌉), one normalises the attention over queries (the
-known bug), and one adds the linear layer after the conv blocks: all are parameters below.
+Conventions (``SNAILConfig``; its defaults are the paper's Omniglot 5-way 1-shot model, with
+PyTorch's choices where the paper gives none).  (3), the blocks and T = N·K + 1 agree with three
+public ports (sagelywizard/snail, eambutu/snail-pytorch, seujung/SNAIL-gluon), which differ in
+the dilations (``dilation_start`` 1: 2^1 … 2^L, the paper's loop; 0: 2^0 … 2^(L−1)) and in the
+linear layer after the conv blocks (``embedding_linear``); one normalises the attention over
+queries, a bug.  Here the softmax runs over keys, the query's label slot is zero and the support
+steps come in the order given (the demo shuffles them).  Every weight starts U(±1/√fan_in),
+PyTorch's default, as in the ports; ``attention_init_gain`` g multiplies the attention blocks'
+query and key weights, so their logits start g² larger (docs/demo-snail-omniglot.md: why the
+demo uses g = 4).  Batch norm (``bn_eps`` 1e-5, ``bn_momentum`` 0.1, as PyTorch's): ``step``
+trains on the statistics of all the images of the call and tracks them, state.bn ← (1 −
+bn_momentum)·state.bn + bn_momentum·(their mean and unbiased variance); ``loss`` and ``predict``
+use the former (``bn_mode`` "transductive", BatchNorm2d's train mode) or ``bn_state``
+("running", eval mode).  Adam's step size is ``meta_lr`` (1e-3).
 
-Conventions (``SNAILConfig``, recorded by ``conventions()``):
-    blocks            (3); ("attention", d_k, d_v) or ("tc", D)
-    kernel_size       2, the paper's causal convolution
-    dilation_start    1: TCBlock dilations 2^1 … 2^L, the paper's loop; 0 gives 2^0 … 2^(L−1)
-    embedding_linear  True: the linear layer after the conv blocks (64 → d)
-    bn_eps            1e-5 (PyTorch's BatchNorm2d); batch statistics are taken over every
-                      image of one call (the whole meta-batch, as BatchNorm2d in train mode);
-                      "running" mode uses the statistics a training loop tracked.
-    attention_init_gain  1.0: every weight starts as PyTorch's default U(±1/√fan_in), as the
-                      ports do (the paper gives no initialisation); g multiplies the attention
-                      blocks' query and key weights, so the logits qᵀk/√K start g² times
-                      larger.  At g = 1 they start near 0, every attention row is nearly
-                      uniform and training sits at chance for a few hundred steps; the Omniglot
-                      demo uses g = 4 (docs/demo-snail-omniglot.md).
-Not parameters: the softmax runs over keys (the paper's), the query's label slot is zero, and
-the support steps come in the order given (the demo shuffles them).
+``init``, ``init_state``, ``loss``, ``step`` and ``predict`` check their inputs once; ``embed``,
+``make_sequences``, ``apply`` and ``channel_plan`` are the steps above and check nothing.
 Params are a flat dict: "embed.*" (conv4), "block{j}.*" (``snail_blocks`` names), "out.*".
 """
 
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import autograd.numpy as anp
 import numpy as np
 from autograd import value_and_grad
 from autograd.tracer import getval
 
-from refmeta.nn import layers, losses, optimizers
+from refmeta import checks, contract
+from refmeta.nn import layers, losses, optimizers, trees
 from refmeta.nn import snail_blocks as blocks
 
 PAPER_BLOCKS = (("attention", 64, 32), ("tc", 128), ("attention", 256, 128), ("tc", 128),
                 ("attention", 512, 256))
+BLOCK_FORMS = {"attention": ("key_size", "value_size"), "tc": ("filters",)}
 
 
 @dataclass(frozen=True)
 class SNAILConfig:
-    """The architecture and its conventions; defaults are the paper's Omniglot setup."""
+    """The architecture, its conventions and the training step (the module docstring)."""
     n_way: int = 5
     k_shot: int = 1
     blocks: tuple = PAPER_BLOCKS
@@ -88,30 +84,26 @@ class SNAILConfig:
     image_size: int = 28
     bn_eps: float = 1e-5
     attention_init_gain: float = 1.0
+    bn_mode: str = "transductive"
+    meta_lr: float = 1e-3
+    bn_momentum: float = 0.1
 
     def __post_init__(self):
         for name, minimum in (("n_way", 2), ("k_shot", 1), ("kernel_size", 1),
-                              ("dilation_start", 0), ("embedding_dim", 1),
-                              ("embedding_filters", 1), ("image_channels", 1),
-                              ("image_size", 16)):
-            blocks._check_int(name, getattr(self, name), minimum)
-        for spec in self.blocks:
-            ok = (isinstance(spec, tuple) and len(spec) >= 2 and
-                  ((spec[0] == "attention" and len(spec) == 3) or (spec[0] == "tc" and len(spec) == 2)))
-            blocks._check(ok, f"each block must be ('attention', key_size, value_size) or "
-                              f"('tc', filters); got {spec!r}")
-            for size in spec[1:]:
-                blocks._check_int(f"{spec[0]} block size", size, 1)
-        if not isinstance(self.embedding_linear, bool):
-            raise TypeError(f"embedding_linear must be True or False; got {self.embedding_linear!r}")
-        blocks._check(isinstance(self.bn_eps, float) and self.bn_eps > 0,
-                      f"bn_eps must be a positive float; got {self.bn_eps!r}")
-        blocks._check_positive("attention_init_gain", self.attention_init_gain)
-        side = self.image_size // 16                                     # after four 2×2 pools
-        conv_width = self.embedding_filters * side * side
-        blocks._check(self.embedding_linear or self.embedding_dim == conv_width,
-                      f"without embedding_linear the embedding is the conv output, "
-                      f"{conv_width} wide; got embedding_dim={self.embedding_dim}")
+                              ("dilation_start", 0), ("embedding_dim", 1), ("embedding_filters", 1),
+                              ("image_channels", 1), ("image_size", 16)):  # 16: four 2×2 pools
+            checks.integer(name, getattr(self, name), minimum=minimum)
+        checks.specs("blocks", self.blocks, BLOCK_FORMS)
+        checks.boolean("embedding_linear", self.embedding_linear)
+        checks.positive("bn_eps", self.bn_eps)
+        checks.positive("attention_init_gain", self.attention_init_gain)
+        checks.choice("bn_mode", self.bn_mode, ("transductive", "running"))
+        checks.nonnegative("meta_lr", self.meta_lr)
+        checks.probability("bn_momentum", self.bn_momentum)
+        conv_width = self.embedding_filters * (self.image_size // 16) ** 2
+        if not self.embedding_linear and self.embedding_dim != conv_width:
+            raise ValueError(f"without embedding_linear the embedding is the conv output, "
+                             f"{conv_width} wide; got embedding_dim={self.embedding_dim}")
 
     @property
     def sequence_length(self):
@@ -127,49 +119,27 @@ class SNAILConfig:
                 "channels": channel_plan(self)}
 
 
+class SNAILState(NamedTuple):
+    """``step``'s state: Adam's moments; f's running statistics {"bn{i}.mean", "bn{i}.var"} (F,)."""
+    adam: optimizers.AdamState
+    bn: dict
+
+
+# ----- the model: (4), (1), (3) and (2) -----
 def channel_plan(config):
     """(4): [C_0, channels after each block]; the output layer reads the last."""
-    channels = [config.embedding_dim + config.n_way]
-    for spec in config.blocks:
-        if spec[0] == "attention":
-            channels.append(blocks.attention_block_channels(channels[-1], spec[2]))
-        else:
-            channels.append(channels[-1] + len(config.dilations()) * spec[1])
-    return channels
+    return blocks.stack_channels(config.embedding_dim + config.n_way, config.blocks,
+                                 config.sequence_length)
 
 
-def init(rng, config):
-    """Host float64 params: "embed.*" (conv4 maxpool + linear), "block{j}.*", "out.w" (C, N), "out.b"."""
-    embed = layers.conv4_init(rng, config.image_channels,
-                              config.embedding_dim if config.embedding_linear else None,
-                              config.embedding_filters, variant="maxpool", bn_affine="both",
-                              image_size=config.image_size)
-    params = {f"embed.{k}": v for k, v in embed.items()}
-    channels = channel_plan(config)
-    for j, spec in enumerate(config.blocks):
-        if spec[0] == "attention":
-            block = blocks.attention_block_init(rng, channels[j], spec[1], spec[2],
-                                                config.attention_init_gain)
-        else:
-            block = blocks.tc_block_init(rng, channels[j], config.sequence_length, spec[1],
-                                         config.kernel_size)
-        params.update({f"block{j}.{k}": v for k, v in block.items()})
-    params["out.w"] = blocks._uniform(rng, channels[-1], (channels[-1], config.n_way))
-    params["out.b"] = blocks._uniform(rng, channels[-1], (config.n_way,))
-    return params
-
-
-def embed(params, images, config, bn_mode="transductive", bn_state=None, return_bn_moments=False):
-    """f: images (..., n, C, H, W) -> (..., n, d); batch statistics over every image given."""
+def embed(params, images, config, bn_state=None, return_bn_moments=False):
+    """f: images (..., n, C, H, W) -> (..., n, d), batch norm on the statistics of all the
+    images given (bn_state None) or on bn_state's; return_bn_moments adds the images' moments."""
     shape = anp.shape(images)
-    blocks._check(len(shape) >= 4 and shape[-3:] == (config.image_channels, config.image_size,
-                                                     config.image_size),
-                  f"embed expects images (..., n, {config.image_channels}, {config.image_size}, "
-                  f"{config.image_size}); got {shape}")
-    _check_finite(images, "images")
     flat = anp.reshape(images, (-1,) + shape[-3:])                          # (M, C, H, W)
-    out = layers.conv4_apply(blocks._sub(params, "embed."), flat, variant="maxpool",
-                             bn_mode=bn_mode, bn_state=bn_state, bn_eps=config.bn_eps,
+    out = layers.conv4_apply(trees.subtree(params, "embed"), flat, variant="maxpool",
+                             bn_mode="transductive" if bn_state is None else "running",
+                             bn_state=bn_state, bn_eps=config.bn_eps,
                              return_bn_moments=return_bn_moments)
     features, moments = out if return_bn_moments else (out, None)
     features = anp.reshape(features, shape[:-3] + (anp.shape(features)[-1],))
@@ -179,70 +149,30 @@ def embed(params, images, config, bn_mode="transductive", bn_state=None, return_
 def make_sequences(support_z, support_y, query_z, config):
     """(1): support_z (..., N·K, d), support_y (..., N·K) ints, query_z (..., Q, d)
     -> (..., Q, T, d + N): one sequence per query, the support steps first."""
-    n_support, dim = config.n_way * config.k_shot, anp.shape(support_z)[-1]
-    blocks._check(anp.ndim(support_z) >= 2 and anp.shape(support_z)[-2] == n_support,
-                  f"a {config.n_way}-way {config.k_shot}-shot sequence needs N·K = {n_support} "
-                  f"support steps; got support_z {anp.shape(support_z)}")
-    blocks._check(anp.shape(support_y) == anp.shape(support_z)[:-1],
-                  f"support_y must be {anp.shape(support_z)[:-1]}; got {anp.shape(support_y)}")
-    blocks._check(anp.ndim(query_z) == anp.ndim(support_z) and anp.shape(query_z)[-1] == dim
-                  and anp.shape(query_z)[:-2] == anp.shape(support_z)[:-2],
-                  f"query_z must be (..., Q, d) with support_z's leading axes and d={dim}; "
-                  f"got {anp.shape(query_z)} for support_z {anp.shape(support_z)}")
-    labels = getval(support_y)
-    low, high = (int(labels.min()), int(labels.max())) if labels.size else (0, 0)
-    blocks._check(low >= 0 and high < config.n_way,
-                  f"support labels must be in 0..{config.n_way - 1}; got {low}..{high}")
-    support = anp.concatenate([support_z, losses.one_hot(labels, config.n_way, support_z)], -1)
+    one_hot = losses.one_hot(getval(support_y), config.n_way, support_z, check=False)
+    support = anp.concatenate([support_z, one_hot], axis=-1)              # (..., N·K, d + N)
     slot = np.zeros(anp.shape(query_z)[:-1] + (config.n_way,), dtype=getval(query_z).dtype,
                     like=getval(query_z))
     query = anp.concatenate([query_z, slot], axis=-1)                      # zero label slot
-    n_query = anp.shape(query_z)[-2]
-    support = anp.broadcast_to(support[..., None, :, :], anp.shape(query_z)[:-2]
-                               + (n_query, n_support, dim + config.n_way))
+    support = anp.broadcast_to(support[..., None, :, :], anp.shape(query_z)[:-1]
+                               + anp.shape(support)[-2:])                  # (..., Q, N·K, d + N)
     return anp.concatenate([support, query[..., :, None, :]], axis=-2)      # (..., Q, T, d + N)
 
 
 def apply(params, sequences, config, return_intermediates=False):
-    """(3), (2): sequences (..., T, d + N) -> logits (..., T, N) at every step.
-
-    With return_intermediates, also {"block{j}": (..., T, C_{j+1}), "block{j}.probs":
-    (..., T, T) for attention blocks}.
-    """
-    check_sequences(sequences, config)
-    x, found = sequences, {}
-    for j, spec in enumerate(config.blocks):
-        block = blocks._sub(params, f"block{j}.")
-        if spec[0] == "attention":
-            x, found[f"block{j}.probs"] = blocks.attention_block(block, x, return_probs=True)
-        else:
-            x = blocks.tc_block(block, x, config.dilations())
-        found[f"block{j}"] = x
-    logits = blocks._rows_matmul(x, params["out.w"]) + params["out.b"]
+    """(3), (2): sequences (..., T, d + N) -> logits (..., T, N) at every step; with
+    return_intermediates also {"block{j}": (..., T, C_{j+1}), "block{j}.probs": (..., T, T)}."""
+    h, found = blocks.stack(params, sequences, config.blocks, config.dilations(),
+                            return_intermediates=True)                  # (..., T, C_final)
+    logits = blocks.rows_matmul(h, params["out.w"]) + params["out.b"]
     return (logits, found) if return_intermediates else logits
 
 
-def check_sequences(sequences, config):
-    """ValueError unless sequences are (..., T, d + N), finite, with the query's label slot 0."""
-    expected = (config.sequence_length, config.embedding_dim + config.n_way)
-    blocks._check(anp.ndim(sequences) >= 2 and anp.shape(sequences)[-2:] == expected,
-                  f"sequences must be (..., T = N·K + 1 = {expected[0]}, d + N = {expected[1]}) "
-                  f"for {config.n_way}-way {config.k_shot}-shot with d={config.embedding_dim} "
-                  f"(a query without its {config.n_way} label channels, or a sequence of "
-                  f"another length, is refused); got {anp.shape(sequences)}")
-    _check_finite(sequences, "sequences")
-    slot = getval(sequences)[..., -1, config.embedding_dim:]
-    blocks._check(not bool(anp.any(slot != 0)),
-                  "the query (the last step) must carry an all-zero label slot; got nonzero values")
-
-
-def query_logits(params, episode, config, bn_mode="transductive", bn_state=None,
-                 return_bn_moments=False):
-    """Logits at the query step of every query: episode support_x (..., N·K, C, H, W),
-    query_x (..., Q, C, H, W) -> (..., Q, N) (and the BN moments of the embedding's inputs)."""
+def _predict(params, episode, config, bn_state=None, return_bn_moments=False):
+    """Logits (..., Q, N) at the query step of every query (and the images' BN moments)."""
     n_support = anp.shape(episode.support_x)[-4]
     images = anp.concatenate([episode.support_x, episode.query_x], axis=-4)
-    out = embed(params, images, config, bn_mode, bn_state, return_bn_moments)
+    out = embed(params, images, config, bn_state, return_bn_moments)
     z, moments = out if return_bn_moments else (out, None)
     sequences = make_sequences(z[..., :n_support, :], episode.support_y, z[..., n_support:, :],
                                config)
@@ -250,33 +180,89 @@ def query_logits(params, episode, config, bn_mode="transductive", bn_state=None,
     return (logits, moments) if return_bn_moments else logits
 
 
-def loss(params, episode, config, bn_mode="transductive", bn_state=None):
+def _loss(logits, query_y):
     """(2): the mean query cross-entropy over every query of every episode."""
-    logits = query_logits(params, episode, config, bn_mode, bn_state)
-    return anp.mean(losses.cross_entropy(logits, episode.query_y, reduction="none"))
+    return anp.mean(losses.cross_entropy(logits, query_y, reduction="none", check=False))
 
 
-def bn_state_init(config, like):
-    """Running statistics {"bn{i}.mean": 0, "bn{i}.var": 1} of the embedding, with ``like``'s
-    device and dtype."""
-    return {k: np.asarray(v, dtype=getval(like).dtype, like=getval(like))
-            for k, v in layers.conv4_bn_state(config.embedding_filters).items()}
+# ----- the entry points: each checks its inputs once, then runs the model above -----
+def init(rng, config):
+    """Host float64 params: "embed.*" (conv4 + linear), "block{j}.*", "out.w" (C, N), "out.b"."""
+    checks.instance("config", config, SNAILConfig)
+    checks.generator(rng)
+    embedding = layers.conv4_init(rng, config.image_channels,
+                                  config.embedding_dim if config.embedding_linear else None,
+                                  config.embedding_filters, variant="maxpool", bn_affine="both",
+                                  image_size=config.image_size)
+    params, channels = {f"embed.{k}": v for k, v in embedding.items()}, channel_plan(config)
+    params.update(blocks.stack_init(rng, channels[0], config.blocks, config.sequence_length,
+                                    config.kernel_size, config.attention_init_gain))
+    params["out.w"] = blocks.uniform_init(rng, channels[-1], (channels[-1], config.n_way))
+    params["out.b"] = blocks.uniform_init(rng, channels[-1], (config.n_way,))
+    return params
 
 
-def meta_step(params, opt_state, bn_state, episode, config, lr=1e-3, bn_momentum=0.1):
-    """One Adam step on (2), batch statistics in the embedding; returns (params, opt_state,
-    bn_state, loss) with bn_state ← (1 − momentum)·bn_state + momentum·(this batch's moments)."""
+def init_state(params, config):
+    """SNAILState: Adam's zero moments, running means 0 and variances 1, on params' device."""
+    _check_params(params, config)
+    like = getval(params["out.w"])
+    bn = {k: np.asarray(v, dtype=like.dtype, like=like)
+          for k, v in layers.conv4_bn_state(config.embedding_filters).items()}
+    return SNAILState(optimizers.adam_init(params), bn)
+
+
+def predict(params, episode, config, *, bn_state=None):
+    """Logits at the query step: support_x (..., N·K, C, H, W), query_x (..., Q, C, H, W) ->
+    (..., Q, N).  bn_state (state.bn) is required with bn_mode "running", refused otherwise."""
+    episode = _check_inputs(params, episode, config, bn_state)
+    return _predict(params, episode, config, bn_state)
+
+
+def loss(params, episode, config, *, bn_state=None):
+    """(2) on an episode; the arguments as for ``predict``."""
+    episode = _check_inputs(params, episode, config, bn_state)
+    return _loss(_predict(params, episode, config, bn_state), episode.query_y)
+
+
+def step(params, state, episode, config):
+    """One Adam step (meta_lr) on (2) with the batch's statistics in f: Step(params,
+    SNAILState with state.bn tracking those statistics, the loss at the starting params)."""
+    episode = _check_inputs(params, episode, config, None, state)
     moments = {}
 
     def objective(p):
-        logits, found = query_logits(p, episode, config, return_bn_moments=True)
+        logits, found = _predict(p, episode, config, return_bn_moments=True)
         moments.update({k: getval(v) for k, v in found.items()})           # bookkeeping only
-        return anp.mean(losses.cross_entropy(logits, episode.query_y, reduction="none"))
+        return _loss(logits, episode.query_y)
 
     value, grads = value_and_grad(objective)(params)
-    params, opt_state = optimizers.adam_update(params, grads, opt_state, lr=lr)
-    return params, opt_state, layers.update_running(bn_state, moments, bn_momentum), value
+    params, adam = optimizers.adam_update(params, grads, state.adam, lr=config.meta_lr,
+                                          check=False)
+    bn = layers.update_running(state.bn, moments, config.bn_momentum)
+    return contract.Step(params, SNAILState(adam, bn), value)
 
 
-def _check_finite(x, name):
-    blocks._check(bool(anp.all(anp.isfinite(getval(x)))), f"{name} contain NaN or inf")
+def _check_params(params, config):
+    checks.instance("config", config, SNAILConfig)
+    checks.params(params, checks.init_shapes(init, config))
+
+
+def _check_inputs(params, episode, config, bn_state, state=None):
+    """Every check of an entry point that reads an episode; returns it as an Episode."""
+    _check_params(params, config)
+    episode = checks.episode(episode, n_way=config.n_way, k_shot=config.k_shot)
+    checks.nonempty("support_x", episode.support_x)                     # no task axis of length 0
+    image = (config.image_channels, config.image_size, config.image_size)
+    checks.example_shape("support_x", episode.support_x, anp.ndim(episode.support_y) - 1, image)
+    if state is not None:
+        checks.instance("state", state, SNAILState)
+        checks.adam_state("state.adam", state.adam, checks.tree_shapes(params))
+    elif (bn_state is None) != (config.bn_mode == "transductive"):
+        raise ValueError(f"bn_state (state.bn) is required with bn_mode 'running' and refused "
+                         f"with 'transductive'; got bn_mode {config.bn_mode!r} and bn_state "
+                         f"{'None' if bn_state is None else 'given'}")
+    what, bn_state = ("state.bn", state.bn) if state is not None else ("bn_state", bn_state)
+    if bn_state is not None:
+        shapes = checks.tree_shapes(layers.conv4_bn_state(config.embedding_filters))
+        checks.running_stats(bn_state, shapes, what)
+    return episode

@@ -1,5 +1,6 @@
 """Small shared pieces for the tests: tiny models and data on a chosen backend."""
 
+import functools
 import os
 from pathlib import Path
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 from autograd import grad
 
-from refmeta import gradcheck
+from refmeta import contract, gradcheck
 from refmeta.data import tasks
 from refmeta.nn import layers, losses, trees
 
@@ -16,6 +17,15 @@ def tiny_mlp(rng, d_in=1, hidden=4, d_out=1, depth=2):
     """Host params of a d_in-hidden-...-d_out MLP with O(1) weights (so curvature is visible)."""
     sizes = (d_in,) + (hidden,) * depth + (d_out,)
     return layers.mlp_init(rng, sizes, weight_std=0.7)
+
+
+def tiny_mlp_model(d_in=1, hidden=4, d_out=1, depth=2, activation="tanh"):
+    """``tiny_mlp``'s network as a ``contract.Model`` with the MSE loss: MAML's and Reptile's
+    ``config.model``; its init makes the same shapes as ``tiny_mlp`` with these sizes."""
+    return contract.supervised(lambda rng: tiny_mlp(rng, d_in, hidden, d_out, depth),
+                               lambda p, x: layers.mlp_apply(p, x, activation=activation),
+                               functools.partial(losses.mse, check=False),
+                               f"mlp {d_in}-{'-'.join([str(hidden)] * depth)}-{d_out} {activation}, mse")
 
 
 def mlp_loss(activation):

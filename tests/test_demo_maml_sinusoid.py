@@ -71,7 +71,8 @@ def test_summarise_excludes_and_counts_diverged_tasks():
     mse = np.array([1.0, 3.0, np.nan, np.inf, 2e3])
     summary = demo.summarise(mse)
     assert summary == {"n_tasks": 5, "n_diverged": 3, "mean": 2.0,
-                       "ci95": pytest.approx(1.96 * 1.0 / math.sqrt(2), rel=1e-12), "median": 2.0}
+                       "ci95": pytest.approx(1.96 * math.sqrt(2) / math.sqrt(2), rel=1e-12),  # std, ddof=1
+                       "median": 2.0}
     assert demo.summarise(np.array([np.nan]))["mean"] is None
 
 

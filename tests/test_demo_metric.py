@@ -50,7 +50,7 @@ def fast_run(request, tmp_path_factory, cache):
     return out, demo.run(parse(demo, argv)), name
 
 
-def test_the_json_holds_every_number_the_issue_asks_for(fast_run):
+def test_the_json_holds_every_reported_number(fast_run):
     out, report, name = fast_run
     saved = json.loads((out / "results.json").read_text())
     assert saved["model"] == {"matching-default": "matching-fce"}.get(name, name)
@@ -74,16 +74,19 @@ def test_the_json_holds_every_number_the_issue_asks_for(fast_run):
     assert "| Lake's 20 runs" in saved["table"] and "| people | 4.5% |" in saved["table"]
 
 
-def test_the_matching_conventions_are_recorded(fast_run):
+def test_the_conventions_of_the_trained_config_are_recorded(fast_run):
     _, report, name = fast_run
+    conventions, config = report["conventions"], report["config"]   # the Config the run trained
+    assert conventions["n_way"] == config["train_way"] and conventions["meta_lr"] == config["lr"]
+    assert f"conv4 max-pool: {config['hidden']} filters" in conventions["embedding"]
     if name == "protonet":
-        assert report["conventions"]["distance"] == "sqeuclidean"
+        assert conventions["distance"] == "sqeuclidean"
     else:
-        assert report["conventions"]["fce"] == (name != "matching")
-        assert report["conventions"]["distance"] == "cosine"
+        assert conventions["fce"] == (name != "matching") and conventions["embedding_dim"] == config["hidden"]
+        assert conventions["distance"] == "cosine"
         learned = name == "matching-default"
-        assert report["conventions"]["learn_attention_scale"] == learned
-        assert report["conventions"]["attention_scale"] == (10.0 if learned else 1.0)
+        assert conventions["learn_attention_scale"] == learned
+        assert conventions["attention_scale"] == (10.0 if learned else 1.0)
         assert set(report["learned"]) == ({"attention_scale"} if learned else set())
         if learned:   # ρ = log s moved from log 10: 10 Adam steps of 1e-3, each at most 1e-3·0.1/√0.001
             assert report["learned"]["attention_scale"] != 10.0

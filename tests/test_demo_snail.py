@@ -1,6 +1,7 @@
 """The SNAIL Omniglot demo at its --fast size, its cached-embedding evaluation and its knockout."""
 
 import argparse
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -80,7 +81,8 @@ def test_cached_embeddings_score_episodes_exactly_as_embedding_each_episode(data
         generator = np.random.default_rng(seed)
         return demo.shuffled_support(generator, omniglot.sample_episodes(generator, pool, 3, 5, 1, 2))
 
-    direct = backend.to_host(snail.query_logits(params, draw(images, 7), config, "running", bn_state))
+    running = dataclasses.replace(config, bn_mode="running")
+    direct = backend.to_host(snail.predict(params, draw(images, 7), running, bn_state=bn_state))
     features = demo.embed_all(params, bn_state, images, config)[:, :, None, :]
     cached = draw(features, 7)
     sequences = snail.make_sequences(cached.support_x[..., 0, 0, :], cached.support_y,

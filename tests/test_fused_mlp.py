@@ -1,15 +1,17 @@
 """fused_mlp: the written-out gradient and R-operator against autograd and finite differences."""
 
+import dataclasses
+
 import autograd.numpy as anp
 import numpy as np
 import pytest
 from autograd import grad
 from hypothesis import given, strategies as st
 
-from helpers import max_abs_diff, mlp_loss, regression_episode, tiny_mlp
+from helpers import max_abs_diff, mlp_loss, regression_episode, tiny_mlp, tiny_mlp_model
 from refmeta import gradcheck, maml
 from refmeta.data import tasks
-from refmeta.nn import fused_mlp
+from refmeta.nn import fused_mlp, layers
 
 seeds = st.integers(0, 2**32 - 1)
 reductions = st.sampled_from(["mean", "sum"])
@@ -68,11 +70,13 @@ def test_gradient_and_hessian_vector_match_finite_differences(dev, seed, activat
 def test_maml_meta_gradient_equals_the_generic_path(dev, seed, inner_steps, first_order, activation,
                                                      task_reduction, inner_reduction):
     _, params, sizes, episode = setup(dev, seed, n_tasks=3, hidden=4, depth=2)
-    config = maml.MAMLConfig(inner_lr=0.1, inner_steps=inner_steps, first_order=first_order,
-                             task_reduction=task_reduction, inner_reduction=inner_reduction)
+    generic = maml.MAMLConfig(tiny_mlp_model(hidden=4, activation=activation), inner_lr=0.1,
+                              inner_steps=inner_steps, first_order=first_order,
+                              task_reduction=task_reduction, inner_reduction=inner_reduction)
     mlp = fused_mlp.FusedMLP(sizes, activation)
-    expected = maml.meta_gradient(params, episode, mlp_loss(activation), config)
-    through_autograd = mlp.unpack(maml.meta_gradient(mlp.pack(params), episode, mlp.loss_fn, config))
+    config = dataclasses.replace(generic, model=mlp.model())
+    expected = maml.meta_gradient(params, episode, generic)
+    through_autograd = mlp.unpack(maml.meta_gradient(mlp.pack(params), episode, config))
     written_out = mlp.unpack(mlp.meta_gradient(mlp.pack(params), episode, config))
     scale = max(1.0, max(float(np.max(np.abs(dev.to_host(v)))) for v in expected.values()))
     assert max_abs_diff(expected, through_autograd, dev) <= 1e-12 * scale
@@ -82,8 +86,8 @@ def test_maml_meta_gradient_equals_the_generic_path(dev, seed, inner_steps, firs
 def test_maml_meta_gradient_matches_finite_differences(dev):
     rng, params, sizes, episode = setup(dev, 3, n_tasks=2, hidden=3, depth=2)
     mlp = fused_mlp.FusedMLP(sizes, "tanh")
-    config = maml.MAMLConfig(inner_lr=0.3, inner_steps=2)
-    meta_loss = lambda p: maml.meta_loss(p, episode, mlp.loss_fn, config)
+    config = maml.MAMLConfig(mlp.model(), inner_lr=0.3, inner_steps=2)
+    meta_loss = lambda p: maml.loss(p, episode, config)
     gradcheck.check_grad(meta_loss, mlp.pack(params), rng=rng)
     gradcheck.check_grad(meta_loss, mlp.pack(params), lambda p: mlp.meta_gradient(p, episode, config), rng=rng)
 
@@ -114,6 +118,29 @@ def test_third_derivatives_are_refused():
     assert np.allclose(grad(lambda v_: anp.sum(hvp(theta, v_) * w))(v), hvp(theta, w), rtol=1e-13, atol=0)
     with pytest.raises(NotImplementedError):   # the derivative in θ would be a third derivative
         grad(lambda t: anp.sum(hvp(t, v)))(theta)
+
+
+def test_model_equals_the_generic_mlp_and_drives_maml(dev):
+    """``FusedMLP.model()``: init is layers.mlp_init's tree packed, apply and loss equal the
+    generic MLP's; MAML's public entry points take it as config.model."""
+    mlp = fused_mlp.FusedMLP((1, 5, 5, 1), "tanh")
+    model = mlp.model()
+    flat = model.init(np.random.default_rng(4))
+    generic = layers.mlp_init(np.random.default_rng(4), (1, 5, 5, 1))
+    assert flat[fused_mlp.FLAT].shape == (mlp.size,) and flat[fused_mlp.FLAT].dtype == np.float64
+    assert all(np.array_equal(mlp.unpack(flat)[k], generic[k]) for k in generic)
+    episode = regression_episode(dev, np.random.default_rng(5), 2, 4, 3)
+    params = dev.tree(flat)
+    task_params = {fused_mlp.FLAT: anp.broadcast_to(params[fused_mlp.FLAT], (2, mlp.size))}
+    generic_loss = mlp_loss("tanh")(mlp.unpack(task_params), episode.query_x, episode.query_y, "mean")
+    fused_loss = model.loss(task_params, episode.query_x, episode.query_y, "mean")
+    assert max_abs_diff(fused_loss, generic_loss, dev) <= 1e-13   # two paths: rounding only
+    config = maml.MAMLConfig(model, inner_lr=0.1, test_inner_steps=2)
+    predicted = maml.predict(params, episode, config)
+    generic_config = maml.MAMLConfig(tiny_mlp_model(hidden=5), inner_lr=0.1, test_inner_steps=2)
+    expected = maml.predict(dev.tree(generic), episode, generic_config)
+    assert max_abs_diff(predicted, expected, dev) <= 1e-12   # two paths: rounding only
+    assert maml.init(np.random.default_rng(4), config)[fused_mlp.FLAT].shape == (mlp.size,)
 
 
 def test_pack_and_unpack_round_trip_with_a_task_axis():
@@ -150,7 +177,7 @@ def test_bad_input_is_refused_with_what_was_expected():
     episode = tasks.Episode(x, y, x, y)
     flat = {fused_mlp.FLAT: np.zeros(mlp.size)}
     with pytest.raises(ValueError, match="inner_reduction|reduction must be one of"):
-        mlp.meta_gradient(flat, episode, maml.MAMLConfig(inner_reduction="n_way_times_mean"))
+        mlp.meta_gradient(flat, episode, maml.MAMLConfig(n_way=5, inner_reduction="n_way_times_mean"))
     with pytest.raises(ValueError, match=r"meta-parameters .*\(13,\)"):
         mlp.meta_gradient(theta, episode, maml.MAMLConfig())
     with pytest.raises(TypeError, match="not differentiable"):

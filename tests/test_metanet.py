@@ -1,5 +1,6 @@
 """Meta Networks: every equation of the module docstring, finite differences, identities, bad input."""
 
+import dataclasses
 import json
 
 import autograd.numpy as anp
@@ -8,9 +9,8 @@ import pytest
 from autograd import grad
 from hypothesis import assume, given, strategies as st
 
-from refmeta import metanet
-from refmeta.data import tasks
-from refmeta.nn import losses, optimizers
+from refmeta import contract, metanet
+from refmeta.nn import losses, optimizers, trees
 from refmeta.nn import metanet_parts as parts
 
 from helpers import check_grad_away_from_kinks
@@ -21,19 +21,19 @@ seeds = st.integers(0, 2**32 - 1)
 def tiny(dev, rng, n_way=3, n_query=4, hidden=3, second_order=False, chunks=3, fast_conv_blocks=None,
          query_reduction="sum"):
     """Params of a 2-block, 4×4-image MetaNet and one n_way-way 1-shot episode, on ``dev``."""
-    params = dev.tree(metanet.init(rng, hidden=hidden, n_blocks=2, n_way=n_way))
+    config = metanet.MetaNetConfig(n_way=n_way, hidden=hidden, n_blocks=2, second_order=second_order,
+                                   representation_chunks=chunks, fast_conv_blocks=fast_conv_blocks,
+                                   query_reduction=query_reduction)
+    params = dev.tree(metanet.init(rng, config))
     support_y = rng.permutation(n_way)
     query_y = rng.integers(0, n_way, size=n_query)
-    episode = tasks.Episode(dev.asarray(rng.standard_normal((n_way, 1, 4, 4))), dev.asarray(support_y),
-                            dev.asarray(rng.standard_normal((n_query, 1, 4, 4))), dev.asarray(query_y))
-    config = metanet.MetaNetConfig(second_order=second_order, representation_chunks=chunks,
-                                   fast_conv_blocks=fast_conv_blocks, query_reduction=query_reduction)
+    episode = contract.Episode(dev.asarray(rng.standard_normal((n_way, 1, 4, 4))), dev.asarray(support_y),
+                               dev.asarray(rng.standard_normal((n_query, 1, 4, 4))), dev.asarray(query_y))
     return params, episode, config
 
 
 def outputs(params, episode, config, meta_info=None):
-    return metanet.episode_outputs(params, episode.support_x, episode.support_y, episode.query_x,
-                                   config, meta_info)
+    return metanet.episode_outputs(params, episode, config, meta_info=meta_info)
 
 
 def host(dev, tree):
@@ -49,7 +49,7 @@ def test_second_order_gradient_matches_finite_differences(dev, seed, n_way, chun
     rng = np.random.default_rng(seed)
     params, episode, config = tiny(dev, rng, n_way, second_order=True, chunks=chunks,
                                    fast_conv_blocks=fast_conv_blocks, query_reduction=reduction)
-    loss = lambda p: metanet.episode_loss(p, episode, config)
+    loss = lambda p: metanet.loss(p, episode, config)
     assume(check_grad_away_from_kinks(loss, params, rng) >= 1)
 
 
@@ -60,17 +60,18 @@ def test_first_order_gradient_is_the_gradient_with_the_meta_information_held_fix
     rng = np.random.default_rng(seed)
     params, episode, config = tiny(dev, rng, n_way, fast_conv_blocks=fast_conv_blocks)
     frozen = metanet.meta_information(params, episode.support_x, episode.support_y, config)
-    loss_frozen = lambda p: metanet.episode_loss(p, episode, config, frozen)
-    first_order = grad(lambda p: metanet.episode_loss(p, episode, config))
+    loss_frozen = lambda p: metanet.loss(p, episode, config, meta_info=frozen)
+    first_order = grad(lambda p: metanet.loss(p, episode, config))
     assume(check_grad_away_from_kinks(loss_frozen, params, rng, grad_fn=first_order) >= 1)
 
 
 def test_first_and_second_order_differ_only_through_the_gradients(dev):
     rng = np.random.default_rng(3)
     params, episode, config = tiny(dev, rng)
-    second = metanet.MetaNetConfig(**{**config.conventions(), "second_order": True})
-    g1, g2 = (host(dev, grad(metanet.episode_loss)(params, episode, c)) for c in (config, second))
-    assert metanet.episode_loss(params, episode, config) == metanet.episode_loss(params, episode, second)
+    second = dataclasses.replace(config, second_order=True)
+    g1, g2 = (host(dev, grad(metanet.loss)(params, episode, c)) for c in (config, second))
+    # the same arithmetic on the same inputs: second_order changes only what the gradient sees
+    assert metanet.loss(params, episode, config) == metanet.loss(params, episode, second)
     assert any(np.max(np.abs(g1[k] - g2[k])) > 1e-6 for k in g1)  # the extra path is not empty
 
 
@@ -79,7 +80,7 @@ def test_group_gradients_equal_one_gradient_per_example(dev):
     """(10) vectorised by weight copies equals N separate gradients."""
     rng = np.random.default_rng(0)
     params, episode, config = tiny(dev, rng, n_way=3)
-    base = metanet.learner(params, "base")
+    base = trees.subtree(params, "base")
     names = metanet.fast_layers(base, config, True)
     grads = metanet.group_gradients(base, names, episode.support_x[:, None], episode.support_y[:, None],
                                     False)
@@ -97,7 +98,7 @@ def test_task_gradients_are_chunk_mean_losses_in_support_order(dev):
     rng = np.random.default_rng(1)
     params, episode, config = tiny(dev, rng, n_way=4, chunks=2)
     info = metanet.meta_information(params, episode.support_x, episode.support_y, config)
-    rep = metanet.learner(params, "rep")
+    rep = trees.subtree(params, "rep")
     names = metanet.fast_layers(rep, config, False)
     assert sorted(info["task"]) == sorted(names) and "out.w" not in names
     for t in range(2):
@@ -135,7 +136,7 @@ def test_example_generator_is_a_coordinatewise_mlp(dev):
 
 
 def test_task_generator_is_a_coordinatewise_lstm(dev):
-    """(4): d runs an LSTM (Chainer gate order a, i, f, o) over the T gradients, per coordinate."""
+    """(4): d runs an LSTM (gates a, i, f, o in contiguous blocks) over the T gradients, per coordinate."""
     rng = np.random.default_rng(3)
     params = parts.meta_init(rng)
     infos = rng.uniform(-1, 1, size=(4, 5, 2))   # T = 4 steps, 5 coordinates
@@ -152,13 +153,34 @@ def test_task_generator_is_a_coordinatewise_lstm(dev):
                                    rtol=1e-12)
 
 
+def test_chainer_lstm_weights_load_by_the_documented_gate_permutation(dev):
+    """Chainer's F.lstm reads gate j mod 4 of unit j // 4 from an interleaved (4H,) row; with
+    perm[k·H + u] = 4u + k, wx = upward.W[perm].T etc. give refmeta's contiguous blocks."""
+    rng, hidden = np.random.default_rng(13), parts.HIDDEN_D
+    upward_w, lateral_w = rng.standard_normal((4 * hidden, 2)), rng.standard_normal((4 * hidden, hidden)) / 4
+    upward_b, out_w, out_b = rng.standard_normal(4 * hidden), rng.standard_normal((hidden, 1)), rng.standard_normal(1)
+    infos = rng.uniform(-1, 1, size=(3, 4, 2))                 # T = 3 steps, 4 coordinates
+    sigmoid = lambda z: 1 / (1 + np.exp(-z))
+    state = cell = None
+    for info in infos:                                         # chainer.links.LSTM, step by step
+        z = info @ upward_w.T + upward_b + (0 if state is None else state @ lateral_w.T)
+        a, i, f, o = (z.reshape(len(z), hidden, 4)[:, :, k] for k in range(4))   # chainer's _extract_gates
+        cell = np.tanh(a) * sigmoid(i) + (0 if cell is None else sigmoid(f) * cell)
+        state = sigmoid(o) * np.tanh(cell)
+    perm = np.arange(4 * hidden).reshape(hidden, 4).T.ravel()
+    loaded = {"d.conv.wx": upward_w[perm].T, "d.conv.wh": lateral_w[perm].T, "d.conv.b": upward_b[perm],
+              "d.conv.out.w": out_w, "d.conv.out.b": out_b}
+    got = parts.task_generator(dev.tree(loaded), "conv", dev.asarray(infos))
+    np.testing.assert_allclose(dev.to_host(got), (state @ out_w + out_b)[:, 0], rtol=1e-12)
+
+
 # ----- memory, attention, layer augmentation -----
 def test_one_hot_attention_reads_exactly_the_stored_fast_weights(dev):
     rng = np.random.default_rng(4)
     memory = {"conv0.w": rng.standard_normal((4, 3, 2, 3, 3)), "out.w": rng.standard_normal((4, 3, 5))}
     slots = np.array([2, 0, 3, 3, 1])
     read = parts.read_memory(dev.tree(memory), dev.asarray(np.eye(4)[slots]))
-    for name in memory:
+    for name in memory:   # exact in any summation order: 1·M_j plus terms that are ±0
         np.testing.assert_array_equal(dev.to_host(read[name]), memory[name][slots])
 
 
@@ -178,10 +200,12 @@ def test_with_fast_weights_zero_the_learners_are_their_slow_networks(dev):
     net = dev.tree(parts.learner_init(rng, hidden=3, n_blocks=2, n_out=4))
     x = dev.asarray(rng.standard_normal((5, 1, 4, 4)))
     zeros = {k: anp.zeros_like(anp.broadcast_to(v[None], (5,) + v.shape)) for k, v in net.items()}
-    np.testing.assert_array_equal(dev.to_host(parts.base_logits(net, x[:, None], zeros))[:, 0],
-                                  dev.to_host(parts.base_logits(net, x)))
-    np.testing.assert_array_equal(dev.to_host(parts.representation(net, x[:, None], zeros))[:, 0],
-                                  dev.to_host(parts.representation(net, x)))
+    # Two computation paths: a per-example (batched-weight) conv against one shared-kernel matrix
+    # product, whose BLAS blocking, hence rounding, differs by CPU; equal to a few ulps.
+    np.testing.assert_allclose(dev.to_host(parts.base_logits(net, x[:, None], zeros))[:, 0],
+                               dev.to_host(parts.base_logits(net, x)), rtol=1e-13, atol=1e-16)
+    np.testing.assert_allclose(dev.to_host(parts.representation(net, x[:, None], zeros))[:, 0],
+                               dev.to_host(parts.representation(net, x)), rtol=1e-13, atol=1e-16)
 
 
 def test_layer_augmentation_adds_the_fast_path_through_its_own_relu(dev):
@@ -204,7 +228,7 @@ def test_episode_outputs_compose_the_equations(dev):
     out = outputs(params, episode, config)
     q_star = metanet.task_fast_weights(params, out["meta_info"]["task"], config)
     memory = metanet.example_fast_weights(params, out["meta_info"]["example"], config)
-    rep, base = metanet.learner(params, "rep"), metanet.learner(params, "base")
+    rep, base = trees.subtree(params, "rep"), trees.subtree(params, "base")
     keys = parts.representation(rep, episode.support_x, q_star)
     assert set(q_star) == {"conv0.w", "conv1.w", "fc1.w"} and set(memory) == set(base)
     for i in range(5):
@@ -235,74 +259,281 @@ def test_relabelling_permutes_the_logits(dev):
 def test_with_n_way_keeps_the_first_output_units(dev):
     rng = np.random.default_rng(10)
     params, episode, config = tiny(dev, rng, n_way=3)
-    wide = dev.tree(metanet.init(np.random.default_rng(10), hidden=3, n_blocks=2, n_way=5))
+    wide = dev.tree(metanet.init(np.random.default_rng(10), dataclasses.replace(config, n_way=5)))
     narrow = metanet.with_n_way(wide, 3)
     assert narrow["base.out.w"].shape == (3, 3) and narrow["rep.out.w"].shape == (3, 3)
     np.testing.assert_array_equal(dev.to_host(narrow["base.out.w"]), dev.to_host(wide["base.out.w"])[:, :3])
     assert outputs(narrow, episode, config)["logits"].shape == (4, 3)
-    with pytest.raises(ValueError, match="n_way must be an integer in 2..5"):
-        metanet.with_n_way(wide, 6)
 
 
 # ----- training -----
-def test_meta_step_fits_one_episode_and_clips_by_global_norm(dev):
+def test_step_fits_one_episode(dev):
     """Adam on L_train drives the loss of a fixed episode (queries = the support images) to ~0."""
     rng = np.random.default_rng(11)
-    params, episode, _ = tiny(dev, rng, n_way=3)
+    params, episode, config = tiny(dev, rng, n_way=3)
     episode = episode._replace(query_x=episode.support_x, query_y=episode.support_y)
-    config = metanet.MetaNetConfig(representation_chunks=3, meta_lr=0.01)
-    state, first = optimizers.adam_init(params), float(metanet.episode_loss(params, episode, config))
+    config = dataclasses.replace(config, meta_lr=0.01)
+    state, first = metanet.init_state(params, config), float(metanet.loss(params, episode, config))
     for _ in range(40):
-        params, state, loss = metanet.meta_step(params, state, episode, config)
-    assert float(metanet.episode_loss(params, episode, config)) < 0.01 * first
+        params, state, loss = metanet.step(params, state, episode, config)
+    assert float(metanet.loss(params, episode, config)) < 0.01 * first
+
+
+def test_step_is_adam_on_the_clipped_gradient_and_returns_the_starting_loss(dev):
+    """Algorithm 1, line 22 with Chainer's GradientClipping: θ ← Adam(θ, clip(∇L_train), meta_lr)."""
+    params, episode, config = tiny(dev, np.random.default_rng(14), n_way=3)
+    config = dataclasses.replace(config, grad_clip_norm=1e-3, meta_lr=0.05)
+    state = metanet.init_state(params, config)
+    result = metanet.step(params, state, episode, config)
+    assert isinstance(result, contract.Step)
+    gradient = grad(metanet.loss)(params, episode, config)
+    assert np.sqrt(float(trees.vdot(gradient, gradient))) > 1e-3          # the clip is active
+    clipped = optimizers.clip_by_global_norm(gradient, 1e-3)
+    expected, expected_state = optimizers.adam_update(params, clipped, state, lr=0.05)
+    # grad vs value_and_grad with and without the door's checks: the same arithmetic, but held to
+    # a tight tolerance rather than bits, as two call paths
+    for k in params:
+        np.testing.assert_allclose(dev.to_host(result.params[k]), dev.to_host(expected[k]), rtol=1e-13,
+                                   atol=1e-16)
+    assert result.state.step == expected_state.step == 1
+    np.testing.assert_allclose(float(result.loss), float(metanet.loss(params, episode, config)), rtol=1e-13)
     g = dev.tree({"a": np.array([3.0, 4.0]), "b": np.array([12.0])})
-    np.testing.assert_allclose(dev.to_host(metanet.clip_by_global_norm(g, 6.5)["a"]), [1.5, 2.0], rtol=1e-15)
-    assert metanet.clip_by_global_norm(g, 20.0) is g and metanet.clip_by_global_norm(g, None) is g
+    np.testing.assert_allclose(dev.to_host(optimizers.clip_by_global_norm(g, 6.5)["a"]), [1.5, 2.0],
+                               rtol=1e-15)
+    assert optimizers.clip_by_global_norm(g, 20.0) is g and optimizers.clip_by_global_norm(g, None) is g
 
 
 def test_fast_layers_are_the_top_conv_blocks_then_fc1_and_out():
     net = {f"conv{i}.w": None for i in range(4)} | {"fc1.w": None, "out.w": None}
-    layers_for = lambda k: metanet.fast_layers(net, metanet.MetaNetConfig(fast_conv_blocks=k), True)
+    layers_for = lambda k: metanet.fast_layers(net, metanet.MetaNetConfig(n_blocks=4, fast_conv_blocks=k), True)
     assert layers_for(0) == ("fc1.w", "out.w") and layers_for(1) == ("conv3.w", "fc1.w", "out.w")
-    assert layers_for(None) == layers_for(4) == layers_for(9) == tuple(net)
+    assert layers_for(None) == layers_for(4) == tuple(net)
 
 
-def test_config_records_every_convention_as_json():
-    config = metanet.MetaNetConfig()
+def test_config_records_every_convention_and_size_as_json():
+    config = metanet.MetaNetConfig(n_way=20, hidden=32)
     assert json.loads(json.dumps(config.conventions())) == config.conventions()
     assert config.conventions()["preprocess_p"] == 7.0 and config.conventions()["second_order"] is False
+    assert {k: config.conventions()[k] for k in ("n_way", "in_channels", "hidden", "n_blocks")} == \
+        {"n_way": 20, "in_channels": 1, "hidden": 32, "n_blocks": 4}
+
+
+def test_init_makes_the_shapes_the_config_names():
+    config = metanet.MetaNetConfig(n_way=7, in_channels=2, hidden=5, n_blocks=3, fast_init_scale=0.0)
+    params = metanet.init(np.random.default_rng(0), config)
+    assert params["base.conv0.w"].shape == (5, 2, 3, 3) and params["rep.conv2.w"].shape == (5, 5, 3, 3)
+    assert params["base.out.w"].shape == params["rep.out.w"].shape == (5, 7) and "base.conv3.w" not in params
+    assert not params["m.conv.l2.w"].any() and not params["d.dense.out.w"].any()   # × fast_init_scale 0
+    assert all(v.dtype == np.float64 and isinstance(v, np.ndarray) for v in params.values())
 
 
 # ----- bad input -----
+ENTRIES = ("loss", "predict", "episode_outputs", "step")
+
+
+def call(entry, dev, episode=lambda e: e, params=lambda p: p, config=lambda c: c, **entry_kwargs):
+    """Run one public entry on tiny()'s 3-way episode as changed by ``episode``, ``params`` and
+    ``config`` (step gets a valid Adam state)."""
+    good, ep, cfg = tiny(dev, np.random.default_rng(12))
+    if entry == "step":
+        return metanet.step(params(good), optimizers.adam_init(good), episode(ep), config(cfg))
+    return getattr(metanet, entry)(params(good), episode(ep), config(cfg), **entry_kwargs)
+
+
+def poke(dev, x, value):
+    """A copy of device array x with its first entry set to value."""
+    host = np.array(dev.to_host(x))
+    host.reshape(-1)[0] = value
+    return dev.asarray(host)
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+@pytest.mark.parametrize("which, value", [("support_x", np.nan), ("query_x", np.nan), ("query_x", np.inf)])
+def test_nan_or_inf_in_the_images_is_refused_naming_the_array(dev, entry, which, value):
+    with pytest.raises(ValueError, match=f"{which} contains NaN or inf"):
+        call(entry, dev, episode=lambda e: e._replace(**{which: poke(dev, getattr(e, which), value)}))
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+@pytest.mark.parametrize("value", [np.nan, -np.inf])
+def test_nan_or_inf_in_the_params_is_refused_naming_the_leaf(dev, entry, value):
+    with pytest.raises(ValueError, match=r"params\['d.conv.wx'\] contains NaN or inf"):
+        call(entry, dev, params=lambda p: {**p, "d.conv.wx": poke(dev, p["d.conv.wx"], value)})
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+@pytest.mark.parametrize("which, labels", [("support_y", [0, 1, 3]), ("query_y", [0, 5, 1, 1]),
+                                           ("query_y", [-1, 0, 1, 2])])
+def test_labels_outside_0_to_n_way_minus_1_are_refused(dev, entry, which, labels):
+    with pytest.raises(ValueError, match=rf"{which}: labels must be in 0..2 \(n_way=3\)"):
+        call(entry, dev, episode=lambda e: e._replace(**{which: dev.asarray(np.array(labels))}))
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+@pytest.mark.parametrize("which", ["support_y", "query_y"])
+def test_non_integer_labels_are_refused(dev, entry, which):
+    with pytest.raises(TypeError, match=f"{which}: class labels must be integers"):
+        call(entry, dev, episode=lambda e: e._replace(**{which: dev.asarray(dev.to_host(getattr(e, which)) * 1.0)}))
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_a_support_set_missing_a_class_is_refused(dev, entry):
+    with pytest.raises(ValueError, match=r"every class 0..2 needs at least one example; classes \[2\]"):
+        call(entry, dev, episode=lambda e: e._replace(support_y=dev.asarray(np.array([0, 1, 1]))))
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+@pytest.mark.parametrize("which", ["support", "query"])
+def test_an_empty_support_or_query_set_is_refused(dev, entry, which):
+    empty = {f"{which}_x": dev.asarray(np.zeros((0, 1, 4, 4))), f"{which}_y": dev.asarray(np.zeros(0, int))}
+    with pytest.raises(ValueError, match=f"the {which} set is empty"):
+        call(entry, dev, episode=lambda e: e._replace(**empty))
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_a_query_set_with_a_task_axis_is_refused(dev, entry):
+    with pytest.raises(ValueError, match="support and query disagree"):
+        call(entry, dev, episode=lambda e: e._replace(query_x=e.query_x[None], query_y=e.query_y[None]))
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_a_meta_batch_is_refused_meta_networks_take_one_task(dev, entry):
+    with pytest.raises(ValueError, match=r"expected one task, support_x \(n, ...\) without a task axis"):
+        call(entry, dev, episode=lambda e: contract.Episode(*(a[None] for a in e)))
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_an_episode_of_another_type_is_refused(dev, entry):
+    with pytest.raises(TypeError, match="expected an Episode"):
+        call(entry, dev, episode=lambda e: list(e))
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+@pytest.mark.parametrize("shape", [(1, 8, 8), (1, 3, 3), (2, 4, 4), (4, 4)])
+def test_images_the_conv_blocks_cannot_take_to_1x1_are_refused(dev, entry, shape):
+    """Two 2×2 pools take 4..7 to 1; 8 would end at 2×2 and 3 at 0×0."""
+    images = lambda x: dev.asarray(np.ones((anp.shape(x)[0],) + shape))
+    with pytest.raises(ValueError, match=r"images must be \(C=1, H, W\), H and W in 4..7"):
+        call(entry, dev, episode=lambda e: e._replace(support_x=images(e.support_x), query_x=images(e.query_x)))
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_representation_chunks_that_do_not_divide_the_support_set_are_refused(dev, entry):
+    with pytest.raises(ValueError, match="representation_chunks=2 must divide the 3 support examples"):
+        call(entry, dev, config=lambda c: dataclasses.replace(c, representation_chunks=2))
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
 @pytest.mark.parametrize("change, message", [
-    (lambda e, d: e._replace(support_x=d.asarray(np.full((3, 1, 4, 4), np.nan))), "support_x contains NaN"),
-    (lambda e, d: e._replace(query_x=d.asarray(np.ones((2, 1, 4, 4)) * np.inf)), "query_x contains NaN"),
-    (lambda e, d: e._replace(support_x=d.asarray(np.ones((3, 2, 4, 4)))), r"support_x must be \(n, C=1"),
-    (lambda e, d: e._replace(query_x=d.asarray(np.ones((2, 1, 8, 8)))), "support and query images differ"),
-    (lambda e, d: e._replace(support_y=d.asarray(np.array([0, 1, 3]))), r"support labels must be in 0..2"),
-    (lambda e, d: e._replace(support_y=d.asarray(np.array([0, 1]))), r"support_y must be \(3,\)"),
-    (lambda e, d: e._replace(query_y=d.asarray(np.array([0, 5, 1, 1]))), r"query labels must be in 0..2"),
+    (lambda p: {}, "params is empty"),
+    (lambda p: {k: v for k, v in p.items() if k != "d.conv.b"}, r"missing \['d.conv.b'\], unexpected \[\]"),
+    (lambda p: {**p, "base.fc1.b": p["d.conv.b"]}, r"missing \[\], unexpected \['base.fc1.b'\]"),
+    (lambda p: {**p, "rep.fc1.w": p["rep.fc1.w"][:2]}, r"params\['rep.fc1.w'\] must have shape \(3, 3\); got \(2, 3\)"),
 ])
-def test_bad_episodes_raise_clear_errors(dev, change, message):
-    params, episode, config = tiny(dev, np.random.default_rng(12))
+def test_a_params_tree_that_is_not_inits_is_refused_naming_the_key(dev, entry, change, message):
     with pytest.raises(ValueError, match=message):
-        metanet.episode_loss(params, change(episode, dev), config)
+        call(entry, dev, params=change)
 
 
-def test_memory_size_mismatch_and_bad_config_raise(dev):
-    memory = dev.tree({"out.w": np.ones((3, 2, 2))})
-    with pytest.raises(ValueError, match=r"memory 'out.w' holds 3 slots but the attention weights \(2, 4\)"):
-        parts.read_memory(memory, dev.asarray(np.ones((2, 4)) / 4))
-    params, episode, _ = tiny(dev, np.random.default_rng(13), n_way=3)
-    with pytest.raises(ValueError, match="representation_chunks=2 must divide the 3 support"):
-        metanet.episode_loss(params, episode, metanet.MetaNetConfig(representation_chunks=2))
-    for bad in ({"preprocess_p": 0}, {"query_reduction": "max"}, {"representation_chunks": 0},
-                {"grad_clip_norm": -1.0}, {"representation_loss": "contrastive"}):
-        with pytest.raises(ValueError):
-            metanet.MetaNetConfig(**bad)
-    with pytest.raises(TypeError):
-        metanet.MetaNetConfig(second_order="yes")
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_params_of_a_different_n_way_are_refused(dev, entry):
+    wide = dev.tree(metanet.init(np.random.default_rng(0), metanet.MetaNetConfig(n_way=5, hidden=3, n_blocks=2)))
+    with pytest.raises(ValueError, match=r"params\['base.out.w'\] must have shape \(3, 3\); got \(3, 5\)"):
+        call(entry, dev, params=lambda p: wide)
 
+
+@pytest.mark.parametrize("entry", ["loss", "predict", "episode_outputs"])
+def test_meta_information_of_the_wrong_shape_is_refused(dev, entry):
+    params, episode, config = tiny(dev, np.random.default_rng(12))
+    other = metanet.meta_information(params, episode.support_x, episode.support_y,
+                                     dataclasses.replace(config, representation_chunks=1))   # T = 1, not 3
+    with pytest.raises(ValueError, match=r"meta_info\['task'\]\['conv0.w'\] must have shape \(3, 3, 1, 3, 3\)"):
+        call(entry, dev, meta_info=other)
+    with pytest.raises(TypeError, match=r"meta_info\['task'\] must be a dict of arrays"):
+        call(entry, dev, meta_info={"example": other["example"]})
+    with pytest.raises(TypeError, match="meta_info must be a dict"):
+        call(entry, dev, meta_info=[other])
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_a_config_of_another_type_is_refused(dev, entry):
+    with pytest.raises(TypeError, match="config must be a MetaNetConfig; got dict"):
+        call(entry, dev, config=lambda c: c.conventions())
+
+
+def test_step_refuses_a_state_that_is_not_adams_for_these_params(dev):
+    params, episode, config = tiny(dev, np.random.default_rng(12))
+    with pytest.raises(TypeError, match=r"state must be Adam's state \(step, m, v\)"):
+        metanet.step(params, None, episode, config)
+    other = optimizers.adam_init({k: v for k, v in params.items() if k != "d.conv.b"})
+    with pytest.raises(ValueError, match=r"state.m do not match the model: missing \['d.conv.b'\]"):
+        metanet.step(params, other, episode, config)
+
+
+def test_init_and_init_state_refuse_a_bad_rng_config_or_params(dev):
+    params, _, config = tiny(dev, np.random.default_rng(12))
+    with pytest.raises(TypeError, match="rng must be a Generator"):
+        metanet.init(np.random.RandomState(0), config)
+    with pytest.raises(TypeError, match="config must be a MetaNetConfig"):
+        metanet.init(np.random.default_rng(0), {"n_way": 3})
+    with pytest.raises(TypeError, match="config must be a MetaNetConfig"):
+        metanet.init_state(params, None)
+    with pytest.raises(ValueError, match="params is empty"):
+        metanet.init_state({}, config)
+    with pytest.raises(ValueError, match=r"params\['m.conv.l0.b'\] contains NaN or inf"):
+        metanet.init_state({**params, "m.conv.l0.b": poke(dev, params["m.conv.l0.b"], np.nan)}, config)
+
+
+@pytest.mark.parametrize("n_way, error, message", [
+    (4, ValueError, r"n_way must be an integer in 2..3; got 4"),
+    (1, ValueError, r"n_way must be an integer in 2..3; got 1"),
+    (2.0, TypeError, r"n_way must be an integer in 2..3; got 2.0"),
+])
+def test_with_n_way_refuses_more_output_units_than_there_are(dev, n_way, error, message):
+    params, _, _ = tiny(dev, np.random.default_rng(12))
+    with pytest.raises(error, match=message):
+        metanet.with_n_way(params, n_way)
+
+
+def test_with_n_way_refuses_params_without_both_output_layers(dev):
+    params, _, _ = tiny(dev, np.random.default_rng(12))
+    with pytest.raises(ValueError, match=r"params\['rep.out.w'\] must be metanet.init's output layer .* no such key"):
+        metanet.with_n_way({k: v for k, v in params.items() if k != "rep.out.w"}, 2)
+    with pytest.raises(ValueError, match=r"params\['base.out.w'\] must be .* got \(9,\)"):
+        metanet.with_n_way({**params, "base.out.w": dev.asarray(np.ones(9))}, 2)
+    with pytest.raises(TypeError, match="params must be a dict"):
+        metanet.with_n_way(list(params.values()), 2)
+
+
+@pytest.mark.parametrize("field, value", [("meta_lr", -1e-3), ("meta_lr", np.inf), ("preprocess_p", 0.0),
+                                          ("attention_eps", 0.0), ("grad_clip_norm", 0.0),
+                                          ("grad_clip_norm", -1.0), ("fast_init_scale", -0.1),
+                                          ("representation_chunks", 0), ("fast_conv_blocks", -1),
+                                          ("fast_conv_blocks", 5)])
+def test_config_refuses_out_of_range_hyperparameters(field, value):
+    with pytest.raises(ValueError, match=f"{field} must be"):
+        metanet.MetaNetConfig(n_blocks=4, **{field: value})
+
+
+@pytest.mark.parametrize("field, value, error", [("n_way", 1, ValueError), ("hidden", 0, ValueError),
+                                                 ("n_blocks", -1, ValueError), ("in_channels", 0, ValueError),
+                                                 ("in_channels", 2.5, TypeError), ("hidden", True, TypeError),
+                                                 ("representation_chunks", 2.0, TypeError)])
+def test_config_refuses_sizes_of_zero_negative_or_not_integer(field, value, error):
+    with pytest.raises(error, match=f"{field} must be an integer"):
+        metanet.MetaNetConfig(**{field: value})
+
+
+@pytest.mark.parametrize("field, value", [("query_reduction", "max"), ("representation_loss", "contrastive")])
+def test_config_refuses_unknown_choice_names(field, value):
+    with pytest.raises(ValueError, match=f"{field} must be one of"):
+        metanet.MetaNetConfig(**{field: value})
+
+
+@pytest.mark.parametrize("field, value", [("second_order", "yes"), ("second_order", 1), ("meta_lr", "0.1")])
+def test_config_refuses_values_of_the_wrong_kind(field, value):
+    with pytest.raises(TypeError, match=field):
+        metanet.MetaNetConfig(**{field: value})
 
 def test_agrees_with_an_independent_pytorch_implementation():
     """The benchmark's PyTorch step (written from the paper and the authors' code, a loop over

@@ -1,8 +1,10 @@
 """SNAIL: naive-loop references, causality as a property, the masked softmax, channel counts,
-finite differences through every block and the whole model, bad input, and a PyTorch port."""
+finite differences through every block and the whole model, the training step and its running
+statistics, bad input at the entry points, and a PyTorch port."""
 
 import dataclasses
 import math
+import re
 
 import autograd.numpy as anp
 import numpy as np
@@ -13,7 +15,6 @@ from hypothesis import assume, given, strategies as st
 from helpers import check_grad_away_from_kinks
 
 from refmeta import gradcheck, snail
-from refmeta.nn import optimizers
 from refmeta.nn import snail_blocks as blocks
 from refmeta.data.tasks import Episode
 
@@ -218,6 +219,23 @@ def test_tc_block_is_dense_blocks_in_sequence(dev):
     close(dev, blocks.tc_block(dev.tree(params), x, [2, 4, 8]), dev.to_host(expected), rtol=0, atol=0)
 
 
+def test_a_stack_is_its_blocks_in_order_with_every_output_and_attention_read(dev):
+    rng = np.random.default_rng(12)
+    specs, steps = (("attention", 3, 2), ("tc", 2), ("attention", 2, 3)), 5
+    params = blocks.stack_init(rng, 4, specs, steps, kernel_size=2)
+    assert blocks.stack_channels(4, specs, steps) == [4, 6, 12, 15]
+    x = dev.asarray(rng.standard_normal((2, steps, 4)))
+    out, found = blocks.stack(dev.tree(params), x, specs, [2, 4, 8], return_intermediates=True)
+    sub = lambda j: {k[len(f"block{j}."):]: dev.asarray(v) for k, v in params.items() if k.startswith(f"block{j}.")}
+    h0, p0 = blocks.attention_block(sub(0), x, return_probs=True)
+    h1 = blocks.tc_block(sub(1), h0, [2, 4, 8])
+    h2, p2 = blocks.attention_block(sub(2), h1, return_probs=True)
+    assert list(found) == ["block0.probs", "block0", "block1", "block2.probs", "block2"]
+    for name, expected in (("block0.probs", p0), ("block0", h0), ("block1", h1), ("block2.probs", p2)):
+        close(dev, found[name], dev.to_host(expected), rtol=0, atol=0)           # the same path
+    close(dev, out, dev.to_host(h2), rtol=0, atol=0)
+
+
 @given(seed=seeds, channels=st.integers(1, 5), filters=st.integers(1, 4), steps=st.integers(1, 20),
        key_size=st.integers(1, 4), value_size=st.integers(1, 4))
 def test_channel_counts_match_the_formulas(seed, channels, filters, steps, key_size, value_size):
@@ -295,7 +313,7 @@ def tiny_episode(dev, rng, n_tasks, n_query):
                              dev.asarray(images(n_query)), dev.asarray(query_y), n_way=TINY.n_way)
 
 
-# ----- sequences, loss, training -----
+# ----- sequences, loss, predict, training -----
 
 def test_sequences_pair_embeddings_with_one_hot_labels_and_a_zero_query_slot(dev):
     rng = np.random.default_rng(5)
@@ -323,32 +341,67 @@ def test_loss_is_the_query_step_cross_entropy(dev):
     expected = np.mean([-(logits[i, j] - np.log(np.exp(logits[i, j]).sum()))[labels[i, j]]
                         for i in range(2) for j in range(3)])
     assert float(snail.loss(params, episode, TINY)) == pytest.approx(expected, rel=1e-12)
-    close(dev, snail.query_logits(params, episode, TINY), logits)
+    close(dev, snail.predict(params, episode, TINY), logits, rtol=0, atol=0)   # the same path
 
 
-def test_running_statistics_start_on_the_params_device_and_dtype(dev):
-    like = dev.asarray(np.zeros(3)).astype(np.float32)
-    state = snail.bn_state_init(TINY, like)
-    assert all(dev.is_array(v) and v.dtype == np.float32 for v in state.values())
+def test_init_state_starts_on_the_params_device_and_dtype(dev):
+    params = {k: dev.asarray(v.astype(np.float32)) for k, v in snail.init(np.random.default_rng(0), TINY).items()}
+    state = snail.init_state(params, TINY)
+    assert isinstance(state, snail.SNAILState) and state.adam.step == 0
+    assert set(state.bn) == {f"bn{i}.{s}" for i in range(4) for s in ("mean", "var")}
+    assert all(dev.is_array(v) and v.dtype == np.float32 for v in state.bn.values())
+    close(dev, state.bn["bn2.mean"], np.zeros(2))
+    close(dev, state.bn["bn2.var"], np.ones(2))
 
 
-def test_meta_step_fits_a_fixed_batch_and_tracks_running_statistics(dev):
+def test_step_fits_a_fixed_batch_and_tracks_running_statistics(dev):
     rng = np.random.default_rng(7)
-    params = dev.tree(snail.init(rng, TINY))
+    config = dataclasses.replace(TINY, meta_lr=1e-2, bn_momentum=0.25)
+    params = dev.tree(snail.init(rng, config))
     episode = tiny_episode(dev, rng, n_tasks=2, n_query=3)
-    opt_state, bn_state = optimizers.adam_init(params), snail.bn_state_init(TINY, params["out.w"])
+    state = snail.init_state(params, config)
     images = anp.concatenate([episode.support_x, episode.query_x], axis=1)
-    _, moments = snail.embed(params, images, TINY, return_bn_moments=True)
-    first = float(snail.loss(params, episode, TINY))
-    params, opt_state, bn_state, loss = snail.meta_step(params, opt_state, bn_state, episode, TINY,
-                                                        lr=1e-2, bn_momentum=0.25)
+    _, moments = snail.embed(params, images, config, return_bn_moments=True)
+    first = float(snail.loss(params, episode, config))
+    params, state, loss = snail.step(params, state, episode, config)
     assert float(loss) == pytest.approx(first, rel=1e-12)
+    assert state.adam.step == 1
     for name in ("bn0.mean", "bn3.var"):                                  # r ← 0.75 r + 0.25 batch
         initial = 0.0 if name.endswith("mean") else 1.0
-        close(dev, bn_state[name], 0.75 * initial + 0.25 * dev.to_host(moments[name]))
+        close(dev, state.bn[name], 0.75 * initial + 0.25 * dev.to_host(moments[name]))
     for _ in range(30):
-        params, opt_state, bn_state, loss = snail.meta_step(params, opt_state, bn_state, episode, TINY, lr=1e-2)
-    assert float(snail.loss(params, episode, TINY)) < 0.2 * first
+        params, state, loss = snail.step(params, state, episode, config)
+    assert float(snail.loss(params, episode, config)) < 0.2 * first
+
+
+def test_meta_lr_zero_leaves_the_params_as_they_were(dev):
+    rng = np.random.default_rng(10)
+    config = dataclasses.replace(TINY, meta_lr=0.0)
+    params = dev.tree(snail.init(rng, config))
+    new, _, _ = snail.step(params, snail.init_state(params, config), tiny_episode(dev, rng, 1, 2), config)
+    for name in params:
+        close(dev, new[name], dev.to_host(params[name]), rtol=0, atol=0)
+
+
+def test_running_mode_embeds_every_image_on_its_own(dev):
+    """With running statistics the prediction of one episode does not depend on the others in
+    the batch: a meta-batch gives each task's logits exactly as that task alone."""
+    rng = np.random.default_rng(11)
+    config = dataclasses.replace(TINY, bn_mode="running")
+    params = dev.tree(snail.init(rng, config))
+    episode = tiny_episode(dev, rng, n_tasks=3, n_query=2)
+    state = snail.init_state(params, config)
+    _, state, _ = snail.step(params, state, episode, config)               # statistics of a batch
+    logits = dev.to_host(snail.predict(params, episode, config, bn_state=state.bn))
+    assert logits.shape == (3, 2, TINY.n_way)
+    for t in range(3):
+        alone = Episode(*(field[t] for field in episode))
+        # One task through the same layers as the meta-batch: agreement to rounding.
+        close(dev, snail.predict(params, alone, config, bn_state=state.bn), logits[t], rtol=1e-13, atol=1e-14)
+    loss = float(snail.loss(params, episode, config, bn_state=state.bn))
+    labels = dev.to_host(episode.query_y)
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    assert loss == pytest.approx(-np.take_along_axis(log_probs, labels[..., None], -1).mean(), rel=1e-12)
 
 
 def test_conventions_are_json_and_complete():
@@ -359,6 +412,10 @@ def test_conventions_are_json_and_complete():
                                      ["tc", 128], ["attention", 512, 256]]
     assert conventions["dilations"] == [2, 4, 8] and conventions["sequence_length"] == 6
     assert conventions["kernel_size"] == 2 and conventions["channels"][-1] == 1253
+    assert conventions["bn_mode"] == "transductive" and conventions["meta_lr"] == 1e-3
+    assert conventions["bn_momentum"] == 0.1
+    fields = {f.name for f in dataclasses.fields(snail.SNAILConfig)}
+    assert fields <= set(conventions)
 
 
 @given(seed=seeds, gain=st.floats(0.25, 16.0))
@@ -377,60 +434,199 @@ def test_attention_init_gain_scales_exactly_the_query_and_key_weights(seed, gain
     assert snail.SNAILConfig(attention_init_gain=gain).conventions()["attention_init_gain"] == gain
 
 
-# ----- bad input -----
+# ----- bad input, at the entry points -----
 
-def test_bad_input_gets_clear_errors(dev):
+@pytest.fixture
+def good(dev):
+    """(params, episode, state) of TINY on ``dev``: 2 tasks, 3-way 1-shot, 2 queries."""
     rng = np.random.default_rng(8)
     params = dev.tree(snail.init(rng, TINY))
-    good = rng.standard_normal((2, 4, 7))
-    good[:, -1, 4:] = 0
-    snail.apply(params, dev.asarray(good), TINY)
-    with pytest.raises(ValueError, match=r"T = N·K \+ 1 = 4.*got \(2, 5, 7\)"):
-        snail.apply(params, dev.asarray(np.zeros((2, 5, 7))), TINY)
-    with pytest.raises(ValueError, match=r"d \+ N = 7.*got \(2, 4, 4\)"):                 # no label slot
-        snail.apply(params, dev.asarray(good[..., :4]), TINY)
-    labelled = good.copy()
-    labelled[:, -1, 5] = 1.0
-    with pytest.raises(ValueError, match="query .* all-zero label slot"):
-        snail.apply(params, dev.asarray(labelled), TINY)
-    bad = good.copy()
-    bad[0, 1, 2] = np.nan
-    with pytest.raises(ValueError, match="NaN or inf"):
-        snail.apply(params, dev.asarray(bad), TINY)
-    with pytest.raises(ValueError, match="N·K = 3 support steps"):
-        snail.make_sequences(dev.asarray(np.zeros((2, 4))), dev.asarray(np.zeros(2, int)),
-                             dev.asarray(np.zeros((1, 4))), TINY)
-    with pytest.raises(ValueError, match=r"support labels must be in 0..2; got 0..3"):
-        snail.make_sequences(dev.asarray(np.zeros((3, 4))), dev.asarray(np.array([0, 1, 3])),
-                             dev.asarray(np.zeros((1, 4))), TINY)
-    x, w, b = dev.asarray(np.zeros((4, 2))), dev.asarray(np.zeros((2, 2, 3))), dev.asarray(np.zeros(3))
-    for dilation in (0, -1, 1.5, True):
-        with pytest.raises(ValueError, match="dilation must be an integer >= 1"):
-            blocks.causal_conv1d(x, w, b, dilation)
-    with pytest.raises(ValueError, match=r"w must be \(..., k, C_in=2, C_out\) with k >= 1"):
-        blocks.causal_conv1d(x, dev.asarray(np.zeros((0, 2, 3))), b, 1)
-    with pytest.raises(ValueError, match="kernel_size must be an integer >= 1; got 0"):
-        blocks.dense_block_init(rng, 2, 3, kernel_size=0)
-    with pytest.raises(ValueError, match="kernel_size must be an integer >= 1; got 0"):
-        snail.SNAILConfig(kernel_size=0)
-    with pytest.raises(ValueError, match="dilation_start must be an integer >= 0; got -1"):
-        snail.SNAILConfig(dilation_start=-1)
-    with pytest.raises(ValueError, match="each block must be"):
-        snail.SNAILConfig(blocks=(("attention", 3),))
-    for gain in (0.0, -1.0, math.inf, math.nan):
-        with pytest.raises(ValueError, match="attention_init_gain must be a positive number"):
-            snail.SNAILConfig(attention_init_gain=gain)
-    for gain in ("4", True, None):
-        with pytest.raises(TypeError, match="attention_init_gain must be a positive number"):
-            snail.SNAILConfig(attention_init_gain=gain)
-    with pytest.raises(ValueError, match="query_key_gain must be a positive number; got 0"):
-        blocks.attention_block_init(rng, 2, 3, 2, query_key_gain=0)
-    images = rng.random((2, 4, 1, 16, 16))
-    images[0, 0, 0, 0, 0] = np.inf
-    with pytest.raises(ValueError, match="images contain NaN or inf"):
-        snail.embed(params, dev.asarray(images), TINY)
-    with pytest.raises(ValueError, match=r"embed expects images \(..., n, 1, 16, 16\)"):
-        snail.embed(params, dev.asarray(np.zeros((2, 1, 28, 28))), TINY)
+    return params, tiny_episode(dev, rng, n_tasks=2, n_query=2), snail.init_state(params, TINY)
+
+
+def replaced(dev, episode, **fields):
+    return episode._replace(**{k: dev.asarray(v) for k, v in fields.items()})
+
+
+def test_nan_and_inf_in_the_images_are_refused(dev, good):
+    params, episode, state = good
+    for field, value in (("support_x", np.nan), ("query_x", np.inf)):
+        images = dev.to_host(getattr(episode, field)).copy()
+        images[1, 0, 0, 3, 4] = value
+        bad = replaced(dev, episode, **{field: images})
+        for entry in (lambda: snail.loss(params, bad, TINY), lambda: snail.predict(params, bad, TINY),
+                      lambda: snail.step(params, state, bad, TINY)):
+            with pytest.raises(ValueError, match=f"{field} contains NaN or inf"):
+                entry()
+
+
+def test_nan_and_inf_in_the_params_are_refused(dev, good):
+    params, episode, state = good
+    for name, value in (("block2.key.w", np.nan), ("embed.conv0.b", -np.inf)):
+        leaf = dev.to_host(params[name]).copy()
+        leaf.flat[0] = value
+        bad = {**params, name: dev.asarray(leaf)}
+        with pytest.raises(ValueError, match=re.escape(f"params['{name}'] contains NaN or inf")):
+            snail.predict(bad, episode, TINY)
+        with pytest.raises(ValueError, match=re.escape(f"params['{name}'] contains NaN or inf")):
+            snail.step(bad, state, episode, TINY)
+        with pytest.raises(ValueError, match=re.escape(f"params['{name}'] contains NaN or inf")):
+            snail.init_state(bad, TINY)
+
+
+def test_labels_outside_0_to_n_minus_1_are_refused(dev, good):
+    params, episode, _ = good
+    with pytest.raises(ValueError, match=r"support_y: labels must be in 0..2 \(n_way=3\); got values from 0 to 3"):
+        snail.loss(params, replaced(dev, episode, support_y=np.array([[0, 1, 3], [2, 1, 0]])), TINY)
+    with pytest.raises(ValueError, match=r"query_y: labels must be in 0..2 \(n_way=3\); got values from -1"):
+        snail.predict(params, replaced(dev, episode, query_y=np.array([[0, -1], [2, 1]])), TINY)
+
+
+def test_non_integer_labels_are_refused(dev, good):
+    params, episode, state = good
+    with pytest.raises(TypeError, match="support_y: class labels must be integers; got float64"):
+        snail.step(params, state, replaced(dev, episode, support_y=dev.to_host(episode.support_y) * 1.0), TINY)
+    with pytest.raises(TypeError, match="query_y: class labels must be integers; got float64"):
+        snail.loss(params, replaced(dev, episode, query_y=dev.to_host(episode.query_y) * 1.0), TINY)
+
+
+def test_empty_support_and_query_sets_and_zero_tasks_are_refused(dev, good):
+    params, episode, _ = good
+    host = {field: dev.to_host(getattr(episode, field)) for field in episode._fields}
+    with pytest.raises(ValueError, match="the support set is empty"):
+        snail.loss(params, replaced(dev, episode, support_x=host["support_x"][:, :0],
+                                    support_y=host["support_y"][:, :0]), TINY)
+    with pytest.raises(ValueError, match="the query set is empty"):
+        snail.predict(params, replaced(dev, episode, query_x=host["query_x"][:, :0],
+                                       query_y=host["query_y"][:, :0]), TINY)
+    no_tasks = replaced(dev, episode, **{field: value[:0] for field, value in host.items()})
+    with pytest.raises(ValueError, match=r"support_x is empty: its shape \(0, 3, 1, 16, 16\)"):
+        snail.loss(params, no_tasks, TINY)
+
+
+def test_a_support_set_that_is_not_n_way_k_shot_is_refused(dev, good):
+    params, episode, state = good
+    host_x = dev.to_host(episode.support_x)
+    four = replaced(dev, episode, support_x=np.concatenate([host_x, host_x[:, :1]], axis=1),
+                    support_y=np.array([[0, 1, 2, 0], [2, 1, 0, 1]]))
+    with pytest.raises(ValueError, match="a 3-way 1-shot support set has N·K = 3 examples; got 4"):
+        snail.step(params, state, four, TINY)
+    twice = replaced(dev, episode, support_y=np.array([[0, 0, 1], [2, 1, 0]]))
+    with pytest.raises(ValueError, match=r"each class exactly 1 time\(s\); got counts \[2, 1, 0\]"):
+        snail.predict(params, twice, TINY)
+
+
+def test_images_of_another_size_are_refused(dev, good):
+    params, episode, _ = good
+    big = lambda n: np.zeros((2, n, 1, 28, 28))
+    with pytest.raises(ValueError, match=r"support_x: each example must have shape \(1, 16, 16\); "
+                                         r"got \(1, 28, 28\)"):
+        snail.loss(params, replaced(dev, episode, support_x=big(3), query_x=big(2)), TINY)
+    with pytest.raises(ValueError, match="support and query disagree"):
+        snail.predict(params, replaced(dev, episode, query_x=big(2)), TINY)
+
+
+def test_params_with_a_missing_an_extra_or_a_misshapen_key_or_none_are_refused(dev, good):
+    params, episode, _ = good
+    missing = {k: v for k, v in params.items() if k != "block1.dense1.gate.b"}
+    with pytest.raises(ValueError, match=r"missing \['block1.dense1.gate.b'\], unexpected \[\]"):
+        snail.predict(missing, episode, TINY)
+    with pytest.raises(ValueError, match=r"missing \[\], unexpected \['block9.key.w'\]"):
+        snail.init_state({**params, "block9.key.w": params["out.w"]}, TINY)
+    with pytest.raises(ValueError, match=r"params\['out.b'\] must have shape \(3,\); got \(4,\)"):
+        snail.loss({**params, "out.b": dev.asarray(np.zeros(4))}, episode, TINY)
+    with pytest.raises(ValueError, match="params is empty"):
+        snail.loss({}, episode, TINY)
+    with pytest.raises(TypeError, match="params must be a dict of arrays; got list"):
+        snail.init_state(list(params.values()), TINY)
+
+
+def test_running_mode_needs_bn_state_and_transductive_mode_refuses_it(dev, good):
+    params, episode, state = good
+    running = dataclasses.replace(TINY, bn_mode="running")
+    with pytest.raises(ValueError, match="bn_state .* required with bn_mode 'running'.*got bn_mode "
+                                         "'running' and bn_state None"):
+        snail.predict(params, episode, running)
+    with pytest.raises(ValueError, match="refused with 'transductive'; got bn_mode 'transductive' and "
+                                         "bn_state given"):
+        snail.loss(params, episode, TINY, bn_state=state.bn)
+    snail.predict(params, episode, running, bn_state=state.bn)
+
+
+def test_bad_running_statistics_are_refused(dev, good):
+    params, episode, state = good
+    running = dataclasses.replace(TINY, bn_mode="running")
+    negative = {**state.bn, "bn1.var": dev.asarray(-np.ones(2))}
+    with pytest.raises(ValueError, match=re.escape("bn_state['bn1.var'] must be >= 0 everywhere")):
+        snail.predict(params, episode, running, bn_state=negative)
+    with pytest.raises(ValueError, match=re.escape("bn_state['bn0.mean'] contains NaN or inf")):
+        snail.loss(params, episode, running, bn_state={**state.bn, "bn0.mean": dev.asarray(np.full(2, np.nan))})
+    with pytest.raises(ValueError, match=r"bn_state do not match the model: missing \['bn3.var'\]"):
+        snail.predict(params, episode, running, bn_state={k: v for k, v in state.bn.items() if k != "bn3.var"})
+    with pytest.raises(ValueError, match=re.escape("state.bn['bn2.var'] must be >= 0 everywhere")):
+        snail.step(params, state._replace(bn={**state.bn, "bn2.var": dev.asarray(-np.ones(2))}), episode, TINY)
+
+
+def test_a_bad_training_state_is_refused(dev, good):
+    params, episode, state = good
+    with pytest.raises(TypeError, match="state must be a SNAILState; got AdamState"):
+        snail.step(params, state.adam, episode, TINY)
+    for value, message in ((np.zeros((5, 3)), "state.adam.m['out.w'] must have shape (16, 3); got (5, 3)"),
+                           (np.full((16, 3), np.nan), "state.adam.m['out.w'] contains NaN or inf")):
+        m = {**state.adam.m, "out.w": dev.asarray(value)}
+        with pytest.raises(ValueError, match=re.escape(message)):
+            snail.step(params, state._replace(adam=state.adam._replace(m=m)), episode, TINY)
+    v = {**state.adam.v, "out.b": dev.asarray(-np.ones(3))}
+    with pytest.raises(ValueError, match=re.escape("state.adam.v['out.b'] must be >= 0 everywhere")):
+        snail.step(params, state._replace(adam=state.adam._replace(v=v)), episode, TINY)
+
+
+def test_the_wrong_config_or_rng_kind_is_refused(dev, good):
+    params, episode, state = good
+    with pytest.raises(TypeError, match="config must be a SNAILConfig; got dict"):
+        snail.loss(params, episode, dataclasses.asdict(TINY))
+    with pytest.raises(TypeError, match="rng must be a Generator; got int"):
+        snail.init(0, TINY)
+    with pytest.raises(TypeError, match="expected an Episode"):
+        snail.predict(params, {"support_x": episode.support_x}, TINY)
+
+
+@pytest.mark.parametrize("field, value, error, message", [
+    ("n_way", 1, ValueError, "n_way must be an integer >= 2; got 1"),
+    ("k_shot", 0, ValueError, "k_shot must be an integer >= 1; got 0"),
+    ("embedding_dim", -4, ValueError, "embedding_dim must be an integer >= 1; got -4"),
+    ("embedding_filters", 2.5, TypeError, "embedding_filters must be an integer >= 1; got 2.5"),
+    ("kernel_size", 0, ValueError, "kernel_size must be an integer >= 1; got 0"),
+    ("dilation_start", -1, ValueError, "dilation_start must be an integer >= 0; got -1"),
+    ("image_size", 8, ValueError, "image_size must be an integer >= 16; got 8"),
+    ("image_channels", True, TypeError, "image_channels must be an integer >= 1; got True"),
+    ("blocks", (("attention", 3),), ValueError,
+     r"blocks\[0\] must be \('attention', key_size, value_size\) or \('tc', filters\)"),
+    ("blocks", (("tc", 2), ("lstm", 4)), ValueError, r"blocks\[1\] must be .*; got \('lstm', 4\)"),
+    ("blocks", (("attention", 3, 0),), ValueError, r"blocks\[0\] value_size must be an integer >= 1; got 0"),
+    ("blocks", [("tc", 2)], TypeError, "blocks must be a tuple; got list"),
+    ("embedding_linear", 1, TypeError, "embedding_linear must be True or False; got 1"),
+    ("bn_eps", 0.0, ValueError, r"bn_eps must be a finite number > 0; got 0.0"),
+    ("attention_init_gain", math.nan, ValueError, "attention_init_gain must be a finite number > 0"),
+    ("attention_init_gain", -1.0, ValueError, "attention_init_gain must be a finite number > 0"),
+    ("attention_init_gain", "4", TypeError, "attention_init_gain must be a finite number > 0"),
+    ("bn_mode", "eval", ValueError, "bn_mode must be one of 'transductive', 'running'; got 'eval'"),
+    ("meta_lr", -1e-3, ValueError, "meta_lr must be a finite number >= 0; got -0.001"),
+    ("meta_lr", math.inf, ValueError, "meta_lr must be a finite number >= 0; got inf"),
+    ("bn_momentum", 1.5, ValueError, r"bn_momentum must be a finite number in \[0, 1\]; got 1.5"),
+    ("bn_momentum", None, TypeError, r"bn_momentum must be a finite number in \[0, 1\]; got None"),
+])
+def test_config_refuses_out_of_range_and_wrongly_typed_fields(field, value, error, message):
+    with pytest.raises(error, match=message):
+        snail.SNAILConfig(**{field: value})
+
+
+def test_config_refuses_an_embedding_width_without_the_linear_layer():
+    with pytest.raises(ValueError, match="without embedding_linear the embedding is the conv output, "
+                                         "64 wide; got embedding_dim=32"):
+        snail.SNAILConfig(embedding_linear=False, embedding_dim=32)
+    params = snail.init(np.random.default_rng(0), snail.SNAILConfig(embedding_linear=False, embedding_dim=64))
+    assert "embed.out.w" not in params and params["block0.query.w"].shape == (64 + 5, 64)
 
 
 # ----- an independent implementation: the same stack in PyTorch -----

@@ -50,8 +50,10 @@ def metric_case(algorithm, description, seed, model, conventions, hyperparameter
                   query_y=Array(episode.query_y, "(n_query,) query labels 0..N−1"))
     loss_description = {"type": "negative log-likelihood", "per_example": "−log p(y | x) of the "
                         "true class", "labels": "integers 0..n_way−1 stored as float64"}
+    conventions = {**METRIC_CONVENTIONS, **conventions,
+                   "meta_lr": NOT_APPLICABLE + "the case takes one plain gradient step of lr, not Adam's"}
     return {"algorithm": algorithm, "description": description, "seed": seed, "model": model,
-            "loss": loss_description, "conventions": dict(METRIC_CONVENTIONS, **conventions),
+            "loss": loss_description, "conventions": conventions,
             "hyperparameters": dict(hyperparameters, lr=lr, optimizer="one plain gradient step"),
             "procedure": METRIC_EMBED_PROCEDURE + procedure + METRIC_UPDATE_PROCEDURE,
             "inputs": inputs, "outputs": outputs}
@@ -60,11 +62,11 @@ def metric_case(algorithm, description, seed, model, conventions, hyperparameter
 def protonet_case(distance="sqeuclidean", seed=0, n_way=3, k_shot=2, n_query=4, hidden=8, image_size=28):
     """A ProtoNet (conv4 with max-pool) on one fixed tiny episode."""
     rng = np.random.default_rng(seed)
-    params = protonet.conv4_embedding_init(rng, hidden=hidden, image_size=image_size)
-    params = perturbed_batch_norm(rng, params, hidden)
+    config = protonet.ProtoNetConfig(protonet.conv4_embedding(hidden, image_size=image_size), n_way=n_way,
+                                     distance=distance)
+    params = perturbed_batch_norm(rng, protonet.init(rng, config), hidden)
     episode = tasks.Episode(*synthetic_episode(rng, n_way, k_shot, n_query, image_size))
-    config, embed = protonet.ProtoNetConfig(distance=distance), protonet.conv4_embedding()
-    z_support, z_query = protonet.embed_episode(params, episode, embed)
+    z_support, z_query = protonet.embed_episode(params, episode, config.embedding.apply)
     prototypes = protonet.prototypes(z_support, episode.support_y, n_way)
     distances = protonet.pairwise_distance(z_query, prototypes, distance)
     outputs = {"embeddings/support": Array(z_support, "(N·K, d) f(support_x)"),
@@ -85,8 +87,7 @@ def protonet_case(distance="sqeuclidean", seed=0, n_way=3, k_shot=2, n_query=4, 
         "one gradient step.", seed,
         layers.conv4_describe(1, None, hidden, "maxpool", "both", "transductive", 1e-5, image_size),
         config.conventions(), {"n_way": n_way, "k_shot": k_shot, "n_query": n_query},
-        procedure, params, episode, lambda p: protonet.episode_loss(p, episode, embed, n_way, config),
-        outputs)
+        procedure, params, episode, lambda p: protonet.loss(p, episode, config), outputs)
 
 
 def _lstm_layers(name, d, recurrent):
@@ -103,13 +104,11 @@ def _lstm_layers(name, d, recurrent):
 def matching_case(fce, seed=0, n_way=3, k_shot=2, n_query=4, hidden=8, image_size=28, read_steps=3):
     """A Matching Network (conv4 with max-pool as f′ = g′, cosine attention), with or without FCE."""
     rng = np.random.default_rng(seed)
-    config = matching.MatchingConfig(fce=fce, read_steps=read_steps)
-    params = matching.init(rng, lambda r: protonet.conv4_embedding_init(r, hidden, 1, image_size), hidden,
-                           config)
-    params = perturbed_batch_norm(rng, params, hidden, prefix="embed.")
+    config = matching.MatchingConfig(protonet.conv4_embedding(hidden, image_size=image_size),
+                                     embedding_dim=hidden, n_way=n_way, fce=fce, read_steps=read_steps)
+    params = perturbed_batch_norm(rng, matching.init(rng, config), hidden, prefix="embed.")
     episode = tasks.Episode(*synthetic_episode(rng, n_way, k_shot, n_query, image_size))
-    embed = protonet.conv4_embedding()
-    g_prime, f_prime = matching.base_embeddings(params, episode, embed, config)
+    g_prime, f_prime = matching.base_embeddings(params, episode, config)
     g, f = matching.full_context_embeddings(params, g_prime, f_prime, config)
     outputs = {"embeddings/support": Array(g_prime, "(N·K, d) g′(support_x)"),
                "embeddings/query": Array(f_prime, "(n_query, d) f′(query_x)"),
@@ -147,4 +146,4 @@ def matching_case(fce, seed=0, n_way=3, k_shot=2, n_query=4, hidden=8, image_siz
         f"{n_way}-way {k_shot}-shot episode with {n_query} queries: embeddings, attention, log-probabilities, "
         "loss, gradient and one gradient step.", seed, model,
         config.conventions(), {"n_way": n_way, "k_shot": k_shot, "n_query": n_query, "read_steps": read_steps},
-        procedure, params, episode, lambda p: matching.episode_loss(p, episode, embed, n_way, config), outputs)
+        procedure, params, episode, lambda p: matching.loss(p, episode, config), outputs)

@@ -6,7 +6,7 @@ from autograd import value_and_grad
 
 from refmeta import metanet, snail
 from refmeta.data import tasks
-from refmeta.nn import layers, losses, metanet_parts, optimizers
+from refmeta.nn import layers, losses, metanet_parts, optimizers, trees
 from refmeta.cases.metric import METRIC_UPDATE_PROCEDURE, metric_case
 from refmeta.cases.parts import (NOT_APPLICABLE, Array, perturbed_batch_norm, synthetic_episode,
                                  tree_arrays)
@@ -37,12 +37,13 @@ METANET_PROCEDURE = [
 def metanet_case(second_order, seed=0, n_way=3, n_query=4, hidden=3, image_size=8, n_blocks=3, chunks=3):
     """Meta Networks (every layer augmented, as MetaNetFull) on one fixed tiny 1-shot episode."""
     rng = np.random.default_rng(seed)
-    config = metanet.MetaNetConfig(second_order=second_order, representation_chunks=chunks)
-    params = metanet.init(rng, hidden=hidden, n_blocks=n_blocks, n_way=n_way)
+    config = metanet.MetaNetConfig(n_way=n_way, hidden=hidden, n_blocks=n_blocks, second_order=second_order,
+                                   representation_chunks=chunks)
+    params = metanet.init(rng, config)
     support_x, support_y, query_x, query_y = synthetic_episode(rng, n_way, 1, n_query, image_size)
     episode = tasks.Episode(support_x, support_y, query_x, query_y)
-    out = metanet.episode_outputs(params, support_x, support_y, query_x, config)
-    loss, gradient = value_and_grad(metanet.episode_loss)(params, episode, config)
+    out = metanet.episode_outputs(params, episode, config)
+    loss, gradient = value_and_grad(metanet.loss)(params, episode, config)
     outputs = {**tree_arrays("meta_info/task", out["meta_info"]["task"], "(T, ...) ∇_Q L_t (3)"),
                **tree_arrays("meta_info/example", out["meta_info"]["example"], "(N, ...) ∇_W L_i (10)"),
                **tree_arrays("task_fast_weights", out["task_fast_weights"], "Q* (4)"),
@@ -55,8 +56,9 @@ def metanet_case(second_order, seed=0, n_way=3, n_query=4, hidden=3, image_size=
                "loss": Array(np.asarray(loss), "() L_train")}
     outputs.update(tree_arrays("gradient", gradient, "∂ loss / ∂ params"))
     outputs.update(tree_arrays("updated", optimizers.sgd_update(params, gradient, 0.01), "one step of 0.01"))
-    base, rep = metanet.learner(params, "base"), metanet.learner(params, "rep")
-    model = metanet_parts.describe(1, hidden, n_blocks, n_way, metanet.fast_layers(base, config, True),
+    base, rep = trees.subtree(params, "base"), trees.subtree(params, "rep")
+    model = metanet_parts.describe(config.in_channels, hidden, n_blocks, n_way,
+                                   metanet.fast_layers(base, config, True),
                                    metanet.fast_layers(rep, config, False))
     conventions = dict(config.conventions(), first_order=not second_order,
                        batch_norm="none: b and u have no batch norm (the authors' MetaNetFull)",

@@ -1,12 +1,13 @@
 """The reference cases of the optimization-based learners: MAML (sinusoid and conv4 with batch
 norm, first and second order) and Reptile (serial and batched)."""
 
+import functools
 import math
 
 import numpy as np
 from autograd import value_and_grad
 
-from refmeta import maml, reptile
+from refmeta import contract, maml, reptile
 from refmeta.data import tasks
 from refmeta.nn import layers, losses, optimizers, trees
 from refmeta.cases.parts import (ADAM_META, CE_LOSS, MSE_LOSS, NOT_APPLICABLE, Array,
@@ -48,15 +49,23 @@ MAML_PROCEDURE = [
 ]
 
 
-def maml_outputs(params, episode, loss_fn, config):
+def _mlp_model(sizes, activation):
+    """The MLP of ``layers.mlp_apply`` with the MSE loss, as MAML and Reptile take it."""
+    return contract.supervised(functools.partial(layers.mlp_init, sizes=sizes),
+                               functools.partial(layers.mlp_apply, activation=activation),
+                               functools.partial(losses.mse, check=False),
+                               f"mlp {'-'.join(map(str, sizes))} {activation}, mse")
+
+
+def maml_outputs(params, episode, config):
     """Every MAML output of a case, as {name: Array}, from host params and a host Episode."""
-    n_tasks = episode.support_x.shape[0]
+    n_tasks, loss_fn = episode.support_x.shape[0], config.model.loss
     trajectory = maml.adapt_trajectory(trees.broadcast_tasks(params, n_tasks), episode.support_x,
-                                       episode.support_y, loss_fn, config)
+                                       episode.support_y, config)
     support = [loss_fn(trajectory[j], episode.support_x, episode.support_y, config.inner_reduction)
                for j in range(config.inner_steps)]
     query = loss_fn(trajectory[-1], episode.query_x, episode.query_y, config.query_reduction)
-    meta_loss, meta_gradient = value_and_grad(maml.meta_loss)(params, episode, loss_fn, config)
+    meta_loss, meta_gradient = value_and_grad(maml.loss)(params, episode, config)
     updated, _ = optimizers.adam_update(params, meta_gradient, optimizers.adam_init(params),
                                         lr=config.meta_lr, b1=0.9, b2=0.999, eps=1e-8)
     outputs = {"support_loss": Array(np.stack(support, axis=1), "(T, inner_steps): support "
@@ -92,7 +101,7 @@ def _adam_step_atol(gradient, gradient_atol, lr, eps=1e-8):
 
 
 def _maml_case(description, seed, model, loss, config, extra_conventions, hyperparameters, inputs,
-               params, episode, loss_fn):
+               params, episode):
     conventions = dict(config.conventions(), **extra_conventions,
                        test_inner_steps_note="not used: this case takes no test-time steps",
                        inner_optimizer_state=NOT_APPLICABLE + "the inner loop is plain gradient "
@@ -103,7 +112,7 @@ def _maml_case(description, seed, model, loss, config, extra_conventions, hyperp
                                     inner_steps=config.inner_steps, meta_lr=config.meta_lr,
                                     **ADAM_META),
             "procedure": MAML_PROCEDURE, "inputs": inputs,
-            "outputs": maml_outputs(params, episode, loss_fn, config)}
+            "outputs": maml_outputs(params, episode, config)}
 
 
 def maml_sinusoid_case(inner_steps, first_order, seed=0, n_tasks=5, n_support=10, n_query=10):
@@ -112,7 +121,8 @@ def maml_sinusoid_case(inner_steps, first_order, seed=0, n_tasks=5, n_support=10
     params = layers.mlp_init(rng, sizes)
     amplitude, phase, [(support_x, support_y), (query_x, query_y)] = _sinusoid_data(
         rng, family, n_tasks, (n_support, n_query))
-    config = maml.MAMLConfig(inner_lr=0.01, inner_steps=inner_steps, first_order=first_order)
+    config = maml.MAMLConfig(_mlp_model(sizes, "relu"), inner_lr=0.01, inner_steps=inner_steps,
+                             first_order=first_order)
     inputs = dict(tree_arrays("params", params, "the meta-parameters θ"),
                   support_x=Array(support_x, "(T, K, 1) support inputs x ~ U[x_range]"),
                   support_y=Array(support_y, "(T, K, 1) support targets A·sin(x − φ)"),
@@ -128,8 +138,7 @@ def maml_sinusoid_case(inner_steps, first_order, seed=0, n_tasks=5, n_support=10
         "meta-gradient and one Adam meta-step.", seed, layers.mlp_describe(sizes), MSE_LOSS, config,
         _sinusoid_conventions(family),
         {"n_tasks": n_tasks, "n_support": n_support, "n_query": n_query}, inputs, params,
-        tasks.Episode(support_x, support_y, query_x, query_y),
-        losses.model_loss(layers.mlp_apply, losses.mse))
+        tasks.Episode(support_x, support_y, query_x, query_y))
 
 
 def maml_conv4_case(first_order, seed=0, n_tasks=2, n_way=5, k_shot=1, n_query=2, hidden=8,
@@ -149,8 +158,14 @@ def maml_conv4_case(first_order, seed=0, n_tasks=2, n_way=5, k_shot=1, n_query=2
     order = np.stack([rng.permutation(n_way * n_query) for _ in range(n_tasks)])  # shuffle queries
     query_x, query_y = np.take_along_axis(query_x, order[:, :, None, None, None], 1), \
         np.take_along_axis(query_y, order, 1)
-    config = maml.MAMLConfig(inner_lr=0.4, inner_steps=inner_steps, first_order=first_order,
-                             inner_reduction="n_way_times_mean")
+    network = contract.supervised(
+        lambda r: layers.conv4_init(r, 1, n_way, hidden, "stride", "offset", image_size),
+        functools.partial(layers.conv4_apply, variant="stride"),
+        functools.partial(losses.cross_entropy, check=False),
+        f"conv4 stride, {hidden} filters, batch norm (offset), {image_size}x{image_size}, "
+        f"{n_way}-way, cross-entropy")
+    config = maml.MAMLConfig(network, n_way=n_way, inner_lr=0.4, inner_steps=inner_steps,
+                             first_order=first_order, inner_reduction="n_way_times_mean")
     inputs = dict(tree_arrays("params", params, "the meta-parameters θ (bn offsets drawn "
                                                  "U(±0.1) so that they matter)"),
                   support_x=Array(support_x, "(T, N·K, 1, H, W) support images"),
@@ -164,15 +179,13 @@ def maml_conv4_case(first_order, seed=0, n_tasks=2, n_way=5, k_shot=1, n_query=2
                    "sinusoid": NOT_APPLICABLE + "classification",
                    "rotations": NOT_APPLICABLE + "synthetic images, no rotation classes",
                    "distance": NOT_APPLICABLE + "no metric-based classifier"}
-    loss_fn = losses.model_loss(lambda p, x: layers.conv4_apply(p, x, variant="stride"),
-                                losses.cross_entropy)
     mode = "first" if first_order else "second"
     return _maml_case(
         f"{mode}-order MAML, {inner_steps} inner steps, on {n_tasks} synthetic {n_way}-way "
         f"{k_shot}-shot tasks with MAML's Omniglot conv net (stride 2, transductive batch norm, "
         f"{hidden} filters, {image_size}×{image_size} images).", seed, model, CE_LOSS, config,
         conventions, {"n_tasks": n_tasks, "n_way": n_way, "k_shot": k_shot, "n_query": n_query},
-        inputs, params, tasks.Episode(support_x, support_y, query_x, query_y), loss_fn)
+        inputs, params, tasks.Episode(support_x, support_y, query_x, query_y))
 
 
 REPTILE_PROCEDURE = [
@@ -201,22 +214,24 @@ def reptile_sinusoid_case(mode, seed=0, n_tasks=3, n_support=20, inner_steps=5, 
     params = layers.mlp_init(rng, sizes)
     amplitude, phase, [(support_x, support_y)] = _sinusoid_data(rng, family, n_tasks, (n_support,))
     batch_indices = reptile.sample_inner_batches(rng, n_tasks, n_support, inner_steps, batch_size)
-    config = reptile.ReptileConfig(inner_lr=0.01, inner_steps=inner_steps, inner_optimizer="adam",
-                                   adam_b1=0.0, meta_step_size=0.5)
-    loss_fn = losses.model_loss(lambda p, x: layers.mlp_apply(p, x, activation="tanh"), losses.mse)
+    config = reptile.ReptileConfig(_mlp_model(sizes, "tanh"), inner_lr=0.01, inner_steps=inner_steps,
+                                   inner_optimizer="adam", adam_b1=0.0, meta_step_size=0.5,
+                                   variant=mode)
+    loss_fn = config.model.loss
     starts, adapted, inner_losses, phi = [], [], [], params
     for t in range(n_tasks):
         start = phi if mode == "serial" else params
         x, y, idx = support_x[t:t + 1], support_y[t:t + 1], batch_indices[t:t + 1]
-        trajectory = reptile.adapt(trees.broadcast_tasks(start, 1), x, y, loss_fn, config, idx)
+        trajectory = reptile.adapt_trajectory(trees.broadcast_tasks(start, 1), x, y, config,
+                                              batch_indices=idx)
         inner_losses.append([loss_fn(trajectory[j], x[:, idx[0, j]], y[:, idx[0, j]], "mean")[0]
                              for j in range(inner_steps)])
         starts.append(start)
         adapted.append([trees.take_task(p, 0) for p in trajectory[1:]])
         phi = trees.interpolate(start, adapted[-1][-1], config.meta_step_size)
-    step = reptile.serial_step if mode == "serial" else reptile.batched_step
-    updated = step(params, tasks.Episode(support_x, support_y, support_x, support_y), loss_fn,
-                   config, batch_indices)
+    updated = reptile.step(params, reptile.init_state(params, config),
+                           tasks.Episode(support_x, support_y, support_x, support_y), config,
+                           batch_indices=batch_indices).params
     stack = lambda trees_: {k: np.stack([tree[k] for tree in trees_]) for k in sorted(params)}
     outputs = {"inner_loss": Array(np.array(inner_losses), "(T, inner_steps): mini-batch loss "
                                                             "of task t before inner step j")}

@@ -37,8 +37,9 @@ with σ' = 1 − a², σ'' = −2a(1 − a²) for tanh and σ' = [z > 0], σ'' =
 Use::
 
     mlp = FusedMLP((1, 40, 40, 1), activation="relu")
+    config = maml.MAMLConfig(model=mlp.model())  # a contract.Model whose loss is mlp.loss_fn
     flat = mlp.pack(params)                      # {"mlp.flat": (P,)} from layers.mlp_init's tree
-    g = maml.meta_gradient(flat, episode, mlp.loss_fn, config)
+    g = maml.meta_gradient(flat, episode, config)
     mlp.unpack(g)                                # back to {"dense0.w": …}
     mlp.meta_gradient(flat, episode, config)     # the same, MAML's Eq. (3) written out, no autograd
 
@@ -52,7 +53,8 @@ import numpy as np
 from autograd.extend import Box, defvjp, primitive
 from autograd.tracer import getval
 
-from refmeta.nn.layers import ACTIVATIONS
+from refmeta import contract
+from refmeta.nn.layers import ACTIVATIONS, mlp_apply, mlp_init
 
 FLAT = "mlp.flat"
 REDUCTIONS = ("mean", "sum")
@@ -93,6 +95,15 @@ class FusedMLP:
         theta = flat[FLAT] if isinstance(flat, dict) else flat
         return dict(_split(self, theta))
 
+    def model(self):
+        """This MLP as a ``contract.Model`` on θ = {"mlp.flat": (P,)}: init packs
+        ``layers.mlp_init``'s tree, apply is ``layers.mlp_apply`` on the unpacked θ, and the
+        loss is ``loss_fn`` (reductions "mean" and "sum")."""
+        name = f"fused mlp {'-'.join(map(str, self.sizes))} {self.activation}, mse"
+        return contract.Model(lambda rng: self.pack(mlp_init(rng, self.sizes)),
+                              lambda params, x: mlp_apply(self.unpack(params), x, self.activation),
+                              self.loss_fn, name)
+
     def loss_fn(self, params, x, y, reduction):
         """The ``maml`` / ``reptile`` loss interface: one loss (1) per task, shape x.shape[:-2]."""
         theta = params[FLAT]
@@ -114,20 +125,21 @@ class FusedMLP:
                                  f"(leading axes from x {anp.shape(x)}); got {anp.shape(value)}")
 
     def meta_gradient(self, params, episode, config):
-        """MAML's meta-gradient, ``maml.meta_gradient(params, episode, self.loss_fn, config)``,
-        by the paper's chain rule written out, with no autograd:
+        """MAML's meta-gradient, ``maml.meta_gradient(params, episode, config)`` with
+        ``config.model = self.model()``, by the paper's chain rule written out, with no autograd:
 
             θ_i^(j+1) = θ_i^(j) − α ∇L_i^S(θ_i^(j))                   (MAML (1), k times)
             g_i = (I − αH_0)(I − αH_1)…(I − αH_{k−1}) ∇L_i^Q(θ_i^(k))   (MAML (3); FOMAML: g_i = ∇L_i^Q)
             meta-gradient = Σ_i g_i, or its mean over the T tasks (config.task_reduction)
 
-        with H_j v from (3) above, applied right to left.  Same conventions as ``refmeta.maml``;
+        with H_j v from (3) above, applied right to left.  Same conventions as ``refmeta.maml``
+        (config is a ``maml.MAMLConfig``; its model is not read: this MLP is the model);
         params {"mlp.flat": (P,)}, episode a meta-batch (T, n, d).
         """
         theta = params[FLAT]
         if isinstance(theta, Box):
             raise TypeError("FusedMLP.meta_gradient is not differentiable: differentiate "
-                            "maml.meta_loss with FusedMLP.loss_fn instead")
+                            "maml.loss with config.model = FusedMLP.model() instead")
         if anp.shape(theta) != (self.size,):
             raise ValueError(f"meta_gradient takes meta-parameters {{'{FLAT}': ({self.size},)}}; "
                              f"got shape {anp.shape(theta)}")

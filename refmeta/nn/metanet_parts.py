@@ -20,12 +20,21 @@ Meta-information preprocessing (Andrychowicz et al. 2016, Appendix A; the author
 m (example-level weight generator, Z) is an MLP applied to every coordinate of a gradient:
     m(Z, pre(g)) = v₂ᵀ φ(V₁ᵀ φ(V₀ᵀ pre(g) + c₀) + c₁) + c₂      2 → 20 → 20 → 1
 d (task-level weight generator, G) is an LSTM run over T gradients, again per coordinate:
-    z_t = pre(g_t) A + s_{t−1} B + e,    z = [z_a, z_i, z_f, z_o]    (the authors' Chainer gate order)
+    z_t = pre(g_t) A + s_{t−1} B + e,    z = [z_a, z_i, z_f, z_o]    (Chainer's gates; layout below)
     c_t = tanh(z_a) σ(z_i) + σ(z_f) c_{t−1},   s_t = σ(z_o) tanh(c_t),   d = s_T w + b
     with s_0 = c_0 = 0.
+The gates are Chainer's (a, i, f, o), but not its column layout.  Chainer's ``F.lstm``
+interleaves them: column j of its (4H,) pre-activation belongs to gate j mod 4, unit j // 4.
+refmeta stores contiguous blocks: columns k·H … (k+1)·H − 1 of "wx" (2, 4H), "wh" (H, 4H) and
+"b" (4H,) are gate k of (a, i, f, o).  To load the authors' ``L.LSTM(2, H)`` (Chainer's Linear
+keeps W as (out, in)), take perm = arange(4H).reshape(H, 4).T.ravel(), i.e. perm[k·H + u] =
+4u + k, and set wx = upward.W[perm].T, wh = lateral.W[perm].T, b = upward.b[perm].
 There is one m and one d for convolution kernels ("conv") and one each for dense matrices
 ("dense"), as in the authors' code.  Initialisation is Chainer 1.x's default: W ~ N(0, 1/fan_in),
 biases 0.
+
+These parts check nothing: ``refmeta.metanet`` validates its inputs at its public entries
+(images that the conv blocks take to 1×1, a memory with one slot per support example).
 """
 
 import autograd.numpy as anp
@@ -86,8 +95,6 @@ def features(params, x, fast=None):
             out = out + layers.relu(_conv_layer(h, fast[name]))
         h = layers.max_pool_2x2(out)
         i += 1
-    _check(anp.shape(h)[-2:] == (1, 1), f"the conv blocks must end at 1×1; got feature maps "
-                                        f"{anp.shape(h)[-3:]}: use more blocks or smaller images")
     return anp.reshape(h, anp.shape(h)[:-3] + (anp.shape(h)[-3],))
 
 
@@ -158,14 +165,10 @@ def task_generator(params, kind, meta_infos):
         if state is not None:
             z = z + anp.matmul(state, params[f"d.{kind}.wh"])
         a, i, f, o = (z[..., k * HIDDEN_D:(k + 1) * HIDDEN_D] for k in range(4))
-        cell = anp.tanh(a) * _sigmoid(i) + (0.0 if cell is None else _sigmoid(f) * cell)
-        state = _sigmoid(o) * anp.tanh(cell)
+        cell = anp.tanh(a) * layers.sigmoid(i) + (0.0 if cell is None else layers.sigmoid(f) * cell)
+        state = layers.sigmoid(o) * anp.tanh(cell)
     out = anp.matmul(state, params[f"d.{kind}.out.w"]) + params[f"d.{kind}.out.b"]
     return anp.reshape(out, anp.shape(meta_infos)[1:-1])
-
-
-def _sigmoid(z):
-    return 0.5 * (anp.tanh(0.5 * z) + 1.0)
 
 
 # ----- attention and the memory read -----
@@ -187,18 +190,10 @@ def read_memory(memory, weights):
     n_slots = anp.shape(weights)[-1]
     out = {}
     for name in sorted(memory):
-        slots = anp.shape(memory[name])
-        _check(len(slots) >= 1 and slots[0] == n_slots,
-               f"memory {name!r} holds {slots[0] if slots else 0} slots but the attention "
-               f"weights {anp.shape(weights)} address {n_slots}")
+        slots = anp.shape(memory[name])                                 # (N, ...)
         flat = anp.reshape(memory[name], (n_slots, -1))
         out[name] = anp.reshape(anp.matmul(weights, flat), anp.shape(weights)[:-1] + slots[1:])
     return out
-
-
-def _check(condition, message):
-    if not condition:
-        raise ValueError(message)
 
 
 def describe(in_channels, hidden, n_blocks, n_way, base_fast, rep_fast):

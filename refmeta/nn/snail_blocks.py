@@ -1,4 +1,4 @@
-"""SNAIL's building blocks (Mishra, Rohaninejad, Chen & Abbeel, ICLR 2018, Appendix A).
+"""SNAIL's building blocks (Mishra, Rohaninejad, Chen & Abbeel, ICLR 2018, Section 3.1).
 
 Sequences are time-major with channels last, ``x (..., T, C)``: step t of every leading
 (batch) index at once, so a layer is a few matrix products over all episodes and steps.
@@ -37,9 +37,20 @@ masked entries (s > t) are exactly 0: they are never exponentiated (``where`` pu
 their place first, so no inf appears, forward or backward) and are multiplied by the mask.
 A known port bug normalises over queries (axis t); that also leaks the future.
 
+σ is written e^{min(x,0)} / (e^{min(x,0)} + e^{−max(x,0)}) (``sigmoid``): it never overflows
+and keeps full relative precision in both tails, where ``layers.sigmoid``'s (1 + tanh(x/2)) / 2
+loses it for x ≪ 0 (1 + tanh cancels).  SNAIL's reference case was computed with this form,
+so SNAIL keeps its own.
+
+A stack (``stack``, ``stack_init``, ``stack_channels``) lists its blocks as specs
+("attention", d_k, d_v) or ("tc", D), block j's params named "block{j}.*"; SNAIL's (3) is one.
+
 Params are flat dicts; a block's names are relative ("filter.w", "key.b", "dense0.gate.w")
-and a model prefixes them.  Initialisation follows PyTorch's defaults: w, b ~ U(±1/√fan_in),
-fan_in = k·C_in for a convolution and C_in for an affine map.
+and a model prefixes them.  Initialisation follows PyTorch's defaults (``uniform_init``):
+w, b ~ U(±1/√fan_in), fan_in = k·C_in for a convolution and C_in for an affine map.
+
+These are the paper's equations and carry no input checks: ``refmeta.snail``'s entry points
+check their inputs once, through ``refmeta.checks``, before any of this runs.
 """
 
 import math
@@ -48,29 +59,16 @@ import autograd.numpy as anp
 import numpy as np
 from autograd.tracer import getval
 
+from refmeta.nn import trees
+
 __all__ = ["causal_conv1d", "causal_mask", "causal_softmax", "sigmoid", "dense_block",
            "tc_dilations", "tc_block", "attention_block", "dense_block_init", "tc_block_init",
            "attention_block_init", "dense_block_channels", "tc_block_channels",
-           "attention_block_channels"]
+           "attention_block_channels", "stack", "stack_channels", "stack_init", "rows_matmul",
+           "uniform_init"]
 
 
-def _check(ok, message):
-    if not ok:
-        raise ValueError(message)
-
-
-def _check_int(name, value, minimum):
-    _check(isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-           and value >= minimum, f"{name} must be an integer >= {minimum}; got {value!r}")
-
-
-def _check_positive(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a positive number; got {value!r}")
-    _check(math.isfinite(value) and value > 0, f"{name} must be a positive number; got {value!r}")
-
-
-def _rows_matmul(x, w):
+def rows_matmul(x, w):
     """x (..., T, C) @ w (C, F): one BLAS call over every leading index and step when w is 2-D."""
     if anp.ndim(w) != 2:
         return anp.matmul(x, w)                               # batched params: per leading index
@@ -89,18 +87,11 @@ def _shift(x, lag):
 
 def causal_conv1d(x, w, b, dilation):
     """(1): x (..., T, C_in), w (..., k, C_in, C_out), b (..., C_out) -> (..., T, C_out)."""
-    _check_int("dilation", dilation, 1)
-    _check(anp.ndim(x) >= 2, f"causal_conv1d expects x (..., T, C_in); got shape {anp.shape(x)}")
-    _check(anp.ndim(w) >= 3 and anp.shape(w)[-3] >= 1 and anp.shape(w)[-2] == anp.shape(x)[-1],
-           f"causal_conv1d: w must be (..., k, C_in={anp.shape(x)[-1]}, C_out) with k >= 1; "
-           f"got w {anp.shape(w)} for x {anp.shape(x)}")
-    _check(anp.ndim(b) >= 1 and anp.shape(b)[-1] == anp.shape(w)[-1],
-           f"causal_conv1d: b must have C_out={anp.shape(w)[-1]} entries; got b {anp.shape(b)}")
     kernel_size, c_in, c_out = anp.shape(w)[-3:]
     taps = [_shift(x, (kernel_size - 1 - j) * dilation) for j in range(kernel_size)]
     stacked = taps[0] if kernel_size == 1 else anp.concatenate(taps, axis=-1)  # (..., T, k·C_in)
     kernel = anp.reshape(w, anp.shape(w)[:-3] + (kernel_size * c_in, c_out))   # rows (j, c)
-    return _rows_matmul(stacked, kernel) + b[..., None, :]
+    return rows_matmul(stacked, kernel) + b[..., None, :]
 
 
 def sigmoid(x):
@@ -122,8 +113,6 @@ def dense_block(params, x, dilation):
 
 def tc_dilations(sequence_length, dilation_start=1):
     """(3): [2^s, …, 2^(s+L−1)] with L = ⌈log₂T⌉ (exact integer arithmetic)."""
-    _check_int("sequence_length", sequence_length, 1)
-    _check_int("dilation_start", dilation_start, 0)
     n_blocks = (int(sequence_length) - 1).bit_length()                      # ⌈log₂T⌉
     return [2 ** i for i in range(dilation_start, dilation_start + n_blocks)]
 
@@ -131,7 +120,7 @@ def tc_dilations(sequence_length, dilation_start=1):
 def tc_block(params, x, dilations):
     """(3): DenseBlock "dense{i}.*" with dilation dilations[i], in order."""
     for i, dilation in enumerate(dilations):
-        x = dense_block(_sub(params, f"dense{i}."), x, dilation)
+        x = dense_block(trees.subtree(params, f"dense{i}"), x, dilation)
     return x
 
 
@@ -143,8 +132,6 @@ def causal_mask(steps, like):
 
 def causal_softmax(logits):
     """(4): softmax over the last axis (keys) of logits (..., T, T), keys s > t exactly 0."""
-    _check(anp.ndim(logits) >= 2 and anp.shape(logits)[-1] == anp.shape(logits)[-2],
-           f"causal_softmax expects square logits (..., T, T); got {anp.shape(logits)}")
     mask = causal_mask(anp.shape(logits)[-1], logits)
     raw = getval(logits)
     shift = anp.max(anp.where(mask, raw, -np.inf), axis=-1, keepdims=True)  # a constant: cancels
@@ -160,15 +147,28 @@ def attention_block(params, x, return_probs=False):
     key_size = anp.shape(params["key.w"])[-1]
     w = anp.concatenate([params["query.w"], params["key.w"], params["value.w"]], axis=-1)
     b = anp.concatenate([params["query.b"], params["key.b"], params["value.b"]], axis=-1)
-    _check(anp.ndim(x) >= 2 and anp.shape(x)[-1] == anp.shape(w)[-2],
-           f"attention_block expects x (..., T, C={anp.shape(w)[-2]}); got {anp.shape(x)}")
-    projected = _rows_matmul(x, w) + b[..., None, :]                      # (..., T, 2K + V)
+    projected = rows_matmul(x, w) + b[..., None, :]                       # (..., T, 2K + V)
     queries, keys = projected[..., :key_size], projected[..., key_size:2 * key_size]
     values = projected[..., 2 * key_size:]
     logits = anp.matmul(queries, anp.swapaxes(keys, -1, -2)) / math.sqrt(key_size)  # (..., T, T)
     probs = causal_softmax(logits)
     out = anp.concatenate([x, anp.matmul(probs, values)], axis=-1)
     return (out, probs) if return_probs else out
+
+
+def stack(params, x, specs, dilations, return_intermediates=False):
+    """The blocks of ``specs`` in order, block j with params "block{j}.*": x (..., T, C_0) ->
+    (..., T, C_final).  With return_intermediates, also {"block{j}.probs": P of an attention
+    block, "block{j}": every block's output}."""
+    found = {}
+    for j, spec in enumerate(specs):
+        block = trees.subtree(params, f"block{j}")
+        if spec[0] == "attention":
+            x, found[f"block{j}.probs"] = attention_block(block, x, return_probs=True)
+        else:
+            x = tc_block(block, x, dilations)
+        found[f"block{j}"] = x
+    return (x, found) if return_intermediates else x
 
 
 # ----- channel counts -----
@@ -184,20 +184,27 @@ def attention_block_channels(in_channels, value_size):
     return in_channels + value_size
 
 
+def stack_channels(in_channels, specs, sequence_length):
+    """[C_0, the channels after each block of ``specs``]."""
+    channels = [in_channels]
+    for spec in specs:
+        channels.append(attention_block_channels(channels[-1], spec[2]) if spec[0] == "attention"
+                        else tc_block_channels(channels[-1], sequence_length, spec[1]))
+    return channels
+
+
 # ----- initialisers (host float64) -----
-def _uniform(rng, fan_in, shape):
+def uniform_init(rng, fan_in, shape):
+    """U(±1/√fan_in) of ``shape``, host float64: PyTorch's default for weights and biases."""
     bound = 1.0 / math.sqrt(fan_in)
     return rng.uniform(-bound, bound, size=shape)
 
 
 def dense_block_init(rng, in_channels, filters, kernel_size=2):
     """{"filter.w", "gate.w": (k, C_in, D), "filter.b", "gate.b": (D,)}, PyTorch Conv1d init."""
-    for name, value in (("in_channels", in_channels), ("filters", filters),
-                        ("kernel_size", kernel_size)):
-        _check_int(name, value, 1)
     fan_in = kernel_size * in_channels
-    return {f"{part}.{leaf}": _uniform(rng, fan_in, (kernel_size, in_channels, filters)
-                                       if leaf == "w" else (filters,))
+    return {f"{part}.{leaf}": uniform_init(rng, fan_in, (kernel_size, in_channels, filters)
+                                           if leaf == "w" else (filters,))
             for part in ("filter", "gate") for leaf in ("w", "b")}
 
 
@@ -215,18 +222,21 @@ def attention_block_init(rng, in_channels, key_size, value_size, query_key_gain=
     """{"query.w", "key.w": (C, K), "value.w": (C, V), and biases}, PyTorch Linear init
     U(±1/√C), except that the query and key weights are multiplied by ``query_key_gain``
     (the same draws: gain 1 is PyTorch's init exactly)."""
-    for name, value in (("in_channels", in_channels), ("key_size", key_size),
-                        ("value_size", value_size)):
-        _check_int(name, value, 1)
-    _check_positive("query_key_gain", query_key_gain)
     sizes = {"query": key_size, "key": key_size, "value": value_size}
     params = {}
     for part, size in sizes.items():
         gain = query_key_gain if part in ("query", "key") else 1.0
-        params[f"{part}.w"] = gain * _uniform(rng, in_channels, (in_channels, size))
-        params[f"{part}.b"] = _uniform(rng, in_channels, (size,))
+        params[f"{part}.w"] = gain * uniform_init(rng, in_channels, (in_channels, size))
+        params[f"{part}.b"] = uniform_init(rng, in_channels, (size,))
     return params
 
 
-def _sub(params, prefix):
-    return {name[len(prefix):]: value for name, value in params.items() if name.startswith(prefix)}
+def stack_init(rng, in_channels, specs, sequence_length, kernel_size=2, query_key_gain=1.0):
+    """"block{j}.*" for the blocks of ``specs`` in order, each seeing the channels before it."""
+    channels, params = stack_channels(in_channels, specs, sequence_length), {}
+    for j, spec in enumerate(specs):
+        block = (attention_block_init(rng, channels[j], spec[1], spec[2], query_key_gain)
+                 if spec[0] == "attention" else
+                 tc_block_init(rng, channels[j], sequence_length, spec[1], kernel_size))
+        params.update({f"block{j}.{k}": v for k, v in block.items()})
+    return params
