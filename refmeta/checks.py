@@ -16,7 +16,7 @@ a float array to the host.  Under autograd, the values are read with ``getval``.
     instance, generator                                          a Config, an explicit rng
     finite, float_array, labels, class_counts                    arrays
     indices                                                      integer positions into an axis
-    nonempty, nonnegative_array, example_shape                   arrays: sizes, signs, image shapes
+    nonnegative_array, example_shape                             arrays: sizes, signs, image shapes
     finite_tree                                                  a dict of finite arrays (gradients)
     params, tree_shapes, init_shapes                             a params tree against its template
     running_stats, adam_state                                    running BN statistics, Adam's (step, m, v)
@@ -207,14 +207,6 @@ def indices(name, idx, size, shape):
     return idx
 
 
-def nonempty(name, x):
-    """``x`` must hold at least one element: no axis of length 0 (T = 0 tasks, an empty set)."""
-    if 0 in tuple(anp.shape(getval(x))):
-        raise ValueError(f"{name} is empty: its shape {tuple(anp.shape(getval(x)))} has an axis "
-                         f"of length 0")
-    return x
-
-
 def nonnegative_array(name, x):
     """``x`` must be a finite floating-point array with every entry >= 0 (a variance)."""
     finite(name, x)
@@ -340,8 +332,9 @@ def episode(ep, n_way=None, k_shot=None, task_axis=None):
     if task_axis is True and len(task_axes) != 1:
         raise ValueError(f"expected a meta-batch with one leading task axis, support_x (T, n, ...); "
                          f"got support_x {anp.shape(ep.support_x)}")
-    if task_axis is True and task_axes[0] == 0:
-        raise ValueError("the meta-batch holds no task (T = 0)")
+    if 0 in task_axes:
+        raise ValueError(f"the episode holds no task (T = 0): support_x {anp.shape(ep.support_x)} "
+                         f"has a task axis of length 0")
     if task_axis is False and task_axes:
         raise ValueError(f"expected one task, support_x (n, ...) without a task axis; got "
                          f"support_x {anp.shape(ep.support_x)}")

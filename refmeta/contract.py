@@ -61,6 +61,11 @@ class Step(NamedTuple):
 
 
 def supervised(init, apply, loss, name="model"):
-    """A Model whose loss is ``loss(apply(params, x), y, reduction)``, e.g. with ``losses.mse``."""
+    """A Model whose loss is ``loss(apply(params, x), y, reduction)``.
+
+    Pass the loss with ``check=False`` (``functools.partial(losses.cross_entropy, check=False)``):
+    MAML and Reptile check the episode at their door, and the model's loss runs at every inner
+    step, where a check would copy the labels to the host again each time.
+    """
     return Model(init, apply, lambda params, x, y, reduction: loss(apply(params, x), y, reduction),
                  name)

@@ -197,7 +197,6 @@ def _check(params, config, episode=None):
     checks.params(params, checks.init_shapes(init, config))
     if episode is not None:
         episode = checks.episode(episode, n_way=config.n_way)
-        checks.nonempty("support_x", episode.support_x)                   # also T = 0 tasks
     return episode
 
 

@@ -227,6 +227,7 @@ def loss(params, episode, config, *, bn_state=None):
 def step(params, state, episode, config):
     """One Adam step (meta_lr) on (2) with the batch's statistics in f: Step(params,
     SNAILState with state.bn tracking those statistics, the loss at the starting params)."""
+    checks.instance("state", state, SNAILState)
     episode = _check_inputs(params, episode, config, None, state)
     moments = {}
 
@@ -251,11 +252,9 @@ def _check_inputs(params, episode, config, bn_state, state=None):
     """Every check of an entry point that reads an episode; returns it as an Episode."""
     _check_params(params, config)
     episode = checks.episode(episode, n_way=config.n_way, k_shot=config.k_shot)
-    checks.nonempty("support_x", episode.support_x)                     # no task axis of length 0
     image = (config.image_channels, config.image_size, config.image_size)
     checks.example_shape("support_x", episode.support_x, anp.ndim(episode.support_y) - 1, image)
     if state is not None:
-        checks.instance("state", state, SNAILState)
         checks.adam_state("state.adam", state.adam, checks.tree_shapes(params))
     elif (bn_state is None) != (config.bn_mode == "transductive"):
         raise ValueError(f"bn_state (state.bn) is required with bn_mode 'running' and refused "

@@ -355,7 +355,7 @@ def test_empty_sets_and_zero_tasks_are_refused(dev):
               "support set is empty"),
              (episode._replace(query_x=episode.query_x[:, :0], query_y=episode.query_y[:, :0]),
               "query set is empty"),
-             (tasks.Episode(*(a[:0] for a in episode)), r"no task \(T = 0\)"),
+             (tasks.Episode(*(a[:0] for a in episode)), r"holds no task \(T = 0\)"),
              (tasks.Episode(*(a[0] for a in episode)), "meta-batch")]
     for bad, message in cases:
         for call in _every_entry(params, bad, config):

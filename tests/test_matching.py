@@ -391,7 +391,7 @@ def test_empty_sets_no_tasks_and_an_empty_params_tree_are_refused(dev, setup):
         with pytest.raises(ValueError, match=f"the {which} set is empty"):
             matching.loss(params, empty, cfg)
     no_tasks = Episode(*(dev.asarray(np.zeros((0,) + dev.to_host(a).shape, dev.to_host(a).dtype)) for a in ep))
-    with pytest.raises(ValueError, match=r"support_x is empty: its shape \(0, 4, 3\)"):
+    with pytest.raises(ValueError, match=r"holds no task \(T = 0\): support_x \(0, 4, 3\)"):
         matching.predict(params, no_tasks, cfg)
     with pytest.raises(ValueError, match="params is empty"):
         matching.init_state({}, config(embedding=NO_PARAMS))

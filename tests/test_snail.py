@@ -500,7 +500,7 @@ def test_empty_support_and_query_sets_and_zero_tasks_are_refused(dev, good):
         snail.predict(params, replaced(dev, episode, query_x=host["query_x"][:, :0],
                                        query_y=host["query_y"][:, :0]), TINY)
     no_tasks = replaced(dev, episode, **{field: value[:0] for field, value in host.items()})
-    with pytest.raises(ValueError, match=r"support_x is empty: its shape \(0, 3, 1, 16, 16\)"):
+    with pytest.raises(ValueError, match=r"holds no task \(T = 0\): support_x \(0, 3, 1, 16, 16\)"):
         snail.loss(params, no_tasks, TINY)
 
 
