@@ -10,6 +10,7 @@ ValueError or TypeError: never a number, never an IndexError, KeyError or numpy 
 import dataclasses
 import functools
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -218,3 +219,11 @@ def test_configs_refuse_out_of_range_fields(name, field, value):
         field = "meta_step_size"
     with pytest.raises((ValueError, TypeError), match=field):
         dataclasses.replace(config, **{field: value})
+
+
+def test_the_readme_example_of_the_one_shape_runs():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    example = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace = {}
+    exec(compile(example, "README.md", "exec"), namespace)
+    assert namespace["log_p"].shape == (5, 5) and np.isfinite(float(namespace["loss"]))
