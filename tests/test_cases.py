@@ -90,11 +90,14 @@ def test_the_json_is_complete_and_matches_the_npz(case_id, encoded):
     assert params and all(f"updated/{p[7:]}" in document["outputs"] for p in params)
 
 
+PARAM_KEYS = ("weight", "recurrent_weight", "bias", "offset", "scale")
+
+
 def test_model_descriptions_name_every_parameter(encoded):
     for case_id, (document, _, _) in encoded.items():
         named = set()
         for layer in document["model"]["layers"]:
-            named |= {layer.get(k) for k in ("weight", "bias", "offset", "scale")} - {None}
+            named |= {layer.get(k) for k in PARAM_KEYS} - {None}
         assert named == {k[7:] for k in document["inputs"] if k.startswith("params/")}, case_id
 
 
@@ -183,6 +186,133 @@ def test_reptile_updated_follows_the_recorded_rule(mode, encoded):
     assert batches.shape == (3, k, document["hyperparameters"]["batch_size"])
     for t in range(3):   # shuffled, cut, reshuffled: no repeat inside a pass over the data
         assert len(set(batches[t, 0])) == batches.shape[2]
+
+
+# ----- every output carries signal at its tolerance, or is documented as zero -----
+DOCS = Path(__file__).parents[1] / "docs" / "reference-cases.md"
+
+
+def _perturbed(reference, relative):
+    """The reference with its largest-magnitude element scaled by (1 + relative)."""
+    theirs = reference.copy()
+    index = np.unravel_index(np.argmax(np.abs(reference)), reference.shape)
+    theirs[index] *= 1 + relative
+    return theirs, index
+
+
+@pytest.mark.parametrize("case_id", ALL)
+def test_a_relative_error_of_1e_6_in_any_output_fails_verify(case_id, encoded):
+    """verify's own rule at the JSON's rtol/atol: the reference passes, half its allowed error
+    at the largest element passes, 1e-6 of that element fails, for every output that is not
+    documented as structurally zero (and no other output is all zero)."""
+    document, _, outputs = _case(encoded, case_id)
+    checked = 0
+    for name, entry in document["outputs"].items():
+        if "structurally_zero" in entry:
+            continue
+        reference, rtol, atol = outputs[name], entry["rtol"], entry["atol"]
+        assert np.abs(reference).max() > 0, f"{name} is all zero but not documented as structurally zero"
+        assert verify.compare(reference, reference.copy(), rtol, atol)[2], name
+        theirs, index = _perturbed(reference, 0.0)
+        theirs[index] += 0.5 * (atol + rtol * abs(reference[index]))
+        assert verify.compare(reference, theirs, rtol, atol)[2], name
+        theirs, _ = _perturbed(reference, 1e-6)
+        assert not verify.compare(reference, theirs, rtol, atol)[2], (
+            f"{name}: a 1e-6 relative error of its largest element ({np.abs(reference).max():.3g}) "
+            f"passes atol {atol:g}")
+        checked += 1
+    assert checked >= len(document["outputs"]) // 2
+
+
+def test_structurally_zero_outputs_are_documented_and_zero_within_their_tolerance(encoded):
+    """An implementation that returns exact zeros for them passes; the docs list each one."""
+    text, found = DOCS.read_text(), 0
+    for case_id, (document, arrays, _) in encoded.items():
+        for name, entry in document["outputs"].items():
+            if "structurally_zero" not in entry:
+                continue
+            found += 1
+            assert len(entry["structurally_zero"]) > 40, (case_id, name)
+            reference = arrays["outputs/" + name]
+            assert verify.compare(reference, np.zeros_like(reference), entry["rtol"], entry["atol"])[2]
+            assert f"`{name}`" in text, f"docs/reference-cases.md does not list {case_id}'s {name}"
+    assert found == 4 * 6 + 3 + 1          # conv biases ahead of batch norm, SNAIL's key biases, MetaNet
+
+
+def _documented(pattern, text):
+    return f"`{pattern}`" in text or f"`{pattern}/" in text
+
+
+@pytest.mark.parametrize("case_id", ALL)
+def test_the_docs_name_every_output_and_input_and_the_procedure(case_id, encoded):
+    document, _, _ = encoded[case_id]
+    text = DOCS.read_text()
+    assert f'`algorithm: "{document["algorithm"]}"`' in text, "no procedure section"
+    for kind in ("inputs", "outputs"):
+        for name in document[kind]:
+            parts = name.split("/")
+            parts = [re.sub(r"(block|step)\d+$", r"\1<j>", part) for part in parts]
+            if len(parts) > 1 and "." in parts[-1]:
+                parts[-1] = "<p>"
+            assert _documented("/".join(parts), text), f"{case_id}: {kind} {name} ({'/'.join(parts)})"
+
+
+def test_every_layer_type_is_documented_with_its_framework_layouts(encoded):
+    text = DOCS.read_text()
+    table = text[text.index("## The model description"):text.index("## Losses")]
+    documented = set(re.findall(r"^\| `([a-z0-9_]+)` \|", table, re.M))
+    for case_id, (document, arrays, _) in encoded.items():
+        for layer in document["model"]["layers"]:
+            assert layer["type"] in documented, (case_id, layer["type"])
+            if any(layer.get(k) for k in PARAM_KEYS):
+                assert layer["torch_layout"] and layer["haiku_layout"], (case_id, layer)
+            if layer["type"] == "conv2d":
+                assert set(layer["padding"]) == {"top", "bottom", "left", "right"} and "bias" in layer
+            if layer["type"] == "lstm_gates":
+                hidden = layer["hidden_size"]
+                assert sorted(layer["gate_order"]) in (sorted("ifgo"), sorted("aifo")), layer
+                shapes = {k: arrays[f"inputs/params/{layer[k]}"].shape
+                          for k in ("weight", "recurrent_weight", "bias")}
+                assert shapes == {"weight": (layer["input_size"], 4 * hidden),
+                                  "recurrent_weight": (layer["recurrent_size"], 4 * hidden),
+                                  "bias": (4 * hidden,)}, (case_id, layer["role"])
+    orders = {case_id: {"".join(layer["gate_order"]) for layer in encoded[case_id][0]["model"]["layers"]
+                        if layer["type"] == "lstm_gates"}
+              for case_id in ("matching-conv4-3way2shot-fce", "metanet-3way1shot-first-order")}
+    assert orders == {"matching-conv4-3way2shot-fce": {"ifgo"}, "metanet-3way1shot-first-order": {"aifo"}}
+
+
+@pytest.mark.parametrize("case_id", ALL)
+def test_query_counts_say_per_class_and_in_all(case_id, encoded):
+    document, inputs, _ = _case(encoded, case_id)
+    hp = document["hyperparameters"]
+    if "n_way" in hp:                    # classification: per class and in all, never ambiguous
+        assert "n_query" not in hp and "n_support" not in hp
+        n_queries = inputs["query_y"].shape[-1]
+        assert hp["n_query_total"] == hp["n_way"] * hp["n_query_per_class"] == n_queries
+        assert f"{hp['n_query_per_class']} queries per class" in document["description"]
+    nulls = [k for k, v in document["conventions"].items() if v is None]
+    assert nulls == (["n_way"] if "sinusoid" in case_id else []), nulls    # null n_way: regression
+
+
+def test_metanet_generators_map_a_zero_gradient_to_a_zero_fast_weight(encoded):
+    """The documented initialisation, checked in NumPy from the case's params alone."""
+    _, inputs, outputs = _case(encoded, "metanet-3way1shot-first-order")
+    p = {k[7:]: v for k, v in inputs.items() if k.startswith("params/")}
+    sigmoid, relu = (lambda z: 1 / (1 + np.exp(-z))), (lambda z: np.maximum(z, 0))
+    zero = np.array([[-1.0, 0.0]])                                    # pre(0) with p = 7
+    for kind in ("conv", "dense"):
+        m = relu(relu(zero @ p[f"m.{kind}.l0.w"] + p[f"m.{kind}.l0.b"]) @ p[f"m.{kind}.l1.w"]
+                 + p[f"m.{kind}.l1.b"]) @ p[f"m.{kind}.l2.w"] + p[f"m.{kind}.l2.b"]
+        s = c = np.zeros((1, 20))
+        for _ in range(outputs["meta_info/task/fc1.w"].shape[0]):
+            z = zero @ p[f"d.{kind}.wx"] + s @ p[f"d.{kind}.wh"] + p[f"d.{kind}.b"]
+            a, i, f, o = np.split(z, 4, axis=-1)                      # gate order a, i, f, o
+            c = np.tanh(a) * sigmoid(i) + sigmoid(f) * c
+            s = sigmoid(o) * np.tanh(c)
+        d = s @ p[f"d.{kind}.out.w"] + p[f"d.{kind}.out.b"]
+        np.testing.assert_allclose([m.item(), d.item()], [0.0, 0.0], rtol=0, atol=1e-15)
+    assert np.abs(outputs["attention"]).min() < 0.9                   # not every cosine is ≈ 1
 
 
 # ----- export: atomic, and bad directories -----

@@ -19,9 +19,13 @@ The registry.  ``CASES`` maps a case id to a *builder*: a function of no argumen
     hyperparameters  JSON-able: step sizes, step counts, sizes
     procedure        list of str: the computation, step by step, in terms of the array names
     inputs           {name: Array(value, meaning)}: params, data and the random draws made
-    outputs          {name: Array(value, meaning, rtol=None, atol=None)}: what to reproduce
+    outputs          {name: Array(value, meaning, rtol=None, atol=None, zero_because=None)}:
+                     what to reproduce; ``zero_because`` says why an output is 0 in exact
+                     arithmetic (recorded as "structurally_zero"); every other output must
+                     carry signal at its tolerance (tests/test_cases.py perturbs each one)
 
-Array names use "/" to group (``params/conv0.w``, ``meta_gradient/conv0.w``).  Values are host
+Array names use "/" to group (``params/conv0.w``, ``meta_gradient/conv0.w``).  The model's
+layer entries carry ``torch_layout`` and ``haiku_layout`` (``parts.with_layouts``).  Values are host
 numpy arrays; integer arrays (labels, indices) are stored as float64 holding exact integers
 and marked ``integer_valued``.  Tolerances left at None get ``default_tolerance``.  A builder
 must be deterministic: two calls give the same bits (tests/test_cases.py checks every case).
@@ -111,6 +115,8 @@ def _entry(array, group_scale):
         rtol, atol = default_tolerance(group_scale)
         entry["rtol"] = rtol if array.rtol is None else array.rtol
         entry["atol"] = atol if array.atol is None else array.atol
+    if array.zero_because is not None:
+        entry["structurally_zero"] = array.zero_because
     return entry
 
 

@@ -10,8 +10,9 @@ from autograd import value_and_grad
 from refmeta import contract, maml, reptile
 from refmeta.data import tasks
 from refmeta.nn import layers, losses, optimizers, trees
-from refmeta.cases.parts import (ADAM_META, CE_LOSS, MSE_LOSS, NOT_APPLICABLE, Array,
-                                 default_tolerance, group_scales, tree_arrays)
+from refmeta.cases.parts import (ADAM_META, CE_LOSS, CONV_BIAS_BEFORE_BN, MSE_LOSS, NOISE_FACTOR,
+                                 NOT_APPLICABLE, Array, default_tolerance, group_scales,
+                                 power_of_ten_above, query_counts, tree_arrays, with_layouts)
 
 
 def _sinusoid_data(rng, family, n_tasks, n_points):
@@ -57,8 +58,12 @@ def _mlp_model(sizes, activation):
                                f"mlp {'-'.join(map(str, sizes))} {activation}, mse")
 
 
-def maml_outputs(params, episode, config):
-    """Every MAML output of a case, as {name: Array}, from host params and a host Episode."""
+def maml_outputs(params, episode, config, zero_because=None):
+    """Every MAML output of a case, as {name: Array}, from host params and a host Episode.
+
+    ``zero_because`` {param name: why}: the params whose meta-gradient is 0 in exact arithmetic.
+    """
+    zero_because = zero_because or {}
     n_tasks, loss_fn = episode.support_x.shape[0], config.model.loss
     trajectory = maml.adapt_trajectory(trees.broadcast_tasks(params, n_tasks), episode.support_x,
                                        episode.support_y, config)
@@ -75,11 +80,15 @@ def maml_outputs(params, episode, config):
     for j in range(1, config.inner_steps + 1):
         outputs.update(tree_arrays(f"adapted_step{j}", trajectory[j],
                                     f"(T, ...): every task's params after inner step {j}"))
-    outputs.update(tree_arrays("meta_gradient", meta_gradient, "∂ meta_loss / ∂ params"))
-    gradient_atol = default_tolerance(group_scales(outputs)["meta_gradient"])[1]
+    outputs.update(tree_arrays("meta_gradient", meta_gradient, "∂ meta_loss / ∂ params",
+                               zero_because))
+    gradient_scale = group_scales(outputs)["meta_gradient"]
+    gradient_atol = default_tolerance(gradient_scale)[1]
     updated_atol = default_tolerance(max(np.max(np.abs(u)) for u in updated.values()))[1]
     for name in sorted(updated):
-        atol = max(updated_atol, _adam_step_atol(meta_gradient[name], gradient_atol, config.meta_lr))
+        step_atol = (_adam_noise_atol(gradient_scale, config.meta_lr) if name in zero_because
+                     else _adam_step_atol(meta_gradient[name], gradient_atol, config.meta_lr))
+        atol = max(updated_atol, step_atol)
         outputs[f"updated/{name}"] = Array(np.asarray(updated[name]),
                                            "params after one Adam meta-step", atol=atol)
     return outputs
@@ -100,19 +109,29 @@ def _adam_step_atol(gradient, gradient_atol, lr, eps=1e-8):
     return 10.0 ** math.ceil(math.log10(slope * gradient_atol))
 
 
+def _adam_noise_atol(gradient_scale, lr, eps=1e-8):
+    """Adam's first step on a meta-gradient that is 0 in exact arithmetic (a conv bias ahead of
+    batch norm): the rounding noise n, at most NOISE_FACTOR × the meta-gradient group's scale
+    (measured: ~1e-15 of it), moves the parameter by lr·n / (n + eps) ≤ lr·n / eps.  Rounded up
+    to a power of ten: 1e-7 in the conv cases, still failing a relative error of 1e-6 in the
+    smallest of those parameters (0.11).  (``_adam_step_atol``'s rule would allow 1e-5.)"""
+    return power_of_ten_above(lr * NOISE_FACTOR * gradient_scale / eps)
+
+
 def _maml_case(description, seed, model, loss, config, extra_conventions, hyperparameters, inputs,
-               params, episode):
+               params, episode, zero_because=None):
     conventions = dict(config.conventions(), **extra_conventions,
                        test_inner_steps_note="not used: this case takes no test-time steps",
                        inner_optimizer_state=NOT_APPLICABLE + "the inner loop is plain gradient "
                        "descent, which has no state")
+    model = dict(model, layers=with_layouts(model["layers"]))
     return {"algorithm": "MAML", "description": description, "seed": seed, "model": model,
             "loss": loss, "conventions": conventions,
             "hyperparameters": dict(hyperparameters, inner_lr=config.inner_lr,
                                     inner_steps=config.inner_steps, meta_lr=config.meta_lr,
                                     **ADAM_META),
             "procedure": MAML_PROCEDURE, "inputs": inputs,
-            "outputs": maml_outputs(params, episode, config)}
+            "outputs": maml_outputs(params, episode, config, zero_because)}
 
 
 def maml_sinusoid_case(inner_steps, first_order, seed=0, n_tasks=5, n_support=10, n_query=10):
@@ -134,7 +153,7 @@ def maml_sinusoid_case(inner_steps, first_order, seed=0, n_tasks=5, n_support=10
     return _maml_case(
         f"{order}-order MAML, {inner_steps} inner step{'s' * (inner_steps != 1)}, on {n_tasks} "
         "sinusoid tasks "
-        f"(K = {n_support} support, {n_query} query points each): losses, adapted params, "
+        f"(K = {n_support} support and {n_query} query points per task): losses, adapted params, "
         "meta-gradient and one Adam meta-step.", seed, layers.mlp_describe(sizes), MSE_LOSS, config,
         _sinusoid_conventions(family),
         {"n_tasks": n_tasks, "n_support": n_support, "n_query": n_query}, inputs, params,
@@ -168,10 +187,11 @@ def maml_conv4_case(first_order, seed=0, n_tasks=2, n_way=5, k_shot=1, n_query=2
                              first_order=first_order, inner_reduction="n_way_times_mean")
     inputs = dict(tree_arrays("params", params, "the meta-parameters θ (bn offsets drawn "
                                                  "U(±0.1) so that they matter)"),
-                  support_x=Array(support_x, "(T, N·K, 1, H, W) support images"),
+                  support_x=Array(support_x, "(T, N·K, 1, H, W) support images, class-major"),
                   support_y=Array(support_y, "(T, N·K) support labels 0..N−1"),
-                  query_x=Array(query_x, "(T, N·n_query, 1, H, W) query images"),
-                  query_y=Array(query_y, "(T, N·n_query) query labels 0..N−1"))
+                  query_x=Array(query_x, "(T, N·n_query_per_class, 1, H, W) query images, "
+                                         "shuffled per task"),
+                  query_y=Array(query_y, "(T, N·n_query_per_class) query labels 0..N−1"))
     model = layers.conv4_describe(1, n_way, hidden, "stride", "offset", "transductive", 1e-3,
                                   image_size)
     conventions = {"batch_norm": "transductive: the statistics of the batch at hand (support "
@@ -182,10 +202,13 @@ def maml_conv4_case(first_order, seed=0, n_tasks=2, n_way=5, k_shot=1, n_query=2
     mode = "first" if first_order else "second"
     return _maml_case(
         f"{mode}-order MAML, {inner_steps} inner steps, on {n_tasks} synthetic {n_way}-way "
-        f"{k_shot}-shot tasks with MAML's Omniglot conv net (stride 2, transductive batch norm, "
-        f"{hidden} filters, {image_size}×{image_size} images).", seed, model, CE_LOSS, config,
-        conventions, {"n_tasks": n_tasks, "n_way": n_way, "k_shot": k_shot, "n_query": n_query},
-        inputs, params, tasks.Episode(support_x, support_y, query_x, query_y))
+        f"{k_shot}-shot tasks, {n_query} queries per class ({n_way * n_query} per task), with "
+        f"MAML's Omniglot conv net (stride 2, transductive batch norm, {hidden} filters, "
+        f"{image_size}×{image_size} images).", seed, model, CE_LOSS, config, conventions,
+        {"n_tasks": n_tasks, "n_way": n_way, "k_shot": k_shot, "n_support_per_task": n_way * k_shot,
+         **query_counts(n_way, n_query)},
+        inputs, params, tasks.Episode(support_x, support_y, query_x, query_y),
+        {f"conv{i}.b": CONV_BIAS_BEFORE_BN for i in range(4)})
 
 
 REPTILE_PROCEDURE = [
@@ -195,7 +218,10 @@ REPTILE_PROCEDURE = [
     "conventions.inner_reduction) at the params before the step. Adam starts fresh for every "
     "task: m = v = 0, step count 1 "
     "at the first step; m ← b1 m + (1−b1) g, v ← b2 v + (1−b2) g², "
-    "θ ← θ − inner_lr · (m / (1−b1^step)) / (sqrt(v / (1−b2^step)) + eps).",
+    "θ ← θ − inner_lr · (m / (1−b1^step)) / (sqrt(v / (1−b2^step)) + eps).  (This reset is "
+    "refmeta's choice, conventions.inner_optimizer_state: the Reptile authors' code and "
+    "learn2learn's Reptile example carry Adam's moments and step count over from one task to "
+    "the next, which gives different numbers from the second task on.)",
     "adapted_step{j}/<name>[t] = task t's params after j inner steps (j = 1..inner_steps).",
 ]
 REPTILE_MODES = {
@@ -249,9 +275,11 @@ def reptile_sinusoid_case(mode, seed=0, n_tasks=3, n_support=20, inner_steps=5, 
                                                      "in each inner mini-batch"),
                   amplitude=Array(amplitude, "(T,) task amplitudes A (already in the targets)"),
                   phase=Array(phase, "(T,) task phases b (already in the targets)"))
-    return {"algorithm": "Reptile", "seed": seed, "model": layers.mlp_describe(sizes, "tanh"),
+    model = layers.mlp_describe(sizes, "tanh")
+    return {"algorithm": "Reptile", "seed": seed, "model": dict(model, layers=with_layouts(model["layers"])),
             "description": f"{mode} Reptile on {n_tasks} sine tasks, {inner_steps} inner Adam "
-                           f"steps on mini-batches of {batch_size} of {n_support} points.",
+                           f"steps on mini-batches of {batch_size} of each task's {n_support} "
+                           "points, Adam reset for every task.",
             "loss": MSE_LOSS, "procedure": REPTILE_PROCEDURE + [REPTILE_MODES[mode]],
             "conventions": dict(config.conventions(), reptile_mode=mode,
                                 first_order=NOT_APPLICABLE + "Reptile takes no meta-gradient",
