@@ -13,7 +13,8 @@ torch = pytest.importorskip(
     reason="PyTorch is not installed (pip install torch==2.13.0): the independent "
            "torch.func check of the reference cases is skipped")
 
-from refmeta import cases, verify  # noqa: E402
+from refmeta import cases  # noqa: E402
+from refmeta.cases import verify  # noqa: E402
 from refmeta.demos import check_with_torch as demo  # noqa: E402
 
 CHECKED = [c for c in cases.CASES if c.startswith(("maml-", "reptile-"))]
