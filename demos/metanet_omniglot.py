@@ -6,10 +6,11 @@ are held out.  Training characters get their 90/180/270° rotations as new class
 ProtoNets' convention; the MetaNet authors instead rotate each class of an episode by a random
 multiple of 90°).  Lake's 20 runs (all_runs.zip) come from the evaluation alphabets.
 
-Model (``refmeta.metanet``).  b and u are 4-block conv nets (3×3 conv, ReLU, 2×2 max-pool;
-28 → 14 → 7 → 3 → 1, ``--hidden`` filters, no biases, no batch norm) with fc1 and an output
-layer, as the authors' MetaNetFull but 4 blocks instead of 5 (our pooling floors, Chainer's
-ceils).  ``--fast-conv-blocks`` says how many of the top conv blocks are layer-augmented (fc1
+Model (``refmeta.metanet``).  b and u are the authors' MetaNetFull learner: 5 conv blocks (3×3
+conv, ReLU, 2×2 max-pool rounding up, as Chainer's max_pooling_2d does by default: 28 → 14 → 7
+→ 4 → 2 → 1; ``--hidden`` filters, no biases, no batch norm) with fc1 and an output layer.
+``--n-blocks 4 --pool-rounding floor`` gives the network of the runs measured before (28 → 14 →
+7 → 3 → 1).  ``--fast-conv-blocks`` says how many of the top conv blocks are layer-augmented (fc1
 and the output layer always are): "all" is MetaNetFull, a small number the authors'
 MetaNetPartial idea; it is the main lever on CPU time.
 
@@ -29,11 +30,12 @@ why ``--train-way`` defaults to 20.  Lake's runs: each run's 20 training drawing
 training on Omniglot's standard 1200-character split, about 6× the characters used here.
 
 Defaults chosen for ~15 minutes on 2 CPU cores (the authors' values in brackets): 32 filters
-[64], 4 blocks [5], fast weights on fc1 and the output layer only [every layer], m's and d's
-last layers initialised ×0.1 [×1; at ×1 a 64-filter net started with logits ~20 and stalled at
-chance], Adam 3e-3 [1e-3], 20-way 1-shot episodes with one query per class [5-way, 10 queries
-per class], float32, 13 minutes of training [their script: up to 100000 epochs of 100
-episodes].  Measured runs: docs/demo-metanet-omniglot.md.
+[64], 5 blocks with ceil pools [the same], fast weights on fc1 and the output layer only [every
+layer], m's and d's last layers initialised ×0.1 [×1; at ×1 a 64-filter net started with logits
+~20 and stalled at chance], Adam 3e-3 [1e-3], 20-way 1-shot episodes with one query per class
+[5-way, 10 queries per class], float32, 13 minutes of training [their script: up to 100000
+epochs of 100 episodes].  These were chosen, and the runs in docs/demo-metanet-omniglot.md
+measured, with 4 floor-pooled blocks.
 """
 
 import dataclasses
@@ -45,6 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from refmeta import contract, metanet
+from refmeta.nn import metanet_parts
 from refmeta.data import lake_runs, omniglot
 from refmeta.device import backend
 from refmeta.demos import files, options
@@ -72,6 +75,9 @@ def add_arguments(parser):
     add("--train-way", type=int, default=20, help="classes per training episode (default 20)")
     add("--train-query", type=int, default=1, help="queries per class in training (default 1)")
     add("--hidden", type=at_least(1), help=f"conv filters (default {FULL['hidden']})")
+    add("--n-blocks", type=at_least(1), default=5, help="conv blocks (default 5, the authors')")
+    add("--pool-rounding", choices=("floor", "ceil"), default="ceil",
+        help="the max-pools' output size, ⌊s/2⌋ or ⌈s/2⌉ (default ceil, Chainer's and the authors')")
     add("--fast-conv-blocks", default="0", help="top conv blocks with fast weights: an integer or 'all'")
     add("--fast-init-scale", type=options.positive_float, default=0.1,
         help="scale of m's and d's last-layer init (default 0.1; 1 is Chainer's default)")
@@ -122,12 +128,17 @@ def make_config(args, size):
                                      f"got {getattr(args, name)}")
     if not 0 < args.test_fraction < 1:
         raise options.UsageError(f"--test-fraction must lie in (0, 1); got {args.test_fraction}")
-    blocks = args.fast_conv_blocks
-    if blocks != "all" and not (blocks.isdigit() and int(blocks) <= 4):
-        raise options.UsageError(f"--fast-conv-blocks must be 0..4 or 'all'; got {blocks!r}")
+    blocks, (low, high) = args.fast_conv_blocks, metanet_parts.image_sides(args.n_blocks, args.pool_rounding)
+    if blocks != "all" and not (blocks.isdigit() and int(blocks) <= args.n_blocks):
+        raise options.UsageError(f"--fast-conv-blocks must be 0..{args.n_blocks} (--n-blocks) or 'all'; "
+                                 f"got {blocks!r}")
+    if not low <= 28 <= high:
+        raise options.UsageError(f"--n-blocks {args.n_blocks} --pool-rounding {args.pool_rounding}: the "
+                                 f"blocks take images of side {low}..{high} to 1×1, not Omniglot's 28")
     options.check_data_folder(args.data, ZIPS + ("all_runs.zip",))
     options.check_out_folder(args.out)
-    return metanet.MetaNetConfig(n_way=args.train_way, hidden=size["hidden"], n_blocks=4,
+    return metanet.MetaNetConfig(n_way=args.train_way, hidden=size["hidden"], n_blocks=args.n_blocks,
+                                 pool_rounding=args.pool_rounding,
                                  fast_init_scale=args.fast_init_scale,
                                  fast_conv_blocks=None if blocks == "all" else int(blocks),
                                  second_order=args.second_order, meta_lr=args.lr)
@@ -241,7 +252,8 @@ def build_report(args, size, config, curve, results, timing, n_train_classes, n_
         "paper": {"citation": "Munkhdalai & Yu 2017, Meta Networks, ICML, Section 4.1 (Omniglot), Table 1",
                   "accuracy": PAPER,
                   "note": "trained on Omniglot's standard 1200-character split (with rotations)"},
-        "config": {"metanet": config.conventions(), "hidden": size["hidden"], "n_blocks": 4,
+        "config": {"metanet": config.conventions(), "hidden": size["hidden"], "n_blocks": config.n_blocks,
+                   "pool_rounding": config.pool_rounding,
                    "fast_init_scale": args.fast_init_scale, "dtype": args.dtype, "train_way": args.train_way,
                    "train_shot": 1, "train_query": args.train_query, "episodes_trained": episodes,
                    "max_train_minutes": size["max_train_minutes"], "test_fraction": args.test_fraction,

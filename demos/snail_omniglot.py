@@ -1,4 +1,4 @@
-"""SNAIL on Omniglot 5-way 1-shot (Mishra et al. 2018, Section 5.1), on the small background sets.
+"""SNAIL on Omniglot, 5-way (Mishra et al. 2018, Section 5.1), on the small background sets.
 
 Data (``--data DIR``): images_background_small1.zip + small2.zip, merged (242 characters, 8
 alphabets), 28×28 BOX-resized; split by character with ``default_rng(split_seed)`` into
@@ -7,26 +7,34 @@ their 90/180/270° rotations; validation and test characters are unrotated and n
 
 Model (``refmeta.snail``, the paper's Omniglot stack): conv4 max-pool embedding + linear to 64,
 then Attn(64, 32) → TC(T, 128) → Attn(256, 128) → TC(T, 128) → Attn(512, 256) → linear to N,
-T = N·K + 1; every weight starts as PyTorch's default init, except that the attention blocks'
-query and key weights start ``--attention-init-gain`` (default 4) times larger, so the
-attention is not uniform at the start (``SNAILConfig.attention_init_gain``; 1 gives the
-ports' init).  Training: ``snail.step``, Adam on the mean query cross-entropy; every episode
-draws N classes (labels 0..N−1 in draw order), shuffles the order of its N·K support steps, and
-gives each of its N·Q queries a sequence of its own (they share the support images).  Batch
-norm uses the statistics of the meta-batch's images and tracks running statistics (momentum
-0.1), which validation and test use (``SNAILConfig.bn_mode`` "running").
+the TC blocks built for the longest sequence, T_max = N·max K + 1 (26 for 5-way, K ≤ 5); every
+weight starts as PyTorch's default init, except that the attention blocks' query and key
+weights start ``--attention-init-gain`` (default 4) times larger, so the attention is not
+uniform at the start (``SNAILConfig.attention_init_gain``; 1 gives the ports' init).
 
-Test: N-way K-shot episodes on the held-out characters (``--eval-seed``), with running batch
-norm statistics, so every test image is embedded once and episodes are scored from the cached
-embeddings (the same numbers as embedding each episode anew).  Reported: the mean per-episode
-accuracy and its 95% CI (1.96·std/√n, the sample std), at the checkpoint with the best validation accuracy.
+Training, the paper's protocol: one model for every K.  Each step draws K uniformly from
+``--train-shots`` (default 1,2,3,4,5; ``--train-shots 1`` is fixed-K training at K = 1, the
+earlier default) and takes ``snail.step``, Adam on the mean query cross-entropy at step N·K + 1,
+on a meta-batch of episodes: each draws N classes (labels 0..N−1 in draw order), shuffles the
+order of its N·K support steps, and gives each of its N·Q queries a sequence of its own (they
+share the support images).  The paper draws K per episode; here the episodes of one step share
+their K (one array per step): every episode's K is still uniform, so the objective is the same.
+Batch norm uses the statistics of the meta-batch's images and tracks running statistics
+(momentum 0.1), which validation and test use (``SNAILConfig.bn_mode`` "running").
+
+Test: the one model on N-way K-shot episodes of the held-out characters for each K of
+``--test-shots`` (default: 1 and 5, Table 1's columns, those in --train-shots), with running
+batch norm statistics, so every test image is embedded once and episodes are scored from the
+cached embeddings (the same numbers as embedding each episode anew).  Reported: the mean
+per-episode accuracy and its 95% CI (``options.mean_and_ci95``), at the checkpoint with the best
+validation accuracy (its mean over the test shots).
 
 Lake's 20 official runs are 20-way 1-shot.  A SNAIL's N is fixed by its label slots and output
 layer, so a 5-way model cannot read 20 labelled examples.  Our choice: a knockout in two rounds,
 using only the trained 5-way model: the 20 candidates in four groups of five (file order) give
 four winners (argmax of the 5-way softmax); the final is those four plus the runner-up with the
 highest first-round probability.  It is reported as that, not as the paper's protocol.  With
-``--n-way 20`` the model is trained 20-way and reads each run directly (one round).
+``--n-way 20`` the model is trained 20-way (T_max = 101) and reads each run directly (one round).
 """
 
 import dataclasses
@@ -47,8 +55,8 @@ PAPER = {"5-way 1-shot": 99.07, "5-way 5-shot": 99.78, "20-way 1-shot": 97.64,
 SPLIT = (0.7, 0.1, 0.2)
 FULL = {"iterations": 10000, "max_train_minutes": 12.0, "meta_batch_size": 8, "test_episodes": 600,
         "validation_episodes": 100, "validate_every": 200, "lake_runs": 20}
-FAST = {"iterations": 12, "max_train_minutes": 1.0, "meta_batch_size": 2, "test_episodes": 20,
-        "validation_episodes": 10, "validate_every": 12, "lake_runs": 4}
+FAST = {"iterations": 8, "max_train_minutes": 1.0, "meta_batch_size": 2, "test_episodes": 10,
+        "validation_episodes": 6, "validate_every": 8, "lake_runs": 2}
 
 
 def add_arguments(parser):
@@ -59,8 +67,13 @@ def add_arguments(parser):
     add("--seed", type=options.seed, default=0, help="training seed: init and training episodes")
     add("--split-seed", type=options.seed, default=0, help="seed of the character split (default 0)")
     add("--eval-seed", type=options.seed, default=2018, help="seed of the test episodes (default 2018)")
-    add("--n-way", type=at_least(2), default=5, help="N (default 5)")
-    add("--k-shot", type=positive, default=1, help="K (default 1)")
+    add("--n-way", type=at_least(2), default=5,
+        help="N (default 5; 20 trains a 20-way model that reads Lake's runs directly)")
+    add("--train-shots", type=options.increasing_integers(1), default=(1, 2, 3, 4, 5),
+        help="the Ks a training step draws from, uniformly (default 1,2,3,4,5, Section 5.1; "
+             "one K is fixed-K training)")
+    add("--test-shots", type=options.increasing_integers(1),
+        help="the Ks tested, each one of --train-shots (default: 1 and 5 where trained, else all)")
     add("--n-query", type=positive, default=1,
         help="training queries per class and episode, each its own sequence (default 1)")
     add("--test-queries", type=positive, default=5, help="test queries per class (default 5)")
@@ -88,7 +101,7 @@ def run(args):
     """Train, select the checkpoint, test, score Lake's runs; print, save JSON and the figure."""
     start, sizes = time.perf_counter(), options.sizes(args, FULL, FAST)
     check_args(args, sizes)
-    config = snail.SNAILConfig(n_way=args.n_way, k_shot=args.k_shot,
+    config = snail.SNAILConfig(n_way=args.n_way, k_shot=None, train_shots=args.train_shots,
                                attention_init_gain=args.attention_init_gain, bn_mode="running",
                                meta_lr=args.lr)
     data = load_data(args, sizes)
@@ -96,10 +109,10 @@ def run(args):
     params = {k: backend.asarray(v, args.dtype) for k, v in snail.init(init_rng, config).items()}
     state = train(params, data, config, args, sizes, train_rng, validation_rng)
     test_start = time.perf_counter()
-    accuracies = evaluate(state["best_params"], state["best_bn"], data["test"], config,
-                          np.random.default_rng(args.eval_seed), sizes["test_episodes"],
-                          args.test_queries)
-    results = {"test": summarise(accuracies), "test_seconds": time.perf_counter() - test_start}
+    test = {f"{config.n_way}-way {k}-shot": summarise(evaluate(
+        state["best_params"], state["best_bn"], data["test"], config, np.random.default_rng(args.eval_seed),
+        sizes["test_episodes"], args.test_queries, k)) for k in args.test_shots}
+    results = {"test": test, "test_seconds": time.perf_counter() - test_start}
     if sizes["lake_runs"]:
         lake_start = time.perf_counter()
         results["lake"] = lake_error(state["best_params"], state["best_bn"], data["lake_runs"],
@@ -120,11 +133,17 @@ def run(args):
 
 def check_args(args, sizes):
     """options.UsageError naming the option, before anything is read; then the output folder is
-    created and written to, before any training."""
+    created and written to, before any training.  Fills in the default --test-shots."""
+    if args.test_shots is None:
+        args.test_shots = tuple(k for k in (1, 5) if k in args.train_shots) or args.train_shots
+    if not set(args.test_shots) <= set(args.train_shots):
+        raise options.UsageError(f"--test-shots {','.join(map(str, args.test_shots))}: the model "
+                                 f"reads only the Ks of --train-shots "
+                                 f"{','.join(map(str, args.train_shots))}")
     zips = ("images_background_small1.zip", "images_background_small2.zip")
     options.check_data_folder(args.data, zips + (("all_runs.zip",) if sizes["lake_runs"] else ()))
     groups = 20 // args.n_way
-    if sizes["lake_runs"] and args.k_shot == 1 and (20 % args.n_way or groups > args.n_way):
+    if sizes["lake_runs"] and 1 in args.train_shots and (20 % args.n_way or groups > args.n_way):
         raise options.UsageError(f"--n-way {args.n_way}: Lake's 20-way runs are scored by a knockout "
                                  "of g groups of N with g <= N (N = 5, 10 or 20); --lake-runs 0 "
                                  "skips them")
@@ -133,13 +152,13 @@ def check_args(args, sizes):
 
 def check_data(args, data):
     """options.UsageError unless the episodes the options ask for fit the characters."""
-    drawings = data["test"].images.shape[1]
+    drawings, train_k, test_k = data["test"].images.shape[1], max(args.train_shots), max(args.test_shots)
     options.check_needs(*((f"--n-way {args.n_way} on the {part} characters", args.n_way,
                            len(data[part].names), "classes") for part in ("train", "validation", "test")),
-                        (f"--k-shot {args.k_shot} + --n-query {args.n_query}", args.k_shot + args.n_query,
-                         drawings, "drawings per class"),
-                        (f"--k-shot {args.k_shot} + --test-queries {args.test_queries}",
-                         args.k_shot + args.test_queries, drawings, "drawings per class"))
+                        (f"K = {train_k} of --train-shots + --n-query {args.n_query}",
+                         train_k + args.n_query, drawings, "drawings per class"),
+                        (f"K = {test_k} of --test-shots + --test-queries {args.test_queries}",
+                         test_k + args.test_queries, drawings, "drawings per class"))
 
 
 def load_data(args, sizes):
@@ -174,17 +193,22 @@ def train(params, data, config, args, sizes, rng, validation_rng):
     """``snail.step`` on the query loss; validate every ``validate_every`` steps, keep the best."""
     snail_state = snail.init_state(params, config)
     validation_seed = int(validation_rng.integers(2**32))
-    state = {"curve": {"iteration": [], "train_loss": [], "validation_accuracy": []},
+    state = {"curve": {"iteration": [], "train_loss": [], "validation_accuracy": [],
+                       "validation_accuracy_by_shot": {str(k): [] for k in args.test_shots}},
              "best_accuracy": -1.0, "validation_seconds": 0.0}
 
     def validate(iteration, train_loss):
         begin = time.perf_counter()
-        accuracy = float(np.mean(evaluate(params, snail_state.bn, data["validation"], config,
-                                          np.random.default_rng(validation_seed),
-                                          sizes["validation_episodes"], 1)))
+        by_shot = {str(k): float(np.mean(evaluate(params, snail_state.bn, data["validation"], config,
+                                                  np.random.default_rng(validation_seed),
+                                                  sizes["validation_episodes"], 1, k)))
+                   for k in args.test_shots}
+        accuracy = float(np.mean(list(by_shot.values())))                # selects the checkpoint
         state["validation_seconds"] += time.perf_counter() - begin
         for key, value in zip(state["curve"], (iteration, train_loss, accuracy)):
             state["curve"][key].append(value)
+        for k, value in by_shot.items():
+            state["curve"]["validation_accuracy_by_shot"][k].append(value)
         if accuracy > state["best_accuracy"]:
             state.update(best_accuracy=accuracy, best_iteration=iteration, best_params=params,
                          best_bn=snail_state.bn)
@@ -194,8 +218,9 @@ def train(params, data, config, args, sizes, rng, validation_rng):
     window, begin = [], time.perf_counter()
     bar = progress(range(1, sizes["iterations"] + 1), total=sizes["iterations"], desc="SNAIL")
     for iteration in bar:
+        k_shot = draw_shots(rng, config.shots)
         episode = shuffled_support(rng, omniglot.sample_episodes(
-            rng, data["train"].images, sizes["meta_batch_size"], config.n_way, config.k_shot,
+            rng, data["train"].images, sizes["meta_batch_size"], config.n_way, k_shot,
             args.n_query, dtype=args.dtype))
         config = dataclasses.replace(config, meta_lr=step_size(args, iteration))
         params, snail_state, loss = snail.step(params, snail_state, episode, config)
@@ -215,6 +240,11 @@ def train(params, data, config, args, sizes, rng, validation_rng):
     return state
 
 
+def draw_shots(rng, shots):
+    """This step's K, uniform over ``shots`` (one K: no draw, so fixed-K runs use the rng as before)."""
+    return shots[0] if len(shots) == 1 else int(shots[rng.integers(len(shots))])
+
+
 def step_size(args, iteration):
     """Adam's step size at iteration 1, 2, …: lr, halved every lr_halve_every iterations (0: never)."""
     halvings = (iteration - 1) // args.lr_halve_every if args.lr_halve_every else 0
@@ -231,14 +261,15 @@ def embed_all(params, bn_state, images, config, chunk=200):
     return np.concatenate(parts).reshape(np.shape(images)[:-2] + (-1,))
 
 
-def evaluate(params, bn_state, characters, config, rng, n_episodes, n_query, chunk=100):
-    """Per-episode accuracy (n_episodes,) of N-way K-shot episodes with N·n_query queries."""
+def evaluate(params, bn_state, characters, config, rng, n_episodes, n_query, k_shot, chunk=100):
+    """Per-episode accuracy (n_episodes,) of N-way k_shot episodes with N·n_query queries, in
+    chunks of ``chunk // k_shot`` episodes (every query's sequence holds the N·K support steps)."""
     features = embed_all(params, bn_state, characters.images, config)      # (classes, 20, d)
     as_images = features[:, :, None, :]                  # (classes, 20, H=1, W=d): sampled as images
-    accuracies = []
+    accuracies, chunk = [], max(1, chunk // k_shot)
     for begin in range(0, n_episodes, chunk):
         count = min(chunk, n_episodes - begin)
-        episode = omniglot.sample_episodes(rng, as_images, count, config.n_way, config.k_shot,
+        episode = omniglot.sample_episodes(rng, as_images, count, config.n_way, k_shot,
                                            n_query, dtype=params["out.w"].dtype)
         episode = shuffled_support(rng, episode)
         sequences = snail.make_sequences(episode.support_x[..., 0, 0, :], episode.support_y,
@@ -290,9 +321,9 @@ def _probabilities(params, support, labels, query, config):
 
 def lake_error(params, bn_state, runs, config):
     """Lake's protocol (``lake_runs.evaluate_runs``) with knockout (or direct) SNAIL scores."""
-    if config.k_shot != 1:
-        return {"error": None, "method": "not applicable: the runs are 1-shot; this model is "
-                                          f"{config.k_shot}-shot"}
+    if 1 not in config.shots:
+        return {"error": None, "method": "not applicable: the runs are 1-shot; this model reads "
+                                          f"K in {list(config.shots)}"}
 
     def score(test_images, train_images):
         return knockout_scores(params, embed_all(params, bn_state, train_images, config),
@@ -321,7 +352,9 @@ def build_report(args, sizes, config, data, state, results):
                           "rotations); this demo on the small sets"},
         "config": {"snail": config.conventions(), **sizes, "iterations_done": state["iterations_done"],
                    "dtype": args.dtype, "lr": args.lr, "lr_halve_every": args.lr_halve_every,
-                   "optimizer": "Adam",
+                   "optimizer": "Adam", "train_shots": list(args.train_shots),
+                   "test_shots": list(args.test_shots),
+                   "shots_per_step": "K uniform over train_shots, shared by the step's episodes",
                    "n_query": args.n_query, "test_queries_per_class": args.test_queries,
                    "split": dict(zip(("train", "validation", "test"), SPLIT)),
                    "characters": {"merged": data["n_characters"],
@@ -330,7 +363,8 @@ def build_report(args, sizes, config, data, state, results):
                                   "test": len(data["test"].names)},
                    "batch_norm": "train: statistics of the meta-batch's images; test: running "
                                  "statistics, momentum 0.1",
-                   "checkpoint": "best validation accuracy (1 query per class)", "fast": args.fast},
+                   "checkpoint": "best validation accuracy (1 query per class), mean over test_shots",
+                   "fast": args.fast},
         "seeds": {"seed": args.seed, "split_seed": args.split_seed, "eval_seed": args.eval_seed,
                   "streams": "default_rng(seed).spawn(3): init, training episodes, validation"},
         "checkpoint": {"iteration": state["best_iteration"],
@@ -347,15 +381,16 @@ def build_report(args, sizes, config, data, state, results):
 
 
 def format_table(report):
-    snail_config, test = report["config"]["snail"], report["results"]["test"]
-    task = f"{snail_config['n_way']}-way {snail_config['k_shot']}-shot"
-    paper = PAPER.get(task)
-    lines = [f"| | {task} accuracy (%) | Lake's 20 runs, error (%) |", "|---|---|---|",
-             f"| ours (iteration {report['checkpoint']['iteration']}) | {test['accuracy']:.2f} ± "
-             f"{test['ci95']:.2f} ({test['n_episodes']} episodes) | " +
-             (f"{report['results']['lake']['error']:.2f}" if report["results"].get("lake", {}).get(
-                 "error") is not None else "n/a") + " |",
-             f"| paper (full background set) | {paper if paper else 'n/a'} | not reported |"]
+    test, lake = report["results"]["test"], report["results"].get("lake", {})
+    lines = ["| | accuracy (%) | Lake's 20 runs, error (%) |", "|---|---|---|"]
+    for i, (task, result) in enumerate(test.items()):
+        error = f"{lake['error']:.2f}" if i == 0 and lake.get("error") is not None else ""
+        lines.append(f"| ours, {task} (iteration {report['checkpoint']['iteration']}) | "
+                     f"{result['accuracy']:.2f} ± {result['ci95']:.2f} ({result['n_episodes']} "
+                     f"episodes) | {error or ('n/a' if i == 0 else '')} |")
+    for task in test:
+        paper = PAPER.get(task)
+        lines.append(f"| paper, {task} (full background set) | {paper if paper else 'n/a'} | |")
     if "lake" in report["results"]:
         lines.append(f"Lake's runs scored by {report['results']['lake']['method']}.")
     return "\n".join(lines)
@@ -369,8 +404,10 @@ def save_figure(out_dir, curve):
     loss_ax, accuracy_ax = fig.subplots(1, 2)
     loss_ax.plot(curve["iteration"][1:], curve["train_loss"][1:])
     loss_ax.set(xlabel="iteration", ylabel="query cross-entropy (window mean)", title="training")
-    accuracy_ax.plot(curve["iteration"], np.multiply(curve["validation_accuracy"], 100), "o-")
+    for k, accuracies in curve["validation_accuracy_by_shot"].items():
+        accuracy_ax.plot(curve["iteration"], np.multiply(accuracies, 100), "o-", label=f"{k}-shot")
     accuracy_ax.set(xlabel="iteration", ylabel="accuracy (%)", title="validation characters")
+    accuracy_ax.legend()
     fig.tight_layout()
     path = os.path.join(out_dir, "learning_curve.png")
     files.save_figure_atomically(path, fig)

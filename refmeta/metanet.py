@@ -30,47 +30,51 @@ Layer augmentation (Section 3.3): every augmented layer computes φ(W h) + φ(W*
 layer W h + W* h; see ``refmeta.nn.metanet_parts`` with pre(·), m, d and the network.
 
 Episodes.  One task, no task axis: support_x (N, C, H, W) holding every class 0..n_way−1,
-query_x (L, C, H, W); H and W halve to 1 in the n_blocks 2×2 max-pools (28 → 14 → 7 → 3 → 1).
+query_x (L, C, H, W); H and W halve to 1 in the n_blocks 2×2 max-pools, rounding down
+(``pool_rounding`` "floor": 28 → 14 → 7 → 3 → 1) or up ("ceil", Chainer's default and so the
+authors': 28 → 14 → 7 → 4 → 2 → 1, their 5 blocks).
 Step 1's chunks are T = min(representation_chunks, N) runs of N/T consecutive support
 examples, equal as the authors': a T that does not divide N is refused (ValueError).
 
 Gradients as meta information.  ``second_order=False`` (the authors' code feeds ``.grad`` arrays
 to m and d as data) holds ∇_t and ∇_i constant; ``second_order=True`` differentiates through them.
 
-Per-example gradients, exactly and vectorised.  Every group (one support example for (10),
-one chunk for (3)) gets its own copy of the weights, W ↦ broadcast_to(W, (N, ...)), with data
-(N, 1, C, H, W); then ∂(Σ_i L_i(W_i))/∂W_i = ∇L_i(W) whatever the layers (b and u have no batch
-norm either), and one ``grad`` call gives all N.  Queries likewise: W*_i has a query axis L.
+Per-example gradients, exactly and vectorised (``group_gradients``).  Every group (one support
+example for (10), one chunk for (3)) gets its own copy of the weights, W ↦ broadcast_to(W,
+(N, ...)), with data (N, 1, C, H, W); then ∂(Σ_i L_i(W_i))/∂W_i = ∇L_i(W) whatever the layers
+(b and u have no batch norm either), and one ``grad`` call gives all N.  Queries likewise: W*_i
+has a query axis L.
 
-Sources.  The steps, the network (no biases, no batch norm, fc1 taken linearly in u), m, d,
-pre(·) with k = 7, the cosine's ε, the chunks and the optimiser follow the authors' released
-Chainer code (MetaNetFull.py, utilsf.py, train_omniglot.py); the paper's contrastive loss_emb
-for K > 1 shots is not here.  The public entries check their inputs once (``refmeta.checks``).
+Sources.  The steps, the network (no biases, no batch norm, fc1 taken linearly in u; 5 blocks
+with ceil pools: n_blocks=5, pool_rounding="ceil"), m, d, pre(·) with k = 7, the cosine's ε,
+the chunks and the optimiser follow the authors' released Chainer code (MetaNetFull.py,
+utilsf.py, train_omniglot.py); the paper's contrastive loss_emb for K > 1 shots is not here.  The public entries check their inputs once (``refmeta.checks``).
 """
 
 from dataclasses import asdict, dataclass
 from typing import Optional
 
 import autograd.numpy as anp
-from autograd import grad, value_and_grad
-from autograd.tracer import getval
+from autograd import value_and_grad
 
 from refmeta import checks, contract
 from refmeta.nn import losses, optimizers, trees
-from refmeta.nn.metanet_parts import (base_logits, cosine_attention, example_generator, layer_kind,
-                                      learner_init, meta_init, preprocess, read_memory,
-                                      representation, slow_logits, softmax, task_generator)
+from refmeta.nn.metanet_parts import (base_logits, cosine_attention, example_generator, group_gradients,
+                                      image_sides, layer_kind, learner_init, meta_init, preprocess,
+                                      read_memory, representation, softmax, task_generator)
 
 OUTPUT_LAYERS = ("base.out.w", "rep.out.w")
 
 
 @dataclass(frozen=True)
 class MetaNetConfig:
-    """The sizes and conventions; defaults from the authors' code (MetaNetFull, train_omniglot.py)."""
+    """The sizes and conventions; defaults from the authors' code (MetaNetFull, train_omniglot.py)
+    except the learner's 4 floor-pooled blocks: theirs is n_blocks=5, pool_rounding="ceil"."""
     n_way: int = 5                       # output units of b and u
     in_channels: int = 1                 # C of the images
     hidden: int = 64                     # conv filters F (= the width of fc1)
-    n_blocks: int = 4                    # conv blocks, H and W halve to 1 (authors: 5, pools ceil)
+    n_blocks: int = 4                    # conv blocks, H and W halve to 1 (authors: 5)
+    pool_rounding: str = "floor"         # their 2×2 max-pools' "floor" or "ceil" (authors: ceil)
     fast_init_scale: float = 1.0         # × m's and d's last-layer init (1: Chainer's, the authors')
     preprocess_p: float = 7.0            # p of pre(·) (authors: logAndSign(k=7))
     second_order: bool = False           # differentiate through ∇ (authors: no)
@@ -96,6 +100,7 @@ class MetaNetConfig:
             checks.positive("grad_clip_norm", self.grad_clip_norm)
         checks.boolean("second_order", self.second_order)
         checks.choice("query_reduction", self.query_reduction, ("sum", "mean"))
+        checks.choice("pool_rounding", self.pool_rounding, ("floor", "ceil"))
         checks.choice("representation_loss", self.representation_loss, ("cross_entropy",))
 
     def conventions(self):
@@ -141,16 +146,6 @@ def fast_layers(net, config, with_output):
     return tuple(keep) + ("fc1.w",) + (("out.w",) if with_output else ())
 
 
-def group_gradients(net, names, x, y, second_order):
-    """∇ of the mean cross-entropy of every group, per group: x (G, n, C, H, W), y (G, n)
-    -> {name: (G, ...)}, each group on its own copy of the weights (exact per-group gradients)."""
-    if not second_order:
-        net = {k: getval(v) for k, v in net.items()}
-    copies = {k: anp.broadcast_to(net[k][None], anp.shape(x)[:1] + anp.shape(net[k])) for k in names}
-    total = lambda c: anp.sum(losses.cross_entropy(slow_logits({**net, **c}, x), y, check=False))
-    return grad(total)(copies)
-
-
 def meta_information(params, support_x, support_y, config):
     """The raw loss gradients (3) and (10), {"task": {name: (T, ...)}, "example": {name: (N, ...)}}:
     ∇_t of u's loss on T equal chunks of the support set (in order), ∇_i of b's loss on support
@@ -160,9 +155,10 @@ def meta_information(params, support_x, support_y, config):
     rep, base = trees.subtree(params, "rep"), trees.subtree(params, "base")
     x = anp.reshape(support_x, (chunks, n // chunks) + anp.shape(support_x)[1:])   # (T, N/T, C, H, W)
     y = anp.reshape(support_y, (chunks, n // chunks))
-    return {"task": group_gradients(rep, fast_layers(rep, config, False), x, y, config.second_order),
+    return {"task": group_gradients(rep, fast_layers(rep, config, False), x, y, config.second_order,
+                                    config.pool_rounding),
             "example": group_gradients(base, fast_layers(base, config, True), support_x[:, None],
-                                       support_y[:, None], config.second_order)}
+                                       support_y[:, None], config.second_order, config.pool_rounding)}
 
 
 def task_fast_weights(params, task_gradients, config):
@@ -216,12 +212,12 @@ def _outputs(params, episode, config, meta_info=None):
         meta_info = meta_information(params, episode.support_x, episode.support_y, config)
     q_star = task_fast_weights(params, meta_info["task"], config)
     memory = example_fast_weights(params, meta_info["example"], config)
-    rep, base = trees.subtree(params, "rep"), trees.subtree(params, "base")
-    keys = representation(rep, episode.support_x, q_star)               # (N, F)
-    queries = representation(rep, episode.query_x, q_star)              # (L, F)
+    rep, base, rounding = trees.subtree(params, "rep"), trees.subtree(params, "base"), config.pool_rounding
+    keys = representation(rep, episode.support_x, q_star, rounding)     # (N, F)
+    queries = representation(rep, episode.query_x, q_star, rounding)   # (L, F)
     attention = cosine_attention(keys, queries, config.attention_eps)   # (L, N)
     read = read_memory(memory, softmax(attention))                      # {name: (L, ...)}
-    logits = base_logits(base, episode.query_x[:, None], read)          # (L, 1, n_way)
+    logits = base_logits(base, episode.query_x[:, None], read, rounding)  # (L, 1, n_way)
     return {"meta_info": meta_info, "task_fast_weights": q_star, "memory": memory,
             "support_representations": keys, "query_representations": queries, "attention": attention,
             "read": read, "logits": anp.reshape(logits, (anp.shape(episode.query_x)[0], config.n_way))}
@@ -234,10 +230,11 @@ def _checked(params, episode, config, meta_info=None):
     checks.params(params, shapes)
     episode = checks.episode(episode, n_way=config.n_way, task_axis=False)
     n, *image = anp.shape(episode.support_x)
-    if len(image) != 3 or image[0] != config.in_channels or any(s >> config.n_blocks != 1 for s in image[1:]):
-        raise ValueError(f"images must be (C={config.in_channels}, H, W), H and W in {2 ** config.n_blocks}.."
-                         f"{2 ** (config.n_blocks + 1) - 1} to end at 1×1 after n_blocks={config.n_blocks} "
-                         f"2×2 max-pools; got support_x {(n, *image)}")
+    low, high = image_sides(config.n_blocks, config.pool_rounding)
+    if len(image) != 3 or image[0] != config.in_channels or not all(low <= s <= high for s in image[1:]):
+        raise ValueError(f"images must be (C={config.in_channels}, H, W), H and W in {low}..{high} to end at "
+                         f"1×1 after n_blocks={config.n_blocks} 2×2 max-pools ({config.pool_rounding}); "
+                         f"got support_x {(n, *image)}")
     chunks = min(config.representation_chunks, n)
     if n % chunks:
         raise ValueError(f"representation_chunks={config.representation_chunks} must divide the {n} "

@@ -2,20 +2,19 @@
 for N-way K-shot classification.  Paper: Section 3 (the model), Section 3.1 (the blocks, in
 ``refmeta.nn.snail_blocks``), Section 5.1 and Appendix A (few-shot image classification).
 
-An episode is one sequence of T = N·K + 1 steps (Section 3, Figure 1):
+An N-way K-shot episode is one sequence of T = N·K + 1 steps (Section 3, Figure 1):
 
     s_t = [f(x_t), onehot(y_t)]   t = 1 … N·K     the support set, in the order given   (1)
     s_T = [f(x_q), 0]                             the query: its label slot is zero
 
 f is the embedding.  The stack maps the sequence to one vector h_t per step, causally (h_t
-depends on s_1 … s_t only), then a per-step linear map (the paper's final 1×1 convolution)
-gives logits; the prediction is read at the query step, and the loss is its cross-entropy:
+depends on s_1 … s_t only), then a per-step linear map gives logits; the prediction is read at
+the query step, and the loss is its cross-entropy (several queries of one episode are several
+sequences that share the support steps):
 
     z_t = W_out h_t + b_out,    L = mean over queries and episodes of −log softmax(z_T)[y_q]   (2)
 
-Several queries of one episode become several sequences that share the support steps.
-Training is Adam on (2).  The few-shot stack (Appendix A; the same for Omniglot and
-mini-ImageNet, only f differs):
+The few-shot stack (Section 5.1 leaves it to Appendix A; the public ports below build this):
 
     AttentionBlock(64, 32) → TCBlock(T, 128) → AttentionBlock(256, 128) → TCBlock(T, 128)
     → AttentionBlock(512, 256) → linear to N                                              (3)
@@ -24,36 +23,36 @@ Every block concatenates onto its input, so the channel counts are (L = ⌈log�
 
     C_0 = d + N,  +32,  +128·L,  +128,  +128·L,  +256:   C_final = d + N + 416 + 256·L      (4)
 
-(5-way 1-shot: T = 6, L = 3, C_final = 1253.)  f for Omniglot: four blocks of {3×3 conv, 64
-filters, batch norm, ReLU, 2×2 max-pool} on 28×28 images (``layers.conv4_*``, "maxpool"; the
-output is 64·1·1), then one linear layer to d = 64.
+(5-way: T = 6, L = 3: 1253; T = 26, L = 5: 1765.)  f for Omniglot: four blocks of {3×3 conv, 64
+filters, batch norm, ReLU, 2×2 max-pool} on 28×28 (``layers.conv4_*``), then linear to d = 64.
+
+Training (Section 5.1): Adam on (2), one model per N; each training episode draws K uniformly
+from 1 … 5 (``train_shots`` (1, 2, 3, 4, 5)); the model is tested at K = 1 and K = 5.  The TC
+blocks (depth L, hence params) are built for the longest sequence, T_max = N·max K + 1, and read
+any shorter one unchanged: being causal, the first t outputs of a sequence are those of its
+first t steps alone (zero padding and masked attention add exact zeros).  ``k_shot`` instead
+fixes K (fixed-K training, as the reference case).  An episode's K is read from its support
+size; a K not in the model's is refused.
 
 Symbols
-    N → n_way     K → k_shot     T → sequence_length = N·K + 1     d → embedding_dim
-    f → embed     h_t → the stack's output at step t      W_out, b_out → "out.w", "out.b"
+    N → n_way     K → k_shot, or each of train_shots     T_max → sequence_length = N·max K + 1
+    d → embedding_dim    f → embed    h_t → the stack's output at t    W_out, b_out → "out.*"
 
-Conventions (``SNAILConfig``; its defaults are the paper's Omniglot 5-way 1-shot model, with
-PyTorch's choices where the paper gives none).  (3), the blocks and T = N·K + 1 agree with three
-public ports (sagelywizard/snail, eambutu/snail-pytorch, seujung/SNAIL-gluon), which differ in
-the dilations (``dilation_start`` 1: 2^1 … 2^L, the paper's loop; 0: 2^0 … 2^(L−1)) and in the
-linear layer after the conv blocks (``embedding_linear``); one normalises the attention over
-queries, a bug.  Here the softmax runs over keys, the query's label slot is zero and the support
-steps come in the order given (the demo shuffles them).  Every weight starts U(±1/√fan_in),
-PyTorch's default, as in the ports; ``attention_init_gain`` g multiplies the attention blocks'
-query and key weights, so their logits start g² larger (docs/demo-snail-omniglot.md: why the
-demo uses g = 4).  Batch norm (``bn_eps`` 1e-5, ``bn_momentum`` 0.1, as PyTorch's): ``step``
-trains on the statistics of all the images of the call and tracks them, state.bn ← (1 −
-bn_momentum)·state.bn + bn_momentum·(their mean and unbiased variance); ``loss`` and ``predict``
-use the former (``bn_mode`` "transductive", BatchNorm2d's train mode) or ``bn_state``
-("running", eval mode).  Adam's step size is ``meta_lr`` (1e-3).
-
-``init``, ``init_state``, ``loss``, ``step`` and ``predict`` check their inputs once; ``embed``,
-``make_sequences``, ``apply`` and ``channel_plan`` are the steps above and check nothing.
-Params are a flat dict: "embed.*" (conv4), "block{j}.*" (``snail_blocks`` names), "out.*".
+Conventions (``SNAILConfig``: the paper's Omniglot 5-way model at K = 1 by default, PyTorch's
+choices where the paper gives none).  Three public ports (sagelywizard/snail,
+eambutu/snail-pytorch, seujung/SNAIL-gluon) agree on (3), the blocks and T, and differ in
+``dilation_start`` (1: 2^1 … 2^L, the paper's loop; 0: 2^0 … 2^(L−1)) and ``embedding_linear``;
+one normalises the attention over queries, a bug (here: over keys).  The support steps come in
+the order given (the demo shuffles them).  Weights start U(±1/√fan_in), PyTorch's default;
+``attention_init_gain`` g multiplies the attention blocks' query and key weights.  Batch norm
+(``bn_eps`` 1e-5, ``bn_momentum`` 0.1): ``step`` normalises by the statistics of all the images
+of the call and tracks them, state.bn ← (1 − bn_momentum)·state.bn + bn_momentum·(their mean,
+unbiased variance); ``loss`` and ``predict`` use the former (``bn_mode`` "transductive") or
+``bn_state`` ("running").  ``embed``, ``make_sequences``, ``apply``, ``channel_plan`` check nothing.
 """
 
 from dataclasses import asdict, dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import autograd.numpy as anp
 import numpy as np
@@ -64,17 +63,15 @@ from refmeta import checks, contract
 from refmeta.nn import layers, losses, optimizers, trees
 from refmeta.nn import snail_blocks as blocks
 
-PAPER_BLOCKS = (("attention", 64, 32), ("tc", 128), ("attention", 256, 128), ("tc", 128),
-                ("attention", 512, 256))
-BLOCK_FORMS = {"attention": ("key_size", "value_size"), "tc": ("filters",)}
-
 
 @dataclass(frozen=True)
 class SNAILConfig:
-    """The architecture, its conventions and the training step (the module docstring)."""
+    """The architecture, its conventions and the training step (the module docstring).  Give
+    ``k_shot`` (one K) or ``train_shots`` (Section 5.1: (1, 2, 3, 4, 5)) and the other None."""
     n_way: int = 5
-    k_shot: int = 1
-    blocks: tuple = PAPER_BLOCKS
+    k_shot: Optional[int] = 1
+    train_shots: Optional[tuple] = None
+    blocks: tuple = blocks.PAPER_BLOCKS
     kernel_size: int = 2
     dilation_start: int = 1
     embedding_dim: int = 64
@@ -89,14 +86,15 @@ class SNAILConfig:
     bn_momentum: float = 0.1
 
     def __post_init__(self):
-        for name, minimum in (("n_way", 2), ("k_shot", 1), ("kernel_size", 1),
-                              ("dilation_start", 0), ("embedding_dim", 1), ("embedding_filters", 1),
-                              ("image_channels", 1), ("image_size", 16)):  # 16: four 2×2 pools
+        for name, minimum in (("n_way", 2), ("kernel_size", 1), ("dilation_start", 0),
+                              ("embedding_dim", 1), ("embedding_filters", 1), ("image_channels", 1),
+                              ("image_size", 16)):  # 16: four 2×2 pools
             checks.integer(name, getattr(self, name), minimum=minimum)
-        checks.specs("blocks", self.blocks, BLOCK_FORMS)
+        checks.shots(self.k_shot, self.train_shots)
+        checks.specs("blocks", self.blocks, blocks.BLOCK_FORMS)
         checks.boolean("embedding_linear", self.embedding_linear)
-        checks.positive("bn_eps", self.bn_eps)
-        checks.positive("attention_init_gain", self.attention_init_gain)
+        for name in ("bn_eps", "attention_init_gain"):
+            checks.positive(name, getattr(self, name))
         checks.choice("bn_mode", self.bn_mode, ("transductive", "running"))
         checks.nonnegative("meta_lr", self.meta_lr)
         checks.probability("bn_momentum", self.bn_momentum)
@@ -106,17 +104,24 @@ class SNAILConfig:
                              f"{conv_width} wide; got embedding_dim={self.embedding_dim}")
 
     @property
+    def shots(self):
+        """The Ks an episode may have: (k_shot,) or train_shots."""
+        return (self.k_shot,) if self.train_shots is None else self.train_shots
+
+    @property
     def sequence_length(self):
-        return self.n_way * self.k_shot + 1
+        """T_max = N·max K + 1: the TC blocks are built for it, and read any T ≤ T_max."""
+        return self.n_way * max(self.shots) + 1
 
     def dilations(self):
         return blocks.tc_dilations(self.sequence_length, self.dilation_start)
 
     def conventions(self):
-        """Every field, as a JSON-able dict, with the derived T, dilations and channel plan."""
+        """Every field, as a JSON-able dict, with the Ks, T_max, dilations and channel plan."""
         return {**asdict(self), "blocks": [list(b) for b in self.blocks],
-                "sequence_length": self.sequence_length, "dilations": self.dilations(),
-                "channels": channel_plan(self)}
+                "train_shots": None if self.train_shots is None else list(self.train_shots),
+                "shots": list(self.shots), "sequence_length": self.sequence_length,
+                "dilations": self.dilations(), "channels": channel_plan(self)}
 
 
 class SNAILState(NamedTuple):
@@ -133,34 +138,19 @@ def channel_plan(config):
 
 
 def embed(params, images, config, bn_state=None, return_bn_moments=False):
-    """f: images (..., n, C, H, W) -> (..., n, d), batch norm on the statistics of all the
-    images given (bn_state None) or on bn_state's; return_bn_moments adds the images' moments."""
-    shape = anp.shape(images)
-    flat = anp.reshape(images, (-1,) + shape[-3:])                          # (M, C, H, W)
-    out = layers.conv4_apply(trees.subtree(params, "embed"), flat, variant="maxpool",
-                             bn_mode="transductive" if bn_state is None else "running",
-                             bn_state=bn_state, bn_eps=config.bn_eps,
-                             return_bn_moments=return_bn_moments)
-    features, moments = out if return_bn_moments else (out, None)
-    features = anp.reshape(features, shape[:-3] + (anp.shape(features)[-1],))
-    return (features, moments) if return_bn_moments else features
+    """f (``snail_blocks.embed`` of "embed.*"): images (..., n, C, H, W) -> (..., n, d)."""
+    return blocks.embed(trees.subtree(params, "embed"), images, config.bn_eps, bn_state,
+                        return_bn_moments)
 
 
 def make_sequences(support_z, support_y, query_z, config):
-    """(1): support_z (..., N·K, d), support_y (..., N·K) ints, query_z (..., Q, d)
-    -> (..., Q, T, d + N): one sequence per query, the support steps first."""
-    one_hot = losses.one_hot(getval(support_y), config.n_way, support_z, check=False)
-    support = anp.concatenate([support_z, one_hot], axis=-1)              # (..., N·K, d + N)
-    slot = np.zeros(anp.shape(query_z)[:-1] + (config.n_way,), dtype=getval(query_z).dtype,
-                    like=getval(query_z))
-    query = anp.concatenate([query_z, slot], axis=-1)                      # zero label slot
-    support = anp.broadcast_to(support[..., None, :, :], anp.shape(query_z)[:-1]
-                               + anp.shape(support)[-2:])                  # (..., Q, N·K, d + N)
-    return anp.concatenate([support, query[..., :, None, :]], axis=-2)      # (..., Q, T, d + N)
+    """(1) (``snail_blocks.sequences``): support_z (..., N·K, d), support_y (..., N·K) ints,
+    query_z (..., Q, d) -> (..., Q, T, d + N), T = N·K + 1: one per query, the support first."""
+    return blocks.sequences(support_z, support_y, query_z, config.n_way)
 
 
 def apply(params, sequences, config, return_intermediates=False):
-    """(3), (2): sequences (..., T, d + N) -> logits (..., T, N) at every step; with
+    """(3), (2): sequences (..., T, d + N), T ≤ T_max -> logits (..., T, N) at every step; with
     return_intermediates also {"block{j}": (..., T, C_{j+1}), "block{j}.probs": (..., T, T)}."""
     h, found = blocks.stack(params, sequences, config.blocks, config.dilations(),
                             return_intermediates=True)                  # (..., T, C_final)
@@ -170,13 +160,12 @@ def apply(params, sequences, config, return_intermediates=False):
 
 def _predict(params, episode, config, bn_state=None, return_bn_moments=False):
     """Logits (..., Q, N) at the query step of every query (and the images' BN moments)."""
-    n_support = anp.shape(episode.support_x)[-4]
+    n = anp.shape(episode.support_x)[-4]                                   # N·K
     images = anp.concatenate([episode.support_x, episode.query_x], axis=-4)
     out = embed(params, images, config, bn_state, return_bn_moments)
     z, moments = out if return_bn_moments else (out, None)
-    sequences = make_sequences(z[..., :n_support, :], episode.support_y, z[..., n_support:, :],
-                               config)
-    logits = apply(params, sequences, config)[..., -1, :]                 # (..., Q, N)
+    sequences = make_sequences(z[..., :n, :], episode.support_y, z[..., n:, :], config)
+    logits = apply(params, sequences, config)[..., -1, :]                 # (..., Q, N) at N·K + 1
     return (logits, moments) if return_bn_moments else logits
 
 
@@ -204,7 +193,8 @@ def init(rng, config):
 
 def init_state(params, config):
     """SNAILState: Adam's zero moments, running means 0 and variances 1, on params' device."""
-    _check_params(params, config)
+    checks.instance("config", config, SNAILConfig)
+    checks.params(params, checks.init_shapes(init, config))
     like = getval(params["out.w"])
     bn = {k: np.asarray(v, dtype=like.dtype, like=like)
           for k, v in layers.conv4_bn_state(config.embedding_filters).items()}
@@ -212,8 +202,8 @@ def init_state(params, config):
 
 
 def predict(params, episode, config, *, bn_state=None):
-    """Logits at the query step: support_x (..., N·K, C, H, W), query_x (..., Q, C, H, W) ->
-    (..., Q, N).  bn_state (state.bn) is required with bn_mode "running", refused otherwise."""
+    """Logits at the query step: support_x (..., N·K, C, H, W), K in config.shots, query_x (..., Q,
+    C, H, W) -> (..., Q, N).  bn_state (state.bn): required with bn_mode "running", else refused."""
     episode = _check_inputs(params, episode, config, bn_state)
     return _predict(params, episode, config, bn_state)
 
@@ -243,25 +233,17 @@ def step(params, state, episode, config):
     return contract.Step(params, SNAILState(adam, bn), value)
 
 
-def _check_params(params, config):
-    checks.instance("config", config, SNAILConfig)
-    checks.params(params, checks.init_shapes(init, config))
-
-
 def _check_inputs(params, episode, config, bn_state, state=None):
     """Every check of an entry point that reads an episode; returns it as an Episode."""
-    _check_params(params, config)
-    episode = checks.episode(episode, n_way=config.n_way, k_shot=config.k_shot)
+    checks.instance("config", config, SNAILConfig)
+    checks.params(params, checks.init_shapes(init, config))
+    episode, _ = checks.episode_shots(episode, config.n_way, config.shots)
     image = (config.image_channels, config.image_size, config.image_size)
     checks.example_shape("support_x", episode.support_x, anp.ndim(episode.support_y) - 1, image)
-    if state is not None:
+    bn_shapes = checks.tree_shapes(layers.conv4_bn_state(config.embedding_filters))
+    if state is None:
+        checks.bn_state_for_mode(bn_state, config.bn_mode, bn_shapes)
+    else:                                         # step: the batch's statistics, tracked in state.bn
         checks.adam_state("state.adam", state.adam, checks.tree_shapes(params))
-    elif (bn_state is None) != (config.bn_mode == "transductive"):
-        raise ValueError(f"bn_state (state.bn) is required with bn_mode 'running' and refused "
-                         f"with 'transductive'; got bn_mode {config.bn_mode!r} and bn_state "
-                         f"{'None' if bn_state is None else 'given'}")
-    what, bn_state = ("state.bn", state.bn) if state is not None else ("bn_state", bn_state)
-    if bn_state is not None:
-        shapes = checks.tree_shapes(layers.conv4_bn_state(config.embedding_filters))
-        checks.running_stats(bn_state, shapes, what)
+        checks.running_stats(state.bn, bn_shapes, "state.bn")
     return episode

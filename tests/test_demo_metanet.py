@@ -28,6 +28,8 @@ def test_the_json_records_config_results_and_the_learning_curve(fast_run):
     out, report = fast_run
     saved = json.loads((out / "results.json").read_text())
     assert saved["config"]["metanet"]["preprocess_p"] == 7.0
+    assert saved["config"]["n_blocks"] == saved["config"]["metanet"]["n_blocks"] == 5     # MetaNetFull's
+    assert saved["config"]["pool_rounding"] == saved["config"]["metanet"]["pool_rounding"] == "ceil"
     assert saved["config"]["train_way"] == 20 and saved["config"]["episodes_trained"] == demo.FAST["episodes"]
     assert saved["config"]["training_classes"] == 4 * 194 and saved["config"]["heldout_characters"] == 48
     for setting in ("5-way 1-shot", "20-way 1-shot"):
@@ -51,7 +53,11 @@ def test_a_5_way_model_reports_no_20_way_numbers(tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["--train-way", "1"], "--train-way must be >= 2"),
-    (["--fast-conv-blocks", "7"], "--fast-conv-blocks must be 0..4 or 'all'"),
+    (["--fast-conv-blocks", "7"], r"--fast-conv-blocks must be 0..5 \(--n-blocks\) or 'all'"),
+    (["--n-blocks", "4", "--fast-conv-blocks", "5"], "--fast-conv-blocks must be 0..4"),
+    (["--n-blocks", "5", "--pool-rounding", "floor"], "--n-blocks 5 --pool-rounding floor: the blocks take "
+                                                      "images of side 32..63 to 1×1, not Omniglot's 28"),
+    (["--n-blocks", "4"], r"--n-blocks 4 --pool-rounding ceil: .* side 9..16"),
     (["--test-fraction", "1.5"], "--test-fraction must lie in"),
 ])
 def test_bad_options_are_refused_before_any_work(tmp_path, argv, message):

@@ -13,12 +13,20 @@ from refmeta import snail
 from helpers import omniglot_folder
 from refmeta.data import omniglot
 from refmeta.device import backend
+from refmeta.demos import options
 from refmeta.demos import snail_omniglot as demo
 
 
 
 def parse(argv):
     parser = argparse.ArgumentParser()
+    demo.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def demo_parse(argv):
+    """argv through the demo's own parser, whose errors are options.UsageError."""
+    parser = options.parser("snail-omniglot", demo.__doc__)
     demo.add_arguments(parser)
     return parser.parse_args(argv)
 
@@ -41,23 +49,34 @@ def test_the_json_records_config_seeds_timing_and_every_number(fast_run):
     for key in ("paper", "config", "seeds", "checkpoint", "timing", "machine", "results",
                 "learning_curve", "table"):
         assert key in saved, key
-    assert saved["config"]["snail"]["blocks"] == [["attention", 64, 32], ["tc", 128], ["attention", 256, 128],
-                                                  ["tc", 128], ["attention", 512, 256]]
-    assert saved["config"]["snail"]["attention_init_gain"] == 4.0       # the demo's default
-    assert saved["config"]["characters"] == {"merged": 242, "train_classes_with_rotations": 4 * 169,
-                                             "validation": 25, "test": 48}
-    assert saved["config"]["iterations"] == demo.FAST["iterations"]
-    test = saved["results"]["test"]
-    assert test["n_episodes"] == demo.FAST["test_episodes"] and 0 <= test["accuracy"] <= 100
-    assert math.isfinite(test["ci95"])
+    config = saved["config"]
+    assert config["snail"]["blocks"] == [["attention", 64, 32], ["tc", 128], ["attention", 256, 128],
+                                         ["tc", 128], ["attention", 512, 256]]
+    assert config["snail"]["attention_init_gain"] == 4.0       # the demo's default
+    assert config["train_shots"] == config["snail"]["train_shots"] == [1, 2, 3, 4, 5]   # Section 5.1
+    assert config["snail"]["k_shot"] is None and config["snail"]["sequence_length"] == 26
+    assert config["test_shots"] == [1, 5]
+    assert config["characters"] == {"merged": 242, "train_classes_with_rotations": 4 * 169,
+                                    "validation": 25, "test": 48}
+    assert config["iterations"] == demo.FAST["iterations"]
+    assert set(saved["results"]["test"]) == {"5-way 1-shot", "5-way 5-shot"}   # one model, two Ks
+    for test in saved["results"]["test"].values():
+        assert test["n_episodes"] == demo.FAST["test_episodes"] and 0 <= test["accuracy"] <= 100
+        assert math.isfinite(test["ci95"])
     lake = saved["results"]["lake"]
     assert lake["n_runs"] == len(lake["per_run"]) == demo.FAST["lake_runs"]
     assert lake["error"] == pytest.approx(np.mean(lake["per_run"]))
     assert all(e % 5 == 0 for e in lake["per_run"]) and "knockout" in lake["method"]
     curve = saved["learning_curve"]
-    assert curve["iteration"] == [0, 12] and all(math.isfinite(v) for v in curve["train_loss"][1:])
+    assert curve["iteration"] == [0, demo.FAST["iterations"]]
+    assert all(math.isfinite(v) for v in curve["train_loss"][1:])
+    by_shot = curve["validation_accuracy_by_shot"]
+    assert set(by_shot) == {"1", "5"}
+    np.testing.assert_allclose(curve["validation_accuracy"], np.mean([by_shot["1"], by_shot["5"]], axis=0),
+                               rtol=1e-15)
     assert saved["paper"]["omniglot_accuracy"]["5-way 1-shot"] == 99.07
-    assert "| paper (full background set) | 99.07 |" in report["table"]
+    assert "| paper, 5-way 1-shot (full background set) | 99.07 | |" in report["table"]
+    assert "| paper, 5-way 5-shot (full background set) | 99.78 | |" in report["table"]
 
 
 def test_the_output_folder_holds_only_the_results(fast_run):
@@ -130,6 +149,27 @@ def test_knockout_refuses_candidate_counts_it_cannot_split():
         demo.knockout_scores(None, np.zeros((12, 3)), np.zeros((2, 3)), snail.SNAILConfig())
     with pytest.raises(ValueError, match="got 30"):
         demo.knockout_scores(None, np.zeros((30, 3)), np.zeros((2, 3)), snail.SNAILConfig())
+
+
+def test_each_step_draws_k_uniformly_and_one_k_draws_nothing():
+    rng = np.random.default_rng(3)
+    draws = [demo.draw_shots(rng, (1, 2, 3, 4, 5)) for _ in range(5000)]
+    counts = np.bincount(draws, minlength=6)[1:]
+    assert counts.sum() == 5000 and np.all(np.abs(counts - 1000) < 4 * np.sqrt(800))   # ±4 std
+    state = rng.bit_generator.state
+    assert demo.draw_shots(rng, (3,)) == 3 and rng.bit_generator.state == state
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--train-shots", "2,1"], "--train-shots: expected increasing integers >= 1"),
+    (["--train-shots", "0"], "--train-shots: expected increasing integers >= 1"),
+    (["--train-shots", "1,2", "--test-shots", "5"], "--test-shots 5: the model reads only the Ks of "
+                                                    "--train-shots 1,2"),
+])
+def test_bad_shots_are_refused_before_any_work(tmp_path, argv, message):
+    with pytest.raises(options.UsageError, match=message):
+        demo.run(demo_parse(["--fast", "--data", str(tmp_path), "--out", str(tmp_path / "out")] + argv))
+    assert not (tmp_path / "out").exists()
 
 
 def test_the_step_size_halves_every_lr_halve_every_iterations():

@@ -32,9 +32,10 @@ def naive_conv2d(x, w, b, stride):
     return out
 
 
-def naive_max_pool(x):
-    """x (..., H, W) -> (..., H // 2, W // 2)."""
-    out = np.zeros(x.shape[:-2] + (x.shape[-2] // 2, x.shape[-1] // 2))
+def naive_max_pool(x, ceil=False):
+    """x (..., H, W) -> (..., H // 2, W // 2), or (..., ⌈H/2⌉, ⌈W/2⌉) with windows cut at the edge."""
+    halve = (lambda n: -(-n // 2)) if ceil else (lambda n: n // 2)
+    out = np.zeros(x.shape[:-2] + (halve(x.shape[-2]), halve(x.shape[-1])))
     for p in range(out.shape[-2]):
         for q in range(out.shape[-1]):
             out[..., p, q] = x[..., 2 * p:2 * p + 2, 2 * q:2 * q + 2].max(axis=(-2, -1))
@@ -185,6 +186,57 @@ def test_max_pool_first_and_second_derivatives_match_finite_differences(dev, see
 def test_max_pool_rejects_too_small_input(dev):
     with pytest.raises(ValueError, match=r"H, W ≥ 2; got \(2, 3, 1, 4\)"):
         layers.max_pool_2x2(dev.asarray(np.zeros((2, 3, 1, 4))))
+    with pytest.raises(ValueError, match=r"H, W ≥ 1; got \(2, 3, 0, 4\) \(rounding 'ceil'\)"):
+        layers.max_pool_2x2(dev.asarray(np.zeros((2, 3, 0, 4))), rounding="ceil")
+    with pytest.raises(ValueError, match="rounding must be one of 'floor', 'ceil'; got 'round'"):
+        layers.max_pool_2x2(dev.asarray(np.zeros((2, 3, 4, 4))), rounding="round")
+
+
+def test_ceil_max_pool_by_hand_covers_the_odd_edge_alone(dev):
+    """3×5: the windows of the last row and column hold 2, 2 and 1 entries; the tie 7, 7 in the
+    last column sends the gradient to the first (row-major), as in the whole windows."""
+    x = np.array([[[[1.0, 5.0, 2.0, 0.0, 7.0],
+                    [3.0, 4.0, 6.0, 1.0, 7.0],
+                    [9.0, 0.0, 8.0, 2.0, 3.0]]]])
+    close(dev, layers.max_pool_2x2(dev.asarray(x), rounding="ceil"), [[[[5.0, 6.0, 7.0], [9.0, 8.0, 3.0]]]])
+    close(dev, layers.max_pool_2x2(dev.asarray(x)), [[[[5.0, 6.0]]]])           # floor drops them
+    gradient = grad(lambda v: anp.sum(layers.max_pool_2x2(v, rounding="ceil")))(dev.asarray(x))
+    expected = np.zeros_like(x)
+    for row, col in ((0, 1), (1, 2), (0, 4), (2, 0), (2, 2), (2, 4)):
+        expected[0, 0, row, col] = 1.0
+    close(dev, gradient, expected)
+    one = np.array([[[[-2.5]]]])
+    close(dev, layers.max_pool_2x2(dev.asarray(one), rounding="ceil"), one)    # 1×1 stays itself
+
+
+@given(seed=seeds, leading=st.sampled_from([(1,), (2, 3)]), height=st.integers(1, 7), width=st.integers(1, 7))
+def test_ceil_max_pool_matches_naive_loop_and_floor_on_the_whole_windows(dev, seed, leading, height, width):
+    x = np.random.default_rng(seed).standard_normal(leading + (2, height, width))
+    y = layers.max_pool_2x2(dev.asarray(x), rounding="ceil")
+    assert y.shape == leading + (2, -(-height // 2), -(-width // 2))
+    close(dev, y, naive_max_pool(x, ceil=True))
+    if height >= 2 and width >= 2:                          # the same windows, the same maxima
+        floor = dev.to_host(layers.max_pool_2x2(dev.asarray(x), rounding="floor"))
+        np.testing.assert_array_equal(dev.to_host(y)[..., :height // 2, :width // 2], floor)
+
+
+@given(seed=seeds, height=st.integers(1, 5), width=st.integers(1, 5))
+def test_ceil_max_pool_first_and_second_derivatives_match_finite_differences(dev, seed, height, width):
+    rng = np.random.default_rng(seed)
+    x = dev.asarray(rng.standard_normal((2, 2, height, width)))
+    f = lambda v: anp.sum(anp.sin(layers.max_pool_2x2(v * v, rounding="ceil")))
+    check_first_and_second_order(f, x, rng)
+
+
+def test_ceil_max_pool_and_its_gradient_match_pytorch_ceil_mode():
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(3).standard_normal((2, 3, 7, 5))
+    t = torch.tensor(x, requires_grad=True)
+    y = torch.nn.functional.max_pool2d(t, 2, 2, ceil_mode=True)
+    torch.sin(y).sum().backward()
+    np.testing.assert_array_equal(layers.max_pool_2x2(x, rounding="ceil"), y.detach().numpy())
+    ours = grad(lambda v: anp.sum(anp.sin(layers.max_pool_2x2(v, rounding="ceil"))))(x)
+    np.testing.assert_allclose(ours, t.grad.numpy(), rtol=1e-15, atol=0)       # the same cos(max)
 
 
 # ----- batch norm -----

@@ -10,7 +10,7 @@ from autograd import grad
 from hypothesis import assume, given, strategies as st
 
 from refmeta import contract, metanet
-from refmeta.nn import losses, optimizers, trees
+from refmeta.nn import layers, losses, optimizers, trees
 from refmeta.nn import metanet_parts as parts
 
 from helpers import check_grad_away_from_kinks
@@ -82,8 +82,8 @@ def test_group_gradients_equal_one_gradient_per_example(dev):
     params, episode, config = tiny(dev, rng, n_way=3)
     base = trees.subtree(params, "base")
     names = metanet.fast_layers(base, config, True)
-    grads = metanet.group_gradients(base, names, episode.support_x[:, None], episode.support_y[:, None],
-                                    False)
+    grads = parts.group_gradients(base, names, episode.support_x[:, None], episode.support_y[:, None],
+                                  False)
     for i in range(3):
         def loss_i(weights, i=i):
             logits = parts.base_logits({**base, **weights}, episode.support_x[i:i + 1])
@@ -314,8 +314,10 @@ def test_config_records_every_convention_and_size_as_json():
     config = metanet.MetaNetConfig(n_way=20, hidden=32)
     assert json.loads(json.dumps(config.conventions())) == config.conventions()
     assert config.conventions()["preprocess_p"] == 7.0 and config.conventions()["second_order"] is False
-    assert {k: config.conventions()[k] for k in ("n_way", "in_channels", "hidden", "n_blocks")} == \
-        {"n_way": 20, "in_channels": 1, "hidden": 32, "n_blocks": 4}
+    assert {k: config.conventions()[k] for k in ("n_way", "in_channels", "hidden", "n_blocks",
+                                                 "pool_rounding")} == \
+        {"n_way": 20, "in_channels": 1, "hidden": 32, "n_blocks": 4, "pool_rounding": "floor"}
+    assert metanet.MetaNetConfig(n_blocks=5, pool_rounding="ceil").conventions()["pool_rounding"] == "ceil"
 
 
 def test_init_makes_the_shapes_the_config_names():
@@ -325,6 +327,85 @@ def test_init_makes_the_shapes_the_config_names():
     assert params["base.out.w"].shape == params["rep.out.w"].shape == (5, 7) and "base.conv3.w" not in params
     assert not params["m.conv.l2.w"].any() and not params["d.dense.out.w"].any()   # × fast_init_scale 0
     assert all(v.dtype == np.float64 and isinstance(v, np.ndarray) for v in params.values())
+
+
+# ----- the authors' learner: 5 blocks of ceil-mode pools on 28×28 -----
+def authors(rng, second_order=False, side=28, hidden=2, n_way=2, n_query=2):
+    """A 2-way MetaNetFull at its depth and pooling (28 → 14 → 7 → 4 → 2 → 1), tiny widths."""
+    config = metanet.MetaNetConfig(n_way=n_way, hidden=hidden, n_blocks=5, pool_rounding="ceil",
+                                   representation_chunks=n_way, second_order=second_order)
+    episode = contract.Episode(rng.standard_normal((n_way, 1, side, side)), rng.permutation(n_way),
+                               rng.standard_normal((n_query, 1, side, side)), rng.integers(0, n_way, n_query))
+    return metanet.init(rng, config), episode, config
+
+
+def test_the_authors_five_ceil_blocks_take_28_to_1_and_train(dev):
+    rng = np.random.default_rng(15)
+    params, episode, config = authors(rng)
+    params, episode = dev.tree(params), contract.Episode(*(dev.asarray(a) for a in episode))
+    shapes, h = [], episode.support_x                  # the pools' outputs, block by block
+    for i in range(5):
+        h = layers.max_pool_2x2(layers.relu(layers.conv2d(h, params[f"base.conv{i}.w"])), "ceil")
+        shapes.append(anp.shape(h)[-1])
+    assert shapes == [14, 7, 4, 2, 1]
+    assert outputs(params, episode, config)["logits"].shape == (2, 2)
+    state, first = metanet.init_state(params, config), float(metanet.loss(params, episode, config))
+    result = metanet.step(params, state, episode, config)
+    assert float(result.loss) == pytest.approx(first, rel=1e-13)      # the loss at the params given
+    assert result.state.step == 1 and set(result.params) == set(params)
+    for n_blocks, rounding, sides in ((5, "floor", "32..63"), (4, "ceil", "9..16")):   # 28 fits neither
+        other = dataclasses.replace(config, n_blocks=n_blocks, pool_rounding=rounding)
+        with pytest.raises(ValueError, match=rf"H and W in {sides} to end at 1×1 after n_blocks={n_blocks} "
+                                             rf"2×2 max-pools \({rounding}\); got support_x \(2, 1, 28, 28\)"):
+            metanet.loss(dev.tree(metanet.init(rng, other)), episode, other)
+
+
+@pytest.mark.parametrize("second_order", [False, True])
+@pytest.mark.parametrize("side", [28, 17])
+def test_the_authors_network_gradient_matches_finite_differences(side, second_order):
+    """∇_θ L_train through 5 ceil blocks, first and second order: 28 has one odd edge (7 → 4), 17
+    one at every pool but the last (17 → 9 → 5 → 3 → 2 → 1).  Directions with a ReLU or pool kink
+    within reach of the differences are skipped (about one in five here); at least one is checked."""
+    rng = np.random.default_rng(3)
+    params, episode, config = authors(rng, second_order=second_order, side=side)
+    # first order: the derivative of L_train with the meta information frozen at params
+    frozen = None if second_order else metanet.meta_information(params, episode.support_x,
+                                                                 episode.support_y, config)
+    loss = lambda p: metanet.loss(p, episode, config, meta_info=frozen)
+    first_order = grad(lambda p: metanet.loss(p, episode, config))
+    assert check_grad_away_from_kinks(loss, params, rng, n_directions=2, grad_fn=first_order) >= 1
+
+
+@pytest.mark.parametrize("rounding", ["floor", "ceil"])
+@pytest.mark.parametrize("n_blocks", [1, 2, 3, 5])
+def test_image_sides_are_exactly_the_sides_the_pools_take_to_1(n_blocks, rounding):
+    halve = (lambda s: s // 2) if rounding == "floor" else (lambda s: -(-s // 2))
+
+    def ends_at_one(side):
+        for _ in range(n_blocks):
+            if side < 2:                                   # the last pool must read 2 pixels or more
+                return False
+            side = halve(side)
+        return side == 1
+    low, high = parts.image_sides(n_blocks, rounding)
+    assert [s for s in range(1, 80) if ends_at_one(s)] == list(range(low, high + 1))
+
+
+def test_floor_and_ceil_pools_agree_on_power_of_two_images(dev):
+    """8 → 4 → 2 → 1 has no odd edge: the two roundings run the same arithmetic."""
+    rng = np.random.default_rng(16)
+    config = metanet.MetaNetConfig(n_way=3, hidden=3, n_blocks=3, representation_chunks=3)
+    params = dev.tree(metanet.init(rng, config))
+    episode = contract.Episode(*(dev.asarray(a) for a in (rng.standard_normal((3, 1, 8, 8)), np.arange(3),
+                                                          rng.standard_normal((4, 1, 8, 8)), np.arange(4) % 3)))
+    ceil = dataclasses.replace(config, pool_rounding="ceil")
+    np.testing.assert_array_equal(dev.to_host(metanet.predict(params, episode, config)),
+                                  dev.to_host(metanet.predict(params, episode, ceil)))
+
+
+def test_describe_names_the_pools_rounding():
+    then = lambda rounding: parts.describe(1, 2, 5, 2, (), (), rounding)["layers"][0]["then"]
+    assert then("floor").endswith("odd edge dropped") and "ceil mode" in then("ceil")
 
 
 # ----- bad input -----
@@ -524,7 +605,8 @@ def test_config_refuses_sizes_of_zero_negative_or_not_integer(field, value, erro
         metanet.MetaNetConfig(**{field: value})
 
 
-@pytest.mark.parametrize("field, value", [("query_reduction", "max"), ("representation_loss", "contrastive")])
+@pytest.mark.parametrize("field, value", [("query_reduction", "max"), ("representation_loss", "contrastive"),
+                                          ("pool_rounding", "round")])
 def test_config_refuses_unknown_choice_names(field, value):
     with pytest.raises(ValueError, match=f"{field} must be one of"):
         metanet.MetaNetConfig(**{field: value})

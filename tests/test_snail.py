@@ -132,6 +132,117 @@ def test_the_model_is_causal(dev, seed, n_way, k_shot, data):
     assert_causal(dev, lambda v: snail.apply(params, v, config), x, t, rng)
 
 
+# ----- Section 5.1: one model for every K of train_shots -----
+SHOTS = dataclasses.replace(TINY, k_shot=None, train_shots=(1, 2, 3))      # T_max = 10: L = 4
+
+
+@pytest.mark.parametrize("dilation_start", [0, 1])
+def test_a_prefix_of_a_sequence_gives_the_outputs_of_that_sequence_alone(dev, dilation_start):
+    """Causality makes a shorter sequence (a K < max K episode) an exact prefix: every block's
+    step t does the same arithmetic on fewer steps.  Held to rtol 1e-13, not bits: it is not
+    bit-equal here (a few ulps), as BLAS rounds a product over fewer rows differently."""
+    config = dataclasses.replace(SHOTS, dilation_start=dilation_start)
+    rng = np.random.default_rng(20)
+    params = dev.tree(snail.init(rng, config))
+    x = rng.standard_normal((2, 3, config.sequence_length, 4 + config.n_way))
+    full = dev.to_host(snail.apply(params, dev.asarray(x), config))
+    for steps in range(1, config.sequence_length):
+        alone = snail.apply(params, dev.asarray(x[..., :steps, :]), config)
+        close(dev, alone, full[..., :steps, :], rtol=1e-13, atol=1e-15)
+
+
+def shots_episode(dev, rng, k_shot, n_tasks=2, n_query=2, n_way=3):
+    """A meta-batch of n_way-way k_shot episodes, the support in random order."""
+    support_y = np.stack([rng.permutation(np.repeat(np.arange(n_way), k_shot)) for _ in range(n_tasks)])
+    images = lambda n: dev.asarray(rng.random((n_tasks, n, 1, 16, 16)))
+    return Episode(images(n_way * k_shot), dev.asarray(support_y), images(n_query),
+                   dev.asarray(rng.integers(0, n_way, (n_tasks, n_query))))
+
+
+def test_every_k_of_train_shots_is_read_at_step_nk_plus_1_of_one_model(dev):
+    """A K-shot episode's logits are step N·K + 1 of the T_max-long sequence that continues past
+    the query with any steps at all: predict runs the short sequence, here the long one is read."""
+    rng = np.random.default_rng(21)
+    params = dev.tree(snail.init(rng, SHOTS))
+    for k_shot in SHOTS.shots:
+        episode = shots_episode(dev, rng, k_shot)
+        images = anp.concatenate([episode.support_x, episode.query_x], axis=1)
+        z = dev.to_host(snail.embed(params, images, SHOTS))
+        n = SHOTS.n_way * k_shot
+        sequences = dev.to_host(snail.make_sequences(dev.asarray(z[:, :n]), episode.support_y,
+                                                     dev.asarray(z[:, n:]), SHOTS))   # (2, Q, N·K + 1, 7)
+        junk = rng.standard_normal(sequences.shape[:2] + (SHOTS.sequence_length - n - 1, 7))
+        padded = dev.asarray(np.concatenate([sequences, junk], axis=2))       # (2, Q, T_max, 7)
+        read = dev.to_host(snail.apply(params, padded, SHOTS))[:, :, n]
+        close(dev, snail.predict(params, episode, SHOTS), read, rtol=1e-13, atol=1e-15)
+
+
+def test_loss_step_and_predict_take_episodes_of_every_k_and_one_model_learns_them_all(dev):
+    rng = np.random.default_rng(22)
+    config = dataclasses.replace(SHOTS, meta_lr=1e-2)
+    params = dev.tree(snail.init(rng, config))
+    state = snail.init_state(params, config)
+    episodes = {k: shots_episode(dev, rng, k) for k in config.shots}
+    first = {k: float(snail.loss(params, e, config)) for k, e in episodes.items()}
+    for k, episode in episodes.items():
+        assert snail.predict(params, episode, config).shape == (2, 2, 3)
+        logits = dev.to_host(snail.predict(params, episode, config))
+        log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        labels = dev.to_host(episode.query_y)[..., None]
+        assert first[k] == pytest.approx(-np.take_along_axis(log_probs, labels, -1).mean(), rel=1e-12)
+    for _ in range(20):                                         # K changes from step to step
+        for k, episode in episodes.items():
+            before = float(snail.loss(params, episode, config))
+            params, state, loss = snail.step(params, state, episode, config)
+            assert float(loss) == pytest.approx(before, rel=1e-13)
+    assert state.adam.step == 20 * len(episodes)
+    for k, episode in episodes.items():
+        assert float(snail.loss(params, episode, config)) < 0.25 * first[k], k
+
+
+@pytest.mark.parametrize("k_shot", [1, 2])
+def test_a_short_sequence_through_the_long_models_stack_has_the_right_gradient(dev, k_shot):
+    """Finite differences of the stack (smooth: no kinks) on a K < max K sequence."""
+    rng = np.random.default_rng(23 + k_shot)
+    params = snail.init(rng, SHOTS)
+    stack = dev.tree({k: v for k, v in params.items() if not k.startswith("embed.")})
+    steps = SHOTS.n_way * k_shot + 1
+    x = dev.asarray(rng.standard_normal((2, steps, 4 + SHOTS.n_way)))
+    w = dev.asarray(rng.standard_normal((2, steps, SHOTS.n_way)))
+    gradcheck.check_grad(lambda t: anp.sum(snail.apply(without_x(t), t["x"], SHOTS) * w),
+                         {**stack, "x": x}, rng=rng)
+
+
+def test_a_k_outside_train_shots_is_refused(dev):
+    config = dataclasses.replace(SHOTS, train_shots=(1, 3))
+    rng = np.random.default_rng(24)
+    params = dev.tree(snail.init(rng, config))
+    state = snail.init_state(params, config)
+    message = re.escape("the support set must hold N·K examples, N = 3 and K in (1, 3): 3, 9; got ")
+    for k_shot in (2, 4):
+        episode = shots_episode(dev, rng, k_shot)
+        for entry in (lambda: snail.loss(params, episode, config), lambda: snail.predict(params, episode, config),
+                      lambda: snail.step(params, state, episode, config)):
+            with pytest.raises(ValueError, match=message + str(3 * k_shot)):
+                entry()
+    uneven = shots_episode(dev, rng, 3)._replace(support_y=dev.asarray(np.array([[0, 0, 0, 0, 1, 1, 1, 2, 2]] * 2)))
+    with pytest.raises(ValueError, match=r"a 3-way 3-shot set has each class exactly 3 time\(s\); got counts "
+                                         r"\[4, 3, 2\]"):
+        snail.predict(params, uneven, config)
+
+
+def test_train_shots_size_the_model_for_the_longest_sequence():
+    paper = snail.SNAILConfig(k_shot=None, train_shots=(1, 2, 3, 4, 5))
+    conventions = paper.conventions()
+    assert conventions["train_shots"] == conventions["shots"] == [1, 2, 3, 4, 5]
+    assert conventions["k_shot"] is None and conventions["sequence_length"] == 26
+    assert conventions["dilations"] == [2, 4, 8, 16, 32]                  # L = ⌈log₂ 26⌉ = 5
+    assert conventions["channels"][-1] == 64 + 5 + 416 + 256 * 5           # (4)
+    fixed = snail.SNAILConfig(k_shot=5)                                      # the same model, one K
+    assert snail.init(np.random.default_rng(0), fixed).keys() == snail.init(np.random.default_rng(0), paper).keys()
+    assert fixed.shots == (5,) and snail.SNAILConfig().conventions()["train_shots"] is None
+
+
 # ----- the masked softmax -----
 
 @given(seed=seeds, steps=st.integers(1, 8), scale=st.sampled_from([1.0, 30.0, 1e3]))
@@ -509,7 +620,8 @@ def test_a_support_set_that_is_not_n_way_k_shot_is_refused(dev, good):
     host_x = dev.to_host(episode.support_x)
     four = replaced(dev, episode, support_x=np.concatenate([host_x, host_x[:, :1]], axis=1),
                     support_y=np.array([[0, 1, 2, 0], [2, 1, 0, 1]]))
-    with pytest.raises(ValueError, match="a 3-way 1-shot support set has N·K = 3 examples; got 4"):
+    with pytest.raises(ValueError, match=re.escape("the support set must hold N·K examples, N = 3 and "
+                                                   "K in (1,): 3; got 4")):
         snail.step(params, state, four, TINY)
     twice = replaced(dev, episode, support_y=np.array([[0, 0, 1], [2, 1, 0]]))
     with pytest.raises(ValueError, match=r"each class exactly 1 time\(s\); got counts \[2, 1, 0\]"):
@@ -594,6 +706,9 @@ def test_the_wrong_config_or_rng_kind_is_refused(dev, good):
 @pytest.mark.parametrize("field, value, error, message", [
     ("n_way", 1, ValueError, "n_way must be an integer >= 2; got 1"),
     ("k_shot", 0, ValueError, "k_shot must be an integer >= 1; got 0"),
+    ("k_shot", None, ValueError, "give k_shot .* or train_shots .*, the other None; got k_shot=None "
+                                 "and train_shots=None"),
+    ("train_shots", (1, 5), ValueError, r"got k_shot=1 and train_shots=\(1, 5\)"),
     ("embedding_dim", -4, ValueError, "embedding_dim must be an integer >= 1; got -4"),
     ("embedding_filters", 2.5, TypeError, "embedding_filters must be an integer >= 1; got 2.5"),
     ("kernel_size", 0, ValueError, "kernel_size must be an integer >= 1; got 0"),
@@ -619,6 +734,19 @@ def test_the_wrong_config_or_rng_kind_is_refused(dev, good):
 def test_config_refuses_out_of_range_and_wrongly_typed_fields(field, value, error, message):
     with pytest.raises(error, match=message):
         snail.SNAILConfig(**{field: value})
+
+
+@pytest.mark.parametrize("train_shots, error, message", [
+    ((), ValueError, r"train_shots must hold at least one integer; got \(\)"),
+    ((2, 1), ValueError, r"train_shots must be strictly increasing; got \(2, 1\)"),
+    ((1, 1), ValueError, r"train_shots must be strictly increasing; got \(1, 1\)"),
+    ((0, 1), ValueError, r"train_shots\[0\] must be an integer >= 1; got 0"),
+    ((1, 2.0), TypeError, r"train_shots\[1\] must be an integer >= 1; got 2.0"),
+    ([1, 2], TypeError, "train_shots must be a tuple; got list"),
+])
+def test_config_refuses_train_shots_that_are_not_increasing_positive_integers(train_shots, error, message):
+    with pytest.raises(error, match=message):
+        snail.SNAILConfig(k_shot=None, train_shots=train_shots)
 
 
 def test_config_refuses_an_embedding_width_without_the_linear_layer():

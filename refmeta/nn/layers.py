@@ -10,9 +10,11 @@ kernels (``trees.broadcast_tasks``) to a meta-batch of images, task by task.
                  3×3, zero padding 1 on every side (PyTorch ``padding=1``), stride 1 or 2,
                  H' = (H + 2 − 3) // stride + 1.  TF 'SAME' pads (0, 1) at stride 2 for even
                  H, so a stride-2 TF net sees shifted windows: port weights with care.
-    max_pool_2x2 y = max of each 2×2 window, stride 2, odd edge dropped; the gradient goes to
-                 the first maximum in row-major order (PyTorch's choice; autograd's ``max``
-                 would split ties).
+    max_pool_2x2 y = max of each 2×2 window, stride 2; the gradient goes to the first maximum
+                 in row-major order (PyTorch's choice; autograd's ``max`` would split ties).
+                 rounding "floor" (H' = ⌊H/2⌋, PyTorch's default): an odd last row or column
+                 is dropped; "ceil" (H' = ⌈H/2⌉: Chainer's default cover_all=True, PyTorch's
+                 ceil_mode=True without padding): its windows cover that row or column alone.
     batch_norm   y = γ (x − μ) / √(σ² + ε) + β,  μ, σ² per channel over the example and
                  spatial axes, separately for every leading index; σ² is biased (÷ m).
                  mode "transductive": μ, σ² of the current batch (MAML's code, train and test);
@@ -54,6 +56,7 @@ ACTIVATIONS = ("relu", "tanh")
 BN_MODES = ("transductive", "running")
 BN_AFFINE = ("offset", "scale", "both", "none")
 CONV4_VARIANTS = ("stride", "maxpool")
+POOL_ROUNDINGS = ("floor", "ceil")
 N_BLOCKS = 4
 
 
@@ -153,11 +156,28 @@ def _plus_per_channel(y, p, channel):
     return y + conv.spread_channels(p, np.broadcast_shapes(anp.shape(y), view), channel)
 
 
-def max_pool_2x2(x):
-    """x (..., n, C, H, W) -> (..., n, C, H // 2, W // 2); see the module docstring for ties."""
-    if anp.ndim(x) < 4 or anp.shape(x)[-1] < 2 or anp.shape(x)[-2] < 2:
-        raise ValueError(f"max_pool_2x2 expects x (..., n, C, H, W) with H, W ≥ 2; got {anp.shape(x)}")
+def max_pool_2x2(x, rounding="floor"):
+    """x (..., n, C, H, W) -> (..., n, C, H', W'), H' = ⌊H/2⌋ ("floor") or ⌈H/2⌉ ("ceil");
+    see the module docstring for the odd edge and for ties."""
+    checks.choice("rounding", rounding, POOL_ROUNDINGS)
+    smallest = 2 if rounding == "floor" else 1
+    if anp.ndim(x) < 4 or anp.shape(x)[-1] < smallest or anp.shape(x)[-2] < smallest:
+        raise ValueError(f"max_pool_2x2 expects x (..., n, C, H, W) with H, W ≥ {smallest}; "
+                         f"got {anp.shape(x)} (rounding {rounding!r})")
+    if rounding == "ceil":
+        x = _repeat_odd_edges(x)
     return conv.max_pool(x)
+
+
+def _repeat_odd_edges(x):
+    """x with an odd last row (column) repeated once: the floor pool of the result is the ceil
+    pool of x.  The copy follows its original in row-major window order, so the gradient's first
+    maximum is always the original (the copy's share is zero) and ties resolve as in x."""
+    if anp.shape(x)[-2] % 2:
+        x = anp.concatenate([x, x[..., -1:, :]], axis=-2)
+    if anp.shape(x)[-1] % 2:
+        x = anp.concatenate([x, x[..., :, -1:]], axis=-1)
+    return x
 
 
 # ----- batch norm -----

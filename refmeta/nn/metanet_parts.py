@@ -3,10 +3,15 @@
 Learner network (the base learner b and the representation function u share it; the authors'
 MetaNetFull uses 5 blocks of 64 filters, no biases, no batch norm):
 
-    block ℓ  h ← pool(φ(conv(h, W_ℓ)) + φ(conv(h, W*_ℓ)))      φ = ReLU, pool = 2×2 max
+    block ℓ  h ← pool(φ(conv(h, W_ℓ)) + φ(conv(h, W*_ℓ)))      φ = ReLU, pool = 2×2 max, stride 2
     fc1      h ← φ(h W_fc1) + φ(h W*_fc1)        in b;    r = h W_fc1 + h W*_fc1   in u
     out      logits = h W_out + h W*_out          in b     (linear, like the authors' fc2)
 
+The blocks take an image side s to 1: ``rounding`` "floor" halves s to ⌊s/2⌋ (PyTorch's default
+pool: 28 → 14 → 7 → 3 → 1 in 4 blocks), "ceil" to ⌈s/2⌉ (Chainer's max_pooling_2d, whose
+cover_all=True is its default: the authors' 28 → 14 → 7 → 4 → 2 → 1 in 5 blocks; with floor
+rounding 5 blocks cannot take 28 to 1, 7 → 3 → 1 → 0).  ``image_sides`` gives the sides that
+end at 1×1 with the last pool reading at least 2 pixels.
 A layer without fast weights is just φ(conv(h, W_ℓ)) (resp. h W): with every fast weight zero
 the augmented network *is* the slow-weight network, because φ(0) = 0.  Fast weights may carry
 a leading axis (one set per query, ``(L, ...)``, data ``(L, 1, C, H, W)``); slow weights never do.
@@ -39,8 +44,10 @@ These parts check nothing: ``refmeta.metanet`` validates its inputs at its publi
 
 import autograd.numpy as anp
 import numpy as np
+from autograd import grad
+from autograd.tracer import getval
 
-from refmeta.nn import layers
+from refmeta.nn import layers, losses
 
 KINDS = ("conv", "dense")
 HIDDEN_M = 20   # the authors' m: Linear(2, 20) → ReLU → Linear(20, 20) → ReLU → Linear(20, 1)
@@ -55,8 +62,8 @@ def _normal(rng, fan_in, shape):
 def learner_init(rng, in_channels=1, hidden=64, n_blocks=4, n_out=5):
     """Host params {"conv{i}.w" (F, C, 3, 3), "fc1.w" (F, F), "out.w" (F, n_out)}; no biases.
 
-    The feature vector after ``n_blocks`` 2×2 pools is F·1·1: choose n_blocks so the image
-    side shrinks to 1 (28 → 14 → 7 → 3 → 1 for 4 blocks).
+    The feature vector after ``n_blocks`` 2×2 pools is F·1·1: choose n_blocks and the pools'
+    rounding so that the image side shrinks to 1 (``image_sides``).
     """
     params, channels = {}, in_channels
     for i in range(n_blocks):
@@ -65,6 +72,14 @@ def learner_init(rng, in_channels=1, hidden=64, n_blocks=4, n_out=5):
     params["fc1.w"] = _normal(rng, hidden, (hidden, hidden))
     params["out.w"] = _normal(rng, hidden, (hidden, n_out))
     return params
+
+
+def image_sides(n_blocks, rounding="floor"):
+    """(smallest, largest) image side that ``n_blocks`` 2×2 pools take to 1, the last pool on
+    2 or 3 pixels (floor: 2^n … 2^(n+1) − 1) or on 2 (ceil: 2^(n−1) + 1 … 2^n)."""
+    if rounding == "floor":
+        return 2 ** n_blocks, 2 ** (n_blocks + 1) - 1
+    return 2 ** (n_blocks - 1) + 1, 2 ** n_blocks
 
 
 def layer_kind(name):
@@ -84,8 +99,9 @@ def _conv_layer(h, w):
     return _conv_shared(h, w) if anp.ndim(w) == 4 else layers.conv2d(h, w)
 
 
-def features(params, x, fast=None):
-    """The conv blocks: x (..., n, C, H, W) -> (..., n, F).  ``fast``: {"conv{i}.w": W*} or None."""
+def features(params, x, fast=None, rounding="floor"):
+    """The conv blocks: x (..., n, C, H, W) -> (..., n, F).  ``fast``: {"conv{i}.w": W*} or None;
+    ``rounding``: the pools' ("floor" or "ceil")."""
     fast = fast or {}
     h, i = x, 0
     while f"conv{i}.w" in params:
@@ -93,7 +109,7 @@ def features(params, x, fast=None):
         out = layers.relu(_conv_layer(h, params[name]))
         if name in fast:
             out = out + layers.relu(_conv_layer(h, fast[name]))
-        h = layers.max_pool_2x2(out)
+        h = layers.max_pool_2x2(out, rounding)
         i += 1
     return anp.reshape(h, anp.shape(h)[:-3] + (anp.shape(h)[-3],))
 
@@ -105,20 +121,31 @@ def _dense(h, params, fast, name, nonlinear):
     return out + act(anp.matmul(h, fast[name])) if fast and name in fast else out
 
 
-def base_logits(params, x, fast=None):
+def base_logits(params, x, fast=None, rounding="floor"):
     """b(W, W*, x): logits (..., n, n_out) of the layer-augmented base learner."""
-    h = _dense(features(params, x, fast), params, fast, "fc1.w", nonlinear=True)
+    h = _dense(features(params, x, fast, rounding), params, fast, "fc1.w", nonlinear=True)
     return _dense(h, params, fast, "out.w", nonlinear=False)
 
 
-def representation(params, x, fast=None):
+def representation(params, x, fast=None, rounding="floor"):
     """u(Q, Q*, x): the representation (..., n, F), fc1 taken linearly (the authors' keys)."""
-    return _dense(features(params, x, fast), params, fast, "fc1.w", nonlinear=False)
+    return _dense(features(params, x, fast, rounding), params, fast, "fc1.w", nonlinear=False)
 
 
-def slow_logits(params, x):
+def slow_logits(params, x, rounding="floor"):
     """The slow network φ(f W_fc1) W_out: b(W, x') in (9), and u's head under loss_emb in (2)."""
-    return base_logits(params, x)
+    return base_logits(params, x, None, rounding)
+
+
+def group_gradients(net, names, x, y, second_order, rounding="floor"):
+    """∇ of the mean cross-entropy of the slow network on every group, per group: x (G, n, C, H, W),
+    y (G, n) -> {name: (G, ...)} for the layers ``names``, each group on its own broadcast copy of
+    the weights, so one ``grad`` gives every group's exact gradient; constants unless second_order."""
+    if not second_order:
+        net = {k: getval(v) for k, v in net.items()}
+    copies = {k: anp.broadcast_to(net[k][None], anp.shape(x)[:1] + anp.shape(net[k])) for k in names}
+    total = lambda c: anp.sum(losses.cross_entropy(slow_logits({**net, **c}, x, rounding), y, check=False))
+    return grad(total)(copies)
 
 
 # ----- preprocessing, m and d -----
@@ -196,10 +223,11 @@ def read_memory(memory, weights):
     return out
 
 
-def describe(in_channels, hidden, n_blocks, n_way, base_fast, rep_fast):
+def describe(in_channels, hidden, n_blocks, n_way, base_fast, rep_fast, pool_rounding="floor"):
     """A JSON-able description of θ's networks, complete enough to rebuild them; ``layers``
     names every parameter (base_fast / rep_fast: the augmented layers of b and u)."""
-    layers_ = []
+    layers_, edge = [], {"floor": "odd edge dropped", "ceil": "ceil mode: a window at an odd edge "
+                         "covers its last row or column alone (Chainer cover_all=True)"}[pool_rounding]
     for net, role, fast in (("base", "b, the base learner", base_fast),
                             ("rep", "u, the representation", rep_fast)):
         for i in range(n_blocks):
@@ -208,7 +236,7 @@ def describe(in_channels, hidden, n_blocks, n_way, base_fast, rep_fast):
                             "kernel_size": [3, 3], "stride": 1, "padding": 1, "weight_layout": "OIHW",
                             "operation": "cross-correlation (PyTorch Conv2d, padding=1)",
                             "then": "ReLU (φ(conv(h, W)) + φ(conv(h, W*)) if augmented), then 2×2 "
-                                    "max-pool stride 2, odd edge dropped", "augmented": f"conv{i}.w" in fast})
+                                    f"max-pool stride 2, {edge}", "augmented": f"conv{i}.w" in fast})
         layers_.append({"type": "dense", "role": f"{role}: fc1 on the flattened 1×1 maps",
                         "weight": f"{net}.fc1.w", "bias": None, "shape": [hidden, hidden],
                         "weight_layout": "(in, out): x @ w", "augmented": True})

@@ -43,7 +43,14 @@ loses it for x ≪ 0 (1 + tanh cancels).  SNAIL's reference case was computed wi
 so SNAIL keeps its own.
 
 A stack (``stack``, ``stack_init``, ``stack_channels``) lists its blocks as specs
-("attention", d_k, d_v) or ("tc", D), block j's params named "block{j}.*"; SNAIL's (3) is one.
+("attention", d_k, d_v) or ("tc", D), block j's params named "block{j}.*"; ``PAPER_BLOCKS`` is
+the few-shot stack, ``refmeta.snail``'s (3).  A TC block built for T steps reads any T' ≤ T:
+every block is causal, so the outputs of T' steps are the first T' outputs of any longer
+sequence that starts with them.
+
+The model's input: ``sequences`` lays out an episode as one sequence per query, the support
+steps [z, onehot(y)] then [z_query, 0] (``refmeta.snail``'s (1)); ``embed`` is f, the conv4
+max-pool network (``layers.conv4_apply``) on every image of every leading index at once.
 
 Params are flat dicts; a block's names are relative ("filter.w", "key.b", "dense0.gate.w")
 and a model prefixes them.  Initialisation follows PyTorch's defaults (``uniform_init``):
@@ -59,13 +66,17 @@ import autograd.numpy as anp
 import numpy as np
 from autograd.tracer import getval
 
-from refmeta.nn import trees
+from refmeta.nn import layers, losses, trees
 
-__all__ = ["causal_conv1d", "causal_mask", "causal_softmax", "sigmoid", "dense_block",
+__all__ = ["PAPER_BLOCKS", "BLOCK_FORMS", "causal_conv1d", "causal_mask", "causal_softmax", "sigmoid", "dense_block",
            "tc_dilations", "tc_block", "attention_block", "dense_block_init", "tc_block_init",
            "attention_block_init", "dense_block_channels", "tc_block_channels",
            "attention_block_channels", "stack", "stack_channels", "stack_init", "rows_matmul",
-           "uniform_init"]
+           "uniform_init", "sequences", "embed"]
+
+PAPER_BLOCKS = (("attention", 64, 32), ("tc", 128), ("attention", 256, 128), ("tc", 128),
+                ("attention", 512, 256))          # the few-shot stack (Appendix A), as specs
+BLOCK_FORMS = {"attention": ("key_size", "value_size"), "tc": ("filters",)}   # a spec's sizes
 
 
 def rows_matmul(x, w):
@@ -169,6 +180,35 @@ def stack(params, x, specs, dilations, return_intermediates=False):
             x = tc_block(block, x, dilations)
         found[f"block{j}"] = x
     return (x, found) if return_intermediates else x
+
+
+# ----- the input: embeddings and labels as one sequence per query -----
+def sequences(support_z, support_y, query_z, n_way):
+    """support_z (..., N·K, d), support_y (..., N·K) ints, query_z (..., Q, d) -> (..., Q, N·K + 1,
+    d + N): per query, the support steps [z, onehot(y)] in order, then [z_query, 0]."""
+    one_hot = losses.one_hot(getval(support_y), n_way, support_z, check=False)
+    support = anp.concatenate([support_z, one_hot], axis=-1)              # (..., N·K, d + N)
+    slot = np.zeros(anp.shape(query_z)[:-1] + (n_way,), dtype=getval(query_z).dtype,
+                    like=getval(query_z))
+    query = anp.concatenate([query_z, slot], axis=-1)                      # zero label slot
+    support = anp.broadcast_to(support[..., None, :, :], anp.shape(query_z)[:-1]
+                               + anp.shape(support)[-2:])                  # (..., Q, N·K, d + N)
+    return anp.concatenate([support, query[..., :, None, :]], axis=-2)      # (..., Q, T, d + N)
+
+
+# ----- the embedding f (Appendix A: conv4 max-pool, then a linear layer) -----
+def embed(params, images, bn_eps, bn_state=None, return_bn_moments=False):
+    """f: images (..., n, C, H, W) -> (..., n, d) by ``layers.conv4_apply`` ("maxpool") on the
+    images of every leading index at once: batch norm on the statistics of all of them (bn_state
+    None) or on bn_state's; return_bn_moments adds the images' moments."""
+    shape = anp.shape(images)
+    flat = anp.reshape(images, (-1,) + shape[-3:])                          # (M, C, H, W)
+    out = layers.conv4_apply(params, flat, variant="maxpool",
+                             bn_mode="transductive" if bn_state is None else "running",
+                             bn_state=bn_state, bn_eps=bn_eps, return_bn_moments=return_bn_moments)
+    features, moments = out if return_bn_moments else (out, None)
+    features = anp.reshape(features, shape[:-3] + (anp.shape(features)[-1],))
+    return (features, moments) if return_bn_moments else features
 
 
 # ----- channel counts -----
