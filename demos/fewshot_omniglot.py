@@ -292,8 +292,8 @@ def save_figure(out_dir, name, curve):
                                "Lake's 20 runs: error %")):
         ax.plot(curve["episode"], curve[key], marker=".", label="ours")
         ax.set(title=title, xlabel="training episode")
-    for (name, value), style in zip(list(LAKE.items())[:2], (":", "--")):
-        ax.axhline(value, linestyle=style, color="gray", label=name)
+    for (reference, value), style in zip(list(LAKE.items())[:2], (":", "--")):
+        ax.axhline(value, linestyle=style, color="gray", label=reference)
     ax.legend(fontsize="small")
     fig.suptitle(name)
     fig.tight_layout()
