@@ -15,7 +15,7 @@ and max-pool, so without FCE every cosine lies in [0, 1] and softmax(cos) over n
 gives the right one at most e/(e + n − 1): 12 minutes of training then reach 70-85%, not the
 paper's 98.1% (docs/demo-metric-omniglot.md has every measured run).  The paper's model is
 
-    refmeta demo matching-omniglot --data DIR --no-fce --attention-scale 1 --no-learn-attention-scale
+    refmeta demo matching-omniglot --no-fce --attention-scale 1 --no-learn-attention-scale
 
 and every choice is recorded in the JSON's conventions (the learned s under "learned").
 """

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from refmeta.data import fetch
+
 EXIT_USAGE = 2  # argparse's status for a bad command line
 
 
@@ -63,6 +65,19 @@ probability = _float_type(lambda x: 0 <= x <= 1, "a number in [0, 1]")
 seed = integer_at_least(0)  # numpy.random.default_rng takes no negative seed
 
 
+def increasing_integers(minimum):
+    """An argparse type: comma-separated integers >= minimum in increasing order ("1,2,5"), as
+    a tuple, or a usage error naming what was given."""
+    def parse(text):
+        values = tuple(int(part) for part in text.split(","))
+        if any(v < minimum for v in values) or any(b <= a for a, b in zip(values, values[1:])):
+            raise argparse.ArgumentTypeError(f"expected increasing integers >= {minimum}, "
+                                             f"comma-separated; got {text}")
+        return values
+    parse.__name__ = "integer list"  # argparse: "invalid integer list value: 'x'"
+    return parse
+
+
 # ----- sizes, folders and input errors -----
 def add_size_switches(parser, fast, figures="the learning-curve figure"):
     """--fast (the sizes ``fast``, a run of seconds for the tests) and --no-plots."""
@@ -72,9 +87,12 @@ def add_size_switches(parser, fast, figures="the learning-curve figure"):
 
 
 def add_omniglot_folders(parser, name):
-    """--data (the folder of Omniglot zips), --out (default runs/NAME) and --cache (OUT/cache)."""
+    """--data (the folder of Omniglot zips, default the data home's, which `refmeta data fetch
+    omniglot` fills), --out (default runs/NAME) and --cache (OUT/cache)."""
     add = parser.add_argument
-    add("--data", required=True, help="folder holding images_background_small{1,2}.zip and all_runs.zip")
+    add("--data", default=str(fetch.omniglot_dir()),
+        help="folder holding images_background_small{1,2}.zip and all_runs.zip (default "
+             f"%(default)s, which `{fetch.fetch_command().replace('%', '%%')}` fills)")
     add("--out", default=os.path.join("runs", name), help=f"results folder (default runs/{name})")
     add("--cache", help="cache folder for the decoded zips (default OUT/cache)")
 
@@ -87,9 +105,13 @@ def sizes(args, full, fast):
 
 
 def check_data_folder(folder, names):
-    """UsageError unless ``folder`` is a folder holding every file in ``names``."""
+    """UsageError unless ``folder`` is a folder holding every file in ``names``; for the data
+    home's Omniglot folder (the default --data) the message gives the command that fetches them."""
     folder = Path(folder)
     missing = [name for name in names if not (folder / name).is_file()]
+    if missing and folder == fetch.omniglot_dir():
+        raise UsageError(f"no Omniglot data in {folder} (missing {', '.join(missing)}): "
+                         f"fetch it with `{fetch.fetch_command()}`")
     if missing:
         raise UsageError(f"--data {folder}: expected a folder holding {', '.join(names)}; "
                          f"{'it is not a folder' if not folder.is_dir() else 'missing ' + ', '.join(missing)}")

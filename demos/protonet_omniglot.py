@@ -10,7 +10,7 @@ Default training: 60-way 1-shot episodes with 1 query per class (the paper train
 with 5 queries; in 12 minutes here one query did as well: docs/demo-metric-omniglot.md), Adam
 1e-3, float32, at most 6000 episodes or 12 minutes.  ``--fast`` runs in seconds.
 
-    refmeta demo protonet-omniglot --data OMNIGLOT_DIR
+    refmeta data fetch omniglot && refmeta demo protonet-omniglot
 """
 
 

@@ -12,15 +12,15 @@ or one explicit ``backend.to_host`` of a label array, as CuPy allows; nothing he
 a float array to the host.  Under autograd, the values are read with ``getval``.
 
     choice, boolean, integer, number, positive, nonnegative, probability   scalars and names
-    specs                                                        a tuple of (kind, sizes…) specs
+    specs, increasing_integers, shots                            a tuple of (kind, sizes…) specs, of sizes
     instance, generator                                          a Config, an explicit rng
     finite, float_array, labels, class_counts                    arrays
     indices                                                      integer positions into an axis
     nonnegative_array, example_shape                             arrays: sizes, signs, image shapes
     finite_tree                                                  a dict of finite arrays (gradients)
-    params, tree_shapes, init_shapes                             a params tree against its template
-    running_stats, adam_state                                    running BN statistics, Adam's (step, m, v)
-    episode                                                      an Episode, with the N-way K-shot arithmetic
+    params, tree_shapes, init_shapes, model_shapes               a params tree against its template
+    running_stats, bn_state_for_mode, adam_state                 running BN statistics, Adam's (step, m, v)
+    episode, episode_shots                                       an Episode, with the N-way K-shot arithmetic
 """
 
 import functools
@@ -105,6 +105,29 @@ def specs(name, value, forms):
         for size_name, size in zip(forms[kind], spec[1:]):
             integer(f"{name}[{j}] {size_name}", size, minimum=1)
     return value
+
+
+def increasing_integers(name, value, minimum=None):
+    """A non-empty tuple of integers (each >= minimum), strictly increasing: SNAIL's train_shots."""
+    instance(name, value, tuple)
+    if not value:
+        raise ValueError(f"{name} must hold at least one integer; got ()")
+    for j, item in enumerate(value):
+        integer(f"{name}[{j}]", item, minimum=minimum)
+    if any(later <= earlier for earlier, later in zip(value, value[1:])):
+        raise ValueError(f"{name} must be strictly increasing; got {value}")
+    return value
+
+
+def shots(k_shot, train_shots):
+    """SNAIL's Ks: exactly one of ``k_shot`` (an integer >= 1) and ``train_shots`` (a strictly
+    increasing tuple of them) is given, the other None; returns the tuple of Ks."""
+    if (k_shot is None) == (train_shots is None):
+        raise ValueError(f"give k_shot (one K) or train_shots (several), the other None; got "
+                         f"k_shot={k_shot!r} and train_shots={train_shots!r}")
+    if k_shot is not None:
+        return (integer("k_shot", k_shot, minimum=1),)
+    return increasing_integers("train_shots", train_shots, minimum=1)
 
 
 def instance(name, value, kind):
@@ -251,6 +274,13 @@ def tree_shapes(tree):
 
 
 @functools.lru_cache(maxsize=128)
+def model_shapes(model):
+    """The template of a ``contract.Model``'s params, computed once per model (MAML and Reptile:
+    their configs change step sizes from step to step, their params follow the model alone)."""
+    return tree_shapes(model.init(np.random.default_rng(0)))
+
+
+@functools.lru_cache(maxsize=128)
 def init_shapes(init, config):
     """The template of ``init(rng, config)``'s params, computed once per (init, config)."""
     return tree_shapes(init(np.random.default_rng(0), config))
@@ -264,6 +294,16 @@ def running_stats(tree, expected, what="bn_state"):
         if name.endswith("var"):
             nonnegative_array(f"{what}[{name!r}]", getval(tree)[name])
     return tree
+
+
+def bn_state_for_mode(bn_state, bn_mode, expected, what="bn_state"):
+    """Running statistics given exactly when ``bn_mode`` is "running" (eval mode; "transductive"
+    normalises by the batch's own and refuses them), then checked as ``running_stats``."""
+    if (bn_state is None) != (bn_mode == "transductive"):
+        raise ValueError(f"{what} is required with bn_mode 'running' and refused with "
+                         f"'transductive'; got bn_mode {bn_mode!r} and {what} "
+                         f"{'None' if bn_state is None else 'given'}")
+    return bn_state if bn_state is None else running_stats(bn_state, expected, what)
 
 
 def adam_state(name, state, expected):
@@ -344,6 +384,22 @@ def episode(ep, n_way=None, k_shot=None, task_axis=None):
                              f"examples; got {anp.shape(ep.support_y)[-1]}")
         class_counts("support_y", support_labels, n_way, k_shot)
     return ep
+
+
+def episode_shots(ep, n_way, shots, task_axis=None):
+    """``episode`` for an N-way K-shot support set whose K, read from its size N·K, is one of
+    ``shots`` (each class K times); returns (the Episode, K).  Everything ``episode`` checks
+    comes first; then a support size that is not N·K for a K in ``shots`` is refused."""
+    integer("n_way", n_way, minimum=2)
+    labels_ = getval(ep[1]) if isinstance(ep, tuple) and len(ep) == 4 else None
+    n_support = anp.shape(labels_)[-1] if labels_ is not None and anp.ndim(labels_) >= 1 else 0
+    k_shot = n_support // n_way if n_support % n_way == 0 and n_support // n_way in shots else None
+    ep = episode(ep, n_way, k_shot, task_axis)
+    if k_shot is None:
+        sizes = ", ".join(str(n_way * k) for k in shots)
+        raise ValueError(f"the support set must hold N·K examples, N = {n_way} and K in "
+                         f"{tuple(shots)}: {sizes}; got {n_support}")
+    return ep, k_shot
 
 
 def _range_text(minimum, maximum):

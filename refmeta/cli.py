@@ -6,6 +6,9 @@
     refmeta cases list                list the reference cases
     refmeta cases export DIR [ID ...] write the cases (default: all) into DIR, atomically
     refmeta verify CASE.json THEIRS.npz   compare another implementation's outputs with a case
+                 [--partial] [--json FILE]   (only the outputs given; a JSON report too)
+    refmeta data fetch omniglot [--dir HOME] [--from SOURCE]
+                                      fetch the Omniglot zips, SHA-256 checked (docs/data.md)
 
 Each subcommand is a function ``_add_<name>_command(subparsers)`` that builds its
 parser and sets ``func``, the handler called with the parsed arguments; the
@@ -20,8 +23,12 @@ Errors are one line on stderr, never a traceback:
                                    exit status 2, found before any training
     refmeta cases export: MESSAGE  a case that cannot be written; exit status 1
                                    (130 after Ctrl-C, 143 after SIGTERM; every case left is whole)
-    refmeta verify: MESSAGE        exit status 2 when nothing can be compared, 1 when
-                                   verification fails (``refmeta.cases.verify``)
+    refmeta verify: MESSAGE        exit status 2 when nothing can be compared or the --json
+                                   report cannot be written, 1 when verification fails
+                                   (``refmeta.cases.verify``)
+    refmeta data fetch: MESSAGE    a file that cannot be fetched, checked or written; exit
+                                   status 1 (130 after Ctrl-C, 143 after SIGTERM); no partial
+                                   or unchecked file is left (``refmeta.data.fetch``)
 """
 
 import argparse
@@ -31,6 +38,7 @@ import signal
 import sys
 import threading
 
+from refmeta.data import fetch
 from refmeta.demos import options
 
 # name -> module; `refmeta demo NAME` imports the module only when it runs.
@@ -41,6 +49,9 @@ DEMOS = {
     "matching-omniglot": "refmeta.demos.matching_omniglot",
     "snail-omniglot": "refmeta.demos.snail_omniglot",
     "metanet-omniglot": "refmeta.demos.metanet_omniglot",
+    "reptile-sinusoid": "refmeta.demos.reptile_sinusoid",
+    "maml-omniglot": "refmeta.demos.maml_omniglot",
+    "reptile-omniglot": "refmeta.demos.reptile_omniglot",
 }
 
 EXIT_USAGE = options.EXIT_USAGE  # 2, argparse's status for a bad command line
@@ -64,6 +75,7 @@ def build_parser():
     _add_demo_command(subparsers)
     _add_cases_command(subparsers)
     _add_verify_command(subparsers)
+    _add_data_command(subparsers)
     return parser
 
 
@@ -150,19 +162,64 @@ def _run_cases_export(args):
     return 0
 
 
+def _add_data_command(subparsers):
+    data = subparsers.add_parser(
+        "data", help="fetch the data the demos read (docs/data.md)",
+        description="The data home is --dir, else $REFMETA_DATA, else $XDG_CACHE_HOME/refmeta, "
+                    "else ~/.cache/refmeta; each data set goes in a folder of its own there.")
+    actions = data.add_subparsers(dest="action", metavar="ACTION", required=True)
+    get = actions.add_parser(
+        "fetch", help="download a data set into the data home, each file SHA-256 checked",
+        description="Download each file to a temporary name, check its SHA-256, then rename "
+                    "it; a file already there with the right SHA-256 is not fetched again.")
+    get.add_argument("dataset", choices=("omniglot",), help="omniglot: the three zips into HOME/omniglot")
+    get.add_argument("--dir", metavar="HOME", help=f"the data home (now {fetch.data_home()})")
+    get.add_argument("--from", dest="source", metavar="SOURCE",
+                     help="an http(s):// or file:// URL or a local folder holding the files, in "
+                          f"the repository's layout or side by side (default {fetch.DEFAULT_SOURCE})")
+    get.set_defaults(func=_run_data_fetch)
+
+
+def _run_data_fetch(args):
+    try:
+        fetch.parse_source(args.source)
+    except ValueError as error:
+        raise options.UsageError(str(error)) from None
+    try:
+        with sigterm_raises():
+            folder = fetch.fetch_omniglot(args.dir, args.source)
+    except fetch.FetchError as error:
+        print(f"refmeta data fetch: {error}", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, Terminated) as stop:
+        what = "interrupted" if isinstance(stop, KeyboardInterrupt) else "terminated"
+        print(f"refmeta data fetch: {what}; no partial file was left", file=sys.stderr)
+        return EXIT_INTERRUPTED if isinstance(stop, KeyboardInterrupt) else EXIT_TERMINATED
+    print(f"Omniglot: {len(fetch.OMNIGLOT)} files checked in {folder}")
+    return 0
+
+
 def _add_verify_command(subparsers):
     verify = subparsers.add_parser(
         "verify", help="compare another implementation's outputs with a reference case",
-        description="Exit status: 0 every output within tolerance, 1 verification failed, "
-                    "2 the case or the outputs file could not be read.")
+        description="Each failing output gets its likely cause (a constant factor, transposed "
+                    "axes, the tasks that fail, float32; docs/verify.md). Exit status: 0 every "
+                    "output within tolerance, 1 verification failed, 2 the case or the outputs "
+                    "file could not be read, or the --json report could not be written.")
     verify.add_argument("case", metavar="CASE.json", help="a case written by `refmeta cases export`")
     verify.add_argument("theirs", metavar="THEIRS.npz", help="one array per output name")
-    verify.set_defaults(func=lambda args: _verify_main(args.case, args.theirs))
+    verify.add_argument("--partial", action="store_true",
+                        help="compare only the outputs THEIRS.npz holds; the others are listed as "
+                             "not compared (exit 0 if every one compared passes)")
+    verify.add_argument("--json", metavar="FILE", dest="json_report",
+                        help="also write the report as JSON to FILE, atomically (docs/verify.md)")
+    verify.set_defaults(func=lambda args: _verify_main(args.case, args.theirs, args.partial,
+                                                       args.json_report))
 
 
-def _verify_main(case, theirs):
+def _verify_main(case, theirs, partial=False, json_report=None):
     from refmeta.cases import verify
-    return verify.main(case, theirs)
+    return verify.main(case, theirs, partial=partial, json_path=json_report)
 
 
 def run_demo(name, argv):

@@ -149,7 +149,7 @@ def step(params, state, episode, config):
         ``init_state(params, config)``.
     """
     episode = _check(params, episode, config)
-    checks.adam_state("state", state, checks.init_shapes(init, config))
+    checks.adam_state("state", state, checks.model_shapes(config.model))
     value, grads = value_and_grad(_loss)(params, episode, config)
     new_params, new_state = optimizers.adam_update(params, grads, state, lr=config.meta_lr,
                                                    check=False)
@@ -172,7 +172,7 @@ def predict(params, episode, config, *, steps=None):
 
 def _check_params(params, config):
     checks.instance("config", config, MAMLConfig)
-    return checks.params(params, checks.init_shapes(init, config))
+    return checks.params(params, checks.model_shapes(config.model))
 
 
 def _check(params, episode, config):

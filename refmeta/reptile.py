@@ -164,7 +164,7 @@ def predict(params, episode, config, *, steps=None, batch_indices=None):
 def _check(params, config, episode=None, batch_indices=None, steps=0):
     """The door: config, params against init's template, a meta-batch, the mini-batches."""
     checks.instance("config", config, ReptileConfig)
-    checks.params(params, checks.init_shapes(init, config))
+    checks.params(params, checks.model_shapes(config.model))
     episode = None if episode is None else checks.episode(episode, n_way=config.n_way, task_axis=True)
     if batch_indices is not None:
         n_tasks, n_support = anp.shape(episode.support_x)[:2]

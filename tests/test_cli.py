@@ -151,7 +151,7 @@ def test_a_bad_sinusoid_option_is_one_line(capsys, no_training, argv, message):
     ("metanet-omniglot", ["--hidden", "0"], "argument --hidden: expected an integer >= 1; got 0"),
     ("metanet-omniglot", ["--episodes", "0"], "argument --episodes: expected an integer >= 1; got 0"),
     ("metanet-omniglot", ["--fast-init-scale=-inf"], "argument --fast-init-scale: expected a finite number > 0"),
-    ("metanet-omniglot", ["--fast-conv-blocks", "7"], "--fast-conv-blocks must be 0..4 or 'all'; got '7'"),
+    ("metanet-omniglot", ["--fast-conv-blocks", "7"], "--fast-conv-blocks must be 0..5 (--n-blocks) or 'all'; got '7'"),
 ])
 def test_a_bad_omniglot_option_is_one_line(capsys, no_training, tmp_path, demo, argv, message):
     line = one_line_error(capsys, ["demo", demo, "--data", str(tmp_path / "absent"), "--out",
