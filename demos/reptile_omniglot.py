@@ -54,7 +54,7 @@ PAPER = {"citation": "Nichol, Achiam & Schulman 2018, their Omniglot results (fu
                      "Reptile with transduction, as also quoted in Rajeswaran et al. 2019 (iMAML)",
          "transductive": {"5-way 1-shot": 97.68, "5-way 5-shot": 99.48, "20-way 1-shot": 89.43,
                           "20-way 5-shot": 97.12}}
-FULL = {"iterations": 100000, "max_train_minutes": 8.0, "meta_batch_size": 5, "hidden": 64,
+FULL = {"iterations": 100000, "max_train_minutes": 7.0, "meta_batch_size": 5, "hidden": 64,
         "eval_episodes": 600, "curve_every": 250, "curve_episodes": 20}
 FAST = {"iterations": 8, "max_train_minutes": 1.0, "meta_batch_size": 2, "hidden": 8,
         "eval_episodes": 10, "curve_every": 4, "curve_episodes": 4}

@@ -33,7 +33,7 @@ def encoded():
     return out
 
 
-def test_the_issue_lists_cases_are_registered():
+def test_every_shipped_case_is_registered_with_a_lowercase_id():
     assert set(SHIPPED) <= set(ALL)
     for case_id in ALL:
         assert callable(cases.CASES[case_id])
