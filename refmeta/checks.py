@@ -13,7 +13,7 @@ a float array to the host.  Under autograd, the values are read with ``getval``.
 
     choice, boolean, integer, number, positive, nonnegative, probability   scalars and names
     specs, increasing_integers, shots                            a tuple of (kind, sizes…) specs, of sizes
-    instance, generator                                          a Config, an explicit rng
+    instance, generator, model_with_loss                         a Config, an explicit rng, a Model
     finite, float_array, labels, class_counts                    arrays
     indices                                                      integer positions into an axis
     nonnegative_array, example_shape                             arrays: sizes, signs, image shapes
@@ -135,6 +135,16 @@ def instance(name, value, kind):
     if not isinstance(value, kind):
         raise TypeError(f"{name} must be a {kind.__name__}; got {type(value).__name__}")
     return value
+
+
+def model_with_loss(name, model, algorithm):
+    """A ``contract.Model`` that has a loss (MAML's and Reptile's network; an embedding has none)."""
+    from refmeta.contract import Model
+    instance(name, model, Model)
+    if model.loss is None:
+        raise ValueError(f"{name} {model.name!r} has no loss (an embedding?); {algorithm} needs "
+                         f"{name}.loss(params, x, y, reduction)")
+    return model
 
 
 def generator(rng):

@@ -95,10 +95,7 @@ class MAMLConfig:
     meta_lr: float = 1e-3
 
     def __post_init__(self):
-        checks.instance("model", self.model, contract.Model)
-        if self.model.loss is None:
-            raise ValueError(f"model {self.model.name!r} has no loss (an embedding?); MAML needs "
-                             "model.loss(params, x, y, reduction)")
+        checks.model_with_loss("model", self.model, "MAML")
         if self.n_way is not None:
             checks.integer("n_way", self.n_way, minimum=2)
         for name in ("inner_lr", "meta_lr"):

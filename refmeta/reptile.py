@@ -84,10 +84,7 @@ class ReptileConfig:
     variant: str = "batched"
 
     def __post_init__(self):
-        checks.instance("model", self.model, contract.Model)
-        if self.model.loss is None:
-            raise ValueError(f"model {self.model.name!r} has no loss (an embedding?); Reptile "
-                             "needs model.loss(params, x, y, reduction)")
+        checks.model_with_loss("model", self.model, "Reptile")
         if self.n_way is not None:
             checks.integer("n_way", self.n_way, minimum=2)
         for name in ("inner_lr", "meta_step_size"):

@@ -32,7 +32,7 @@ import autograd.numpy as anp
 import numpy as np
 from autograd.tracer import getval
 
-from refmeta import checks
+from refmeta import checks, contract
 
 REDUCTIONS = ("mean", "sum", "none")
 CLASSIFICATION_REDUCTIONS = REDUCTIONS + ("n_way_times_mean",)
@@ -102,7 +102,7 @@ def _stop_gradient_max(x, axis):
 def model_loss(predict, loss):
     """Bind a model to a loss: (params, x, y, reduction) -> loss(predict(params, x), y, reduction).
 
-    This is the ``loss_fn`` interface that ``refmeta.maml`` and ``refmeta.reptile`` take;
-    with task-batched params and data it returns one loss per task.
+    The ``Model.loss`` that ``contract.supervised`` builds; with task-batched params and data it
+    returns one loss per task.
     """
-    return lambda params, x, y, reduction: loss(predict(params, x), y, reduction)
+    return contract.supervised(None, predict, loss).loss
