@@ -16,8 +16,8 @@ Training, the paper's protocol: one model for every K.  Each step draws K unifor
 ``--train-shots`` (default 1,2,3,4,5; ``--train-shots 1`` is fixed-K training at K = 1, the
 earlier default) and takes ``snail.step``, Adam on the mean query cross-entropy at step N·K + 1,
 on a meta-batch of episodes: each draws N classes (labels 0..N−1 in draw order), shuffles the
-order of its N·K support steps, and gives each of its N·Q queries a sequence of its own (they
-share the support images).  The paper draws K per episode; here the episodes of one step share
+order of its N·K support steps, and reads each of its N·Q queries as its own sequence, the support
+steps then the query (computed once per episode, the queries as branches: ``snail.query_logits``).  The paper draws K per episode; here the episodes of one step share
 their K (one array per step): every episode's K is still uniform, so the objective is the same.
 Batch norm uses the statistics of the meta-batch's images and tracks running statistics
 (momentum 0.1), which validation and test use (``SNAILConfig.bn_mode`` "running").
@@ -75,7 +75,7 @@ def add_arguments(parser):
     add("--test-shots", type=options.increasing_integers(1),
         help="the Ks tested, each one of --train-shots (default: 1 and 5 where trained, else all)")
     add("--n-query", type=positive, default=1,
-        help="training queries per class and episode, each its own sequence (default 1)")
+        help="training queries per class and episode, each read as its own sequence (default 1)")
     add("--test-queries", type=positive, default=5, help="test queries per class (default 5)")
     add("--attention-init-gain", type=options.positive_float, default=4.0,
         help="the attention blocks' query and key weights start this many times PyTorch's "
@@ -263,7 +263,8 @@ def embed_all(params, bn_state, images, config, chunk=200):
 
 def evaluate(params, bn_state, characters, config, rng, n_episodes, n_query, k_shot, chunk=100):
     """Per-episode accuracy (n_episodes,) of N-way k_shot episodes with N·n_query queries, in
-    chunks of ``chunk // k_shot`` episodes (every query's sequence holds the N·K support steps)."""
+    chunks of ``chunk // k_shot`` episodes (each one sequence of N·K + N·n_query steps, the queries
+    as branches)."""
     features = embed_all(params, bn_state, characters.images, config)      # (classes, 20, d)
     as_images = features[:, :, None, :]                  # (classes, 20, H=1, W=d): sampled as images
     accuracies, chunk = [], max(1, chunk // k_shot)
@@ -272,9 +273,9 @@ def evaluate(params, bn_state, characters, config, rng, n_episodes, n_query, k_s
         episode = omniglot.sample_episodes(rng, as_images, count, config.n_way, k_shot,
                                            n_query, dtype=params["out.w"].dtype)
         episode = shuffled_support(rng, episode)
-        sequences = snail.make_sequences(episode.support_x[..., 0, 0, :], episode.support_y,
-                                         episode.query_x[..., 0, 0, :], config)  # (T, NQ, T, d+N)
-        logits = backend.to_host(snail.apply(params, sequences, config)[..., -1, :])
+        logits = backend.to_host(snail.query_logits(params, episode.support_x[..., 0, 0, :],
+                                                    episode.support_y, episode.query_x[..., 0, 0, :],
+                                                    config))               # (episodes, NQ, N)
         correct = np.argmax(logits, axis=-1) == backend.to_host(episode.query_y)
         accuracies.extend(np.mean(correct, axis=-1).tolist())
     return np.array(accuracies)
@@ -312,9 +313,9 @@ def knockout_scores(params, support_z, query_z, config):
 def _probabilities(params, support, labels, query, config):
     """softmax at the query step: support (..., N·K, d), labels (..., N·K), query (..., 1, d)."""
     dtype = params["out.w"].dtype
-    sequences = snail.make_sequences(backend.asarray(support, dtype), backend.asarray(labels, dtype=None),
-                                     backend.asarray(query, dtype), config)
-    logits = backend.to_host(snail.apply(params, sequences, config)[..., 0, -1, :])
+    logits = backend.to_host(snail.query_logits(params, backend.asarray(support, dtype),
+                                                backend.asarray(labels, dtype=None),
+                                                backend.asarray(query, dtype), config)[..., 0, :])
     exps = np.exp(logits - logits.max(-1, keepdims=True))
     return exps / exps.sum(-1, keepdims=True)
 

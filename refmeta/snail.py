@@ -14,6 +14,11 @@ sequences that share the support steps):
 
     z_t = W_out h_t + b_out,    L = mean over queries and episodes of −log softmax(z_T)[y_q]   (2)
 
+Those Q sequences are computed as one: the support steps once, then the Q query steps as
+branches (``query_logits``; ``snail_blocks``, "Branches"), each reading the support steps and
+itself only, so every query's logits are those of its own sequence (tested against
+``make_sequences``), at the cost of N·K + Q steps instead of Q·(N·K + 1).
+
 The few-shot stack (Section 5.1 leaves it to Appendix A; the public ports below build this):
 
     AttentionBlock(64, 32) → TCBlock(T, 128) → AttentionBlock(256, 128) → TCBlock(T, 128)
@@ -48,7 +53,8 @@ the order given (the demo shuffles them).  Weights start U(±1/√fan_in), PyTor
 (``bn_eps`` 1e-5, ``bn_momentum`` 0.1): ``step`` normalises by the statistics of all the images
 of the call and tracks them, state.bn ← (1 − bn_momentum)·state.bn + bn_momentum·(their mean,
 unbiased variance); ``loss`` and ``predict`` use the former (``bn_mode`` "transductive") or
-``bn_state`` ("running").  ``embed``, ``make_sequences``, ``apply``, ``channel_plan`` check nothing.
+``bn_state`` ("running").  ``embed``, ``make_sequences``, ``apply``, ``query_logits``,
+``channel_plan`` check nothing.
 """
 
 from dataclasses import asdict, dataclass
@@ -149,13 +155,23 @@ def make_sequences(support_z, support_y, query_z, config):
     return blocks.sequences(support_z, support_y, query_z, config.n_way)
 
 
-def apply(params, sequences, config, return_intermediates=False):
-    """(3), (2): sequences (..., T, d + N), T ≤ T_max -> logits (..., T, N) at every step; with
-    return_intermediates also {"block{j}": (..., T, C_{j+1}), "block{j}.probs": (..., T, T)}."""
+def apply(params, sequences, config, return_intermediates=False, branches=1):
+    """(3), (2): sequences (..., T, d + N), T ≤ T_max -> logits (..., T, N) at every step, the
+    last ``branches`` steps read as branches (``snail_blocks``); with return_intermediates also
+    {"block{j}": (..., T, C_{j+1}), "block{j}.probs": (..., T, T)}."""
     h, found = blocks.stack(params, sequences, config.blocks, config.dilations(),
-                            return_intermediates=True)                  # (..., T, C_final)
+                            return_intermediates=True, branches=branches)  # (..., T, C_final)
     logits = blocks.rows_matmul(h, params["out.w"]) + params["out.b"]
     return (logits, found) if return_intermediates else logits
+
+
+def query_logits(params, support_z, support_y, query_z, config):
+    """(1)–(3) at every query step: support_z (..., N·K, d), support_y (..., N·K), query_z (..., Q,
+    d) -> (..., Q, N), the Q queries as branches of one sequence (the same numbers as one
+    sequence per query, ``make_sequences``, in one pass over N·K + Q steps)."""
+    sequence = blocks.branched_sequence(support_z, support_y, query_z, config.n_way)
+    n_query = anp.shape(query_z)[-2]
+    return apply(params, sequence, config, branches=n_query)[..., -n_query:, :]
 
 
 def _predict(params, episode, config, bn_state=None, return_bn_moments=False):
@@ -164,8 +180,7 @@ def _predict(params, episode, config, bn_state=None, return_bn_moments=False):
     images = anp.concatenate([episode.support_x, episode.query_x], axis=-4)
     out = embed(params, images, config, bn_state, return_bn_moments)
     z, moments = out if return_bn_moments else (out, None)
-    sequences = make_sequences(z[..., :n, :], episode.support_y, z[..., n:, :], config)
-    logits = apply(params, sequences, config)[..., -1, :]                 # (..., Q, N) at N·K + 1
+    logits = query_logits(params, z[..., :n, :], episode.support_y, z[..., n:, :], config)
     return (logits, moments) if return_bn_moments else logits
 
 

@@ -151,6 +151,83 @@ def test_a_prefix_of_a_sequence_gives_the_outputs_of_that_sequence_alone(dev, di
         close(dev, alone, full[..., :steps, :], rtol=1e-13, atol=1e-15)
 
 
+# ----- branches: an episode's queries as the last steps of one sequence -----
+
+def test_the_branched_mask_by_hand():
+    """Two branches after three shared steps: each reads the shared steps and itself only."""
+    expected = np.array([[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0],
+                         [1, 1, 1, 1, 0], [1, 1, 1, 0, 1]], dtype=bool)
+    np.testing.assert_array_equal(blocks.causal_mask(5, np.zeros(1), branches=2), expected)
+    np.testing.assert_array_equal(blocks.causal_mask(5, np.zeros(1)), np.tril(np.ones((5, 5), bool)))
+
+
+def shared_and_alone(rng, prefix, branches, channels=4):
+    """x (2, P + Q, C) and the Q sequences it stands for, (2, Q, P + 1, C): the shared steps, then
+    branch i alone."""
+    shared = rng.standard_normal((2, prefix + branches, channels))
+    alone = np.stack([np.concatenate([shared[:, :prefix], shared[:, prefix + i:prefix + i + 1]], 1)
+                      for i in range(branches)], axis=1)
+    return shared, alone
+
+
+@given(seed=seeds, prefix=st.integers(0, 7), branches=st.integers(1, 4), kernel_size=st.integers(1, 3),
+       dilation_start=st.integers(0, 2))
+def test_each_branch_computes_what_its_own_sequence_computes(dev, seed, prefix, branches, kernel_size,
+                                                             dilation_start):
+    """Every block's output and attention read: the shared steps are those of every sequence alone,
+    branch i is step P of sequence i, and no branch reads another (its weight there is exactly 0).
+    rtol 1e-13, not bits: BLAS rounds products over a different number of rows differently."""
+    rng = np.random.default_rng(seed)
+    specs, length = (("attention", 3, 2), ("tc", 2), ("attention", 2, 3)), max(prefix + 1, 2)
+    dilations = blocks.tc_dilations(length, dilation_start)
+    params = dev.tree(blocks.stack_init(rng, 4, specs, length, kernel_size, query_key_gain=3.0))
+    shared, alone = shared_and_alone(rng, prefix, branches)
+    _, by_branch = blocks.stack(params, dev.asarray(shared), specs, dilations, True, branches=branches)
+    _, by_sequence = blocks.stack(params, dev.asarray(alone), specs, dilations, True)
+    for name, value in by_branch.items():
+        each = dev.to_host(by_sequence[name])                             # (2, Q, P + 1, …)
+        if name.endswith(".probs"):                                        # (2, P + Q, P + Q)
+            close(dev, value[:, :prefix, :prefix], each[:, 0, :prefix, :prefix], rtol=1e-13, atol=1e-15)
+            reads = dev.to_host(value)[:, prefix:]                         # (2, Q, P + Q)
+            np.testing.assert_allclose(reads[..., :prefix], each[:, :, -1, :prefix], rtol=1e-13, atol=1e-15)
+            np.testing.assert_allclose(np.diagonal(reads[..., prefix:], axis1=1, axis2=2), each[:, :, -1, -1],
+                                       rtol=1e-13)
+            assert np.all(reads[..., prefix:][:, ~np.eye(branches, dtype=bool)] == 0.0)
+            continue
+        for i in range(branches):
+            close(dev, value[:, :prefix], each[:, i, :prefix], rtol=1e-13, atol=1e-15)
+        close(dev, value[:, prefix:], each[:, :, -1], rtol=1e-13, atol=1e-15)
+
+
+def test_the_branch_comparison_fails_when_the_queries_read_each_other(dev):
+    """The test above can fail: read as one ordinary causal sequence (branches = 1), the second
+    and third queries see the ones before them, and their outputs move far from their own."""
+    rng = np.random.default_rng(3)
+    specs = (("attention", 3, 2), ("tc", 2), ("attention", 2, 3))
+    params = dev.tree(blocks.stack_init(rng, 4, specs, 5, query_key_gain=3.0))
+    shared, alone = shared_and_alone(rng, prefix=4, branches=3)
+    leaked = dev.to_host(blocks.stack(params, dev.asarray(shared), specs, [2, 4, 8]))[:, 4:]
+    own = dev.to_host(blocks.stack(params, dev.asarray(alone), specs, [2, 4, 8]))[:, :, -1]
+    np.testing.assert_allclose(leaked[:, 0], own[:, 0], rtol=1e-13)      # the first reads no query
+    assert np.max(np.abs(leaked[:, 1:] - own[:, 1:])) > 1e-3
+
+
+@pytest.mark.parametrize("k_shot", SHOTS.train_shots)
+def test_query_logits_equal_one_sequence_per_query(dev, k_shot):
+    """``query_logits`` (branches, what loss, step and predict use) against ``make_sequences`` +
+    ``apply`` (the paper's one sequence per query), for every K of one model."""
+    rng = np.random.default_rng(30 + k_shot)
+    params = dev.tree(snail.init(rng, SHOTS))
+    support_z = dev.asarray(rng.standard_normal((2, SHOTS.n_way * k_shot, 4)))
+    support_y = dev.asarray(np.stack([rng.permutation(np.repeat(np.arange(SHOTS.n_way), k_shot))
+                                      for _ in range(2)]))
+    query_z = dev.asarray(rng.standard_normal((2, 5, 4)))
+    sequences = snail.make_sequences(support_z, support_y, query_z, SHOTS)  # (2, 5, T, d + N)
+    expected = dev.to_host(snail.apply(params, sequences, SHOTS))[..., -1, :]
+    close(dev, snail.query_logits(params, support_z, support_y, query_z, SHOTS), expected,
+          rtol=1e-13, atol=1e-15)
+
+
 def shots_episode(dev, rng, k_shot, n_tasks=2, n_query=2, n_way=3):
     """A meta-batch of n_way-way k_shot episodes, the support in random order."""
     support_y = np.stack([rng.permutation(np.repeat(np.arange(n_way), k_shot)) for _ in range(n_tasks)])
@@ -377,17 +454,17 @@ def test_paper_stack_channels(n_way, k_shot, levels):
 
 # ----- finite differences -----
 
-@given(seed=seeds, dilation=st.integers(1, 5), kernel_size=st.integers(1, 3))
-def test_block_gradients_match_finite_differences(dev, seed, dilation, kernel_size):
+@given(seed=seeds, dilation=st.integers(1, 5), kernel_size=st.integers(1, 3), branches=st.integers(1, 3))
+def test_block_gradients_match_finite_differences(dev, seed, dilation, kernel_size, branches):
     rng = np.random.default_rng(seed)
     x = dev.asarray(rng.standard_normal((2, 5, 3)))
     dense = dev.tree(blocks.dense_block_init(rng, 3, 2, kernel_size))
     tc = dev.tree(blocks.tc_block_init(rng, 3, 5, 2, kernel_size))
     attention = dev.tree(host_tree(blocks.attention_block_init(rng, 3, 2, 2), scale=2.0))
     weights = lambda c: dev.asarray(rng.standard_normal((2, 5, c)))
-    checks = [(lambda p, v: blocks.dense_block(p, v, dilation), dense, 5),
-              (lambda p, v: blocks.tc_block(p, v, [2, 4, 8]), tc, 9),
-              (lambda p, v: blocks.attention_block(p, v), attention, 5)]
+    checks = [(lambda p, v: blocks.dense_block(p, v, dilation, branches), dense, 5),
+              (lambda p, v: blocks.tc_block(p, v, [2, 4, 8], branches), tc, 9),
+              (lambda p, v: blocks.attention_block(p, v, branches=branches), attention, 5)]
     for block, params, channels in checks:
         w = weights(channels)
         f = lambda tree: anp.sum(block(without_x(tree), tree["x"]) * w)

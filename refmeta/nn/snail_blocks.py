@@ -48,9 +48,18 @@ the few-shot stack, ``refmeta.snail``'s (3).  A TC block built for T steps reads
 every block is causal, so the outputs of T' steps are the first T' outputs of any longer
 sequence that starts with them.
 
+Branches.  Q sequences that share their first P steps (an episode's support set, one sequence
+per query) need not repeat them: lay them out as one sequence of P + Q steps, the shared steps
+then the Q last steps, and give every block ``branches`` = Q.  Each of the last Q steps then
+stands at time P: a causal convolution's tap x_{t − lag} reads x_{P − lag} (lag > 0) or the step
+itself, and the attention row reads the P shared steps and itself, never another branch.  Step
+P + i computes exactly what step P of sequence i computes alone, in one pass over P + Q steps
+instead of Q·(P + 1).  ``branches`` = 1 (the default) is the ordinary causal sequence.
+
 The model's input: ``sequences`` lays out an episode as one sequence per query, the support
-steps [z, onehot(y)] then [z_query, 0] (``refmeta.snail``'s (1)); ``embed`` is f, the conv4
-max-pool network (``layers.conv4_apply``) on every image of every leading index at once.
+steps [z, onehot(y)] then [z_query, 0] (``refmeta.snail``'s (1)), and ``branched_sequence`` as
+one sequence with the Q query steps as branches; ``embed`` is f, the conv4 max-pool network
+(``layers.conv4_apply``) on every image of every leading index at once.
 
 Params are flat dicts; a block's names are relative ("filter.w", "key.b", "dense0.gate.w")
 and a model prefixes them.  Initialisation follows PyTorch's defaults (``uniform_init``):
@@ -72,7 +81,7 @@ __all__ = ["PAPER_BLOCKS", "BLOCK_FORMS", "causal_conv1d", "causal_mask", "causa
            "tc_dilations", "tc_block", "attention_block", "dense_block_init", "tc_block_init",
            "attention_block_init", "dense_block_channels", "tc_block_channels",
            "attention_block_channels", "stack", "stack_channels", "stack_init", "rows_matmul",
-           "uniform_init", "sequences", "embed"]
+           "uniform_init", "sequences", "branched_sequence", "embed"]
 
 PAPER_BLOCKS = (("attention", 64, 32), ("tc", 128), ("attention", 256, 128), ("tc", 128),
                 ("attention", 512, 256))          # the few-shot stack (Appendix A), as specs
@@ -87,19 +96,26 @@ def rows_matmul(x, w):
     return anp.reshape(flat, anp.shape(x)[:-1] + (anp.shape(w)[-1],))
 
 
-def _shift(x, lag):
-    """x_{t − lag} along the time axis −2, zeros before the first step: (..., T, C)."""
-    steps = anp.shape(x)[-2]
-    lag = min(lag, steps)
+def _shift(x, lag, branches=1):
+    """x_{t − lag} along the time axis −2, zeros before the first step: (..., T, C).  The last
+    ``branches`` steps all stand at time P = T − branches (see "Branches" above) and read x_{P − lag}."""
     if lag == 0:
         return x
-    return anp.concatenate([anp.zeros_like(x[..., :lag, :]), x[..., :steps - lag, :]], axis=-2)
+    prefix = anp.shape(x)[-2] - branches                                   # P
+    head = anp.concatenate([anp.zeros_like(x[..., :min(lag, prefix), :]),
+                            x[..., :max(prefix - lag, 0), :]], axis=-2)     # steps t < P: x_{t − lag}
+    if lag > prefix:
+        tail = anp.zeros_like(x[..., prefix:, :])                          # before the first step
+    else:
+        row = x[..., prefix - lag:prefix - lag + 1, :]                     # x_{P − lag}, shared
+        tail = anp.broadcast_to(row, anp.shape(row)[:-2] + (branches, anp.shape(x)[-1]))
+    return anp.concatenate([head, tail], axis=-2)
 
 
-def causal_conv1d(x, w, b, dilation):
+def causal_conv1d(x, w, b, dilation, branches=1):
     """(1): x (..., T, C_in), w (..., k, C_in, C_out), b (..., C_out) -> (..., T, C_out)."""
     kernel_size, c_in, c_out = anp.shape(w)[-3:]
-    taps = [_shift(x, (kernel_size - 1 - j) * dilation) for j in range(kernel_size)]
+    taps = [_shift(x, (kernel_size - 1 - j) * dilation, branches) for j in range(kernel_size)]
     stacked = taps[0] if kernel_size == 1 else anp.concatenate(taps, axis=-1)  # (..., T, k·C_in)
     kernel = anp.reshape(w, anp.shape(w)[:-3] + (kernel_size * c_in, c_out))   # rows (j, c)
     return rows_matmul(stacked, kernel) + b[..., None, :]
@@ -112,12 +128,12 @@ def sigmoid(x):
     return low / (low + anp.exp(-anp.maximum(x, 0.0)))
 
 
-def dense_block(params, x, dilation):
+def dense_block(params, x, dilation, branches=1):
     """(2): params {"filter.w", "filter.b", "gate.w", "gate.b"}; x (..., T, C) -> (..., T, C + D)."""
     filters = anp.shape(params["filter.w"])[-1]
     w = anp.concatenate([params["filter.w"], params["gate.w"]], axis=-1)   # one product for both
     b = anp.concatenate([params["filter.b"], params["gate.b"]], axis=-1)
-    both = causal_conv1d(x, w, b, dilation)                                  # (..., T, 2D)
+    both = causal_conv1d(x, w, b, dilation, branches)                                # (..., T, 2D)
     activations = anp.tanh(both[..., :filters]) * sigmoid(both[..., filters:])
     return anp.concatenate([x, activations], axis=-1)
 
@@ -128,32 +144,34 @@ def tc_dilations(sequence_length, dilation_start=1):
     return [2 ** i for i in range(dilation_start, dilation_start + n_blocks)]
 
 
-def tc_block(params, x, dilations):
+def tc_block(params, x, dilations, branches=1):
     """(3): DenseBlock "dense{i}.*" with dilation dilations[i], in order."""
     for i, dilation in enumerate(dilations):
-        x = dense_block(trees.subtree(params, f"dense{i}"), x, dilation)
+        x = dense_block(trees.subtree(params, f"dense{i}"), x, dilation, branches)
     return x
 
 
-def causal_mask(steps, like):
-    """(T, T) bool on ``like``'s device: True where key s ≤ query t."""
+def causal_mask(steps, like, branches=1):
+    """(T, T) bool on ``like``'s device: True where query t may read key s, i.e. s ≤ t, and for
+    the last ``branches`` steps (those at time P = T − branches) s < P or s = t."""
     index = np.arange(steps, like=getval(like))
-    return index[:, None] >= index[None, :]
+    shared = index[None, :] < steps - branches                             # keys before P
+    return (index[:, None] >= index[None, :]) & (shared | (index[:, None] == index[None, :]))
 
 
-def causal_softmax(logits):
-    """(4): softmax over the last axis (keys) of logits (..., T, T), keys s > t exactly 0."""
-    mask = causal_mask(anp.shape(logits)[-1], logits)
+def causal_softmax(logits, branches=1):
+    """(4): softmax over the last axis (keys) of logits (..., T, T), masked keys exactly 0."""
+    mask = causal_mask(anp.shape(logits)[-1], logits, branches)
     raw = getval(logits)
     shift = anp.max(anp.where(mask, raw, -np.inf), axis=-1, keepdims=True)  # a constant: cancels
     exps = anp.exp(anp.where(mask, logits - shift, 0.0)) * mask.astype(raw.dtype)
     return exps / anp.sum(exps, axis=-1, keepdims=True)
 
 
-def attention_block(params, x, return_probs=False):
+def attention_block(params, x, return_probs=False, branches=1):
     """(4): params {"key.*", "query.*", "value.*"}; x (..., T, C) -> (..., T, C + V).
 
-    With return_probs, also P (..., T, T): row t is the read's weights over steps s ≤ t.
+    With return_probs, also P (..., T, T): row t is the read's weights over the steps it may read.
     """
     key_size = anp.shape(params["key.w"])[-1]
     w = anp.concatenate([params["query.w"], params["key.w"], params["value.w"]], axis=-1)
@@ -162,38 +180,51 @@ def attention_block(params, x, return_probs=False):
     queries, keys = projected[..., :key_size], projected[..., key_size:2 * key_size]
     values = projected[..., 2 * key_size:]
     logits = anp.matmul(queries, anp.swapaxes(keys, -1, -2)) / math.sqrt(key_size)  # (..., T, T)
-    probs = causal_softmax(logits)
+    probs = causal_softmax(logits, branches)
     out = anp.concatenate([x, anp.matmul(probs, values)], axis=-1)
     return (out, probs) if return_probs else out
 
 
-def stack(params, x, specs, dilations, return_intermediates=False):
+def stack(params, x, specs, dilations, return_intermediates=False, branches=1):
     """The blocks of ``specs`` in order, block j with params "block{j}.*": x (..., T, C_0) ->
-    (..., T, C_final).  With return_intermediates, also {"block{j}.probs": P of an attention
-    block, "block{j}": every block's output}."""
+    (..., T, C_final), the last ``branches`` steps read as branches.  With return_intermediates,
+    also {"block{j}.probs": P of an attention block, "block{j}": every block's output}."""
     found = {}
     for j, spec in enumerate(specs):
         block = trees.subtree(params, f"block{j}")
         if spec[0] == "attention":
-            x, found[f"block{j}.probs"] = attention_block(block, x, return_probs=True)
+            x, found[f"block{j}.probs"] = attention_block(block, x, return_probs=True,
+                                                          branches=branches)
         else:
-            x = tc_block(block, x, dilations)
+            x = tc_block(block, x, dilations, branches)
         found[f"block{j}"] = x
     return (x, found) if return_intermediates else x
 
 
-# ----- the input: embeddings and labels as one sequence per query -----
+# ----- the input: embeddings and labels, one sequence per query or one per episode -----
+def _steps(support_z, support_y, query_z, n_way):
+    """[z, onehot(y)] (..., N·K, d + N) and [z_query, 0] (..., Q, d + N)."""
+    one_hot = losses.one_hot(getval(support_y), n_way, support_z, check=False)
+    support = anp.concatenate([support_z, one_hot], axis=-1)
+    slot = np.zeros(anp.shape(query_z)[:-1] + (n_way,), dtype=getval(query_z).dtype,
+                    like=getval(query_z))
+    return support, anp.concatenate([query_z, slot], axis=-1)              # zero label slot
+
+
 def sequences(support_z, support_y, query_z, n_way):
     """support_z (..., N·K, d), support_y (..., N·K) ints, query_z (..., Q, d) -> (..., Q, N·K + 1,
     d + N): per query, the support steps [z, onehot(y)] in order, then [z_query, 0]."""
-    one_hot = losses.one_hot(getval(support_y), n_way, support_z, check=False)
-    support = anp.concatenate([support_z, one_hot], axis=-1)              # (..., N·K, d + N)
-    slot = np.zeros(anp.shape(query_z)[:-1] + (n_way,), dtype=getval(query_z).dtype,
-                    like=getval(query_z))
-    query = anp.concatenate([query_z, slot], axis=-1)                      # zero label slot
+    support, query = _steps(support_z, support_y, query_z, n_way)
     support = anp.broadcast_to(support[..., None, :, :], anp.shape(query_z)[:-1]
                                + anp.shape(support)[-2:])                  # (..., Q, N·K, d + N)
     return anp.concatenate([support, query[..., :, None, :]], axis=-2)      # (..., Q, T, d + N)
+
+
+def branched_sequence(support_z, support_y, query_z, n_way):
+    """The same episode as one sequence read with ``branches`` = Q: (..., N·K + Q, d + N), the
+    support steps once, then the Q query steps [z_query, 0]."""
+    support, query = _steps(support_z, support_y, query_z, n_way)
+    return anp.concatenate([support, query], axis=-2)
 
 
 # ----- the embedding f (Appendix A: conv4 max-pool, then a linear layer) -----
