@@ -263,9 +263,7 @@ def run(model, args):
     print(report["table"])
     if not args.no_plots:
         report["figure"] = save_figure(args.out, model.name, curve)
-    report["timing"]["total_seconds"] = time.perf_counter() - start
-    files.write_json_atomically(os.path.join(args.out, "results.json"), report)
-    print(f"wrote {os.path.join(args.out, 'results.json')} ({report['timing']['total_seconds']:.0f} s in all)")
+    files.save_results(args.out, report, start)
     return report
 
 

@@ -3,6 +3,7 @@
 import json
 import os
 import tempfile
+import time
 
 import numpy as np
 
@@ -27,6 +28,15 @@ def replace_atomically(path, mode, write):
 def write_json_atomically(path, report):
     """``report`` as indented JSON, NaN and ±inf written as null."""
     replace_atomically(path, "w", lambda f: json.dump(jsonable(report), f, indent=1, allow_nan=False))
+
+
+def save_results(out_dir, report, start):
+    """Record the seconds since ``start`` (a ``time.perf_counter()``) as
+    report["timing"]["total_seconds"], write out_dir/results.json atomically and say so."""
+    report["timing"]["total_seconds"] = time.perf_counter() - start
+    path = os.path.join(out_dir, "results.json")
+    write_json_atomically(path, report)
+    print(f"wrote {path} ({report['timing']['total_seconds']:.0f} s in all)")
 
 
 def save_figure_atomically(path, fig):

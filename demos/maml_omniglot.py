@@ -297,7 +297,7 @@ def format_table(report, label, paper_results):
     lake = report["lake_runs"]
     lines += ["", "Lake's 20 runs: " + (lake["skipped"] if "skipped" in lake else ", ".join(
         f"{mode.replace('_', '-')} {lake[mode]['error']:.2f}% error" for mode in modes))
-              + f" (MHD 38.8%, people 4.5%)", "", "README rows:", ""]
+              + " (MHD 38.8%, people 4.5%)", "", "README rows:", ""]
     timing = report["timing"]
     training = (f"{timing['iterations_done']} iterations of {report['config']['meta_batch_size']} tasks, "
                 f"{timing.get('total_seconds', timing['train_seconds']) / 60:.1f} min in all")
@@ -342,10 +342,7 @@ def finish(report, args, start, label, paper_results, title):
     if not args.no_plots:
         report["figure"] = save_figure(args.out, title, report["learning_curve"])
         report["figure_title"] = title
-    report["timing"]["total_seconds"] = time.perf_counter() - start
-    files.write_json_atomically(os.path.join(args.out, "results.json"), report)
-    print(f"wrote {os.path.join(args.out, 'results.json')} "
-          f"({report['timing']['total_seconds']:.0f} s in all)")
+    files.save_results(args.out, report, start)
     return report
 
 

@@ -112,10 +112,7 @@ def run(args):
     os.makedirs(args.out, exist_ok=True)
     if not args.no_plots:
         report["figures"] = save_figure(args.out, curve)
-    report["timing"]["total_seconds"] = time.perf_counter() - start
-    files.write_json_atomically(os.path.join(args.out, "results.json"), report)
-    seconds = report["timing"]["total_seconds"]
-    print(f"wrote {os.path.join(args.out, 'results.json')} ({seconds:.0f} s in all)")
+    files.save_results(args.out, report, start)
     return report
 
 

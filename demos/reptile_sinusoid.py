@@ -108,10 +108,7 @@ def run(args):
     print(report["table"])
     if not args.no_plots:
         report["figures"] = save_figures(args.out, runs, data, config, args.test_steps)
-    report["timing"]["total_seconds"] = time.perf_counter() - start
-    files.write_json_atomically(os.path.join(args.out, "results.json"), report)
-    print(f"wrote {os.path.join(args.out, 'results.json')} "
-          f"({report['timing']['total_seconds']:.0f} s in all)")
+    files.save_results(args.out, report, start)
     return report
 
 

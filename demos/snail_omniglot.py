@@ -124,10 +124,7 @@ def run(args):
     os.makedirs(args.out, exist_ok=True)
     if not args.no_plots:
         report["figures"] = save_figure(args.out, state["curve"])
-    report["timing"]["total_seconds"] = time.perf_counter() - start
-    files.write_json_atomically(os.path.join(args.out, "results.json"), report)
-    print(f"wrote {os.path.join(args.out, 'results.json')} "
-          f"({report['timing']['total_seconds']:.0f} s in all)")
+    files.save_results(args.out, report, start)
     return report
 
 
