@@ -1,6 +1,7 @@
 """Small shared pieces for the tests: tiny models and data on a chosen backend."""
 
 import functools
+import importlib
 import os
 from pathlib import Path
 
@@ -91,3 +92,16 @@ def omniglot_folder():
             pytest.fail(message)
         pytest.skip(message)
     return folder
+
+
+# ----- optional frameworks: installed by CI (.ci/run), optional elsewhere -----
+def import_or_skip(module, install):
+    """The imported ``module``; without it the test fails under CI (CI=true), which installs it
+    (.ci/run), and is skipped elsewhere with ``install`` shown by ``-ra``."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        message = f"{module} is not installed ({error}): {install}"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"CI installs it (.ci/run), so this is a failure: {message}")
+        pytest.skip(message, allow_module_level=True)
