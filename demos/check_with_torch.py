@@ -1,30 +1,30 @@
-"""Check an independent PyTorch (torch.func) implementation against refmeta's reference cases.
+"""Check a PyTorch (torch.func) implementation of MAML and Reptile against refmeta's reference cases.
 
-The worked example of docs/reference-cases.md.  Everything under "the independent
-implementation" below reads only a case's files, ``<id>.json`` with the ``json`` module and
-``<id>.npz`` with ``numpy.load``: the network is rebuilt from the JSON's ``model.layers``, the
-loss from ``loss``, every choice from ``conventions`` and ``hyperparameters``, and the
-computation follows ``procedure``.  It uses torch.func: ``grad`` for every gradient (nested for
-second-order MAML) and ``vmap`` over the tasks of a meta-batch.  Its outputs go to
-``<out>/<id>.theirs.npz`` and ``refmeta verify`` compares them with the case.
+The worked example of docs/reference-cases.md.  The network, the data and the loss of each case
+come from ``refmeta.cases.torch`` (the case's layer entries built as torch modules, its inputs
+as float64 tensors); everything algorithmic below is torch code that reads only the case's
+``conventions`` and ``hyperparameters`` and follows its ``procedure``: ``torch.func.grad``
+for every gradient (nested for second-order MAML) and ``vmap`` over the tasks of a
+meta-batch.  Nothing of refmeta's NumPy code computes an output.  The outputs go to
+``<out>/<id>.theirs.npz`` (``refmeta.cases.torch.save_outputs``, which puts them back in the
+case's layout) and ``refmeta verify`` compares them with the case.
 
     python demos/check_with_torch.py                 export every MAML/Reptile case, check them
     python demos/check_with_torch.py --cases DIR     check the cases already in DIR
     python demos/check_with_torch.py --fast          the two one-step sinusoid cases only
 
-PyTorch is optional for refmeta (``pip install torch``); without it this demo says so and
-exits with status 2.
+PyTorch is optional for refmeta (``pip install 'refmeta[torch]'``); without it this demo says
+so and exits with status 2.
 """
 
 import argparse
 import glob
-import io
-import json
 import os
 import sys
-import tempfile
 
 import numpy as np
+
+from refmeta.demos import files
 
 FAST_CASES = ("maml-sinusoid-k1-second-order", "maml-sinusoid-k1-first-order")
 
@@ -46,7 +46,7 @@ def run(args):
     from refmeta import cases
     from refmeta.cases import verify
     from refmeta.progress import progress
-    torch = _import_torch()
+    torch, fixtures = _import_torch()
     os.makedirs(args.out, exist_ok=True)
     wanted = list(args.case or (FAST_CASES if args.fast else []))
     case_dir = args.cases
@@ -61,13 +61,17 @@ def run(args):
             raise SystemExit(f"check_with_torch: no case file for {sorted(missing)} in {case_dir}")
     results = {}
     for path in progress(paths, total=len(paths), desc="cases"):
-        document, arrays = read_case(path)
+        document, arrays = verify.load_case(path)
         if document["algorithm"] not in ALGORITHMS:
             results[document["id"]] = {"skipped": f"no torch implementation of {document['algorithm']}"}
             continue
-        theirs = ALGORITHMS[document["algorithm"]](torch, document, arrays)
-        theirs_path = os.path.join(args.out, document["id"] + ".theirs.npz")
-        _save_npz_atomically(theirs_path, theirs)
+        fixture = fixtures.load(path)
+        outputs = ALGORITHMS[document["algorithm"]](torch, fixture)
+        if set(outputs) != set(document["outputs"]):
+            raise RuntimeError(f"torch computed {sorted(set(outputs) ^ set(document['outputs']))} wrongly")
+        theirs_path = fixtures.save_outputs(fixture, outputs, os.path.join(args.out, document["id"]
+                                                                           + ".theirs.npz"))
+        theirs = fixtures.to_case_layout(fixture, outputs)
         status = verify.main(path, theirs_path)
         used = tolerance_used(document, arrays, theirs)
         results[document["id"]] = {
@@ -76,7 +80,7 @@ def run(args):
                                for n in theirs), "err_over_allowed": used}
     report = {"torch_version": torch.__version__, "case_dir": case_dir, "cases": results,
               "all_pass": all(r.get("exit_status", 0) == 0 for r in results.values())}
-    _save_text_atomically(os.path.join(args.out, "results.json"), json.dumps(report, indent=1))
+    files.write_json_atomically(os.path.join(args.out, "results.json"), report)
     if not args.no_plots:
         report["figure"] = save_figure(args.out, results)
     print("all checked cases pass" if report["all_pass"] else "SOME CASES FAIL")
@@ -114,115 +118,31 @@ def save_figure(out, results):
     ax.legend(loc="lower right")
     fig.tight_layout()
     path = os.path.join(out, "tolerance_used.png")
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
+    files.save_figure_atomically(path, fig)
     plt.close(fig)
-    _save_bytes_atomically(path, buffer.getvalue())
     return path
 
 
 def _import_torch():
+    """(torch, refmeta.cases.torch), the default dtype float64; exit status 2 without torch."""
     try:
         import torch
     except ImportError:
-        print("check_with_torch needs PyTorch: pip install torch (a CPU build will do)",
+        print("check_with_torch needs PyTorch: pip install 'refmeta[torch]' (a CPU build will do)",
               file=sys.stderr)
         raise SystemExit(2) from None
     torch.set_default_dtype(torch.float64)
-    return torch
+    from refmeta.cases import torch as fixtures
+    return torch, fixtures
 
 
-# ----- the independent implementation: reads only the case files -----
-def read_case(json_path):
-    """(document, {"inputs/..": array, "outputs/..": array}) with json and numpy alone."""
-    with open(json_path, encoding="utf-8") as f:
-        document = json.load(f)
-    with np.load(os.path.splitext(json_path)[0] + ".npz") as npz:
-        return document, {key: npz[key] for key in npz.files}
-
-
-def _inputs(torch, document, arrays):
-    """Input tensors by name; integer-valued inputs (labels, indices) as int64."""
-    out = {}
-    for name, entry in document["inputs"].items():
-        value = torch.from_numpy(arrays["inputs/" + name])
-        out[name] = value.long() if entry.get("integer_valued") else value
-    return out
-
-
-def _group(tensors, prefix):
-    return {name[len(prefix):]: t for name, t in tensors.items() if name.startswith(prefix)}
-
-
-def build_model(torch, model):
-    """apply(params, x) for ONE task, x (n, ...), from the JSON description's layer list."""
-    F = torch.nn.functional
-
-    def apply(params, x):
-        for layer in model["layers"]:
-            kind = layer["type"]
-            if kind == "dense":
-                assert layer["weight_layout"].startswith("(in, out)"), layer["weight_layout"]
-                x = x @ params[layer["weight"]] + params[layer["bias"]]
-            elif kind in ("relu", "tanh"):
-                x = torch.relu(x) if kind == "relu" else torch.tanh(x)
-            elif kind == "conv2d":
-                assert layer["weight_layout"].startswith("OIHW"), layer["weight_layout"]
-                pad = layer["padding"]
-                x = F.pad(x, (pad["left"], pad["right"], pad["top"], pad["bottom"]))
-                bias = params[layer["bias"]] if layer.get("bias") else None
-                x = F.conv2d(x, params[layer["weight"]], bias, stride=layer["stride"])
-            elif kind == "batch_norm":
-                assert layer["mode"] == "transductive", "only batch statistics are implemented"
-                scale = params[layer["scale"]] if layer.get("scale") else None
-                offset = params[layer["offset"]] if layer.get("offset") else None
-                x = F.batch_norm(x, None, None, scale, offset, training=True, eps=layer["eps"])
-            elif kind == "max_pool":
-                x = F.max_pool2d(x, layer["kernel_size"], layer["stride"])
-            elif kind == "mean":
-                x = x.mean(dim=(-2, -1))
-            elif kind == "flatten":
-                x = x.flatten(1)
-            else:
-                raise ValueError(f"unknown layer type {kind!r}")
-        return x
-    return apply
-
-
-def build_loss(torch, document):
-    """loss(params, x, y, reduction) -> scalar for ONE task."""
-    apply, kind = build_model(torch, document["model"]), document["loss"]["type"]
-
-    def loss(params, x, y, reduction):
-        prediction = apply(params, x)
-        if kind == "mse":
-            per_example = ((prediction - y) ** 2).mean(dim=-1)
-        else:
-            per_example = torch.nn.functional.cross_entropy(prediction, y, reduction="none")
-        if reduction == "sum":
-            return per_example.sum()
-        scale = prediction.shape[-1] if reduction == "n_way_times_mean" else 1
-        return scale * per_example.mean()
-    return loss
-
-
-def _adam(torch, params, grads, state, lr, b1, b2, eps):
-    step, m, v = state
-    step += 1
-    m = {k: b1 * m[k] + (1 - b1) * grads[k] for k in params}
-    v = {k: b2 * v[k] + (1 - b2) * grads[k] ** 2 for k in params}
-    new = {k: params[k] - lr * (m[k] / (1 - b1 ** step)) / (torch.sqrt(v[k] / (1 - b2 ** step)) + eps)
-           for k in params}
-    return new, (step, m, v)
-
-
-def maml_outputs(torch, document, arrays):
+# ----- the torch implementation: the network from the fixture, the algorithms here -----
+def maml_outputs(torch, fixture):
     """Every MAML output of the case, following its "procedure", with torch.func."""
     from torch.func import grad, vmap
-    conventions, hp = document["conventions"], document["hyperparameters"]
-    inputs = _inputs(torch, document, arrays)
-    params = _group(inputs, "params/")
-    loss = build_loss(torch, document)
+    conventions, hp, data = fixture.conventions, fixture.hyperparameters, fixture.inputs
+    params = fixture.params
+    loss = lambda theta, x, y, reduction: fixture.loss(fixture.forward(theta, x), y, reduction)
     adapts = lambda name: conventions["adapt_bn"] or not name.startswith("bn")
 
     def one_task(params, support_x, support_y, query_x, query_y):
@@ -238,10 +158,10 @@ def maml_outputs(torch, document, arrays):
         query = loss(trajectory[-1], query_x, query_y, conventions["query_reduction"])
         return query, (torch.stack(support_losses), trajectory[1:])
 
-    data = [inputs[n] for n in ("support_x", "support_y", "query_x", "query_y")]
+    tasks = [data[n] for n in ("support_x", "support_y", "query_x", "query_y")]
 
     def meta_loss(params):
-        query, aux = vmap(one_task, in_dims=(None, 0, 0, 0, 0))(params, *data)
+        query, aux = vmap(one_task, in_dims=(None, 0, 0, 0, 0))(params, *tasks)
         total = query.mean() if conventions["task_reduction"] == "mean" else query.sum()
         return total, (query, aux)
 
@@ -255,16 +175,16 @@ def maml_outputs(torch, document, arrays):
         outputs.update({f"adapted_step{j}/{k}": t for k, t in theta.items()})
     outputs.update({f"meta_gradient/{k}": t for k, t in meta_gradient.items()})
     outputs.update({f"updated/{k}": t for k, t in updated.items()})
-    return _to_numpy(outputs, document)
+    return outputs
 
 
-def reptile_outputs(torch, document, arrays):
+def reptile_outputs(torch, fixture):
     """Every Reptile output of the case: a Python loop over tasks, torch.func.grad inside."""
     from torch.func import grad
-    conventions, hp = document["conventions"], document["hyperparameters"]
-    inputs = _inputs(torch, document, arrays)
-    params, loss = _group(inputs, "params/"), build_loss(torch, document)
-    x, y, batches = inputs["support_x"], inputs["support_y"], inputs["batch_indices"]
+    conventions, hp, data = fixture.conventions, fixture.hyperparameters, fixture.inputs
+    params = fixture.params
+    loss = lambda theta, x, y, reduction: fixture.loss(fixture.forward(theta, x), y, reduction)
+    x, y, batches = data["support_x"], data["support_y"], data["batch_indices"]
     outputs, phi, adapted_all = {}, params, []
     serial = conventions["reptile_mode"] == "serial"
     for t in range(x.shape[0]):
@@ -289,7 +209,17 @@ def reptile_outputs(torch, document, arrays):
         phi = {k: params[k] + hp["meta_step_size"] * reduce(torch.stack(
             [a[k] - params[k] for a in adapted_all]), dim=0) for k in params}
     outputs.update({f"updated/{k}": v for k, v in phi.items()})
-    return _to_numpy(_stack_indexed(torch, outputs), document)
+    return _stack_indexed(torch, outputs)
+
+
+def _adam(torch, params, grads, state, lr, b1, b2, eps):
+    step, m, v = state
+    step += 1
+    m = {k: b1 * m[k] + (1 - b1) * grads[k] for k in params}
+    v = {k: b2 * v[k] + (1 - b2) * grads[k] ** 2 for k in params}
+    new = {k: params[k] - lr * (m[k] / (1 - b1 ** step)) / (torch.sqrt(v[k] / (1 - b2 ** step)) + eps)
+           for k in params}
+    return new, (step, m, v)
 
 
 def _stack_indexed(torch, outputs):
@@ -308,36 +238,7 @@ def _stack_indexed(torch, outputs):
     return stacked
 
 
-def _to_numpy(outputs, document):
-    """float64 numpy arrays, exactly the case's output names."""
-    expected = set(document["outputs"])
-    if set(outputs) != expected:
-        raise RuntimeError(f"torch computed {sorted(set(outputs) ^ expected)} wrongly")
-    return {name: outputs[name].detach().numpy().astype(np.float64) for name in document["outputs"]}
-
-
 ALGORITHMS = {"MAML": maml_outputs, "Reptile": reptile_outputs}
-
-
-def _save_npz_atomically(path, arrays):
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    _save_bytes_atomically(path, buffer.getvalue())
-
-
-def _save_text_atomically(path, text):
-    _save_bytes_atomically(path, text.encode("utf-8"))
-
-
-def _save_bytes_atomically(path, data):
-    with tempfile.NamedTemporaryFile("wb", dir=os.path.dirname(os.path.abspath(path)),
-                                     delete=False, suffix=".tmp") as f:
-        try:
-            f.write(data)
-        except BaseException:
-            os.unlink(f.name)
-            raise
-    os.replace(f.name, path)
 
 
 def main(argv=None):

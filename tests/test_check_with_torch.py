@@ -1,20 +1,22 @@
-"""The worked example: an independent torch.func implementation, reading only the case files,
-reproduces every MAML and Reptile case within its tolerances, and a wrong convention fails."""
+"""The worked example: a torch.func implementation of MAML and Reptile, on the networks of
+refmeta.cases.torch, reproduces every MAML and Reptile case within its tolerances, and a wrong
+convention fails."""
 
 import argparse
 import io
 import json
+import shutil
 
 import numpy as np
 import pytest
 
-torch = pytest.importorskip(
-    "torch", exc_type=ImportError,
-    reason="PyTorch is not installed (pip install torch==2.13.0): the independent "
-           "torch.func check of the reference cases is skipped")
+from helpers import import_or_skip
+
+torch = import_or_skip("torch", "pip install 'refmeta[torch]' (CI installs torch==2.13.0)")
 
 from refmeta import cases  # noqa: E402
 from refmeta.cases import verify  # noqa: E402
+from refmeta.cases import torch as fixtures  # noqa: E402
 from refmeta.demos import check_with_torch as demo  # noqa: E402
 
 CHECKED = [c for c in cases.CASES if c.startswith(("maml-", "reptile-"))]
@@ -55,15 +57,18 @@ def test_every_maml_and_reptile_case_passes_with_a_wide_margin(full_run):
     ("reptile-sinusoid-serial", lambda d: d["conventions"].update(adam_b1=0.9), "adapted_step2/"),
     ("reptile-sinusoid-batched", lambda d: d["conventions"].update(task_reduction="sum"), "updated/"),
 ])
-def test_a_wrong_convention_in_the_torch_run_is_caught(full_run, case_id, change, failing):
-    """The tolerances are tight enough to see each of these common porting mistakes."""
+def test_a_wrong_convention_in_the_torch_run_is_caught(full_run, tmp_path, case_id, change, failing):
+    """The tolerances are tight enough to see each of these common porting mistakes (made by
+    running on a copy of the case whose JSON says the wrong thing)."""
     out, _ = full_run
-    path = str(out / "cases" / f"{case_id}.json")
-    document, arrays = demo.read_case(path)
-    wrong = json.loads(json.dumps(document))
+    path = out / "cases" / f"{case_id}.json"
+    wrong = json.loads(path.read_text())
     change(wrong)
-    theirs = demo.ALGORITHMS[document["algorithm"]](torch, wrong, arrays)
-    rows, problems = verify.verify(*verify.load_case(path), theirs)
+    (tmp_path / path.name).write_text(json.dumps(wrong))
+    shutil.copy(path.with_suffix(".npz"), tmp_path / f"{case_id}.npz")
+    fixture = fixtures.load(tmp_path / path.name)
+    theirs = fixtures.to_case_layout(fixture, demo.ALGORITHMS[wrong["algorithm"]](torch, fixture))
+    rows, problems = verify.verify(*verify.load_case(str(path)), theirs)
     assert not problems
     failed = [row[0] for row in rows if not row[6]]
     assert any(name.startswith(failing) for name in failed), failed
