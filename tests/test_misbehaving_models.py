@@ -170,7 +170,7 @@ def test_a_nan_made_at_the_second_inner_step_is_named_with_its_step(algorithm, d
     ("maml", "the inner update θ − α∇L^S of 'w' at inner step 1 holds nan at [0, 0]"),
     ("reptile batched", "its gradient for 'w' at inner step 1 holds nan at [0, 0]"),
     ("reptile serial", "its gradient for 'w' at inner step 1 of task 0 holds nan at [0, 0]"),
-])
+], ids=["maml", "reptile batched", "reptile serial"])
 def test_a_nan_gradient_under_a_finite_loss_names_the_parameter(algorithm, message, dev):
     module, config = configs(norm_penalty(), inner_steps=1)[algorithm]
     params = dev.tree(module.init(np.random.default_rng(0), config))
@@ -178,7 +178,8 @@ def test_a_nan_gradient_under_a_finite_loss_names_the_parameter(algorithm, messa
     assert np.isfinite(float(reptile.loss(params, episode, reptile.ReptileConfig(
         model=norm_penalty(), inner_steps=0))))                             # the loss is finite
     state = module.init_state(params, config)
-    with pytest.raises(ValueError, match=re.escape(message) + "$"):
+    with np.errstate(divide="ignore", invalid="ignore"), pytest.raises(ValueError,
+                                                                       match=re.escape(message) + "$"):
         module.step(params, state, episode, config)
 
 
@@ -213,8 +214,9 @@ def test_protonet_step_names_the_nan_gradient_of_the_euclidean_distance_at_zero(
                                dev.asarray(support[:1]), dev.asarray(np.array([0])))
     params = dev.tree(protonet.init(np.random.default_rng(0), config))
     assert np.isfinite(float(protonet.loss(params, episode, config)))
-    with pytest.raises(ValueError, match=re.escape("protonet.step (Adam step 1, not taken): the "
-                                                   "gradient ['scale'] holds nan at [0]")):
+    with np.errstate(divide="ignore", invalid="ignore"), pytest.raises(
+            ValueError, match=re.escape("protonet.step (Adam step 1, not taken): the gradient "
+                                        "['scale'] holds nan at [0]")):
         protonet.step(params, protonet.init_state(params, config), episode, config)
 
 
