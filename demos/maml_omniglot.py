@@ -131,6 +131,11 @@ def prepare(args, full, fast, needs):
         (f"--eval-query {args.eval_query}: {max(SHOTS)}-shot episodes need {max(SHOTS)} + "
          f"{args.eval_query}", max(SHOTS) + args.eval_query, drawings, "drawings per class"),
         *((what, needed, drawings, "drawings per class") for what, needed in needs))
+    side, itemsize = test_chars.images.shape[-1], np.dtype(args.dtype).itemsize
+    per_task = args.train_way * max(needed for _, needed in needs) * side * side  # pixels
+    options.check_memory((f"--meta-batch-size {size['meta_batch_size']}", "a meta-batch's images "
+                          "(drawn in float64) and first conv layer's outputs",
+                          size["meta_batch_size"] * per_task * (8 + size["hidden"] * itemsize)))
     return size, train_chars, test_chars, runs
 
 

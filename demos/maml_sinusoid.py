@@ -88,6 +88,7 @@ def run(args):
     """Meta-train, train the baseline, test both, print the table, save JSON and figures."""
     start, sizes = time.perf_counter(), options.sizes(args, FULL, FAST)
     options.check_out_folder(args.out)
+    options.check_memory(*memory_needs(args, sizes))
     config = maml.MAMLConfig(inner_lr=args.inner_lr, inner_steps=1,
                              test_inner_steps=max(TEST_STEPS), first_order=args.first_order,
                              task_reduction="mean", meta_lr=args.meta_lr)
@@ -107,6 +108,20 @@ def run(args):
         report["figures"] = save_figures(args.out, runs, data, family, config)
     files.save_results(args.out, report, start)
     return report
+
+
+def memory_needs(args, sizes):
+    """Lower bounds on the bytes the sizes ask for at once, for ``options.check_memory``: a
+    meta-batch's per-task params (θ_i′ and its gradient) and hidden activations; the test and
+    validation tasks' query points (x and y), and one hidden layer over the larger set."""
+    n_params = sum((a + 1) * b for a, b in zip(LAYER_SIZES, LAYER_SIZES[1:]))
+    width, tasks_ = max(LAYER_SIZES), (sizes["test_tasks"], sizes["validation_tasks"])
+    per_task = 2 * (n_params + width * (args.n_support + args.n_query))         # numbers
+    return [(f"--meta-batch-size {args.meta_batch_size}", "a meta-batch's per-task params and "
+             "activations", 8 * args.meta_batch_size * per_task),
+            (f"--test-query-points {args.test_query_points} ({tasks_[0]} test and {tasks_[1]} "
+             f"validation tasks)", "their points and activations",
+             8 * args.test_query_points * (2 * sum(tasks_) + width * max(tasks_)))]
 
 
 def make_data(args, sizes, family):

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from refmeta import checks
 from refmeta.data import fetch
 
 EXIT_USAGE = 2  # argparse's status for a bad command line
@@ -135,6 +136,17 @@ def check_needs(*needs):
     for what, needed, available, of_what in needs:
         if needed > available:
             raise UsageError(f"{what}: needs {needed} {of_what}; the data has {available}")
+
+
+def check_memory(*needs):
+    """UsageError for the first ``(option, what, nbytes)`` whose bytes cannot fit in this process's
+    memory (``refmeta.checks.fits``): a size typed on the command line is refused before anything
+    is allocated.  ``nbytes`` is a lower bound: the arrays the option asks for at once."""
+    for option, what, nbytes in needs:
+        try:
+            checks.fits(option, what, nbytes, at_least=True)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
 
 
 @contextlib.contextmanager

@@ -144,6 +144,11 @@ def check_args(args, sizes):
         raise options.UsageError(f"--n-way {args.n_way}: Lake's 20-way runs are scored by a knockout "
                                  "of g groups of N with g <= N (N = 5, 10 or 20); --lake-runs 0 "
                                  "skips them")
+    pixels = args.n_way * (max(args.train_shots) + args.n_query) * 28 * 28      # of one episode
+    per_pixel = 8 + snail.SNAILConfig.embedding_filters * np.dtype(args.dtype).itemsize
+    options.check_memory((f"--meta-batch-size {sizes['meta_batch_size']}", "a meta-batch's images "
+                          "(drawn in float64) and first conv layer's outputs",
+                          sizes["meta_batch_size"] * pixels * per_pixel))
     options.check_out_folder(args.out)
 
 

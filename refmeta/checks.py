@@ -13,7 +13,9 @@ a float array to the host.  Under autograd, the values are read with ``getval``.
 
     choice, boolean, integer, number, positive, nonnegative, probability   scalars and names
     specs, increasing_integers, shots                            a tuple of (kind, sizes…) specs, of sizes
+    plain_fields                                                 a Config's fields as Python values
     instance, generator, model_with_loss                         a Config, an explicit rng, a Model
+    function, scalar                                             a callable; a real number (or 0-d array)
     finite, float_array, labels, class_counts                    arrays
     indices                                                      integer positions into an axis
     nonnegative_array, example_shape                             arrays: sizes, signs, image shapes
@@ -21,11 +23,23 @@ a float array to the host.  Under autograd, the values are read with ``getval``.
     params, tree_shapes, init_shapes, model_shapes               a params tree against its template
     running_stats, bn_state_for_mode, adam_state                 running BN statistics, Adam's (step, m, v)
     episode, episode_shots                                       an Episode, with the N-way K-shot arithmetic
+    model_params, model_losses, model_outputs, embedding,        what a user's function returned
+    scalar_output
+    all_finite, first_non_finite                                 a door's results: one read, then why
+    memory_limit, fits                                           sizes refused before they are allocated
+
+A user's model is checked on what it returns, where it returns it: its kind and shape (no
+device read) at the call, and the finiteness of a door's results once (``all_finite``, one
+explicit ``bool`` read); only when that fails does the door look for the first NaN or inf
+(``first_non_finite``), to name it.
 """
 
+import dataclasses
 import functools
 import math
 import numbers
+import os
+from typing import Optional
 
 import autograd.numpy as anp
 import numpy as np
@@ -52,9 +66,11 @@ def boolean(name, value):
 def integer(name, value, minimum=None, maximum=None):
     """An int (numpy ints count, bools do not) in [minimum, maximum]; returns it as int."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer{_range_text(minimum, maximum)}; got {value!r}")
+        raise TypeError(f"{name} must be an integer{_range_text(minimum, maximum)}; "
+                        f"got {_given(value)}")
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-        raise ValueError(f"{name} must be an integer{_range_text(minimum, maximum)}; got {value!r}")
+        raise ValueError(f"{name} must be an integer{_range_text(minimum, maximum)}; "
+                         f"got {_given(value)}")
     return int(value)
 
 
@@ -66,8 +82,11 @@ def number(name, value, low=None, high=None, low_open=False, high_open=False):
     """
     interval = _interval_text(low, high, low_open, high_open)
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a finite number{interval}; got {value!r}")
-    value = float(value)
+        raise TypeError(f"{name} must be a finite number{interval}; got {_given(value)}")
+    try:
+        value = float(value)
+    except OverflowError:                       # an int beyond float's range, 10**400
+        raise ValueError(f"{name} must be a finite number{interval}; got {_given(value)}") from None
     inside = math.isfinite(value)
     if inside and low is not None:
         inside = value > low if low_open else value >= low
@@ -131,10 +150,53 @@ def shots(k_shot, train_shots):
 
 
 def instance(name, value, kind):
-    """``value`` must be a ``kind`` (a Config class, numpy.random.Generator, ...)."""
+    """``value`` must be a ``kind`` (a Config class, numpy.random.Generator, ...; or a tuple of them)."""
     if not isinstance(value, kind):
-        raise TypeError(f"{name} must be a {kind.__name__}; got {type(value).__name__}")
+        kinds = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise TypeError(f"{name} must be a {kinds}; got {type(value).__name__}")
     return value
+
+
+def plain_fields(config):
+    """Store a frozen dataclass's fields as plain Python values; its ``__post_init__`` calls this
+    first.  A numpy scalar becomes an int, float or bool (inside tuples too), and an int given
+    for a float field a float (one too large for a float stays, for ``number`` to refuse): so
+    ``n_way=np.int8(64)`` computes in Python ints, an np.float32 rate in float64, and
+    ``conventions()`` is JSON."""
+    for field in dataclasses.fields(config):
+        value = _plain(getattr(config, field.name))
+        floating = field.type in (float, Optional[float])
+        if floating and isinstance(value, int) and not isinstance(value, bool):
+            try:
+                value = float(value)
+            except OverflowError:
+                pass
+        object.__setattr__(config, field.name, value)
+    return config
+
+
+def _plain(value):
+    if isinstance(value, (np.number, np.bool_)) and not isinstance(value, np.longdouble):
+        return value.item()
+    return tuple(_plain(v) for v in value) if type(value) is tuple else value
+
+
+def function(name, value):
+    """``value`` must be callable: a model's function, the f a gradient check differentiates."""
+    if not callable(value):
+        raise TypeError(f"{name} must be a function; got {type(value).__name__}")
+    return value
+
+
+def scalar(name, value):
+    """A real number (not a bool), or a 0-d real floating-point array of one (on any device, or
+    traced by autograd): a step size or an interpolation weight.  Returns it unchanged."""
+    raw = getval(value)
+    if isinstance(raw, numbers.Real) and not isinstance(raw, (bool, np.bool_)):
+        return value
+    if hasattr(raw, "dtype") and np.ndim(raw) == 0 and np.issubdtype(raw.dtype, np.floating):
+        return value
+    raise TypeError(f"{name} must be a real number; got {_given(raw)}")
 
 
 def model_with_loss(name, model, algorithm):
@@ -209,12 +271,23 @@ def labels(name, y, n_way, shape=None):
 
 def class_counts(name, host_labels, n_way, k_shot=None):
     """Every class must appear in every task of ``host_labels`` (..., n): at least once, or
-    exactly ``k_shot`` times when given (an N-way K-shot support set)."""
-    counts = (host_labels[..., None] == np.arange(n_way)).sum(axis=-2)      # (..., N)
+    exactly ``k_shot`` times when given (an N-way K-shot support set).  Costs O(the labels):
+    a set of n labels that cannot hold N classes is refused before anything is counted."""
+    n = host_labels.shape[-1]
+    if k_shot is None and n < n_way:
+        raise ValueError(f"{name}: every class 0..{n_way - 1} needs at least one example, "
+                         f"{n_way} in all; a task has {n}")
+    if k_shot is not None and n != n_way * k_shot:
+        raise ValueError(f"{name}: a {n_way}-way {k_shot}-shot set has N·K = {n_way * k_shot} "
+                         f"examples; a task has {n}")
+    tasks = host_labels.reshape(-1, n)                                       # (T, n), N ≤ n
+    offsets = n_way * np.arange(len(tasks))[:, None]
+    counts = np.bincount((tasks + offsets).ravel(), minlength=len(tasks) * n_way)
+    counts = counts.reshape(host_labels.shape[:-1] + (n_way,))               # (..., N)
     if k_shot is None and not (counts > 0).all():
         missing = sorted(set(np.nonzero(counts == 0)[-1].tolist()))
         raise ValueError(f"{name}: every class 0..{n_way - 1} needs at least one example; "
-                         f"classes {missing} have none")
+                         f"classes {_some(missing)} have none")
     if k_shot is not None and not (counts == k_shot).all():
         raise ValueError(f"{name}: a {n_way}-way {k_shot}-shot set has each class exactly "
                          f"{k_shot} time(s); got counts {counts.reshape(-1, n_way)[0].tolist()}"
@@ -287,7 +360,8 @@ def tree_shapes(tree):
 def model_shapes(model):
     """The template of a ``contract.Model``'s params, computed once per model (MAML and Reptile:
     their configs change step sizes from step to step, their params follow the model alone)."""
-    return tree_shapes(model.init(np.random.default_rng(0)))
+    params_ = model.init(np.random.default_rng(0))
+    return tree_shapes(model_params(f"the model {model.name!r}: init(rng)", params_))
 
 
 @functools.lru_cache(maxsize=128)
@@ -410,6 +484,151 @@ def episode_shots(ep, n_way, shots, task_axis=None):
         raise ValueError(f"the support set must hold N·K examples, N = {n_way} and K in "
                          f"{tuple(shots)}: {sizes}; got {n_support}")
     return ep, k_shot
+
+
+# ----- what a user's function returned -----
+def model_params(what, tree):
+    """What ``what`` (a model's init) returned must be params: a dict of floating-point arrays
+    (empty for an embedding without params, the identity).  Returns it."""
+    if not isinstance(tree, dict):
+        raise TypeError(f"{what} must return the params, a dict of floating-point arrays; "
+                        f"got {type(tree).__name__}")
+    for name in sorted(tree):
+        float_array(f"{what}[{name!r}]", tree[name])
+    return tree
+
+
+def model_losses(what, losses, n_tasks):
+    """A model's loss as ``contract.Model`` promises it: real floating-point, one loss per task,
+    shape (n_tasks,).  Kind and shape only, no device read: it runs at every inner step."""
+    raw = getval(losses)
+    dtype = getattr(raw, "dtype", None)
+    if dtype is None or not np.issubdtype(dtype, np.floating):
+        raise TypeError(f"{what} must return real floating-point losses, one per task; got "
+                        f"{'dtype ' + str(dtype) if dtype is not None else type(raw).__name__}")
+    if tuple(np.shape(raw)) != (n_tasks,):
+        raise ValueError(f"{what} must return one loss per task, shape ({n_tasks},); "
+                         f"got {tuple(np.shape(raw))}")
+    return losses
+
+
+def model_outputs(what, outputs, lead):
+    """A model's outputs for inputs whose leading axes (…, n) are ``lead``: a real floating-point
+    array (*lead, d), one vector per example (an embedding).  Kind and shape only."""
+    raw = getval(outputs)
+    dtype = getattr(raw, "dtype", None)
+    if dtype is None or not np.issubdtype(dtype, np.floating):
+        raise TypeError(f"{what} must return a real floating-point array; got "
+                        f"{'dtype ' + str(dtype) if dtype is not None else type(raw).__name__}")
+    got = tuple(np.shape(raw))
+    if len(got) != len(lead) + 1 or got[:-1] != tuple(lead) or got[-1] == 0:
+        raise ValueError(f"{what} must return one vector per example, shape "
+                         f"({', '.join(map(str, lead))}, d) with d >= 1; got {got}")
+    return outputs
+
+
+def embedding(what, apply, lead_ndim):
+    """``apply(params, x)`` with its outputs held to ``model_outputs``: x (..., n, ...) ->
+    (..., n, d), the first ``lead_ndim`` axes of x (up to n) leading the output."""
+    return lambda params, x: model_outputs(what, apply(params, x), anp.shape(x)[:lead_ndim])
+
+
+def scalar_output(what, value):
+    """What ``what`` returned must be a real scalar: a float, or a 0-d floating-point array."""
+    raw = getval(value)
+    floating = isinstance(raw, float) or (hasattr(raw, "dtype") and
+                                          np.issubdtype(raw.dtype, np.floating))
+    if not floating:
+        raise TypeError(f"{what} must return a real scalar (a float); got "
+                        f"{'dtype ' + str(raw.dtype) if hasattr(raw, 'dtype') else type(raw).__name__}")
+    if np.ndim(raw) != 0:
+        raise ValueError(f"{what} must return a real scalar (a float); got shape {np.shape(raw)}")
+    return value
+
+
+# ----- a door's results -----
+def all_finite(*values):
+    """Whether every entry of ``values`` (arrays, numbers, dicts of them) is finite: one
+    reduction per array, combined on the device, then one explicit read (``bool``)."""
+    leaves = [leaf for value in values for leaf in
+              (getval(value).values() if isinstance(getval(value), dict) else (value,))]
+    return bool(functools.reduce(lambda a, b: a & b,
+                                 (anp.all(anp.isfinite(getval(leaf))) for leaf in leaves)))
+
+
+def first_non_finite(where, quantities):
+    """Raise ValueError naming the first ``(what, value)`` of ``quantities`` that holds NaN or
+    inf.  The failure path of a door whose results ``all_finite`` refused: ``quantities`` (a
+    generator) recomputes them in order, and each is read as it comes."""
+    for what, value in quantities:
+        if not all_finite(value):
+            raise ValueError(f"{where}: {what} {_first_non_finite_text(value)}")
+    raise ValueError(f"{where}: a result holds NaN or inf")
+
+
+def _first_non_finite_text(value):
+    """"is nan", or "holds inf at [0, 2]": the failure path's explicit host read of one array
+    (of a dict's first non-finite leaf, named)."""
+    value = getval(value)
+    if isinstance(value, dict):
+        name = next(name for name in sorted(value) if not all_finite(value[name]))
+        return f"[{name!r}] {_first_non_finite_text(value[name])}"
+    host = np.asarray(backend.to_host(value))
+    if host.ndim == 0:
+        return f"is {host.item()}"
+    index = tuple(int(i) for i in np.argwhere(~np.isfinite(host))[0])
+    return f"holds {host[index]} at [{', '.join(map(str, index))}]"
+
+
+# ----- memory -----
+def memory_limit():
+    """The bytes this process may use at most: the smaller of the machine's memory and the
+    address-space limit (``ulimit -v``, RLIMIT_AS); None where neither is known."""
+    limits = []
+    try:
+        limits.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):          # no sysconf (Windows)
+        pass
+    try:
+        import resource
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if soft != resource.RLIM_INFINITY:
+            limits.append(soft)
+    except (ImportError, ValueError, OSError):
+        pass
+    return min(limits) if limits else None
+
+
+def fits(option, what, nbytes, at_least=False):
+    """Refuse, before allocating, ``nbytes`` for ``what`` (a lower bound with ``at_least``) that
+    exceed ``memory_limit()``; the message names the option that asked and the size it needs."""
+    limit = memory_limit()
+    if limit is not None and nbytes > limit:
+        raise ValueError(f"{option}: {what} would need {'at least ' if at_least else ''}"
+                         f"{_bytes(nbytes)}; this process may use at most {_bytes(limit)}")
+    return nbytes
+
+
+def _bytes(n):
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.3g} {unit}" if unit != "bytes" else f"{int(n)} bytes"
+        n /= 1024
+
+
+def _given(value):
+    """repr(value), but a short text for an integer too long to print (10**400)."""
+    huge = isinstance(value, numbers.Integral) and not isinstance(value, bool) and abs(int(value)) >= 10 ** 30
+    if huge:
+        return f"an integer of about {int(abs(int(value)).bit_length() * math.log10(2)) + 1} digits"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _some(items, at_most=10):
+    """The first ``at_most`` of a list, and how many there are in all."""
+    shown = ", ".join(map(str, items[:at_most]))
+    return f"[{shown}]" if len(items) <= at_most else f"[{shown}, …] ({len(items)} classes)"
 
 
 def _range_text(minimum, maximum):

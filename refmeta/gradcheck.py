@@ -19,9 +19,10 @@ Directions are drawn from the ``numpy.random.Generator`` given (or one seeded
 with ``seed``), on the host, then moved to ``x``'s device.
 
 Settings that cannot check anything are refused (through ``refmeta.checks``): ε ≤ 0 or not
-finite, a negative or NaN tolerance, fewer than one direction, and an ``x`` (or direction)
-that is not a finite floating-point array or a non-empty tree of them.  A derivative that
-disagrees, or is NaN, raises ``GradientCheckError``.
+finite, a negative or NaN tolerance, fewer than one direction, an ``x`` (or direction)
+that is not a finite floating-point array or a non-empty tree of them, an ``f`` (or derivative)
+that is not a function, and, where f must be scalar, an f(x) that is not a real scalar.
+A derivative that disagrees, or is NaN, raises ``GradientCheckError``.
 """
 
 import autograd.numpy as anp
@@ -53,6 +54,7 @@ def check_grad(f, x, grad_fn=None, *, n_directions=3, eps=1e-6, rtol=1e-5, atol=
         GradientCheckError if |analytic − numeric| > atol + rtol·max(|analytic|, |numeric|).
     """
     rng = _check_settings(x, n_directions, eps, rtol, atol, rng, seed)
+    _check_scalar_function(f, x, grad_fn=grad_fn)
     gradient = (grad_fn or grad(f))(x)
     _check_structure(gradient, x, "gradient")
     pairs = []
@@ -71,6 +73,9 @@ def check_vjp(f, x, vjp_fn=None, *, n_directions=3, eps=1e-6, rtol=1e-5, atol=1e
         vjp_fn: (x, v) -> Jᵀv with x's structure; default autograd's ``make_vjp``.
     """
     rng = _check_settings(x, n_directions, eps, rtol, atol, rng, seed)
+    checks.function("f", f)
+    if vjp_fn is not None:
+        checks.function("vjp_fn", vjp_fn)
     if vjp_fn is None:
         vjp_fn = lambda x_, v_: make_vjp(f)(x_)[0](v_)
     fx = f(x)
@@ -94,6 +99,7 @@ def check_hvp(f, x, hvp_fn=None, *, n_directions=3, eps=1e-6, rtol=1e-5, atol=1e
             The numeric side differences autograd's gradient, so check that first.
     """
     rng = _check_settings(x, n_directions, eps, rtol, atol, rng, seed)
+    _check_scalar_function(f, x, hvp_fn=hvp_fn)
     if hvp_fn is None:
         hvp_fn = lambda x_, u_: grad(lambda y: _dot(grad(f)(y), u_))(x_)
     pairs = []
@@ -115,6 +121,7 @@ def directional_derivative(f, x, u, eps=1e-6):
         trees.check_same_keys(u, x)
     elif np.shape(u) != np.shape(x):
         raise ValueError(f"the direction u must have x's shape {np.shape(x)}; got {np.shape(u)}")
+    _check_scalar_function(f, x)
     return float(_central(f, x, u, eps))
 
 
@@ -126,6 +133,7 @@ def numerical_grad(f, x, eps=1e-6):
     """
     checks.positive("eps", eps)
     _check_point("x", x)
+    _check_scalar_function(f, x)
     vector, unflatten = trees.flatten(x) if isinstance(x, dict) else (x.reshape(-1), None)
     host = np.empty(vector.shape[0])
     for i in range(vector.shape[0]):
@@ -193,6 +201,15 @@ def _check_point(name, x):
         checks.finite_tree(name, x)
     else:
         checks.finite(name, x)
+
+
+def _check_scalar_function(f, x, **derivatives):
+    """f is a function with a real scalar f(x) (one evaluation); each derivative given is a function."""
+    checks.function("f", f)
+    for name, derivative in derivatives.items():
+        if derivative is not None:
+            checks.function(name, derivative)
+    checks.scalar_output("f", f(x))
 
 
 def _check_settings(x, n_directions, eps, rtol, atol, rng, seed):

@@ -54,10 +54,18 @@ for models that cannot batch.
 
 Checks.  ``init``, ``init_state``, ``loss``, ``meta_gradient``, ``step``, ``adapt``
 and ``predict`` check their inputs once (``refmeta.checks``); the equations below
-them (``inner_update``, ``adapt_trajectory``, ``task_query_losses``) do not.
+them (``inner_update``, ``adapt_trajectory``, ``task_query_losses``) do not.  The model's
+loss is held to its contract where it is called (real floats, one per task), and each
+entry point reads once whether its results are finite: if not, it names the first NaN or
+inf the model made (a support loss or an inner update at inner step j, the query loss, a
+meta-gradient) and, in ``step``, the Adam step, which is not taken.
+
+``adapt`` and ``predict`` keep only the current θ_i^(j), so their memory does not grow with
+``steps``; ``adapt_trajectory`` keeps every step, for those who ask for it.
 """
 
 import functools
+import itertools
 from dataclasses import dataclass, fields
 from typing import Optional
 
@@ -95,6 +103,7 @@ class MAMLConfig:
     meta_lr: float = 1e-3
 
     def __post_init__(self):
+        checks.plain_fields(self)
         checks.model_with_loss("model", self.model, "MAML")
         if self.n_way is not None:
             checks.integer("n_way", self.n_way, minimum=2)
@@ -119,7 +128,7 @@ def init(rng, config):
     """θ from ``config.model.init``: a dict of host float64 arrays."""
     checks.generator(rng)
     checks.instance("config", config, MAMLConfig)
-    return config.model.init(rng)
+    return checks.model_params("config.model.init(rng)", config.model.init(rng))
 
 
 def init_state(params, config):
@@ -130,12 +139,19 @@ def init_state(params, config):
 
 def loss(params, episode, config):
     """The meta-objective (2) on a meta-batch (T, n, ...): query losses after ``inner_steps``."""
-    return _loss(params, _check(params, episode, config), config)
+    episode = _check(params, episode, config)
+    value = _loss(params, episode, config)
+    _check_finite("maml.loss", (value,), params, episode, config, config.inner_steps, "loss")
+    return value
 
 
 def meta_gradient(params, episode, config):
     """∇_θ of (2): exact (3) through all k steps, or FOMAML's if config.first_order."""
-    return grad(_loss)(params, _check(params, episode, config), config)
+    episode = _check(params, episode, config)
+    grads = grad(_loss)(params, episode, config)
+    _check_finite("maml.meta_gradient", (grads,), params, episode, config, config.inner_steps,
+                  "loss", grads)
+    return grads
 
 
 def step(params, state, episode, config):
@@ -148,6 +164,8 @@ def step(params, state, episode, config):
     episode = _check(params, episode, config)
     checks.adam_state("state", state, checks.model_shapes(config.model))
     value, grads = value_and_grad(_loss)(params, episode, config)
+    _check_finite(f"maml.step (Adam step {state.step + 1}, not taken)", (value, grads), params,
+                  episode, config, config.inner_steps, "loss", grads)
     new_params, new_state = optimizers.adam_update(params, grads, state, lr=config.meta_lr,
                                                    check=False)
     return contract.Step(new_params, new_state, value)
@@ -157,14 +175,19 @@ def adapt(params, episode, config, *, steps=None):
     """θ_i^(k) for every task (leaves (T, ...)): (1) on the support sets, ``steps`` times
     (default ``config.test_inner_steps``: this is where meta-test adaptation happens)."""
     episode = _check(params, episode, config)
-    return _adapt(params, episode, config, _test_steps(steps, config))
+    steps = _test_steps(steps, config)
+    adapted = _adapt(params, episode, config, steps)
+    _check_finite("maml.adapt", (adapted,), params, episode, config, steps)
+    return adapted
 
 
 def predict(params, episode, config, *, steps=None):
     """f_{θ_i^(k)}(query_x) for every task: the model's outputs after ``adapt``."""
     episode = _check(params, episode, config)
-    return config.model.apply(_adapt(params, episode, config, _test_steps(steps, config)),
-                              episode.query_x)
+    steps = _test_steps(steps, config)
+    outputs = config.model.apply(_adapt(params, episode, config, steps), episode.query_x)
+    _check_finite("maml.predict", (outputs,), params, episode, config, steps, "apply")
+    return outputs
 
 
 def _check_params(params, config):
@@ -181,6 +204,34 @@ def _test_steps(steps, config):
     return config.test_inner_steps if steps is None else checks.integer("steps", steps, minimum=0)
 
 
+def _check_finite(where, results, params, episode, config, steps, final=None, grads=None):
+    """One read: are ``results`` (a tuple) finite?  If not, recompute (1)–(2) and name the first
+    NaN or inf: a support loss, an inner update, then ``final`` ("loss" or "apply") on the
+    query sets, then ``grads``."""
+    if not checks.all_finite(*results):
+        named_grads = ((f"the meta-gradient for {name!r}", grads[name])
+                       for name in sorted(grads or {}))
+        checks.first_non_finite(where, itertools.chain(
+            _quantities(params, episode, config, steps, final), named_grads))
+
+
+def _quantities(params, episode, config, steps, final):
+    """(name, value) of what (1) and ``final`` compute, in the order they compute it."""
+    theta = trees.broadcast_tasks(params, anp.shape(episode.support_x)[0])
+    for j in range(1, steps + 1):
+        yield (f"config.model.loss on the support sets at inner step {j}",
+               config.model.loss(theta, episode.support_x, episode.support_y, config.inner_reduction))
+        theta = inner_update(theta, episode.support_x, episode.support_y, config)
+        yield from ((f"the inner update θ − α∇L^S of {name!r} at inner step {j}", theta[name])
+                    for name in sorted(theta))
+    after = f"on the query sets after {steps} inner step(s)"
+    if final == "loss":
+        yield (f"config.model.loss {after}",
+               config.model.loss(theta, episode.query_x, episode.query_y, config.query_reduction))
+    if final == "apply":
+        yield f"config.model.apply {after}", config.model.apply(theta, episode.query_x)
+
+
 # ----- the paper's equations (no checks) -----
 def inner_update(params, support_x, support_y, config):
     """One inner step (1) for every task: θ_i − α ∇L_i^S(θ_i).
@@ -189,8 +240,8 @@ def inner_update(params, support_x, support_y, config):
         params: tree whose leaves carry the task axis, (T, ...).
         support_x, support_y: (T, n_support, ...).
     """
-    total_support_loss = lambda p: anp.sum(config.model.loss(p, support_x, support_y,
-                                                              config.inner_reduction))
+    total_support_loss = lambda p: anp.sum(_task_losses(p, support_x, support_y,
+                                                        config.inner_reduction, config))
     grads = grad(total_support_loss)(params)
     if config.first_order:
         grads = {name: getval(g) for name, g in grads.items()}  # ∇L_i^S held constant
@@ -209,12 +260,7 @@ def adapt_trajectory(params, support_x, support_y, config, steps=None):
 def task_query_losses(params, episode, config, steps=None):
     """L_i^Q(θ_i^(k)) for every task in the meta-batch, shape (T,)."""
     adapted = _adapt(params, episode, config, config.inner_steps if steps is None else steps)
-    task_losses = config.model.loss(adapted, episode.query_x, episode.query_y, config.query_reduction)
-    n_tasks = anp.shape(episode.support_x)[0]
-    if anp.shape(task_losses) != (n_tasks,):
-        raise ValueError(f"model.loss must return one loss per task, shape ({n_tasks},); "
-                         f"got {anp.shape(task_losses)}")
-    return task_losses
+    return _task_losses(adapted, episode.query_x, episode.query_y, config.query_reduction, config)
 
 
 def looped(loss_fn):
@@ -234,9 +280,18 @@ def _loss(params, episode, config):
 
 
 def _adapt(params, episode, config, steps):
-    """θ_i^(steps) for every task of the meta-batch, from the shared θ."""
+    """θ_i^(steps) for every task of the meta-batch, from the shared θ, keeping only the current
+    θ_i^(j) (differentiated through, autograd keeps what its backward pass needs)."""
     task_params = trees.broadcast_tasks(params, anp.shape(episode.support_x)[0])
-    return adapt_trajectory(task_params, episode.support_x, episode.support_y, config, steps)[-1]
+    for _ in range(steps):
+        task_params = inner_update(task_params, episode.support_x, episode.support_y, config)
+    return task_params
+
+
+def _task_losses(params, x, y, reduction, config):
+    """config.model.loss, held to the contract: real floats, one loss per task (T,)."""
+    return checks.model_losses("config.model.loss(params, x, y, reduction)",
+                               config.model.loss(params, x, y, reduction), anp.shape(x)[0])
 
 
 def _adapts(name, config):

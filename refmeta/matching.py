@@ -48,8 +48,11 @@ Conventions the paper leaves open (``MatchingConfig``, recorded by ``conventions
 Params: {"embed.*"} or {"f.*", "g.*"}; "attention.log_scale" (shape ()) if learned; with FCE
 "fce.fw.*", "fce.bw.*" (d → d), "fce.att.*" (input d, recurrent 2d → d), as ``layers.lstm_init``.
 ``step``: Adam on J (meta_lr).  The entry points check their inputs once; the equations do not.
+The embedding's outputs are held to the contract, (..., n, d) floats; each entry point reads
+once whether its results are finite, and if not names the first NaN or inf.
 """
 
+import itertools
 from dataclasses import dataclass, fields
 
 import autograd.numpy as anp
@@ -84,6 +87,7 @@ class MatchingConfig:
     meta_lr: float = 1e-3
 
     def __post_init__(self):
+        checks.plain_fields(self)
         checks.instance("embedding", self.embedding, Model)
         checks.integer("embedding_dim", self.embedding_dim, minimum=1)
         checks.integer("n_way", self.n_way, minimum=2)
@@ -104,9 +108,11 @@ class MatchingConfig:
 
 
 # ----- the model: (G), (R), (F1), (F2), (A), (L); no checks -----
-def base_embeddings(params, episode, config):
-    """(g′(support_x) (..., n_s, d), f′(query_x) (..., n_q, d))."""
-    embed, support_x, query_x = config.embedding.apply, episode.support_x, episode.query_x
+def base_embeddings(params, episode, config, embed=None):
+    """(g′(support_x) (..., n_s, d), f′(query_x) (..., n_q, d)), by ``embed`` (default
+    config.embedding.apply)."""
+    embed = config.embedding.apply if embed is None else embed
+    support_x, query_x = episode.support_x, episode.query_x
     if not config.share_embedding:
         return embed(trees.subtree(params, "g"), support_x), embed(trees.subtree(params, "f"), query_x)
     net = trees.subtree(params, "embed")
@@ -191,8 +197,12 @@ def init(rng, config):
     """Host params: the base net's, prefixed as the docstring says; log s if learned; the FCE LSTMs."""
     checks.generator(rng)
     checks.instance("config", config, MatchingConfig)
+    if config.fce:                       # three LSTMs: 4d(d + d) + 4d twice, and 4d(d + 2d) + 4d
+        d = config.embedding_dim
+        checks.fits(f"embedding_dim={d}", "the FCE LSTMs' float64 params", 8 * 4 * d * (7 * d + 3))
     nets = ("embed",) if config.share_embedding else ("f", "g")
-    params = {f"{net}.{name}": value for net in nets for name, value in config.embedding.init(rng).items()}
+    params = {f"{net}.{name}": value for net in nets for name, value in
+              checks.model_params("config.embedding.init(rng)", config.embedding.init(rng)).items()}
     if config.learn_attention_scale:
         params[LOG_SCALE] = np.array(np.log(config.attention_scale))
     if config.fce:
@@ -210,7 +220,10 @@ def init_state(params, config):
 
 def loss(params, episode, config):
     """J on an Episode: one task, or leading task axes reduced by task_reduction."""
-    return _loss(params, _check(params, config, episode), config)
+    episode = _check(params, config, episode)
+    value = _loss(params, episode, config)
+    _check_finite("matching.loss", params, episode, config, [("the loss J", value)])
+    return value
 
 
 def step(params, state, episode, config):
@@ -218,6 +231,8 @@ def step(params, state, episode, config):
     episode = _check(params, config, episode)
     checks.adam_state("state", state, checks.init_shapes(init, config))
     value, gradient = value_and_grad(_loss)(params, episode, config)
+    _check_finite(f"matching.step (Adam step {state.step + 1}, not taken)", params, episode, config,
+                  [("the loss J", value), ("the gradient", gradient)])
     params, state = optimizers.adam_update(params, gradient, state, lr=config.meta_lr, check=False)
     return Step(params, state, value)
 
@@ -226,7 +241,9 @@ def predict(params, episode, config):
     """log p(y = k | x̂, S) for every query, (..., n_q, N)."""
     episode = _check(params, config, episode)
     g_prime, f_prime = _embed(params, episode, config)
-    return log_probabilities(params, g_prime, episode.support_y, f_prime, config.n_way, config)
+    log_p = log_probabilities(params, g_prime, episode.support_y, f_prime, config.n_way, config)
+    _check_finite("matching.predict", params, episode, config, [("log p(y | x̂, S)", log_p)])
+    return log_p
 
 
 def _check(params, config, episode=None):
@@ -238,8 +255,19 @@ def _check(params, config, episode=None):
     return episode
 
 
+def _check_finite(where, params, episode, config, results):
+    """One read: are ``results`` [(name, value)] finite?  If not, name the first NaN or inf of
+    the base embeddings and ``results``."""
+    if not checks.all_finite(*(value for _, value in results)):
+        checks.first_non_finite(where, itertools.chain(zip(
+            ("g′, config.embedding.apply on the support set", "f′, config.embedding.apply on the "
+             "query set"), base_embeddings(params, episode, config)), results))
+
+
 def _embed(params, episode, config):
-    g_prime, f_prime = base_embeddings(params, episode, config)
+    embed = checks.embedding("config.embedding.apply(params, x)", config.embedding.apply,
+                             anp.ndim(episode.support_y))
+    g_prime, f_prime = base_embeddings(params, episode, config, embed)
     if config.fce and anp.shape(g_prime)[-1] != config.embedding_dim:        # the LSTMs' size d
         raise ValueError(f"with fce, embedding_dim must be the embedding's output size d = "
                          f"{anp.shape(g_prime)[-1]}; got embedding_dim={config.embedding_dim}")

@@ -55,6 +55,7 @@ from dataclasses import asdict, dataclass
 from typing import Optional
 
 import autograd.numpy as anp
+import numpy as np
 from autograd import value_and_grad
 
 from refmeta import checks, contract
@@ -87,6 +88,7 @@ class MetaNetConfig:
     grad_clip_norm: Optional[float] = 10.0  # global-norm clipping (Chainer GradientClipping(10))
 
     def __post_init__(self):
+        checks.plain_fields(self)
         for name, minimum in (("n_way", 2), ("in_channels", 1), ("hidden", 1), ("n_blocks", 1),
                               ("representation_chunks", 1)):
             checks.integer(name, getattr(self, name), minimum)
@@ -115,10 +117,19 @@ def init(rng, config):
     layers of m and d, hence the first fast weights (the paper gives no initialisation)."""
     checks.generator(rng)
     checks.instance("config", config, MetaNetConfig)
+    checks.fits(f"n_way={config.n_way}, hidden={config.hidden}", "MetaNet's float64 params",
+                8 * parameter_count(config))
     base, rep = (learner_init(rng, config.in_channels, config.hidden, config.n_blocks, config.n_way)
                  for _ in range(2))
     return {**{f"base.{k}": v for k, v in base.items()}, **{f"rep.{k}": v for k, v in rep.items()},
             **meta_init(rng, config.fast_init_scale)}
+
+
+def parameter_count(config):
+    """How many numbers ``init`` makes, from the config alone: b and u, then m and d (fixed)."""
+    c, f, n_blocks = config.in_channels, config.hidden, config.n_blocks
+    learner = f * c * 9 + (n_blocks - 1) * f * f * 9 + f * f + f * config.n_way   # conv, fc1, out
+    return 2 * learner + sum(w.size for w in meta_init(np.random.default_rng(0)).values())
 
 
 def init_state(params, config):
@@ -197,6 +208,9 @@ def step(params, state, episode, config):
     episode = _checked(params, episode, config)
     checks.adam_state("state", state, checks.init_shapes(init, config))
     value, grads = value_and_grad(_loss)(params, episode, config)
+    if not checks.all_finite(value, grads):
+        checks.first_non_finite(f"metanet.step (Adam step {state.step + 1}, not taken)",
+                                [("the loss", value), ("the gradient", grads)])
     grads = optimizers.clip_by_global_norm(grads, config.grad_clip_norm, check=False)
     new_params, new_state = optimizers.adam_update(params, grads, state, lr=config.meta_lr, check=False)
     return contract.Step(new_params, new_state, value)

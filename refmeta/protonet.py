@@ -33,9 +33,13 @@ Conventions (``ProtoNetConfig``, recorded by ``conventions()``):
     task_reduction    "mean" (default) or "sum" of the per-task losses (3) over a leading task axis
 Every function takes leading task axes: support (..., N·K, ...), query (..., n_q, ...).
 ``init``, ``init_state``, ``loss``, ``step``, ``predict`` and ``accuracy`` check their inputs
-(``refmeta.checks``); the equations below them do not.
+(``refmeta.checks``); the equations below them do not.  The embedding's outputs are held to
+the contract, (..., n, d) floats; each entry point reads once whether its results are finite,
+and if not names the first NaN or inf (the embeddings, the loss, a gradient; in ``step`` the
+Adam step, which is not taken).
 """
 
+import itertools
 from dataclasses import dataclass, fields
 
 import autograd.numpy as anp
@@ -86,6 +90,7 @@ class ProtoNetConfig:
     meta_lr: float = 1e-3
 
     def __post_init__(self):
+        checks.plain_fields(self)
         checks.instance("embedding", self.embedding, Model)
         checks.integer("n_way", self.n_way, minimum=2)
         checks.choice("distance", self.distance, DISTANCES)
@@ -119,6 +124,7 @@ def prototypes(z_support, support_y, n_way):
 
 def pairwise_distance(z, c, distance="sqeuclidean"):
     """d(z_i, c_j) for z (..., m, d) and c (..., n, d) -> (..., m, n); see the module docstring."""
+    checks.choice("distance", distance, DISTANCES)
     if distance == "cosine":
         return 1.0 - anp.matmul(normalize(z), anp.swapaxes(normalize(c), -1, -2))
     difference = z[..., :, None, :] - c[..., None, :, :]                    # (..., m, n, d)
@@ -148,7 +154,7 @@ def init(rng, config):
     """The embedding's host params, f_φ's φ."""
     checks.generator(rng)
     checks.instance("config", config, ProtoNetConfig)
-    return config.embedding.init(rng)
+    return checks.model_params("config.embedding.init(rng)", config.embedding.init(rng))
 
 
 def init_state(params, config):
@@ -159,7 +165,10 @@ def init_state(params, config):
 
 def loss(params, episode, config):
     """J(φ) of (3) on an Episode: one task, or leading task axes reduced by task_reduction."""
-    return _loss(params, _check(params, config, episode), config)
+    episode = _check(params, config, episode)
+    value = _loss(params, episode, config)
+    _check_finite("protonet.loss", params, episode, config, [("the loss J", value)])
+    return value
 
 
 def step(params, state, episode, config):
@@ -167,6 +176,8 @@ def step(params, state, episode, config):
     episode = _check(params, config, episode)
     checks.adam_state("state", state, checks.init_shapes(init, config))
     value, gradient = value_and_grad(_loss)(params, episode, config)
+    _check_finite(f"protonet.step (Adam step {state.step + 1}, not taken)", params, episode, config,
+                  [("the loss J", value), ("the gradient", gradient)])
     params, state = optimizers.adam_update(params, gradient, state, lr=config.meta_lr, check=False)
     return Step(params, state, value)
 
@@ -174,8 +185,11 @@ def step(params, state, episode, config):
 def predict(params, episode, config):
     """log p_φ(y = k | x) of (2) for every query, (..., n_q, N)."""
     episode = _check(params, config, episode)
-    z_support, z_query = embed_episode(params, episode, config.embedding.apply, config.joint_embedding)
-    return log_probabilities(z_support, episode.support_y, z_query, config.n_way, config.distance)
+    embed = _embedding(config, episode)
+    z_support, z_query = embed_episode(params, episode, embed, config.joint_embedding)
+    log_p = log_probabilities(z_support, episode.support_y, z_query, config.n_way, config.distance)
+    _check_finite("protonet.predict", params, episode, config, [("log p(y | x)", log_p)])
+    return log_p
 
 
 def accuracy(log_probs, query_y):
@@ -200,8 +214,25 @@ def _check(params, config, episode=None):
     return episode
 
 
+def _embedding(config, episode):
+    """f_φ, its outputs held to the contract: x (..., n, ...) -> (..., n, d) floats."""
+    return checks.embedding("config.embedding.apply(params, x)", config.embedding.apply,
+                            anp.ndim(episode.support_y))
+
+
+def _check_finite(where, params, episode, config, results):
+    """One read: are ``results`` [(name, value)] finite?  If not, name the first NaN or inf of
+    the embeddings and ``results``."""
+    if not checks.all_finite(*(value for _, value in results)):
+        z = embed_episode(params, episode, config.embedding.apply, config.joint_embedding)
+        checks.first_non_finite(where, itertools.chain(
+            zip(("config.embedding.apply on the support set", "config.embedding.apply on the "
+                 "query set"), z), results))
+
+
 def _loss(params, episode, config):
-    z_support, z_query = embed_episode(params, episode, config.embedding.apply, config.joint_embedding)
+    embed = _embedding(config, episode)
+    z_support, z_query = embed_episode(params, episode, embed, config.joint_embedding)
     task_losses = loss_from_embeddings(z_support, episode.support_y, z_query, episode.query_y,
                                        config.n_way, config.distance)
     return anp.mean(task_losses) if config.task_reduction == "mean" else anp.sum(task_losses)

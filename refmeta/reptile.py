@@ -43,9 +43,12 @@ example (it reloads the previous task's optimiser state) carry Adam's moments ov
 
 Tasks are vectorised like MAML's: params get a leading task axis and one
 ``grad`` call serves every task, since Σ_i L_i couples no two tasks.  Entry points
-check their inputs once (``refmeta.checks``); the update rules below them do not.
+check their inputs once (``refmeta.checks``); the update rules below them do not.  A
+non-finite result is named as MAML's is (its module docstring), with the task in a serial
+step.  ``adapt`` and ``predict`` keep only the current φ^(j); ``adapt_trajectory`` keeps all.
 """
 
+import itertools
 from dataclasses import dataclass, fields
 from typing import Optional
 
@@ -84,6 +87,7 @@ class ReptileConfig:
     variant: str = "batched"
 
     def __post_init__(self):
+        checks.plain_fields(self)
         checks.model_with_loss("model", self.model, "Reptile")
         if self.n_way is not None:
             checks.integer("n_way", self.n_way, minimum=2)
@@ -111,7 +115,7 @@ def init(rng, config):
     """φ from ``config.model.init``: a dict of host float64 arrays."""
     checks.generator(rng)
     checks.instance("config", config, ReptileConfig)
-    return config.model.init(rng)
+    return checks.model_params("config.model.init(rng)", config.model.init(rng))
 
 
 def init_state(params, config):
@@ -125,8 +129,11 @@ def loss(params, episode, config):
     the query examples by ``inner_reduction`` and over tasks by ``task_reduction``."""
     episode = _check(params, config, episode)
     adapted = _adapt(params, episode, config, config.inner_steps)
-    task_losses = config.model.loss(adapted, episode.query_x, episode.query_y, config.inner_reduction)
-    return _reduce_total(anp.sum(task_losses), episode, config)
+    total = _total_loss(adapted, episode.query_x, episode.query_y, config)
+    value = _reduce_total(total, episode, config)
+    _check_finite("reptile.loss", params, episode, config, config.inner_steps, None,
+                  [("config.model.loss on the query sets", value)])
+    return value
 
 
 def step(params, state, episode, config, *, batch_indices=None):
@@ -140,6 +147,9 @@ def step(params, state, episode, config, *, batch_indices=None):
         raise TypeError(f"Reptile keeps no state: pass init_state's None; got {type(state).__name__}")
     update = serial_step if config.variant == "serial" else batched_step
     new_params, start_loss = update(params, episode, config, batch_indices)
+    _check_finite("reptile.step (not taken)", params, episode, config, config.inner_steps,
+                  batch_indices, [("the loss", start_loss), ("the new params", new_params)],
+                  config.variant == "serial")
     return contract.Step(new_params, None, start_loss)
 
 
@@ -148,14 +158,19 @@ def adapt(params, episode, config, *, steps=None, batch_indices=None):
     ``config.test_inner_steps``) on its support set, mini-batched by ``batch_indices``."""
     steps = config.test_inner_steps if steps is None else checks.integer("steps", steps, minimum=0)
     episode = _check(params, config, episode, batch_indices, steps)
-    return _adapt(params, episode, config, steps, batch_indices)
+    adapted = _adapt(params, episode, config, steps, batch_indices)
+    _check_finite("reptile.adapt", params, episode, config, steps, batch_indices, [("φ̃", adapted)])
+    return adapted
 
 
 def predict(params, episode, config, *, steps=None, batch_indices=None):
     """f_{φ̃_i}(query_x) for every task: the model's outputs after ``adapt``."""
     steps = config.test_inner_steps if steps is None else checks.integer("steps", steps, minimum=0)
     episode = _check(params, config, episode, batch_indices, steps)
-    return config.model.apply(_adapt(params, episode, config, steps, batch_indices), episode.query_x)
+    outputs = config.model.apply(_adapt(params, episode, config, steps, batch_indices), episode.query_x)
+    _check_finite("reptile.predict", params, episode, config, steps, batch_indices,
+                  [("config.model.apply on the query sets", outputs)])
+    return outputs
 
 
 def _check(params, config, episode=None, batch_indices=None, steps=0):
@@ -171,13 +186,41 @@ def _check(params, config, episode=None, batch_indices=None, steps=0):
     return episode
 
 
+def _check_finite(where, params, episode, config, steps, batch_indices, results, serial=False):
+    """One read: are ``results`` [(name, value)] finite?  If not, recompute U^steps and name the
+    first NaN or inf it makes, else the first of ``results``."""
+    if not checks.all_finite(*(value for _, value in results)):
+        checks.first_non_finite(where, itertools.chain(
+            _quantities(params, episode, config, steps, batch_indices, serial), results))
+
+
+def _quantities(params, episode, config, steps, batch_indices, serial):
+    """(name, value) of each support loss, gradient and inner update, in the order U^steps makes
+    them: every task at once from φ, or (``serial``) task by task from the φ the last one left."""
+    n_tasks = anp.shape(episode.support_x)[0]
+    for group in ([slice(t, t + 1) for t in range(n_tasks)] if serial else [slice(None)]):
+        of = f" of task {group.start}" if serial else ""
+        loss = "config.model.loss on the support set" + (of if serial else "s, Σ_i,")
+        indices = None if batch_indices is None else batch_indices[group]
+        phi = trees.broadcast_tasks(params, len(range(n_tasks)[group]))
+        for j, (total, grads, phi) in enumerate(_inner_steps(
+                phi, episode.support_x[group], episode.support_y[group], config, steps, indices), 1):
+            yield f"{loss} at inner step {j}", total
+            yield from ((f"its gradient for {name!r} at inner step {j}{of}", grads[name])
+                        for name in sorted(grads))
+            yield from ((f"the inner update of {name!r} at inner step {j}{of}", phi[name])
+                        for name in sorted(phi))
+        if serial:
+            params = trees.interpolate(params, trees.take_task(phi, 0), config.meta_step_size)
+
+
 # ----- the paper's update rules (no checks) -----
 def batched_step(params, episode, config, batch_indices=None):
     """Algorithm 2, update (2): adapt every task from φ, then move φ toward the results.
     Returns (new φ, the task-reduced loss at φ of the first inner step's batch)."""
-    trajectory, start_total = _inner_loop(_per_task(params, episode), episode.support_x,
-                                          episode.support_y, config, config.inner_steps, batch_indices)
-    differences = {name: trajectory[-1][name] - params[name] for name in sorted(params)}  # (T, ...)
+    adapted, start_total = _inner_loop(_per_task(params, episode), episode.support_x,
+                                       episode.support_y, config, config.inner_steps, batch_indices)
+    differences = {name: adapted[name] - params[name] for name in sorted(params)}  # (T, ...)
     reduce = anp.mean if config.task_reduction == "mean" else anp.sum
     new_params = {name: params[name] + config.meta_step_size * reduce(differences[name], axis=0)
                   for name in sorted(params)}
@@ -194,7 +237,7 @@ def serial_step(params, episode, config, batch_indices=None):
         one = slice(t, t + 1)
         task_indices = None if batch_indices is None else batch_indices[one]
         adapted = _inner_loop(trees.broadcast_tasks(params, 1), episode.support_x[one],
-                              episode.support_y[one], config, config.inner_steps, task_indices)[0][-1]
+                              episode.support_y[one], config, config.inner_steps, task_indices)[0]
         params = trees.interpolate(params, trees.take_task(adapted, 0), config.meta_step_size)
     return params, start_loss
 
@@ -204,7 +247,7 @@ def adapt_trajectory(params, support_x, support_y, config, steps=None, batch_ind
     params with a task axis (T, ...), on support_x, support_y (T, n, ...) mini-batched by
     ``batch_indices`` (T, steps, b) (None: the whole support set at every step)."""
     steps = config.inner_steps if steps is None else steps
-    return _inner_loop(params, support_x, support_y, config, steps, batch_indices)[0]
+    return _inner_loop(params, support_x, support_y, config, steps, batch_indices, keep=True)[0]
 
 
 def sample_inner_batches(rng, n_tasks, n_examples, inner_steps, batch_size):
@@ -229,28 +272,40 @@ def sample_inner_batches(rng, n_tasks, n_examples, inner_steps, batch_size):
     return out
 
 
-def _inner_loop(params, support_x, support_y, config, steps, batch_indices=None):
-    """U^steps from task-batched params: ([φ^(0), …, φ^(steps)], Σ_i L_i(φ^(0)) on the first
-    batch, or on the whole support set if steps = 0).  The inner optimiser starts fresh
-    (Adam: m = v = 0) for every call, i.e. for every task."""
+def _inner_loop(params, support_x, support_y, config, steps, batch_indices=None, keep=False):
+    """U^steps from task-batched params: (φ^(steps), or with ``keep`` [φ^(0), …, φ^(steps)];
+    Σ_i L_i(φ^(0)) on the first batch, or on the whole support set if steps = 0)."""
+    trajectory, first_total = [params], None
+    for total, _, params in _inner_steps(params, support_x, support_y, config, steps, batch_indices):
+        if keep:
+            trajectory.append(params)
+        first_total = total if first_total is None else first_total
+    if first_total is None:
+        first_total = _total_loss(params, support_x, support_y, config)
+    return (trajectory if keep else params), first_total
+
+
+def _inner_steps(params, support_x, support_y, config, steps, batch_indices=None):
+    """U one step at a time: yields (Σ_i L_i(φ^(j)) on step j's batch, its gradient, φ^(j+1)).
+    The inner optimiser starts fresh (Adam: m = v = 0) for every call, i.e. for every task."""
     state = optimizers.adam_init(params) if config.inner_optimizer == "adam" else None
-    trajectory, totals = [params], []
     for j in range(steps):
         x, y = _mini_batch(support_x, support_y, batch_indices, j)
-        total, grads = value_and_grad(_total_loss)(trajectory[-1], x, y, config)
+        total, grads = value_and_grad(_total_loss)(params, x, y, config)
         if config.inner_optimizer == "sgd":
-            new_params = optimizers.sgd_update(trajectory[-1], grads, config.inner_lr, check=False)
+            params = optimizers.sgd_update(params, grads, config.inner_lr, check=False)
         else:
-            new_params, state = optimizers.adam_update(
-                trajectory[-1], grads, state, lr=config.inner_lr, b1=config.adam_b1,
+            params, state = optimizers.adam_update(
+                params, grads, state, lr=config.inner_lr, b1=config.adam_b1,
                 b2=config.adam_b2, eps=config.adam_eps, check=False)
-        trajectory.append(new_params)
-        totals.append(total)
-    return trajectory, totals[0] if totals else _total_loss(params, support_x, support_y, config)
+        yield total, grads, params
 
 
 def _total_loss(params, x, y, config):
-    return anp.sum(config.model.loss(params, x, y, config.inner_reduction))     # Σ_i L_i
+    """Σ_i L_i of config.model.loss, held to the contract: real floats, one loss per task (T,)."""
+    return anp.sum(checks.model_losses("config.model.loss(params, x, y, reduction)",
+                                       config.model.loss(params, x, y, config.inner_reduction),
+                                       anp.shape(x)[0]))
 
 
 def _reduce_total(total, episode, config):
@@ -261,7 +316,7 @@ def _reduce_total(total, episode, config):
 def _adapt(params, episode, config, steps, batch_indices=None):
     """φ̃_i = U_i^steps(φ) for every task of the meta-batch, from the shared φ."""
     return _inner_loop(_per_task(params, episode), episode.support_x, episode.support_y, config,
-                       steps, batch_indices)[0][-1]
+                       steps, batch_indices)[0]
 
 
 def _per_task(params, episode):

@@ -92,6 +92,7 @@ class SNAILConfig:
     bn_momentum: float = 0.1
 
     def __post_init__(self):
+        checks.plain_fields(self)
         for name, minimum in (("n_way", 2), ("kernel_size", 1), ("dilation_start", 0),
                               ("embedding_dim", 1), ("embedding_filters", 1), ("image_channels", 1),
                               ("image_size", 16)):  # 16: four 2×2 pools
@@ -141,6 +142,21 @@ def channel_plan(config):
     """(4): [C_0, channels after each block]; the output layer reads the last."""
     return blocks.stack_channels(config.embedding_dim + config.n_way, config.blocks,
                                  config.sequence_length)
+
+
+def parameter_count(config):
+    """How many numbers ``init`` makes, from the config alone (``init`` refuses what cannot fit)."""
+    f, d, k = config.embedding_filters, config.embedding_dim, config.kernel_size
+    count = sum(f * c * 9 + 3 * f for c in (config.image_channels, f, f, f))  # conv, bias, BN × 4
+    if config.embedding_linear:
+        count += (f * (config.image_size // 16) ** 2 + 1) * d
+    channels, depth = channel_plan(config), len(config.dilations())
+    for c, spec in zip(channels, config.blocks):
+        if spec[0] == "attention":                                   # query, key, value and biases
+            count += (c + 1) * (2 * spec[1] + spec[2])
+        else:                                                        # filter and gate, each dense
+            count += sum(2 * (k * (c + i * spec[1]) + 1) * spec[1] for i in range(depth))
+    return count + (channels[-1] + 1) * config.n_way                 # out.w, out.b
 
 
 def embed(params, images, config, bn_state=None, return_bn_moments=False):
@@ -194,6 +210,8 @@ def init(rng, config):
     """Host float64 params: "embed.*" (conv4 + linear), "block{j}.*", "out.w" (C, N), "out.b"."""
     checks.instance("config", config, SNAILConfig)
     checks.generator(rng)
+    checks.fits(f"n_way={config.n_way}, sequence_length={config.sequence_length}, image_size="
+                f"{config.image_size}", "SNAIL's float64 params", 8 * parameter_count(config))
     embedding = layers.conv4_init(rng, config.image_channels,
                                   config.embedding_dim if config.embedding_linear else None,
                                   config.embedding_filters, variant="maxpool", bn_affine="both",
@@ -242,6 +260,9 @@ def step(params, state, episode, config):
         return _loss(logits, episode.query_y)
 
     value, grads = value_and_grad(objective)(params)
+    if not checks.all_finite(value, grads):
+        checks.first_non_finite(f"snail.step (Adam step {state.adam.step + 1}, not taken)",
+                                [("the loss", value), ("the gradient", grads)])
     params, adam = optimizers.adam_update(params, grads, state.adam, lr=config.meta_lr,
                                           check=False)
     bn = layers.update_running(state.bn, moments, config.bn_momentum)

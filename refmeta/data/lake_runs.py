@@ -36,6 +36,8 @@ from refmeta import checks
 from refmeta.device import backend
 from refmeta.data.omniglot import member_image, open_zip
 
+METRICS = ("sqeuclidean", "euclidean", "cosine", "cityblock", "chebyshev", "correlation",
+           "braycurtis", "canberra")   # scipy cdist's metrics for real vectors, with no parameter
 EXPECTED = "Lake's all_runs.zip: runNN/class_labels.txt, runNN/training/*.png, runNN/test/*.png"
 
 
@@ -76,6 +78,8 @@ def load_lake_runs(zip_path, image_size=None):
     Returns:
         tuple of LakeRun; images float64 with ink = 1.
     """
+    if image_size is not None:
+        checks.integer("image_size", image_size, minimum=1)
     members = open_zip(zip_path, EXPECTED)
     label_files = sorted(n for n in members if n.count("/") == 1 and n.endswith("/class_labels.txt"))
     if not label_files:
@@ -132,7 +136,12 @@ def ink_points(image):
 
 
 def modified_hausdorff_distance(points_a, points_b):
-    """MHD(A, B) of two point sets (n_a, 2) and (n_b, 2), by the definition."""
+    """MHD(A, B) of two point sets (n_a, 2) and (n_b, 2), n_a, n_b >= 1, by the definition."""
+    for name, points in (("points_a", points_a), ("points_b", points_b)):
+        checks.finite(name, points)
+        if np.ndim(points) != 2 or np.shape(points)[1] != 2 or len(points) == 0:
+            raise ValueError(f"{name} must be a set of (row, column) points, shape (n, 2) with "
+                             f"n >= 1; got {np.shape(points)}")
     distances = cdist(points_a, points_b)  # (n_a, n_b)
     return max(distances.min(axis=1).mean(), distances.min(axis=0).mean())
 
@@ -164,8 +173,11 @@ def embedding_distance(embed, metric="sqeuclidean"):
     Args:
         embed: images (n, 1, H, W) on the current backend -> features (n, d).  Lake's images
             are 105×105: load the runs with the ``image_size`` the embedding was trained on.
-        metric: "sqeuclidean" (Prototypical Networks), "cosine", or any scipy cdist metric.
+        metric: "sqeuclidean" (Prototypical Networks), "cosine", or another of ``METRICS``.
     """
+    checks.function("embed", embed)
+    checks.choice("metric", metric, METRICS)
+
     def cost(test_images, train_images):
         test, train = (backend.to_host(embed(backend.asarray(images[:, None])))
                        for images in (test_images, train_images))

@@ -53,6 +53,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from refmeta import checks
 from refmeta.device import backend
 from refmeta.data.tasks import Episode
 
@@ -242,8 +243,7 @@ def load_characters(zip_path, image_size=28, cache_dir=None):
         Characters with images (n_characters, n_drawings, s, s) float64, sorted by
         (alphabet, character); rotations all 0.
     """
-    if not isinstance(image_size, int) or image_size < 1:
-        raise ValueError(f"image_size must be a positive integer; got {image_size!r}")
+    image_size = checks.integer("image_size", image_size, minimum=1)
     loaded = None
     if cache_dir is not None:
         layout = _drawings_by_character(_member_names(zip_path, EXPECTED_ZIP), zip_path)
@@ -343,15 +343,11 @@ def with_rotations(characters, rotations=ROTATIONS):
 
 
 # ----- episodes -----
-def _check_count(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
-
-
-def _check_episode_request(images, n_way, k_shot, n_query):
-    _check_count("n_way", n_way, 2)
-    _check_count("k_shot", k_shot, 1)
-    _check_count("n_query", n_query, 1)
+def _check_episode_request(rng, images, n_way, k_shot, n_query):
+    checks.generator(rng)
+    checks.integer("n_way", n_way, minimum=2)
+    checks.integer("k_shot", k_shot, minimum=1)
+    checks.integer("n_query", n_query, minimum=1)
     if getattr(images, "ndim", None) != 4:
         raise ValueError(f"images must be (n_classes, n_examples, H, W); "
                          f"got shape {getattr(images, 'shape', None)}")
@@ -393,13 +389,13 @@ def sample_episode(rng, images, n_way, k_shot, n_query, dtype=np.float64):
         default, or float32), support_y (N·K,) int,
         query_x (N·Q, 1, H, W), query_y (N·Q,); labels 0..N−1 in the order classes were drawn.
     """
-    _check_episode_request(images, n_way, k_shot, n_query)
+    _check_episode_request(rng, images, n_way, k_shot, n_query)
     return _to_episode(_draw_episode(rng, images, n_way, k_shot, n_query), n_way, dtype)
 
 
 def sample_episodes(rng, images, n_tasks, n_way, k_shot, n_query, dtype=np.float64):
     """T = n_tasks independent episodes stacked on a leading task axis: support_x (T, N·K, 1, H, W)."""
-    _check_count("n_tasks", n_tasks, 1)
-    _check_episode_request(images, n_way, k_shot, n_query)
+    checks.integer("n_tasks", n_tasks, minimum=1)
+    _check_episode_request(rng, images, n_way, k_shot, n_query)
     episodes = [_draw_episode(rng, images, n_way, k_shot, n_query) for _ in range(n_tasks)]
     return _to_episode([np.stack(field) for field in zip(*episodes)], n_way, dtype)

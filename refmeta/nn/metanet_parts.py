@@ -47,6 +47,7 @@ import numpy as np
 from autograd import grad
 from autograd.tracer import getval
 
+from refmeta import checks
 from refmeta.nn import layers, losses
 
 KINDS = ("conv", "dense")
@@ -77,6 +78,7 @@ def learner_init(rng, in_channels=1, hidden=64, n_blocks=4, n_out=5):
 def image_sides(n_blocks, rounding="floor"):
     """(smallest, largest) image side that ``n_blocks`` 2×2 pools take to 1, the last pool on
     2 or 3 pixels (floor: 2^n … 2^(n+1) − 1) or on 2 (ceil: 2^(n−1) + 1 … 2^n)."""
+    checks.choice("rounding", rounding, ("floor", "ceil"))
     if rounding == "floor":
         return 2 ** n_blocks, 2 ** (n_blocks + 1) - 1
     return 2 ** (n_blocks - 1) + 1, 2 ** n_blocks

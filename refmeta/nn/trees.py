@@ -13,10 +13,13 @@ deterministic.  Names follow openai/supervised-reptile's ``variables.py``:
     subtree(a, prefix)      the leaves "prefix.<name>", renamed "<name>"
 
 Trees combined leaf-wise must have the same keys and shapes; a mismatch raises ValueError
-naming the key.  ``flatten`` and ``mean`` refuse an empty tree / an empty list.
+naming the key.  ``flatten``, ``mean`` and ``sum_trees`` refuse an empty tree / an empty list;
+a weight (``scale``'s s, ``interpolate``'s t) must be a real number, or a 0-d array of one;
+``take_task`` refuses a task index outside the leading axis.
 """
 
 import autograd.numpy as anp
+from autograd.tracer import getval
 
 from refmeta import checks
 
@@ -53,11 +56,14 @@ def subtract(a, b):
 
 
 def scale(a, s):
+    checks.instance("the tree to scale", getval(a), dict)    # under autograd a DictBox: its dict
+    checks.scalar("s", s)
     return {name: s * a[name] for name in sorted(a)}
 
 
 def interpolate(a, b, t):
     """a + t (b - a): t = 0 gives a, t = 1 gives b."""
+    checks.scalar("t", t)
     return map_tree(lambda x, y: x + t * (y - x), a, b)
 
 
@@ -73,12 +79,17 @@ def vdot(a, b):
 
 def mean(trees):
     """Leaf-wise mean of a non-empty list of trees."""
+    checks.instance("trees", trees, (list, tuple))
     if not trees:
         raise ValueError("mean of an empty list of trees")
     return scale(sum_trees(trees), 1.0 / len(trees))
 
 
 def sum_trees(trees):
+    """Leaf-wise sum of a non-empty list (or tuple) of trees."""
+    checks.instance("trees", trees, (list, tuple))
+    if not trees:
+        raise ValueError("sum of an empty list of trees")
     total = trees[0]
     for tree in trees[1:]:
         total = add(total, tree)
@@ -98,6 +109,12 @@ def broadcast_tasks(params, n_tasks):
 
 def take_task(params, t):
     """The parameters of task ``t`` from a tree whose leaves carry a leading task axis."""
+    checks.instance("params", getval(params), dict)          # under autograd a DictBox: its dict
+    lengths = {anp.shape(leaf)[0] if anp.ndim(leaf) else 0 for leaf in getval(params).values()}
+    if len(lengths) != 1 or 0 in lengths:
+        raise ValueError(f"take_task needs leaves with one leading task axis of length T >= 1; got "
+                         f"the shapes {[anp.shape(params[name]) for name in sorted(params)]}")
+    checks.integer("t", t, minimum=0, maximum=lengths.pop() - 1)
     return {name: params[name][t] for name in sorted(params)}
 
 
