@@ -50,7 +50,7 @@ from autograd.tracer import getval
 from refmeta import checks
 from refmeta.contract import Model, Step
 from refmeta.device import backend
-from refmeta.nn import layers, losses, optimizers
+from refmeta.nn import kinks, layers, losses, optimizers
 
 DISTANCES = ("sqeuclidean", "euclidean", "cosine")
 TASK_REDUCTIONS = ("mean", "sum")
@@ -134,7 +134,9 @@ def pairwise_distance(z, c, distance="sqeuclidean"):
 
 def normalize(z, eps=1e-12):
     """z / ‖z‖ along the last axis (‖z‖ floored at eps, as a zero vector has no direction)."""
-    return z / anp.sqrt(anp.maximum(anp.sum(z * z, axis=-1, keepdims=True), eps * eps))
+    squared_norm = anp.sum(z * z, axis=-1, keepdims=True)
+    kinks.floor(squared_norm, eps * eps)
+    return z / anp.sqrt(anp.maximum(squared_norm, eps * eps))
 
 
 def log_probabilities(z_support, support_y, z_query, n_way, distance="sqeuclidean"):

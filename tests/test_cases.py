@@ -51,8 +51,7 @@ def test_the_docs_describe_every_case_and_the_readme_counts_them():
 def test_a_case_is_bit_for_bit_reproducible_from_its_seed(case_id, encoded):
     text, npz = cases.encode(case_id, cases.build(case_id))
     document, _, first_npz = encoded[case_id]
-    assert npz == first_npz
-    assert json.loads(text) == document and text == cases.encode(case_id, cases.build(case_id))[0]
+    assert npz == first_npz and text == json.dumps(document, indent=1, ensure_ascii=False) + "\n"
     assert document["npz_sha256"] == hashlib.sha256(npz).hexdigest()
 
 
@@ -236,7 +235,7 @@ def test_structurally_zero_outputs_are_documented_and_zero_within_their_toleranc
             reference = arrays["outputs/" + name]
             assert verify.compare(reference, np.zeros_like(reference), entry["rtol"], entry["atol"])[2]
             assert f"`{name}`" in text, f"docs/reference-cases.md does not list {case_id}'s {name}"
-    assert found == 4 * 6 + 3 + 1          # conv biases ahead of batch norm, SNAIL's key biases, MetaNet
+    assert found == 4 * 6 + 3 + 2          # conv biases ahead of batch norm, SNAIL's key biases, MetaNet
 
 
 def _documented(pattern, text):
@@ -295,12 +294,16 @@ def test_query_counts_say_per_class_and_in_all(case_id, encoded):
     assert nulls == (["n_way"] if "sinusoid" in case_id else []), nulls    # null n_way: regression
 
 
-def test_metanet_generators_map_a_zero_gradient_to_a_zero_fast_weight(encoded):
-    """The documented initialisation, checked in NumPy from the case's params alone."""
-    _, inputs, outputs = _case(encoded, "metanet-3way1shot-first-order")
+@pytest.mark.parametrize("case_id", [c for c in ALL if c.startswith("metanet")])
+def test_metanet_generators_map_a_zero_gradient_to_the_recorded_fast_weight(case_id, encoded):
+    """The documented initialisation, checked in NumPy from the case's params alone: m and d map
+    pre(0) to −0.05 (conv kernels) and +0.05 (dense matrices), never 0."""
+    document, inputs, outputs = _case(encoded, case_id)
     p = {k[7:]: v for k, v in inputs.items() if k.startswith("params/")}
     sigmoid, relu = (lambda z: 1 / (1 + np.exp(-z))), (lambda z: np.maximum(z, 0))
     zero = np.array([[-1.0, 0.0]])                                    # pre(0) with p = 7
+    expected = document["hyperparameters"]["zero_gradient_fast_weight"]
+    assert expected == {"conv": -0.05, "dense": 0.05}
     for kind in ("conv", "dense"):
         m = relu(relu(zero @ p[f"m.{kind}.l0.w"] + p[f"m.{kind}.l0.b"]) @ p[f"m.{kind}.l1.w"]
                  + p[f"m.{kind}.l1.b"]) @ p[f"m.{kind}.l2.w"] + p[f"m.{kind}.l2.b"]
@@ -311,8 +314,24 @@ def test_metanet_generators_map_a_zero_gradient_to_a_zero_fast_weight(encoded):
             c = np.tanh(a) * sigmoid(i) + sigmoid(f) * c
             s = sigmoid(o) * np.tanh(c)
         d = s @ p[f"d.{kind}.out.w"] + p[f"d.{kind}.out.b"]
-        np.testing.assert_allclose([m.item(), d.item()], [0.0, 0.0], rtol=0, atol=1e-15)
+        np.testing.assert_allclose([m.item(), d.item()], [expected[kind]] * 2, rtol=1e-14)
     assert np.abs(outputs["attention"]).min() < 0.9                   # not every cosine is ≈ 1
+
+
+def test_the_metanet_chunk_case_differs_between_a_mean_and_a_sum_over_each_chunk(encoded):
+    """meta_info/task is the gradient of u's slow-head loss averaged over each chunk of 2: the sum
+    over the chunk is twice it, and d (an LSTM) does not map twice the input to the same weights."""
+    from refmeta.nn import metanet_parts
+    document, inputs, outputs = _case(encoded, "metanet-4way1shot-chunks2-first-order")
+    assert document["hyperparameters"]["chunk_size"] == 2 and outputs["meta_info/task/fc1.w"].shape[0] == 2
+    assert document["conventions"]["chunk_loss_reduction"].startswith("mean")
+    p = {k[7:]: v for k, v in inputs.items() if k.startswith("params/")}
+    for name in ("conv0.w", "fc1.w"):
+        kind, gradients = metanet_parts.layer_kind("rep." + name), outputs[f"meta_info/task/{name}"]
+        as_mean = metanet_parts.task_generator(p, kind, metanet_parts.preprocess(gradients, 7.0))
+        as_sum = metanet_parts.task_generator(p, kind, metanet_parts.preprocess(2 * gradients, 7.0))
+        np.testing.assert_allclose(as_mean, outputs[f"task_fast_weights/{name}"], rtol=1e-12, atol=1e-15)
+        assert np.abs(as_sum - as_mean).max() > 1e-3
 
 
 # ----- export: atomic, and bad directories -----

@@ -6,23 +6,31 @@ writes them, ``refmeta verify CASE.json THEIRS.npz`` (``refmeta.cases.verify``) 
 implementation's outputs against them.
 
 The registry.  ``CASES`` maps a case id to a *builder*: a function of no arguments
-(bind settings with ``functools.partial``) that returns a dict with exactly these keys:
+(bind settings with ``functools.partial``) that returns a ``Recipe(header, inputs, outputs)``
+(``parts.Recipe``), the case split in two, what is drawn and what is computed from it:
 
-    algorithm        str, e.g. "MAML"
-    description      str, one paragraph
-    seed             int: every random draw comes from numpy.random.default_rng(seed)
-    model            JSON-able description complete enough to rebuild the network
-                     (``layers.mlp_describe`` / ``layers.conv4_describe``)
-    loss             JSON-able: the per-example loss and what its labels/targets are
-    conventions      JSON-able: every convention in REQUIRED_CONVENTIONS; the ones that do not
-                     apply say "not applicable: <why>" rather than being left out
-    hyperparameters  JSON-able: step sizes, step counts, sizes
-    procedure        list of str: the computation, step by step, in terms of the array names
+    header           {key: JSON-able} with exactly these keys:
+      algorithm        str, e.g. "MAML"
+      description      str, one paragraph
+      seed             int: every random draw comes from numpy.random.default_rng(seed)
+      model            JSON-able description complete enough to rebuild the network
+                       (``layers.mlp_describe`` / ``layers.conv4_describe``)
+      loss             JSON-able: the per-example loss and what its labels/targets are
+      conventions      JSON-able: every convention in REQUIRED_CONVENTIONS; the ones that do not
+                       apply say "not applicable: <why>" rather than being left out
+      hyperparameters  JSON-able: step sizes, step counts, sizes
+      procedure        list of str: the computation, step by step, in terms of the array names
     inputs           {name: Array(value, meaning)}: params, data and the random draws made
-    outputs          {name: Array(value, meaning, rtol=None, atol=None, zero_because=None)}:
-                     what to reproduce; ``zero_because`` says why an output is 0 in exact
-                     arithmetic (recorded as "structurally_zero"); every other output must
-                     carry signal at its tolerance (tests/test_cases.py perturbs each one)
+    outputs          a function of the input values {name: array}, host or device, and of nothing
+                     else, returning {name: Array(value, meaning, rtol=None, atol=None,
+                     zero_because=None)} on the host: what to reproduce; ``zero_because`` says
+                     why an output is 0 in exact arithmetic (recorded as "structurally_zero");
+                     every other output must carry signal at its tolerance (tests/test_cases.py
+                     perturbs each one)
+
+``build`` computes the outputs, watching every kink they pass (``refmeta.nn.kinks``: a case
+whose smallest margin is below ``wellposed.MIN_KINK_MARGIN`` is refused), then recomputes them
+from inputs moved by a relative 1e-13 (``wellposed``) and records each output's spread.
 
 Array names use "/" to group (``params/conv0.w``, ``meta_gradient/conv0.w``).  The model's
 layer entries carry ``torch_layout`` and ``haiku_layout`` (``parts.with_layouts``).  Values are host
@@ -32,9 +40,10 @@ must be deterministic: two calls give the same bits (tests/test_cases.py checks 
 Adding a case is one more entry in ``CASES``.
 
 Where the builders live: ``optimization`` (MAML, Reptile), ``metric`` (Prototypical and
-Matching Networks) and ``model_based`` (Meta Networks, SNAIL); ``parts`` holds what they share
-(``Array``, ``default_tolerance``, the loss descriptions, the synthetic episode).  This module
-holds the registry and turns a built case into its two files.
+Matching Networks), ``meta_networks`` and ``model_based`` (SNAIL); ``parts`` holds what they share
+(``Recipe``, ``Array``, ``default_tolerance``, the loss descriptions, the synthetic episode),
+``wellposed`` the perturbation and the kink margins.  This module holds the registry and turns
+a built case into its two files.
 """
 
 import functools
@@ -49,13 +58,17 @@ import numpy as np
 
 import refmeta
 from refmeta.cases.metric import matching_case, protonet_case
-from refmeta.cases.model_based import metanet_case, snail_case
+from refmeta.cases.meta_networks import metanet_case
+from refmeta.cases.model_based import snail_case
 from refmeta.cases.optimization import maml_conv4_case, maml_sinusoid_case, reptile_sinusoid_case
-from refmeta.cases.parts import NOT_APPLICABLE, Array, default_tolerance, group_scales
+from refmeta.cases import wellposed
+from refmeta.cases.parts import NOT_APPLICABLE, Array, Recipe, tolerances
+from refmeta.nn import kinks
 
 FORMAT = "refmeta.case/1"
-BUILDER_KEYS = ("algorithm", "description", "seed", "model", "loss", "conventions",
-                "hyperparameters", "procedure", "inputs", "outputs")
+HEADER_KEYS = ("algorithm", "description", "seed", "model", "loss", "conventions",
+               "hyperparameters", "procedure")
+BUILDER_KEYS = HEADER_KEYS + ("inputs", "outputs")
 # The choices where papers and implementations disagree (docs/reference-cases.md, Conventions):
 # every case records each of them, with a value or "not applicable: why"
 REQUIRED_CONVENTIONS = ("task_reduction", "inner_reduction", "query_reduction", "inner_steps",
@@ -76,6 +89,8 @@ CASES = {
     "matching-conv4-3way2shot-fce": functools.partial(matching_case, True),
     "metanet-3way1shot-first-order": functools.partial(metanet_case, False),
     "metanet-3way1shot-second-order": functools.partial(metanet_case, True),
+    "metanet-4way1shot-chunks2-first-order": functools.partial(metanet_case, False, seed=45, n_way=4,
+                                                               chunks=2),
     "snail-3way1shot": snail_case,
 }
 
@@ -85,58 +100,100 @@ class CaseError(ValueError):
     """A case that cannot be built, read or written; the message says what and where."""
 
 
-def build(case_id):
-    """Run the builder of ``case_id`` and check what it returned; returns the dict."""
+def recipe(case_id):
+    """The builder's ``Recipe`` of ``case_id``, its header and inputs checked."""
     if case_id not in CASES:
         raise CaseError(f"unknown case {case_id!r}; known: {', '.join(CASES)}")
-    case = CASES[case_id]()
-    if not isinstance(case, dict) or set(case) != set(BUILDER_KEYS):
-        got = sorted(case) if isinstance(case, dict) else type(case).__name__
-        raise CaseError(f"builder of {case_id!r} must return a dict with keys {list(BUILDER_KEYS)};"
-                        f" got {got}")
-    missing = [key for key in REQUIRED_CONVENTIONS if key not in case["conventions"]]
+    found = CASES[case_id]()
+    if not isinstance(found, Recipe) or set(found.header) != set(HEADER_KEYS):
+        got = sorted(found.header) if isinstance(found, Recipe) else type(found).__name__
+        raise CaseError(f"builder of {case_id!r} must return a Recipe whose header has the keys "
+                        f"{list(HEADER_KEYS)}; got {got}")
+    missing = [key for key in REQUIRED_CONVENTIONS if key not in found.header["conventions"]]
     if missing:
         raise CaseError(f"{case_id}: conventions must record {missing} (a value, or "
                         f"\"{NOT_APPLICABLE}<why>\")")
-    for kind in ("inputs", "outputs"):
-        for name, array in case[kind].items():
-            if not isinstance(array, Array) or not np.all(np.isfinite(array.value)):
-                raise CaseError(f"{case_id}: {kind} {name!r} must be an Array of finite numbers")
-    return case
+    _check_arrays(case_id, "inputs", found.inputs)
+    return found
 
 
-def _entry(array, group_scale):
-    """The JSON entry of an input (group_scale None) or of an output."""
+def build(case_id):
+    """Compute the case ``case_id`` and check it; returns a dict with the header's keys,
+    "inputs", "outputs", "kinks" (``wellposed.kink_summary``) and "spreads" ({output name:
+    ``wellposed.spreads``' entry}).  Raises CaseError if a kink's margin is too small."""
+    found = recipe(case_id)
+    values = {name: array.value for name, array in found.inputs.items()}
+    with kinks.recording() as passed:
+        outputs = found.outputs(values)
+    _check_arrays(case_id, "outputs", outputs)
+    summary = wellposed.kink_summary(passed)
+    kind, margin, _ = min(passed, key=lambda record: record[1], default=(None, float("inf"), 0))
+    if margin < wellposed.MIN_KINK_MARGIN:
+        raise CaseError(f"{case_id}: a {kind} input lies {margin:.2g} of its array's scale from the "
+                        f"kink; a case needs at least {wellposed.MIN_KINK_MARGIN:g}, or rounding decides "
+                        "which side it takes")
+    recomputed = [found.outputs(wellposed.perturbed(found.inputs, seed)) for seed in wellposed.SEEDS]
+    spreads = wellposed.spreads(outputs, recomputed, tolerances(outputs))
+    return {**found.header, "inputs": found.inputs, "outputs": outputs, "kinks": summary,
+            "spreads": spreads}
+
+
+def _check_arrays(case_id, kind, arrays):
+    for name, array in arrays.items():
+        if not isinstance(array, Array) or not np.all(np.isfinite(array.value)):
+            raise CaseError(f"{case_id}: {kind} {name!r} must be an Array of finite numbers")
+
+
+def _entry(array, tolerance=None, spread=None):
+    """The JSON entry of an input (tolerance None) or of an output."""
     value = np.asarray(array.value)
     entry = {"shape": list(value.shape), "dtype": "float64", "meaning": array.meaning}
     if np.issubdtype(value.dtype, np.integer) or value.dtype == bool:
         entry["integer_valued"] = True
-    if group_scale is not None:
-        rtol, atol = default_tolerance(group_scale)
-        entry["rtol"] = rtol if array.rtol is None else array.rtol
-        entry["atol"] = atol if array.atol is None else array.atol
+    if tolerance is not None:
+        entry["rtol"], entry["atol"] = tolerance
     if array.zero_because is not None:
         entry["structurally_zero"] = array.zero_because
+    if spread is not None:
+        entry["perturbation_spread"] = spread
     return entry
 
 
 def encode(case_id, case):
-    """(json_text, npz_bytes) of a built case; the same case gives the same bytes."""
-    scales = group_scales(case["outputs"])
+    """(json_text, npz_bytes) of a built case; the same case gives the same bytes.  A case built
+    by hand may leave out "kinks" and "spreads"."""
     arrays = {f"{kind}/{name}": np.asarray(array.value, dtype=np.float64)
               for kind in ("inputs", "outputs") for name, array in case[kind].items()}
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)          # zip entries carry a fixed 1980 timestamp: reproducible
     npz = buffer.getvalue()
+    found, spreads = tolerances(case["outputs"]), case.get("spreads", {})
     document = {"format": FORMAT, "id": case_id, "algorithm": case["algorithm"],
                 "description": case["description"], "refmeta_version": refmeta.__version__,
                 "seed": case["seed"], "npz_sha256": hashlib.sha256(npz).hexdigest(),
                 **{key: case[key] for key in ("model", "loss", "conventions", "hyperparameters",
                                               "procedure")},
-                "inputs": {name: _entry(a, None) for name, a in case["inputs"].items()},
-                "outputs": {name: _entry(a, scales[name.split("/")[0]])
+                "inputs": {name: _entry(a) for name, a in case["inputs"].items()},
+                "outputs": {name: _entry(a, found[name], spreads.get(name))
                             for name, a in case["outputs"].items()}}
+    if "kinks" in case:
+        document["well_posed"] = _well_posed(case, found)
     return json.dumps(document, indent=1, ensure_ascii=False, allow_nan=False) + "\n", npz
+
+
+def _well_posed(case, found):
+    """The JSON's "well_posed" record: how the spreads were measured, and the kinks' margins."""
+    fractions = [spread["fraction_of_allowed"] for spread in case["spreads"].values()]
+    worst = max(fractions, default=0.0)
+    return {"perturbation": f"every float input x ↦ x · (1 + {wellposed.RELATIVE_MOVE:g} · s), s = ±1 "
+                            "per element drawn by numpy.random.default_rng(seed) in the order of the "
+                            f"inputs, seeds {list(wellposed.SEEDS)}; each output's perturbation_spread "
+                            "is its largest change: max_abs, and fraction_of_allowed = the largest "
+                            "|change| / (atol + rtol·|reference|)",
+            "relative_move": wellposed.RELATIVE_MOVE, "seeds": list(wellposed.SEEDS),
+            "required_tolerance_over_spread": wellposed.SPREAD_FACTOR,
+            "smallest_tolerance_over_spread": None if worst == 0 else wellposed.round_down(1 / worst),
+            "kinks": case["kinks"]}
 
 
 def describe_cases():
@@ -144,8 +201,8 @@ def describe_cases():
     width = max(len(case_id) for case_id in CASES)
     lines = []
     for case_id in CASES:
-        case = build(case_id)
-        lines.append(f"{case_id.ljust(width)}  {case['algorithm']}: {case['description']}")
+        header = recipe(case_id).header                     # drawn, not computed
+        lines.append(f"{case_id.ljust(width)}  {header['algorithm']}: {header['description']}")
     return "\n".join(lines)
 
 

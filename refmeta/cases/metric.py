@@ -7,13 +7,13 @@ from autograd import value_and_grad
 from refmeta import matching, protonet
 from refmeta.data import tasks
 from refmeta.nn import layers, optimizers
-from refmeta.cases.parts import (CONV_BIAS_BEFORE_BN, NOT_APPLICABLE, Array, lstm_layer,
-                                 perturbed_batch_norm, prefixed, query_counts, synthetic_episode,
-                                 tree_arrays, with_layouts)
+from refmeta.cases.parts import (CONV_BIAS_BEFORE_BN, NOT_APPLICABLE, ONE_TASK, Array, Recipe, host,
+                                 lstm_layer, perturbed_batch_norm, prefixed, query_counts,
+                                 synthetic_episode, tree_arrays, values_under, with_layouts)
 
 LR = 0.01            # the one plain gradient step of every single-episode case
 METRIC_CONVENTIONS = {
-    "task_reduction": NOT_APPLICABLE + "one task",
+    "task_reduction": ONE_TASK,
     "inner_reduction": NOT_APPLICABLE + "no inner loop",
     "query_reduction": "mean over the query points",
     "inner_steps": NOT_APPLICABLE + "no inner loop", "test_inner_steps": NOT_APPLICABLE + "no inner loop",
@@ -45,17 +45,12 @@ def embed_procedure(prefix):
 
 
 def metric_case(algorithm, description, seed, model, conventions, hyperparameters, procedure,
-                params, episode, loss_fn, outputs, zero_because=None):
-    """The shared tail: inputs, loss, gradient and one plain gradient step of LR on every
-    parameter.  ``procedure`` is the family's steps up to the loss; ``zero_because`` {param:
-    why} marks the gradients that are 0 in exact arithmetic."""
-    loss, gradient = value_and_grad(loss_fn)(params)
-    updated = optimizers.sgd_update(params, gradient, LR)
-    outputs = dict(outputs, loss=Array(np.asarray(loss), "(): mean over the n_query_total queries of "
-                                                         "−log p(y | x)"))
-    outputs.update(tree_arrays("gradient", gradient, "∂ loss / ∂ params", zero_because))
-    outputs.update(tree_arrays("updated", updated, f"params − {LR} · gradient: one plain gradient "
-                                                   "step"))
+                params, episode, intermediates, loss_fn, zero_because=None):
+    """The shared tail of the single-episode cases: inputs, loss, gradient and one plain gradient
+    step of LR on every parameter.  ``procedure`` is the family's steps up to the loss;
+    ``intermediates(params, episode)`` {name: Array} and ``loss_fn(params, episode)`` compute
+    the family's outputs from any (device) values; ``zero_because`` {param: why} marks the
+    gradients that are 0 in exact arithmetic."""
     inputs = dict(tree_arrays("params", params, "the parameters"),
                   support_x=Array(episode.support_x, "(N·K, 1, H, W) support images, class-major"),
                   support_y=Array(episode.support_y, "(N·K,) support labels 0..N−1"),
@@ -64,12 +59,38 @@ def metric_case(algorithm, description, seed, model, conventions, hyperparameter
     loss_description = {"type": "negative log-likelihood", "per_example": "−log p(y | x) of the "
                         "true class", "labels": "integers 0..n_way−1 stored as float64",
                         "reduction_over_examples": "mean over the n_query_total queries"}
-    conventions = {**METRIC_CONVENTIONS, **conventions, "meta_lr": NOT_ADAM}
-    return {"algorithm": algorithm, "description": description, "seed": seed,
-            "model": dict(model, layers=with_layouts(model["layers"])),
-            "loss": loss_description, "conventions": conventions,
-            "hyperparameters": dict(hyperparameters, lr=LR, optimizer="one plain gradient step"),
-            "procedure": procedure + METRIC_UPDATE_PROCEDURE, "inputs": inputs, "outputs": outputs}
+    training = conventions.get("task_reduction")         # the Config's, for meta-batches
+    conventions = {**METRIC_CONVENTIONS, **conventions, "meta_lr": NOT_ADAM,
+                   "task_reduction": METRIC_CONVENTIONS["task_reduction"]}
+    if training is not None:
+        conventions["task_reduction_in_training"] = (f"{training}: the Config's task_reduction, over "
+                                                     "the tasks of a meta-batch in training")
+    header = {"algorithm": algorithm, "description": description, "seed": seed,
+              "model": dict(model, layers=with_layouts(model["layers"])),
+              "loss": loss_description, "conventions": conventions,
+              "hyperparameters": dict(hyperparameters, lr=LR, optimizer="one plain gradient step"),
+              "procedure": procedure + METRIC_UPDATE_PROCEDURE}
+    return Recipe(header, inputs, lambda values: episode_outputs(
+        values, intermediates, loss_fn, "(): mean over the n_query_total queries of −log p(y | x)",
+        zero_because))
+
+
+def episode_outputs(values, intermediates, loss_fn, loss_meaning, zero_because=None):
+    """The outputs of a single-episode case on the host, {name: Array}: ``intermediates``, then
+    loss, gradient and one plain gradient step of LR, from the input values (host or device)."""
+    params = values_under(values, "params")
+    episode = tasks.Episode(*(values[k] for k in ("support_x", "support_y", "query_x", "query_y")))
+    found = intermediates(params, episode)                                 # {name: Array}
+    loss, gradient = value_and_grad(loss_fn)(params, episode)
+    updated = optimizers.sgd_update(params, gradient, LR)
+    arrays, loss, gradient, updated = host(({k: a.value for k, a in found.items()}, loss, gradient,
+                                            updated))
+    outputs = {name: array._replace(value=arrays[name]) for name, array in found.items()}
+    outputs["loss"] = Array(np.asarray(loss), loss_meaning)
+    outputs.update(tree_arrays("gradient", gradient, "∂ loss / ∂ params", zero_because))
+    outputs.update(tree_arrays("updated", updated, f"params − {LR} · gradient: one plain gradient "
+                                                   "step"))
+    return outputs
 
 
 def _counts(n_way, k_shot, n_query):
@@ -88,17 +109,19 @@ def protonet_case(distance="sqeuclidean", seed=0, n_way=3, k_shot=2, n_query=4, 
                                      distance=distance)
     params = perturbed_batch_norm(rng, protonet.init(rng, config), hidden)
     episode = tasks.Episode(*synthetic_episode(rng, n_way, k_shot, n_query, image_size))
-    z_support, z_query = protonet.embed_episode(params, episode, config.embedding.apply)
-    prototypes = protonet.prototypes(z_support, episode.support_y, n_way)
-    distances = protonet.pairwise_distance(z_query, prototypes, distance)
-    outputs = {"embeddings/support": Array(z_support, "(N·K, d) f(support_x)"),
-               "embeddings/query": Array(z_query, "(n_query_total, d) f(query_x)"),
-               "prototypes": Array(prototypes, "(N, d) class means of embeddings/support"),
-               "distances": Array(distances, f"(n_query_total, N) {distance} distance from each "
-                                             "query to each prototype"),
-               "log_probabilities": Array(protonet.log_probabilities(
-                   z_support, episode.support_y, z_query, n_way, distance),
-                   "(n_query_total, N) log p(y = k | x)")}
+
+    def intermediates(params, episode):
+        z_support, z_query = protonet.embed_episode(params, episode, config.embedding.apply)
+        prototypes = protonet.prototypes(z_support, episode.support_y, n_way)
+        distances = protonet.pairwise_distance(z_query, prototypes, distance)
+        return {"embeddings/support": Array(z_support, "(N·K, d) f(support_x)"),
+                "embeddings/query": Array(z_query, "(n_query_total, d) f(query_x)"),
+                "prototypes": Array(prototypes, "(N, d) class means of embeddings/support"),
+                "distances": Array(distances, f"(n_query_total, N) {distance} distance from each "
+                                              "query to each prototype"),
+                "log_probabilities": Array(protonet.log_probabilities(
+                    z_support, episode.support_y, z_query, n_way, distance),
+                    "(n_query_total, N) log p(y = k | x)")}
     procedure = embed_procedure("") + [
         "prototypes[k] = mean of the rows of embeddings/support with support_y = k (Eq. 1).",
         f"distances[q, k] = d(embeddings/query[q], prototypes[k]), d = {distance} "
@@ -112,7 +135,7 @@ def protonet_case(distance="sqeuclidean", seed=0, n_way=3, k_shot=2, n_query=4, 
         "gradient and one gradient step.", seed,
         layers.conv4_describe(1, None, hidden, "maxpool", "both", "transductive", 1e-5, image_size),
         config.conventions(), _counts(n_way, k_shot, n_query),
-        procedure, params, episode, lambda p: protonet.loss(p, episode, config), outputs,
+        procedure, params, episode, intermediates, lambda p, e: protonet.loss(p, e, config),
         {f"conv{i}.b": CONV_BIAS_BEFORE_BN for i in range(4)})
 
 
@@ -164,21 +187,26 @@ def matching_case(fce, seed=0, n_way=3, k_shot=2, n_query=4, hidden=8, image_siz
                                      embedding_dim=hidden, n_way=n_way, fce=fce, read_steps=read_steps)
     params = perturbed_batch_norm(rng, matching.init(rng, config), hidden, prefix="embed.")
     episode = tasks.Episode(*synthetic_episode(rng, n_way, k_shot, n_query, image_size))
-    g_prime, f_prime = matching.base_embeddings(params, episode, config)
-    g, f = matching.full_context_embeddings(params, g_prime, f_prime, config)
     scale = config.attention_scale
-    outputs = {"embeddings/support": Array(g_prime, "(N·K, d) g′(support_x)"),
-               "embeddings/query": Array(f_prime, "(n_query_total, d) f′(query_x)"),
-               "attention": Array(matching.attention(f, g, config.distance, scale),
-                                  "(n_query_total, N·K) a(x̂_q, x_i) = softmax_i(s·cos(f_q, g_i))"),
-               "log_probabilities": Array(matching.class_log_probabilities(
-                   f, g, episode.support_y, n_way, config.distance, scale),
-                   "(n_query_total, N) log p(y = k | x̂, S)")}
+
+    def intermediates(params, episode):
+        g_prime, f_prime = matching.base_embeddings(params, episode, config)
+        g, f = matching.full_context_embeddings(params, g_prime, f_prime, config)
+        found = {"embeddings/support": Array(g_prime, "(N·K, d) g′(support_x)"),
+                 "embeddings/query": Array(f_prime, "(n_query_total, d) f′(query_x)"),
+                 "attention": Array(matching.attention(f, g, config.distance, scale),
+                                    "(n_query_total, N·K) a(x̂_q, x_i) = softmax_i(s·cos(f_q, g_i))"),
+                 "log_probabilities": Array(matching.class_log_probabilities(
+                     f, g, episode.support_y, n_way, config.distance, scale),
+                     "(n_query_total, N) log p(y = k | x̂, S)")}
+        if fce:
+            found.update({"fce/support": Array(g, "(N·K, d) g(x_i, S) (Appendix A.2)"),
+                          "fce/query": Array(f, "(n_query_total, d) f(x̂, S) (Appendix A.1)")})
+        return found
+
     net = layers.conv4_describe(1, None, hidden, "maxpool", "both", "transductive", 1e-5, image_size)
     model_layers = prefixed(net["layers"], "embed.")
     if fce:
-        outputs.update({"fce/support": Array(g, "(N·K, d) g(x_i, S) (Appendix A.2)"),
-                        "fce/query": Array(f, "(n_query_total, d) f(x̂, S) (Appendix A.1)")})
         model_layers += _fce_layers(hidden)
     model = {"model": "matching_network", "embedding": net, "fce": fce,
              "read_steps": read_steps if fce else None, "lstm_hidden_size": hidden if fce else None,
@@ -192,8 +220,9 @@ def matching_case(fce, seed=0, n_way=3, k_shot=2, n_query=4, hidden=8, image_siz
         f"with max-pool shared by f′ and g′, {hidden} filters) on one synthetic {n_way}-way {k_shot}-shot "
         f"episode with {_queries(n_way, n_query)}: embeddings, attention, log-probabilities, loss, "
         "gradient and one gradient step.", seed, model,
-        config.conventions(), dict(_counts(n_way, k_shot, n_query), read_steps=read_steps if fce else
-                                   NOT_APPLICABLE + "no FCE"),
+        dict(config.conventions(), read_steps=read_steps if fce else NOT_APPLICABLE + "no FCE (the "
+             f"Config's read_steps = {read_steps} is read only with fce)"),
+        dict(_counts(n_way, k_shot, n_query), read_steps=read_steps if fce else NOT_APPLICABLE + "no FCE"),
         embed_procedure("embed.") + matching_procedure(fce, read_steps, scale), params, episode,
-        lambda p: matching.loss(p, episode, config), outputs,
+        intermediates, lambda p, e: matching.loss(p, e, config),
         {f"embed.conv{i}.b": CONV_BIAS_BEFORE_BN for i in range(4)})

@@ -11,8 +11,9 @@ from refmeta import contract, maml, reptile
 from refmeta.data import tasks
 from refmeta.nn import layers, losses, optimizers, trees
 from refmeta.cases.parts import (ADAM_META, CE_LOSS, CONV_BIAS_BEFORE_BN, MSE_LOSS, NOISE_FACTOR,
-                                 NOT_APPLICABLE, Array, default_tolerance, group_scales,
-                                 power_of_ten_above, query_counts, tree_arrays, with_layouts)
+                                 NOT_APPLICABLE, Array, Recipe, default_tolerance, group_scales, host,
+                                 power_of_ten_above, query_counts, tree_arrays, values_under,
+                                 with_layouts)
 
 
 def _sinusoid_data(rng, family, n_tasks, n_points):
@@ -58,12 +59,15 @@ def _mlp_model(sizes, activation):
                                f"mlp {'-'.join(map(str, sizes))} {activation}, mse")
 
 
-def maml_outputs(params, episode, config, zero_because=None):
-    """Every MAML output of a case, as {name: Array}, from host params and a host Episode.
+def maml_outputs(values, config, zero_because=None):
+    """Every MAML output of a case, as {name: Array} on the host, from the case's input values
+    (host or device): params/<name>, support_x, support_y, query_x, query_y.
 
     ``zero_because`` {param name: why}: the params whose meta-gradient is 0 in exact arithmetic.
     """
     zero_because = zero_because or {}
+    params = values_under(values, "params")
+    episode = tasks.Episode(*(values[k] for k in ("support_x", "support_y", "query_x", "query_y")))
     n_tasks, loss_fn = episode.support_x.shape[0], config.model.loss
     trajectory = maml.adapt_trajectory(trees.broadcast_tasks(params, n_tasks), episode.support_x,
                                        episode.support_y, config)
@@ -73,6 +77,8 @@ def maml_outputs(params, episode, config, zero_because=None):
     meta_loss, meta_gradient = value_and_grad(maml.loss)(params, episode, config)
     updated, _ = optimizers.adam_update(params, meta_gradient, optimizers.adam_init(params),
                                         lr=config.meta_lr, b1=0.9, b2=0.999, eps=1e-8)
+    trajectory, support, query, meta_loss, meta_gradient, updated = host(
+        (trajectory, support, query, meta_loss, meta_gradient, updated))
     outputs = {"support_loss": Array(np.stack(support, axis=1), "(T, inner_steps): support "
                                      "loss of task t before inner step j"),
                "query_loss": Array(np.asarray(query), "(T,): query loss after the inner steps"),
@@ -119,19 +125,19 @@ def _adam_noise_atol(gradient_scale, lr, eps=1e-8):
 
 
 def _maml_case(description, seed, model, loss, config, extra_conventions, hyperparameters, inputs,
-               params, episode, zero_because=None):
+               zero_because=None):
     conventions = dict(config.conventions(), **extra_conventions,
                        test_inner_steps_note="not used: this case takes no test-time steps",
                        inner_optimizer_state=NOT_APPLICABLE + "the inner loop is plain gradient "
                        "descent, which has no state")
     model = dict(model, layers=with_layouts(model["layers"]))
-    return {"algorithm": "MAML", "description": description, "seed": seed, "model": model,
-            "loss": loss, "conventions": conventions,
-            "hyperparameters": dict(hyperparameters, inner_lr=config.inner_lr,
-                                    inner_steps=config.inner_steps, meta_lr=config.meta_lr,
-                                    **ADAM_META),
-            "procedure": MAML_PROCEDURE, "inputs": inputs,
-            "outputs": maml_outputs(params, episode, config, zero_because)}
+    header = {"algorithm": "MAML", "description": description, "seed": seed, "model": model,
+              "loss": loss, "conventions": conventions,
+              "hyperparameters": dict(hyperparameters, inner_lr=config.inner_lr,
+                                      inner_steps=config.inner_steps, meta_lr=config.meta_lr,
+                                      **ADAM_META),
+              "procedure": MAML_PROCEDURE}
+    return Recipe(header, inputs, lambda values: maml_outputs(values, config, zero_because))
 
 
 def maml_sinusoid_case(inner_steps, first_order, seed=0, n_tasks=5, n_support=10, n_query=10):
@@ -156,8 +162,7 @@ def maml_sinusoid_case(inner_steps, first_order, seed=0, n_tasks=5, n_support=10
         f"(K = {n_support} support and {n_query} query points per task): losses, adapted params, "
         "meta-gradient and one Adam meta-step.", seed, layers.mlp_describe(sizes), MSE_LOSS, config,
         _sinusoid_conventions(family),
-        {"n_tasks": n_tasks, "n_support": n_support, "n_query": n_query}, inputs, params,
-        tasks.Episode(support_x, support_y, query_x, query_y))
+        {"n_tasks": n_tasks, "n_support": n_support, "n_query": n_query}, inputs)
 
 
 def maml_conv4_case(first_order, seed=0, n_tasks=2, n_way=5, k_shot=1, n_query=2, hidden=8,
@@ -207,8 +212,7 @@ def maml_conv4_case(first_order, seed=0, n_tasks=2, n_way=5, k_shot=1, n_query=2
         f"{image_size}×{image_size} images).", seed, model, CE_LOSS, config, conventions,
         {"n_tasks": n_tasks, "n_way": n_way, "k_shot": k_shot, "n_support_per_task": n_way * k_shot,
          **query_counts(n_way, n_query)},
-        inputs, params, tasks.Episode(support_x, support_y, query_x, query_y),
-        {f"conv{i}.b": CONV_BIAS_BEFORE_BN for i in range(4)})
+        inputs, {f"conv{i}.b": CONV_BIAS_BEFORE_BN for i in range(4)})
 
 
 REPTILE_PROCEDURE = [
@@ -243,31 +247,6 @@ def reptile_sinusoid_case(mode, seed=0, n_tasks=3, n_support=20, inner_steps=5, 
     config = reptile.ReptileConfig(_mlp_model(sizes, "tanh"), inner_lr=0.01, inner_steps=inner_steps,
                                    inner_optimizer="adam", adam_b1=0.0, meta_step_size=0.5,
                                    variant=mode)
-    loss_fn = config.model.loss
-    starts, adapted, inner_losses, phi = [], [], [], params
-    for t in range(n_tasks):
-        start = phi if mode == "serial" else params
-        x, y, idx = support_x[t:t + 1], support_y[t:t + 1], batch_indices[t:t + 1]
-        trajectory = reptile.adapt_trajectory(trees.broadcast_tasks(start, 1), x, y, config,
-                                              batch_indices=idx)
-        inner_losses.append([loss_fn(trajectory[j], x[:, idx[0, j]], y[:, idx[0, j]], "mean")[0]
-                             for j in range(inner_steps)])
-        starts.append(start)
-        adapted.append([trees.take_task(p, 0) for p in trajectory[1:]])
-        phi = trees.interpolate(start, adapted[-1][-1], config.meta_step_size)
-    updated = reptile.step(params, reptile.init_state(params, config),
-                           tasks.Episode(support_x, support_y, support_x, support_y), config,
-                           batch_indices=batch_indices).params
-    stack = lambda trees_: {k: np.stack([tree[k] for tree in trees_]) for k in sorted(params)}
-    outputs = {"inner_loss": Array(np.array(inner_losses), "(T, inner_steps): mini-batch loss "
-                                                            "of task t before inner step j")}
-    if mode == "serial":
-        outputs.update(tree_arrays("task_start", stack(starts), "(T, ...): φ_t, the params "
-                                                                 "task t starts from"))
-    for j in range(inner_steps):
-        outputs.update(tree_arrays(f"adapted_step{j + 1}", stack([a[j] for a in adapted]),
-                                    f"(T, ...): every task's params after inner step {j + 1}"))
-    outputs.update(tree_arrays("updated", updated, "params after the Reptile update"))
     inputs = dict(tree_arrays("params", params, "the meta-parameters φ"),
                   support_x=Array(support_x, "(T, n, 1) inputs x ~ U[x_range]"),
                   support_y=Array(support_y, "(T, n, 1) targets A·sin(x + b)"),
@@ -276,7 +255,7 @@ def reptile_sinusoid_case(mode, seed=0, n_tasks=3, n_support=20, inner_steps=5, 
                   amplitude=Array(amplitude, "(T,) task amplitudes A (already in the targets)"),
                   phase=Array(phase, "(T,) task phases b (already in the targets)"))
     model = layers.mlp_describe(sizes, "tanh")
-    return {"algorithm": "Reptile", "seed": seed, "model": dict(model, layers=with_layouts(model["layers"])),
+    header = {"algorithm": "Reptile", "seed": seed, "model": dict(model, layers=with_layouts(model["layers"])),
             "description": f"{mode} Reptile on {n_tasks} sine tasks, {inner_steps} inner Adam "
                            f"steps on mini-batches of {batch_size} of each task's {n_support} "
                            "points, Adam reset for every task.",
@@ -289,5 +268,39 @@ def reptile_sinusoid_case(mode, seed=0, n_tasks=3, n_support=20, inner_steps=5, 
                                 **_sinusoid_conventions(family)),
             "hyperparameters": {"inner_lr": config.inner_lr, "inner_steps": inner_steps,
                                 "meta_step_size": config.meta_step_size, "n_tasks": n_tasks,
-                                "n_support": n_support, "batch_size": batch_size},
-            "inputs": inputs, "outputs": outputs}
+                                "n_support": n_support, "batch_size": batch_size}}
+    return Recipe(header, inputs, lambda values: reptile_outputs(values, config))
+
+
+def reptile_outputs(values, config):
+    """Every Reptile output of a case, as {name: Array} on the host, from the case's input
+    values (host or device): params/<name>, support_x, support_y, batch_indices."""
+    params = values_under(values, "params")
+    support_x, support_y, batch_indices = (values[k] for k in ("support_x", "support_y", "batch_indices"))
+    loss_fn, n_tasks, inner_steps = config.model.loss, support_x.shape[0], config.inner_steps
+    starts, adapted, inner_losses, phi = [], [], [], params
+    for t in range(n_tasks):
+        start = phi if config.variant == "serial" else params
+        x, y, idx = support_x[t:t + 1], support_y[t:t + 1], batch_indices[t:t + 1]
+        trajectory = reptile.adapt_trajectory(trees.broadcast_tasks(start, 1), x, y, config,
+                                              batch_indices=idx)
+        inner_losses.append([loss_fn(trajectory[j], x[:, idx[0, j]], y[:, idx[0, j]], "mean")[0]
+                             for j in range(inner_steps)])
+        starts.append(start)
+        adapted.append([trees.take_task(p, 0) for p in trajectory[1:]])
+        phi = trees.interpolate(start, adapted[-1][-1], config.meta_step_size)
+    updated = reptile.step(params, reptile.init_state(params, config),
+                           tasks.Episode(support_x, support_y, support_x, support_y), config,
+                           batch_indices=batch_indices).params
+    starts, adapted, inner_losses, updated = host((starts, adapted, inner_losses, updated))
+    stack = lambda trees_: {k: np.stack([tree[k] for tree in trees_]) for k in sorted(params)}
+    outputs = {"inner_loss": Array(np.array(inner_losses), "(T, inner_steps): mini-batch loss "
+                                                            "of task t before inner step j")}
+    if config.variant == "serial":
+        outputs.update(tree_arrays("task_start", stack(starts), "(T, ...): φ_t, the params "
+                                                                 "task t starts from"))
+    for j in range(inner_steps):
+        outputs.update(tree_arrays(f"adapted_step{j + 1}", stack([a[j] for a in adapted]),
+                                    f"(T, ...): every task's params after inner step {j + 1}"))
+    outputs.update(tree_arrays("updated", updated, "params after the Reptile update"))
+    return outputs

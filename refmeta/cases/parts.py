@@ -1,16 +1,33 @@
-"""What the case builders share: the Array record, its default tolerance, the loss
+"""What the case builders share: the Recipe and Array records, the default tolerance, the loss
 descriptions, the synthetic episode of the classification cases and its batch-norm
 perturbation, and the framework layouts written into every layer entry."""
 
 import math
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
+
+from refmeta.device import backend
 
 RTOL = 1e-10          # see default_tolerance and docs/reference-cases.md, "Tolerances"
 ATOL_FACTOR = 1e-10
 NOISE_FACTOR = 1e-12  # rounding noise of a structurally zero gradient, × its group's scale
 NOT_APPLICABLE = "not applicable: "
+ONE_TASK = NOT_APPLICABLE + "one task: the case computes a single episode"
+
+
+class Recipe(NamedTuple):
+    """A case before it is computed: what ``refmeta.cases.build`` turns into the case.
+
+    ``header`` holds the JSON-able keys "algorithm", "description", "seed", "model", "loss",
+    "conventions", "hyperparameters" and "procedure"; ``inputs`` {name: Array} the host arrays
+    drawn from the seed (params, data, draws).  ``outputs(values)`` computes the case's outputs,
+    {name: Array} on the host, from ``values`` {input name: array}, host or device arrays of
+    the inputs' names and shapes, and from nothing else: moved inputs give their own outputs.
+    """
+    header: dict
+    inputs: dict
+    outputs: Callable
 
 
 class Array(NamedTuple):
@@ -54,6 +71,28 @@ def tree_arrays(prefix, tree, meaning, zero_because=None):
     return {f"{prefix}/{name}": Array(np.asarray(tree[name]), meaning,
                                       zero_because=zero_because.get(name))
             for name in sorted(tree)}
+
+
+def values_under(values, prefix):
+    """{name: value} of the entries of ``values`` named ``prefix/name``."""
+    return {name[len(prefix) + 1:]: value for name, value in values.items()
+            if name.startswith(prefix + "/")}
+
+
+def host(tree):
+    """A tree of device or host arrays, read to the host explicitly (the outputs' last step)."""
+    return backend.to_host(tree)
+
+
+def tolerances(outputs):
+    """{name: (rtol, atol)} of every output: its own, or ``default_tolerance`` of its group."""
+    scales = group_scales(outputs)
+    found = {}
+    for name, array in outputs.items():
+        rtol, atol = default_tolerance(scales[name.split("/")[0]])
+        found[name] = (rtol if array.rtol is None else array.rtol,
+                       atol if array.atol is None else array.atol)
+    return found
 
 
 def group_scales(outputs):

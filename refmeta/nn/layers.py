@@ -32,6 +32,9 @@ Models are ``*_init(rng, ...) -> params`` (host float64) and ``*_apply(params, x
 model in another framework.  Initialisation follows PyTorch's defaults:
 w, b ~ U(±1/√fan_in) (kaiming-uniform with a = √5), BN β = 0, γ = 1.
 
+Kinks.  ``relu`` and ``max_pool_2x2`` report their inputs to ``refmeta.nn.kinks``, which reads
+them only while a reference case is built (the margins of docs/reference-cases.md).
+
 Checks.  The initialisers refuse sizes that are not integers ≥ 1, unknown variants and a
 ``rng`` that is not a ``numpy.random.Generator``.  The apply functions run inside the
 algorithms' differentiated code, whose entry points check the params against ``init``'s
@@ -46,7 +49,7 @@ import numpy as np
 from autograd.extend import defvjp, primitive
 
 from refmeta import checks
-from refmeta.nn import conv
+from refmeta.nn import conv, kinks
 
 __all__ = ["dense", "relu", "tanh", "conv2d", "max_pool_2x2", "batch_norm", "batch_moments",
            "update_running", "mlp_init", "mlp_apply", "mlp_describe", "conv4_init",
@@ -113,6 +116,7 @@ def dense(x, w, b):
 
 def relu(x):
     """max(x, 0), with derivative 0 at 0 (as PyTorch)."""
+    kinks.relu(x)                       # a case builder records the margin; otherwise nothing
     return x * (x > 0)
 
 
@@ -164,6 +168,7 @@ def max_pool_2x2(x, rounding="floor"):
     if anp.ndim(x) < 4 or anp.shape(x)[-1] < smallest or anp.shape(x)[-2] < smallest:
         raise ValueError(f"max_pool_2x2 expects x (..., n, C, H, W) with H, W ≥ {smallest}; "
                          f"got {anp.shape(x)} (rounding {rounding!r})")
+    kinks.max_pool(x, rounding)         # a case builder records the margin; otherwise nothing
     if rounding == "ceil":
         x = _repeat_odd_edges(x)
     return conv.max_pool(x)

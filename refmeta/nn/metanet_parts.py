@@ -48,7 +48,7 @@ from autograd import grad
 from autograd.tracer import getval
 
 from refmeta import checks
-from refmeta.nn import layers, losses
+from refmeta.nn import kinks, layers, losses
 
 KINDS = ("conv", "dense")
 HIDDEN_M = 20   # the authors' m: Linear(2, 20) → ReLU → Linear(20, 20) → ReLU → Linear(20, 1)
@@ -154,6 +154,7 @@ def group_gradients(net, names, x, y, second_order, rounding="floor"):
 def preprocess(g, p):
     """g (...) -> (..., 2): (log(max(|g|, e^−p)) / p, clip(e^p g, −1, 1))."""
     floor = float(np.exp(-p))
+    kinks.switch(g, floor)                          # both parts switch at |g| = e^−p
     log_part = anp.log(anp.maximum(anp.abs(g), floor)) / p
     sign_part = anp.clip(g * float(np.exp(p)), -1.0, 1.0)
     return anp.stack([log_part, sign_part], axis=-1)
