@@ -34,6 +34,7 @@ Errors are one line on stderr, never a traceback:
 import argparse
 import contextlib
 import importlib
+import os
 import signal
 import sys
 import threading
@@ -56,16 +57,31 @@ DEMOS = {
 
 EXIT_USAGE = options.EXIT_USAGE  # 2, argparse's status for a bad command line
 EXIT_INTERRUPTED, EXIT_TERMINATED = 128 + signal.SIGINT, 128 + signal.SIGTERM
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
 
 
 def main(argv=None):
     """Parse ``argv`` (default: sys.argv[1:]), run the subcommand, return its exit status."""
     try:
         args = build_parser().parse_args(argv)
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()            # a closed pipe shows here, not at the interpreter's exit
+        return status
     except options.UsageError as error:
         print(f"refmeta: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:
+        return _reader_gone()
+
+
+def _reader_gone():
+    """The reader of stdout went away (``refmeta verify … | head``): what is left unprinted
+    goes nowhere, with no traceback; exit status 141, as a shell's for SIGPIPE."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):      # no file descriptor behind sys.stdout (a test's capture)
+        pass
+    return EXIT_BROKEN_PIPE
 
 
 def build_parser():
