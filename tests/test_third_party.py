@@ -26,6 +26,7 @@ is skipped with the reason shown by ``pytest -ra``.
 """
 
 import os
+import pathlib
 
 import numpy as np
 import pytest
@@ -332,3 +333,6 @@ def test_a_users_mistake_with_higher_is_caught_and_its_cause_named(case_dir, cas
     text = verify.build_report(document, arrays, theirs).text()
     found = [line for line in text.splitlines() if line.startswith("likely cause") and cause in line]
     assert len(found) == 1, text
+    if "sum_over_tasks" not in mistake:      # docs/verify.md quotes each stage-level line whole
+        docs = (pathlib.Path(__file__).resolve().parent.parent / "docs" / "verify.md").read_text()
+        assert f"\n  {found[0]}\n" in docs, found[0]

@@ -13,6 +13,7 @@ inner SGD over every parameter, no first-order switch) are in tests/test_third_p
 
 import dataclasses
 import json
+import pathlib
 
 import numpy as np
 import pytest
@@ -55,6 +56,16 @@ def cause_lines(report):
 
 def verdict(report):
     return report.text().splitlines()[-1]
+
+
+def documented(report, kind):
+    """The line ``report`` prints for its cause ``kind``, checked to be quoted whole in
+    docs/verify.md ("The stage-level causes, and the line each prints")."""
+    (note,) = [note for note in report.notes if note.kind == kind]
+    (line,) = [line for line in cause_lines(report) if line.endswith(note.message)]
+    docs = (pathlib.Path(__file__).resolve().parent.parent / "docs" / "verify.md").read_text()
+    assert f"\n  {line}\n" in docs, line
+    return line
 
 
 # ----- the order of computation -----
@@ -215,6 +226,8 @@ def test_the_other_order_is_the_backward_pass_differing(case_dir, case_id, other
     failing = {r.name for r in report.outputs if r.status == "fail"}
     assert failing and all(n.startswith(("meta_gradient/", "gradient/", "updated/")) for n in failing)
     assert set(note.details["outputs"]) == failing - report_noise(document)
+    if case_id == "maml-sinusoid-k3-first-order":             # the line higher's run prints too
+        documented(report, "backward")
 
 
 def report_noise(document):
@@ -238,6 +251,7 @@ def test_batched_reptile_on_the_serial_case_is_named_not_carried_state(case_dir)
     assert "conventions.reptile_mode 'serial'" in note.message
     assert "carries over from one task to the next" not in report.text()
     assert set(note.details["outputs"]) == {r.name for r in report.outputs if r.status == "fail"}
+    documented(report, "reptile_batched")
 
 
 # ----- silent on plain wrong answers -----
@@ -319,6 +333,7 @@ def test_another_network_in_torch_is_the_forward_pass_differing(torch_run, chang
     assert note.message.startswith("the forward pass differs before any step: support_loss "
                                    "(column 0: before the first inner step) is the first output to fail")
     assert "the first to fail in the order of computation: support_loss (column 0" in verdict(report)
+    documented(report, "forward")
 
 
 def test_a_batch_norm_scale_left_at_its_initialisation_is_the_forward_pass_differing(torch_run):
@@ -348,6 +363,8 @@ def test_batch_norm_adapted_in_the_inner_loop_is_a_fixed_parameter_that_moved(to
     status = {r.name: r.status for r in report.outputs}
     assert status["adapted_step1/conv0.w"] == "pass" and status["adapted_step1/bn0.offset"] == "fail"
     assert "the first to fail in the order of computation: adapted_step1/bn0.offset;" in verdict(report)
+    assert set(note.details["outputs"]) == {r.name for r in report.outputs if r.status == "fail"}
+    documented(report, "fixed_moved")
 
 
 def test_a_second_order_torch_run_on_a_first_order_case_is_the_backward_pass(torch_run):

@@ -98,6 +98,7 @@ class Report:
         for note in self.notes:
             what = "note" if note.kind == "dtype" else "likely cause"
             covered = note.details.get("outputs") if note.kind != "dtype" else None
+            covered = covered and [n for n in names if n in set(covered)]   # in order
             if covered and len(covered) > 1 and set(covered) == set(failing):
                 what += f" (all {len(covered)} failing outputs)"
             elif covered:

@@ -184,13 +184,15 @@ def _fixed_moved(document, walk):
            if conventions(document).get("adapt_bn") is False and all(p.startswith("bn") for p in moved)
            else "the case's adapted_step outputs equal params for them")
     first = min((n for names in moved.values() for n in names), key=walk.order.index)
+    # the first checkpoint to fail is a moved parameter: every failure comes after it
+    covered = walk.failing if walk.first.name in sum(moved.values(), []) else walk.after(first)
     names = ", ".join(moved)
     return Diagnosis(
         "fixed_moved", f"a parameter the case holds fixed moved: {names} stay at params in every "
         f"inner step of the case ({why}), but theirs adapted_step…/{_one_of(moved)} differ from "
         f"params: theirs adapted them (the losses before the first inner step pass, and "
         f"{first} is the first output to fail); {HOLD_FIXED}",
-        {"parameters": list(moved), "outputs": walk.after(first)})
+        {"parameters": list(moved), "outputs": covered})
 
 
 def _forward(walk, consistent):
@@ -207,11 +209,11 @@ def _forward(walk, consistent):
             passes(reference[t], theirs[t], r.rtol, r.atol) for t in range(reference.shape[0])):
         return None                   # a different network fails every task, not some
     later = walk.after(first.name)
-    total = len(walk.order) - walk.order.index(first.name)
+    total = sum(walk.results[n].compared for n in walk.order[walk.order.index(first.name):])
     return Diagnosis(
         "forward", f"the forward pass differs before any step: {first.label} is the first output "
         f"to fail, computed from the case's parameters and inputs alone ({len(later)} of the "
-        f"{total} outputs from it on fail): the network or the loss differs from the case's; "
+        f"{total} outputs compared from it on fail): the network or the loss differs from the case's; "
         f"{FORWARD_CULPRITS}", {"first": first.name, "outputs": later})
 
 
