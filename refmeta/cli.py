@@ -17,7 +17,8 @@ handler returns the exit status.  A new subcommand is one more such function.
 A demo is a module with a docstring (its first line is the description listed
 here), ``add_arguments(parser)``, ``run(args) -> dict`` and ``main()``.
 
-Errors are one line on stderr, never a traceback:
+Errors are one line on stderr, never a traceback; a reader of stdout that goes away
+(``refmeta verify … | head``) ends the command quietly with status 141:
     refmeta: error: MESSAGE        a bad command line, demo option, data folder, data file or
                                    output folder (``refmeta.demos.options.UsageError``);
                                    exit status 2, found before any training
@@ -218,10 +219,13 @@ def _run_data_fetch(args):
 def _add_verify_command(subparsers):
     verify = subparsers.add_parser(
         "verify", help="compare another implementation's outputs with a reference case",
-        description="Each failing output gets its likely cause (a constant factor, transposed "
-                    "axes, the tasks that fail, float32; docs/verify.md). Exit status: 0 every "
-                    "output within tolerance, 1 verification failed, 2 the case or the outputs "
-                    "file could not be read, or the --json report could not be written.")
+        description="The table follows the order of computation and names the first output "
+                    "to fail; each likely cause is said once (a constant factor, transposed "
+                    "axes, the forward or backward pass, a fixed parameter that moved, nothing "
+                    "reaching the parameters, batched Reptile on a serial case, the tasks that "
+                    "fail, float32; docs/verify.md). Exit status: 0 every output within "
+                    "tolerance, 1 verification failed, 2 the case or the outputs file could not "
+                    "be read, or the --json report could not be written.")
     verify.add_argument("case", metavar="CASE.json", help="a case written by `refmeta cases export`")
     verify.add_argument("theirs", metavar="THEIRS.npz", help="one array per output name")
     verify.add_argument("--partial", action="store_true",

@@ -11,11 +11,12 @@ computation (``refmeta.cases.order``), and the verdict names the first to fail. 
 diagnosed: a constant factor, permuted axes, a reshape, some tasks wrong, float32 arithmetic,
 each a claim checked against the same tolerance; and the first wrong stage (the forward pass,
 the backward pass, a parameter held fixed that moved, nothing reaching the parameters, batched
-Reptile on a serial case), each said once with the outputs it covers.  ``refmeta verify`` prints the table and the likely causes and exits with
-0 (every output passes), 1 (verification failed: an output out of tolerance, or THEIRS.npz
-has missing, extra, misshapen or non-float arrays) or 2 (nothing could be compared: an
-unreadable or malformed case, a missing NPZ, THEIRS.npz not an NPZ; or the --json report
-could not be written).
+Reptile on a serial case), each said once with the outputs it covers.  ``refmeta verify``
+prints the table and the likely causes and exits with 0 (every output passes), 1
+(verification failed: an output out of tolerance, or THEIRS.npz has missing, extra, misshapen
+or non-float arrays) or 2 (nothing could be compared: an unreadable or malformed case, a
+missing NPZ, THEIRS.npz not an NPZ; or the --json report could not be written); 141 from the
+command line when the reader of its output goes away (``| head``, ``refmeta.cli``).
 
 ``--partial`` (``partial=True``) compares only the outputs present: missing ones are listed as
 not compared, not failed; extra, misshapen and non-float arrays still fail, and so does an
