@@ -17,7 +17,8 @@ handler returns the exit status.  A new subcommand is one more such function.
 A demo is a module with a docstring (its first line is the description listed
 here), ``add_arguments(parser)``, ``run(args) -> dict`` and ``main()``.
 
-Errors are one line on stderr, never a traceback:
+Errors are one line on stderr, never a traceback; a reader of stdout that goes away
+(``refmeta verify … | head``) ends the command quietly with status 141:
     refmeta: error: MESSAGE        a bad command line, demo option, data folder, data file or
                                    output folder (``refmeta.demos.options.UsageError``);
                                    exit status 2, found before any training
@@ -34,6 +35,7 @@ Errors are one line on stderr, never a traceback:
 import argparse
 import contextlib
 import importlib
+import os
 import signal
 import sys
 import threading
@@ -56,16 +58,31 @@ DEMOS = {
 
 EXIT_USAGE = options.EXIT_USAGE  # 2, argparse's status for a bad command line
 EXIT_INTERRUPTED, EXIT_TERMINATED = 128 + signal.SIGINT, 128 + signal.SIGTERM
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
 
 
 def main(argv=None):
     """Parse ``argv`` (default: sys.argv[1:]), run the subcommand, return its exit status."""
     try:
         args = build_parser().parse_args(argv)
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()            # a closed pipe shows here, not at the interpreter's exit
+        return status
     except options.UsageError as error:
         print(f"refmeta: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:
+        return _reader_gone()
+
+
+def _reader_gone():
+    """The reader of stdout went away (``refmeta verify … | head``): what is left unprinted
+    goes nowhere, with no traceback; exit status 141, as a shell's for SIGPIPE."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):      # no file descriptor behind sys.stdout (a test's capture)
+        pass
+    return EXIT_BROKEN_PIPE
 
 
 def build_parser():
@@ -202,10 +219,13 @@ def _run_data_fetch(args):
 def _add_verify_command(subparsers):
     verify = subparsers.add_parser(
         "verify", help="compare another implementation's outputs with a reference case",
-        description="Each failing output gets its likely cause (a constant factor, transposed "
-                    "axes, the tasks that fail, float32; docs/verify.md). Exit status: 0 every "
-                    "output within tolerance, 1 verification failed, 2 the case or the outputs "
-                    "file could not be read, or the --json report could not be written.")
+        description="The table follows the order of computation and names the first output "
+                    "to fail; each likely cause is said once (a constant factor, transposed "
+                    "axes, the forward or backward pass, a fixed parameter that moved, nothing "
+                    "reaching the parameters, batched Reptile on a serial case, the tasks that "
+                    "fail, float32; docs/verify.md). Exit status: 0 every output within "
+                    "tolerance, 1 verification failed, 2 the case or the outputs file could not "
+                    "be read, or the --json report could not be written.")
     verify.add_argument("case", metavar="CASE.json", help="a case written by `refmeta cases export`")
     verify.add_argument("theirs", metavar="THEIRS.npz", help="one array per output name")
     verify.add_argument("--partial", action="store_true",

@@ -26,6 +26,8 @@ CI installs torch and higher (.ci/run); there a missing library fails this file.
 is skipped with the reason shown by ``pytest -ra``.
 """
 
+import pathlib
+
 import numpy as np
 import pytest
 
@@ -197,15 +199,33 @@ def test_higher_example_sums_over_tasks_T_times_the_cases_mean(case_dir):
                                        atol=1e-14 * np.max(np.abs(expected)))
 
 
-@pytest.mark.parametrize("case_id, mistake, failing", [
+@pytest.mark.parametrize("case_id, mistake, failing, cause", [
     # higher's default copies θ before the inner loop: no meta-gradient reaches θ at all
-    ("maml-sinusoid-k1-second-order", {"copy_initial_weights": True}, "meta_gradient/"),
+    ("maml-sinusoid-k1-second-order", {"copy_initial_weights": True}, "meta_gradient/",
+     "nothing reached the parameters: theirs meta_gradient/* are all 0 and theirs updated/* "
+     "equal params/*, where the case's are not; something cut the parameters off from the "
+     "loss: higher's innerloop_ctx with copy_initial_weights=True"),
     # no first-order switch: the plain loop on a first-order case is second order
-    ("maml-sinusoid-k3-first-order", {"ignore_first_order": True}, "meta_gradient/"),
+    ("maml-sinusoid-k3-first-order", {"ignore_first_order": True}, "meta_gradient/",
+     "the backward pass differs: every output before meta_gradient/dense0.b passes"),
     # the case holds batch norm's offsets fixed in the inner loop
-    ("maml-conv4-bn-5way1shot-first-order", {"adapt_every_parameter": True}, "adapted_step1/bn"),
+    ("maml-conv4-bn-5way1shot-first-order", {"adapt_every_parameter": True}, "adapted_step1/bn",
+     "a parameter the case holds fixed moved: bn0.offset, bn1.offset, bn2.offset, bn3.offset "
+     "stay at params in every inner step of the case (conventions.adapt_bn false"),
+    # higher's example as written: one backward() per task, the sum over tasks
+    ("maml-conv4-bn-5way1shot-second-order", {"sum_over_tasks": True}, "meta_gradient/",
+     "theirs = 2.000 × reference: T = the number of tasks (2): sum vs mean over tasks"),
 ])
-def test_a_users_mistake_with_higher_is_caught(case_dir, case_id, mistake, failing):
+def test_a_users_mistake_with_higher_is_caught_and_its_cause_named(case_dir, case_id, mistake,
+                                                                   failing, cause):
+    """Each mistake made for real with higher: verify fails it and names the cause once."""
     document, arrays = load(case_dir, case_id)
-    failed = failing_outputs(document, arrays, maml_with_higher(case_dir / f"{case_id}.json", **mistake))
+    theirs = maml_with_higher(case_dir / f"{case_id}.json", **mistake)
+    failed = failing_outputs(document, arrays, theirs)
     assert any(name.startswith(failing) for name in failed), failed
+    text = verify.build_report(document, arrays, theirs).text()
+    found = [line for line in text.splitlines() if line.startswith("likely cause") and cause in line]
+    assert len(found) == 1, text
+    if "sum_over_tasks" not in mistake:      # docs/verify.md quotes each stage-level line whole
+        docs = (pathlib.Path(__file__).resolve().parent.parent / "docs" / "verify.md").read_text()
+        assert f"\n  {found[0]}\n" in docs, found[0]

@@ -4,6 +4,7 @@ import io
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 import zipfile
@@ -329,6 +330,25 @@ def test_the_command_line_prints_messages_and_never_a_traceback(case_dir, tmp_pa
         assert status != 2 or len(result.stderr.splitlines()) == 1, result.stderr
 
 
+@pytest.mark.parametrize("argv", [["verify", "CASE", "THEIRS"], ["cases", "list"]])
+def test_a_reader_that_goes_away_is_no_traceback(case_dir, tmp_path, argv):
+    """`refmeta verify … | head`: stdout is a pipe whose reader has gone, so every write fails
+    with EPIPE; the command stops quietly with the shell's SIGPIPE status, 141."""
+    reference = {k[len("outputs/"):]: v for k, v in verify.load_case(
+        str(case_dir / f"{CONV_ID}.json"))[1].items() if k.startswith("outputs/")}
+    theirs = save(tmp_path / "theirs.npz", {n: 1.001 * r for n, r in reference.items()})
+    argv = [str(case_dir / f"{CONV_ID}.json") if a == "CASE" else str(theirs) if a == "THEIRS"
+            else a for a in argv]
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        result = subprocess.run([sys.executable, "-m", "refmeta", *argv], stdout=write,
+                                stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert result.returncode == 141 and result.stderr == ""
+
+
 # ----- likely causes: each found on a real case, and never on a plain wrong answer -----
 def reference_outputs(case_dir, case_id):
     """(json path, {output name: reference array}) of an exported case."""
@@ -345,12 +365,20 @@ def run_cli(capsys, argv):
     return status, captured.out, captured.err
 
 
-def block(out, name):
-    """The lines printed under output ``name`` (its worst element, then its likely causes)."""
-    lines = out.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(f"  {name}: "))
-    end = next((i for i in range(start + 1, len(lines)) if not lines[i].startswith("    ")), len(lines))
-    return "\n".join(lines[start:end])
+def causes(out, name, what="likely cause"):
+    """The messages of the ``what (outputs): message`` lines whose outputs cover ``name`` (each
+    cause is printed once, with the outputs it covers: ``group/*`` is every output of a group,
+    ``group/{a, b}`` some of them)."""
+    found = []
+    for line in out.splitlines():
+        matched = re.match(rf"{what} \((.*?)\): (.*)$", line)
+        if matched:
+            listed = re.sub(r"([^\s,]+)/\{([^}]*)\}", lambda group: ", ".join(
+                f"{group.group(1)}/{member}" for member in group.group(2).split(", ")), matched.group(1))
+            covered = listed.split(", ")
+            if name in covered or any(c.endswith("/*") and name.startswith(c[:-1]) for c in covered):
+                found.append(matched.group(2))
+    return found
 
 
 def diagnoses(report):
@@ -364,8 +392,10 @@ def test_a_sum_over_tasks_is_named_as_the_factor_T(case_dir, tmp_path, capsys):
     status, out, _ = run_cli(capsys, [path, save(tmp_path / "theirs.npz", theirs)])
     assert status == 1
     for name in ("meta_loss", "meta_gradient/dense1.w", "meta_gradient/dense2.b"):
-        assert ("likely cause: theirs = 5.000 × reference: T = the number of tasks (5): sum vs mean "
-                "over tasks (this case: task_reduction 'mean')") in block(out, name)
+        assert causes(out, name) == ["theirs = 5.000 × reference: T = the number of tasks (5): sum "
+                                     "vs mean over tasks (this case: task_reduction 'mean')"]
+    # said once, with the outputs it covers
+    assert out.count("sum vs mean over tasks") == 1 and "likely cause (meta_loss, meta_gradient/*): " in out
     found = diagnoses(verify.check(path, theirs))
     assert set(found) == {n for n in reference if n == "meta_loss" or n.startswith("meta_gradient/")}
     for (diagnosis,) in found.values():
@@ -408,14 +438,14 @@ def test_a_transposed_dense_weight_is_named(case_dir, tmp_path, capsys):
     status, out, err = run_cli(capsys, [path, save(tmp_path / "theirs.npz", theirs)])
     assert status == 1
     linear = "torch nn.Linear stores (out, in); refmeta's dense weights are (in, out)"
-    assert "likely cause: matches if transposed (axes 1, 0)" in block(out, "meta_gradient/dense1.w")
-    assert linear in block(out, "meta_gradient/dense1.w")
+    (cause,) = causes(out, "meta_gradient/dense1.w")
+    assert cause.startswith("matches if transposed (axes 1, 0)") and linear in cause
     assert "output 'meta_gradient/dense0.w' has shape (40, 1); expected (1, 40)" in err  # as before
-    shaped = block(out, "meta_gradient/dense0.w")
-    assert shaped.startswith("  meta_gradient/dense0.w: shape (40, 1); the case's is (1, 40)")
-    assert "matches if transposed (axes 1, 0)" in shaped and linear in shaped
-    assert "matches with its axes permuted (axes 0, 2, 1)" in block(out, "adapted_step1/dense1.w")
-    assert linear in block(out, "adapted_step1/dense1.w")
+    assert "  meta_gradient/dense0.w: shape (40, 1); the case's is (1, 40)" in out.splitlines()
+    (shaped,) = causes(out, "meta_gradient/dense0.w")
+    assert shaped == cause                    # one line covers both transposed weights
+    (permuted,) = causes(out, "adapted_step1/dense1.w")
+    assert "matches with its axes permuted (axes 0, 2, 1)" in permuted and linear in permuted
     # the axes reported undo the change: a second path to the reference
     for name, (diagnosis,) in diagnoses(verify.check(path, theirs)).items():
         undone = np.transpose(theirs[name], diagnosis.details["axes"])
@@ -450,7 +480,7 @@ def test_one_wrong_task_is_named_task_by_task(case_dir, tmp_path, capsys):
                                       "--json", tmp_path / "report.json"])
     assert status == 1
     for name in ("support_loss", "query_loss", "adapted_step1/dense0.w", "adapted_step1/dense1.b"):
-        assert "by task: task 2 fails; tasks 0, 1, 3, 4 pass" in block(out, name)
+        assert causes(out, name, "by task") == ["task 2 fails; tasks 0, 1, 3, 4 pass"]
     assert ("likely cause: in the 4 failing output(s) with a task axis only task 2 fails; "
             "tasks 0, 1, 3, 4 pass in all of them") in out
     report = json.loads((tmp_path / "report.json").read_text())
@@ -470,7 +500,7 @@ def test_only_the_first_task_right_points_at_state_carried_between_tasks(case_di
     assert note.kind == "tasks" and note.details == {"failing": [1, 2], "passing": [0]}
     assert "only the first task is right, so something carries over from one task to the next" \
         in note.message
-    assert "by task: tasks 1, 2 fail; task 0 passes" in report.text()
+    assert causes(report.text(), "task_start/dense0.w", "by task") == ["tasks 1, 2 fail; task 0 passes"]
 
 
 @pytest.mark.parametrize("case_id", [CASE_ID, CONV_ID])
@@ -481,7 +511,7 @@ def test_float32_arithmetic_is_named_with_the_float64_switches(case_dir, tmp_pat
     theirs = {n: r.astype(np.float32).astype(dtype) for n, r in reference.items()}
     status, out, _ = run_cli(capsys, [path, save(tmp_path / "theirs.npz", theirs)])
     assert status == 1
-    (line,) = [line for line in out.splitlines() if line.startswith("likely cause:")]
+    (line,) = [line for line in out.splitlines() if line.startswith("likely cause")]
     assert "float32 precision, and the cases are float64" in line
     assert "torch.set_default_dtype(torch.float64)" in line and "jax_enable_x64" in line
     assert "by task" not in out                       # the one cause explains every failure
@@ -642,7 +672,13 @@ def test_the_json_report_holds_each_outputs_errors_tolerance_result_and_cause(ca
     report = json.loads(report_path.read_text(), parse_constant=lambda c: pytest.fail(c))
     assert report["format"] == "refmeta.verify/1" and report["status"] == 1 and not report["passed"]
     assert report["case"]["id"] == CASE_ID and report["theirs"].endswith("theirs.npz")
-    assert list(report["outputs"]) == list(document["outputs"])
+    # every output, in the order of computation (the support losses, the adapted parameters,
+    # the query losses, the meta-loss, the meta-gradient, the update)
+    assert list(report["outputs"]) == verify.computation_order(document)
+    assert sorted(report["outputs"]) == sorted(document["outputs"])
+    assert list(report["outputs"])[:3] == ["support_loss", "adapted_step1/dense0.b",
+                                            "adapted_step1/dense0.w"]
+    assert report["first_failing"] == "query_loss"
     for name, entry in report["outputs"].items():
         assert entry["rtol"] == document["outputs"][name]["rtol"]
         assert entry["atol"] == document["outputs"][name]["atol"]
@@ -693,7 +729,8 @@ def test_assert_matches_returns_the_report_or_raises_with_the_table(case_dir, tm
     message = str(raised.value)
     assert message.splitlines()[1].split()[:2] == ["output", "shape"]            # the table
     assert "meta_gradient/dense1.w: worst at" in message
-    assert "likely cause: theirs = 5.000 × reference: T = the number of tasks (5)" in message
+    assert "likely cause (meta_gradient/dense1.w): theirs = 5.000 × reference: T = the number of " \
+        "tasks (5)" in message
     assert "problem: missing output 'query_loss', shape (5,)" in message
     assert message.endswith("1 problem(s) with the arrays given, listed above")
     assert message == verify.check(path, theirs).text(problems_inline=True)

@@ -70,6 +70,11 @@ class CaseFacts:
         return ("task",) * task + axes
 
 
+def conventions(document):
+    """The case's ``conventions`` object, or {} where the JSON has none."""
+    return _mapping(document.get("conventions"))
+
+
 def _mapping(value):
     """``value`` if it is a JSON object, else {}."""
     return value if isinstance(value, dict) else {}

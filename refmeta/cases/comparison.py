@@ -88,15 +88,16 @@ class OutputResult:
 
 
 class Diagnosis(NamedTuple):
-    """A likely cause: ``kind`` (factor, permuted, reshaped, tasks, float32, dtype), the
-    sentence printed, and JSON-able details."""
+    """A likely cause: ``kind`` (factor, permuted, reshaped, tasks, float32, dtype; the stage
+    kinds of ``refmeta.cases.stages``), the sentence printed, and JSON-able details."""
     kind: str
     message: str
     details: dict
 
 
 def compare_outputs(document, case_arrays, theirs, partial=False):
-    """([OutputResult per case output, in the case's order], [extra array names])."""
+    """([OutputResult per case output, in the JSON's order], [extra array names]);
+    ``refmeta.cases.verify.build_report`` puts them in the order of computation."""
     results = []
     for name, entry in document["outputs"].items():
         result = OutputResult(name, tuple(entry["shape"]), entry["rtol"], entry["atol"], "missing")

@@ -18,6 +18,11 @@ kinds of cause:
                docs/reference-cases.md) and float32 rounds 2^29 ≈ 5e8 times coarser: about
                1e-8..1e-5 relative, 1e2..1e5 times the allowed error.
     dtype      theirs holds arrays narrower than float64 and something fails.
+    stages     where theirs first departs in the order of computation: the forward pass, the
+               backward pass, a parameter held fixed that moved, nothing reaching the
+               parameters, batched Reptile on a serial case (``refmeta.cases.stages``).  None
+               when float32 explains the failures; batched Reptile replaces the task note
+               (every task started at the parameters: nothing was carried over).
 
 An output the case marks "structurally_zero" (0 in exact arithmetic, rounding noise in
 practice), and the ``updated/<p>`` computed from such a gradient, get no factor or permutation
@@ -30,6 +35,8 @@ import numpy as np
 from refmeta.cases.case_facts import CaseFacts
 from refmeta.cases.comparison import Diagnosis, passes
 from refmeta.cases.mistakes import likely_cause
+from refmeta.cases.order import checkpoints
+from refmeta.cases.stages import stage_notes
 
 FLOAT32_WINDOW = (30.0, 1e5)  # largest error / allowed error of float32 arithmetic (see above)
 FLOAT32_SCALE = 1e-5          # and / the output group's largest |value|
@@ -41,9 +48,11 @@ def diagnose(document, case_arrays, theirs, results):
     Args:
         document, case_arrays: the case, as ``refmeta.cases.files.load_case`` returns it.
         theirs: {output name: array}.
-        results: the ``OutputResult`` list of ``refmeta.cases.comparison.compare_outputs``.
+        results: the ``OutputResult`` list of ``refmeta.cases.comparison.compare_outputs``, in
+            the order of computation (``refmeta.cases.order.computation_order``).
     Returns:
-        [Diagnosis]: a "tasks" or "float32" note, and a "dtype" note, where they apply.
+        [Diagnosis]: the stage-level causes (``refmeta.cases.stages``), a "tasks" or "float32"
+        note, and a "dtype" note, where they apply.
     """
     facts = CaseFacts(document)
     for r in results:
@@ -57,7 +66,13 @@ def diagnose(document, case_arrays, theirs, results):
     # the same tasks passing everywhere rules float32 out: its rounding reaches every task
     note = (_task_note(results, facts.n_tasks)
             or _float32_note(case_arrays, theirs, results, facts.noise))
-    return [found for found in (note, _dtype_note(results)) if found]
+    stages = []
+    if note is None or note.kind != "float32":      # float32 explains every failure at once
+        stages = stage_notes(document, case_arrays, theirs, results, facts,
+                             checkpoints(document, [r.name for r in results]))
+    if any(found.kind == "reptile_batched" for found in stages):
+        note = None              # every task started at params: nothing was carried over
+    return [found for found in (*stages, note, _dtype_note(results)) if found]
 
 
 # ----- task by task -----

@@ -1,9 +1,11 @@
 """The report of one verification: the text ``refmeta verify`` prints, and its JSON.
 
-``Report`` holds the case, what was compared, the ``OutputResult`` per output (with their
-diagnoses) and the notes across outputs.  ``text()`` is the command line's output: a header,
-the per-output table (``format_table``: max abs err, max rel err, rtol, atol, pass/FAIL), each
-failure's worst element and likely causes, the notes, and a verdict.  ``to_json()`` is the
+``Report`` holds the case, what was compared, the ``OutputResult`` per output in the order of
+computation (with their diagnoses), the notes across outputs and the first output to fail.
+``text()`` is the command line's output: a header, the per-output table (``format_table``: max
+abs err, max rel err, rtol, atol, pass/FAIL), each failure's worst element, each likely cause
+once with the outputs it covers (``short_list``), and a verdict naming the first output to
+fail.  ``to_json()`` is the
 ``--json`` report (``REPORT_FORMAT``; docs/verify.md lists its keys): per output its status,
 shape, tolerance, errors, worst element, per-task results and likely causes; infinite and NaN
 numbers are written as the strings "inf", "-inf", "nan".
@@ -28,9 +30,10 @@ class Report:
     case: dict                 # id, algorithm, format, refmeta_version, path
     theirs: str                # what was compared: a path, or "the arrays given"
     partial: bool
-    outputs: list              # OutputResult per case output, in the case's order
+    outputs: list              # OutputResult per case output, in the order of computation
     extra: list                # array names in theirs that the case does not have
     notes: list                # Diagnosis across outputs
+    first_failing: str = None  # the first output (or part) to fail, in the order of computation
 
     @property
     def problems(self):
@@ -73,28 +76,50 @@ class Report:
         return "\n".join(lines)
 
     def _findings(self):
-        """The table, the causes of misshapen outputs, and the notes across outputs."""
+        """The table, each failure's worst element, then each cause once with the outputs it
+        covers: the causes found per output, then the notes across outputs."""
         lines = []
         rows = table_rows(self.outputs)
         if rows:
-            lines.append(format_table(rows, {r.name: _diagnosis_lines(r) for r in self.outputs}))
+            lines.append(format_table(rows))
         for r in self.outputs:
             if r.status == "wrong shape" and r.diagnoses:
                 lines.append(f"  {r.name}: shape {r.theirs_shape}; the case's is {r.shape}")
-                lines += _diagnosis_lines(r)
-        return lines + [f"{'note' if note.kind == 'dtype' else 'likely cause'}: {note.message}"
-                        for note in self.notes]
+        names = [r.name for r in self.outputs]
+        grouped = {}
+        for r in self.outputs:
+            for d in r.diagnoses:
+                if d.kind != "float32":            # said once, below, across outputs
+                    grouped.setdefault((d.kind, d.message), []).append(r.name)
+        for (kind, message), covered in grouped.items():
+            what = "by task" if kind == "tasks" else "likely cause"
+            lines.append(f"{what} ({short_list(covered, names)}): {message}")
+        failing = [r.name for r in self.outputs if r.status == "fail"]
+        for note in self.notes:
+            what = "note" if note.kind == "dtype" else "likely cause"
+            covered = note.details.get("outputs") if note.kind != "dtype" else None
+            covered = covered and [n for n in names if n in set(covered)]   # in order
+            if covered and len(covered) > 1 and set(covered) == set(failing):
+                what += f" (all {len(covered)} failing outputs)"
+            elif covered:
+                what += f" ({short_list(covered, names)})"
+            lines.append(f"{what}: {note.message}")
+        return lines
 
     def _verdict(self, problems_inline):
-        """The last line: FAILED with what failed, or how many outputs pass."""
+        """The last line: FAILED with the first output to fail in the order of computation and
+        what failed, or how many outputs pass."""
         rows, problems, skipped = table_rows(self.outputs), self.problems, self.not_compared
         failed = [row[0] for row in rows if not row[6]]
         n_outputs = len(self.outputs) - len(skipped)
         what = f"outputs present in {self.theirs}" if self.partial else "outputs"
         if problems or failed:
             where = "listed above" if problems_inline else "listed on stderr"
+            first = self.first_failing or (failed[0] if failed else None)
             return (f"FAILED: {len(rows) - len(failed)} of {n_outputs} {what} pass"
-                    + (f"; out of tolerance: {', '.join(failed)}" if failed else "")
+                    + (f"; the first to fail in the order of computation: {first}; out of "
+                       f"tolerance: {short_list(failed, [r.name for r in self.outputs])}"
+                       if failed else "")
                     + (f"; {len(problems)} problem(s) with {self.theirs}, {where}"
                        if problems else ""))
         if self.partial:
@@ -106,7 +131,8 @@ class Report:
         """The report as JSON-able data (the format of ``--json``; see docs/verify.md)."""
         return {"format": REPORT_FORMAT, "case": self.case, "theirs": self.theirs,
                 "partial": self.partial, "status": self.status, "passed": self.passed,
-                "error": None, "outputs": {r.name: _result_json(r) for r in self.outputs},
+                "error": None, "first_failing": self.first_failing,
+                "outputs": {r.name: _result_json(r) for r in self.outputs},
                 "extra": list(self.extra), "problems": self.problems,
                 "not_compared": self.not_compared,
                 "notes": [_diagnosis_json(d) for d in self.notes]}
@@ -116,12 +142,13 @@ def error_json(case_path, theirs_path, partial, message):
     """The JSON report when nothing could be compared (exit status 2, ``error`` set)."""
     return {"format": REPORT_FORMAT, "case": {"path": case_path}, "theirs": theirs_path,
             "partial": partial, "status": EXIT_ERROR, "passed": False, "error": message,
+            "first_failing": None,
             "outputs": {}, "extra": [], "problems": [], "not_compared": [], "notes": []}
 
 
-def format_table(rows, notes=None):
+def format_table(rows):
     """The per-output table: max abs err, max rel err, tolerance, pass/fail; under it each
-    failure's worst element, followed by ``notes[name]`` (lines) where given.
+    failure's worst element.
 
     Args:
         rows: (name, shape, rtol, atol, max abs err, max rel err, passed, worst) per output,
@@ -134,11 +161,32 @@ def format_table(rows, notes=None):
     widths = [max(len(line[i]) for line in [header] + lines) for i in range(len(header))]
     text = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
             for line in [header] + lines]
-    for name, _, _, _, _, _, passed, worst in rows:
-        if not passed:
-            text.append(_worst_line(name, worst))
-            text += (notes or {}).get(name, [])
+    text += [_worst_line(name, worst) for name, _, _, _, _, _, passed, worst in rows if not passed]
     return "\n".join(text)
+
+
+def short_list(names, every):
+    """``names`` joined by commas, each group written once: ``group/*`` where ``names`` holds
+    every output of ``every`` named ``group/…``, ``group/{a, b}`` where it holds some."""
+    groups = {}
+    for name in every:
+        if "/" in name:
+            groups.setdefault(name.rsplit("/", 1)[0], []).append(name)
+    chosen, written, said = set(names), [], set()
+    for name in names:
+        group = name.rsplit("/", 1)[0] if "/" in name else None
+        if group not in groups or len(groups[group]) == 1:
+            written.append(name)
+        elif group not in said:
+            said.add(group)
+            members = [n.rsplit("/", 1)[1] for n in names if n.rsplit("/", 1)[0] == group]
+            if set(groups[group]) <= chosen:
+                written.append(group + "/*")
+            elif len(members) == 1:
+                written.append(name)
+            else:
+                written.append(f"{group}/{{{', '.join(members)}}}")
+    return ", ".join(written)
 
 
 def _worst_line(name, worst):
@@ -147,12 +195,6 @@ def _worst_line(name, worst):
     return (f"  {name}: worst at {list(index)}: theirs {value!r}, reference {reference!r}, "
             f"allowed error {allowed:.3g}"
             + (f"; NaN at {n_nan} place(s) where the reference has a number" if n_nan else ""))
-
-
-def _diagnosis_lines(result):
-    """The lines under an output's worst element; float32 is said once, below the table."""
-    return [f"    {'by task' if d.kind == 'tasks' else 'likely cause'}: {d.message}"
-            for d in result.diagnoses if d.kind != "float32"]
 
 
 def _number(x):

@@ -6,13 +6,17 @@ Each output passes when every element does, as ``numpy.isclose`` decides:
 
     |theirs − reference| ≤ atol + rtol · |reference|
 
-with the output's own rtol and atol from the JSON.  A failure is diagnosed: a constant factor,
-permuted axes, a reshape, some tasks wrong, float32 arithmetic, each a claim checked against
-the same tolerance.  ``refmeta verify`` prints the table and the likely causes and exits with
-0 (every output passes), 1 (verification failed: an output out of tolerance, or THEIRS.npz
-has missing, extra, misshapen or non-float arrays) or 2 (nothing could be compared: an
-unreadable or malformed case, a missing NPZ, THEIRS.npz not an NPZ; or the --json report
-could not be written).
+with the output's own rtol and atol from the JSON.  The outputs are reported in the order of
+computation (``refmeta.cases.order``), and the verdict names the first to fail.  A failure is
+diagnosed: a constant factor, permuted axes, a reshape, some tasks wrong, float32 arithmetic,
+each a claim checked against the same tolerance; and the first wrong stage (the forward pass,
+the backward pass, a parameter held fixed that moved, nothing reaching the parameters, batched
+Reptile on a serial case), each said once with the outputs it covers.  ``refmeta verify``
+prints the table and the likely causes and exits with 0 (every output passes), 1
+(verification failed: an output out of tolerance, or THEIRS.npz has missing, extra, misshapen
+or non-float arrays) or 2 (nothing could be compared: an unreadable or malformed case, a
+missing NPZ, THEIRS.npz not an NPZ; or the --json report could not be written); 141 from the
+command line when the reader of its output goes away (``| head``, ``refmeta.cli``).
 
 ``--partial`` (``partial=True``) compares only the outputs present: missing ones are listed as
 not compared, not failed; extra, misshapen and non-float arrays still fail, and so does an
@@ -29,7 +33,9 @@ This module joins the pieces, each in a module of its own that never imports thi
 
     refmeta.cases.files        reading the case and THEIRS.npz, trusting nothing unchecked
     refmeta.cases.comparison   the tolerance rule, and an OutputResult per output
-    refmeta.cases.diagnose     the likely causes (with case_facts and mistakes)
+    refmeta.cases.order        the order of computation, from the case's procedure
+    refmeta.cases.diagnose     the likely causes (with case_facts, mistakes, stages and
+                               update_rule)
     refmeta.cases.report       the Report: the table, the text, the JSON
 
 Their public names are importable from here too.
@@ -43,13 +49,15 @@ import tempfile
 
 import numpy as np
 
-from refmeta.cases.case_facts import LAYER_AXES
+from refmeta.cases.case_facts import LAYER_AXES, CaseFacts
 from refmeta.cases.comparison import (Diagnosis, OutputResult, compare, compare_outputs,
                                       structural_problems, table_rows)
 from refmeta.cases.diagnose import FLOAT32_SCALE, FLOAT32_WINDOW, diagnose
 from refmeta.cases.files import (MAX_JSON_DEPTH, NPY_MAGIC, REQUIRED, ZIP_MAGIC, VerifyError,
                                  load_case, load_outputs)
 from refmeta.cases.mistakes import EXPLAINED
+from refmeta.cases.order import computation_order
+from refmeta.cases.stages import first_failing
 from refmeta.cases.report import (EXIT_ERROR, EXIT_FAIL, EXIT_PASS, REPORT_FORMAT, Report,
                                   error_json, format_table)
 
@@ -57,7 +65,8 @@ __all__ = [  # most of them defined in the modules above and re-exported here
     "EXIT_ERROR", "EXIT_FAIL", "EXIT_PASS", "EXPLAINED", "FLOAT32_SCALE", "FLOAT32_WINDOW",
     "LAYER_AXES", "MAX_JSON_DEPTH", "NPY_MAGIC", "REPORT_FORMAT", "REQUIRED", "ZIP_MAGIC",
     "Diagnosis", "OutputResult", "Report", "VerifyError", "assert_matches", "build_report",
-    "check", "compare", "compare_outputs", "diagnose", "format_table", "load_case",
+    "check", "compare", "compare_outputs", "computation_order", "diagnose", "format_table",
+    "load_case",
     "load_outputs", "main", "verify"]
 
 
@@ -65,9 +74,12 @@ def build_report(document, case_arrays, theirs, partial=False, case_path=None,
                  theirs_label="the arrays given"):
     """The Report of ``theirs`` ({output name: array}) against a loaded case."""
     results, extra = compare_outputs(document, case_arrays, theirs, partial)
+    position = {name: i for i, name in enumerate(computation_order(document))}
+    results.sort(key=lambda r: position[r.name])               # the order of computation
     notes = diagnose(document, case_arrays, theirs, results)
+    first = first_failing(document, case_arrays, theirs, results, CaseFacts(document))
     case = {key: document[key] for key in ("id", "algorithm", "format", "refmeta_version")}
-    return Report(dict(case, path=case_path), theirs_label, partial, results, extra, notes)
+    return Report(dict(case, path=case_path), theirs_label, partial, results, extra, notes, first)
 
 
 def verify(document, case_arrays, theirs):
@@ -143,10 +155,12 @@ def main(case_path, theirs_path, out=None, err=None, partial=False, json_path=No
         return _write_report(json_path, error_json(case_path, theirs_path, partial, str(error)),
                              EXIT_ERROR, err)
     report = build_report(document, case_arrays, theirs, partial, case_path, theirs_path)
+    # the JSON first: a reader of stdout that goes away (`| head`) cannot stop it being written
+    status = _write_report(json_path, report.to_json(), report.status, err)
     print(report.text(), file=out)
     for problem in report.problems:
         print(f"refmeta verify: {problem}", file=err)
-    return _write_report(json_path, report.to_json(), report.status, err)
+    return status
 
 
 def _report_path_problem(path):
