@@ -56,8 +56,8 @@ class Browser:
         os.close(commands_read)
         os.close(answers_write)
         target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
-        self.session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
-        self.send("Page.enable", session=True)
+        self.tab = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        self.send("Page.enable", in_tab=True)
 
     def __enter__(self):
         return self
@@ -65,12 +65,13 @@ class Browser:
     def __exit__(self, *exc):
         self.close()
 
-    def send(self, method, params=None, session=False, wait_for=None):
-        """Send one command and return its result; with ``wait_for``, also wait for that event."""
+    def send(self, method, params=None, in_tab=False, wait_for=None):
+        """Send one command (to the tab, with ``in_tab``) and return its result; with ``wait_for``,
+        also wait for that event."""
         self.next_id += 1
         message = {"id": self.next_id, "method": method, "params": params or {}}
-        if session:
-            message["sessionId"] = self.session
+        if in_tab:
+            message["sessionId"] = self.tab
         os.write(self.commands, json.dumps(message).encode() + b"\0")
         result, seen = None, wait_for is None
         while result is None or not seen:
@@ -96,12 +97,12 @@ class Browser:
     def open(self, url, width=1400, height=900):
         """Load ``url`` in a ``width`` × ``height`` window and wait for its load event."""
         self.send("Emulation.setDeviceMetricsOverride",
-                  {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}, session=True)
-        self.send("Page.navigate", {"url": url}, session=True, wait_for="Page.loadEventFired")
+                  {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}, in_tab=True)
+        self.send("Page.navigate", {"url": url}, in_tab=True, wait_for="Page.loadEventFired")
 
     def evaluate(self, expression):
         """The value of a JavaScript expression in the page (JSON-able)."""
-        answer = self.send("Runtime.evaluate", {"expression": expression, "returnByValue": True}, session=True)
+        answer = self.send("Runtime.evaluate", {"expression": expression, "returnByValue": True}, in_tab=True)
         if "exceptionDetails" in answer:
             raise BrowserError(f"script failed: {answer['exceptionDetails']}")
         return answer["result"].get("value")
@@ -111,7 +112,7 @@ class Browser:
         width, window = self.evaluate("[document.documentElement.clientWidth, window.innerHeight]")
         clip = {"x": 0, "y": top, "width": width, "height": height or window, "scale": 1}
         data = self.send("Page.captureScreenshot", {"format": "png", "clip": clip,
-                                                    "captureBeyondViewport": True}, session=True)["data"]
+                                                    "captureBeyondViewport": True}, in_tab=True)["data"]
         with open(path, "wb") as f:
             f.write(base64.b64decode(data))
 

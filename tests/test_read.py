@@ -71,7 +71,7 @@ def test_the_check_fails_on_markers_that_name_nothing_or_cannot_be_read(tmp_path
         def test_not_a_string(): pass
 
         @pytest.mark.equation("toy", "(2)")
-        def helper(): pass
+        def not_a_test(): pass
 
         class TestMany:
             @pytest.mark.equation("toy", "(2)")
@@ -83,7 +83,7 @@ def test_the_check_fails_on_markers_that_name_nothing_or_cannot_be_read(tmp_path
     assert problems == [
         "test_toy.py:12: write the marker as @pytest.mark.equation(\"PAGE\", \"(LABEL)\", ...), "
         "literal strings only",
-        "test_toy.py:15: the equation marker is on helper, which pytest does not collect as a test",
+        "test_toy.py:15: the equation marker is on not_a_test, which pytest does not collect as a test",
         "test_toy.py:22: use the equation marker only as a decorator of a test function or class, "
         "with the page and labels as strings",
         "test_toy.py::test_seven (line 6): page 'toy' has no equation (7); it has (1), (2)",

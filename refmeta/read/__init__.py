@@ -46,9 +46,9 @@ def modules():
 
 
 def tests_folder():
-    """The test suite beside this source checkout (tests/conftest.py next to refmeta/), or None."""
+    """refmeta's test suite beside this source checkout (tests/ next to refmeta/), or None."""
     folder = Path(__file__).resolve().parents[2] / "tests"
-    return folder if (folder / "conftest.py").is_file() else None
+    return folder if (folder / "conftest.py").is_file() and (folder / "test_read.py").is_file() else None
 
 
 def describe():
