@@ -9,6 +9,9 @@
                  [--partial] [--json FILE]   (only the outputs given; a JSON report too)
     refmeta data fetch omniglot [--dir HOME] [--from SOURCE]
                                       fetch the Omniglot zips, SHA-256 checked (docs/data.md)
+    refmeta read                      list the pages: a module's paper beside its code
+    refmeta read NAME [--out DIR] [--tests DIR] [--open]
+                                      write DIR/NAME.html, print its path (docs/reading.md)
 
 Each subcommand is a function ``_add_<name>_command(subparsers)`` that builds its
 parser and sets ``func``, the handler called with the parsed arguments; the
@@ -30,6 +33,8 @@ Errors are one line on stderr, never a traceback; a reader of stdout that goes a
     refmeta data fetch: MESSAGE    a file that cannot be fetched, checked or written; exit
                                    status 1 (130 after Ctrl-C, 143 after SIGTERM); no partial
                                    or unchecked file is left (``refmeta.data.fetch``)
+    refmeta read: MESSAGE          a page that cannot be written, or the docs extra missing;
+                                   exit status 1 (130, 143); no partial page is left
 """
 
 import argparse
@@ -93,6 +98,7 @@ def build_parser():
     _add_cases_command(subparsers)
     _add_verify_command(subparsers)
     _add_data_command(subparsers)
+    _add_read_command(subparsers)
     return parser
 
 
@@ -240,6 +246,49 @@ def _add_verify_command(subparsers):
 def _verify_main(case, theirs, partial=False, json_report=None):
     from refmeta.cases import verify
     return verify.main(case, theirs, partial=partial, json_path=json_report)
+
+
+def _add_read_command(subparsers):
+    read = subparsers.add_parser(
+        "read", help="write a module's page, its paper's prose beside its code (docs/reading.md)",
+        description="Without NAME, list the pages. With NAME, write DIR/NAME.html (one file, no "
+                    "script, works offline) and print its path.")
+    read.add_argument("name", nargs="?", metavar="NAME", help="the page to write")
+    read.add_argument("--out", metavar="DIR", help="the folder to write to (default ./refmeta-read)")
+    read.add_argument("--tests", metavar="DIR", help="the test suite whose equation markers name "
+                      "the tests of each equation (default: the one beside this source checkout)")
+    read.add_argument("--open", action="store_true", help="open the page in the web browser")
+    read.set_defaults(func=_run_read_command)
+
+
+def _run_read_command(args):
+    from refmeta import read
+    if args.name is None:
+        print(read.describe())
+        return 0
+    if args.name not in read.PAGES:
+        raise options.UsageError(f"unknown page {args.name!r}; available: {', '.join(read.PAGES)}")
+    try:
+        with sigterm_raises():
+            path = read.write(args.name, args.out or read.DEFAULT_FOLDER, args.tests)
+    except ImportError as error:
+        print(f"refmeta read: {error.name or error} is not installed: pip install 'refmeta[docs]'",
+              file=sys.stderr)
+        return 1
+    except read.ReadError as error:
+        print(f"refmeta read: {error}", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, Terminated) as stop:
+        what = "interrupted" if isinstance(stop, KeyboardInterrupt) else "terminated"
+        print(f"refmeta read: {what}; no partial page was left", file=sys.stderr)
+        return EXIT_INTERRUPTED if isinstance(stop, KeyboardInterrupt) else EXIT_TERMINATED
+    print(path)
+    if args.open:
+        import pathlib
+        import webbrowser
+        if not webbrowser.open(pathlib.Path(path).as_uri()):
+            print(f"refmeta read: no web browser found; open {path} yourself", file=sys.stderr)
+    return 0
 
 
 def run_demo(name, argv):

@@ -3,9 +3,9 @@
 A derivative is checked along random directions, as autograd's ``check_grads``
 does, which tests every coordinate at once without forming the Jacobian:
 
-    gradient         ⟨∇f(x), u⟩      ≈ (f(x + εu) − f(x − εu)) / 2ε            f scalar
-    adjoint / VJP    ⟨Jᵀv, u⟩ = ⟨v, Ju⟩,  Ju ≈ (f(x + εu) − f(x − εu)) / 2ε     f array-valued
-    Hessian-vector   ⟨w, H u⟩        ≈ ⟨w, ∇f(x + εu) − ∇f(x − εu)⟩ / 2ε
+    gradient         ⟨∇f(x), u⟩      ≈ (f(x + εu) − f(x − εu)) / 2ε            f scalar          (1)
+    adjoint / VJP    ⟨Jᵀv, u⟩ = ⟨v, Ju⟩,  Ju ≈ (f(x + εu) − f(x − εu)) / 2ε     f array-valued    (2)
+    Hessian-vector   ⟨w, H u⟩        ≈ ⟨w, ∇f(x + εu) − ∇f(x − εu)⟩ / 2ε                         (3)
 
 The central difference has truncation error O(ε²) and rounding error
 O(eps_machine·|f| / ε); with ε = 1e-6 in float64 both sit near 1e-10 for
@@ -42,7 +42,7 @@ class GradientCheckError(AssertionError):
 
 def check_grad(f, x, grad_fn=None, *, n_directions=3, eps=1e-6, rtol=1e-5, atol=1e-8,
                rng=None, seed=0):
-    """Check the gradient of scalar ``f`` at ``x`` along random directions.
+    """Check the gradient of scalar ``f`` at ``x`` along random directions, by (1).
 
     Args:
         f: x -> scalar.
@@ -67,7 +67,7 @@ def check_grad(f, x, grad_fn=None, *, n_directions=3, eps=1e-6, rtol=1e-5, atol=
 
 def check_vjp(f, x, vjp_fn=None, *, n_directions=3, eps=1e-6, rtol=1e-5, atol=1e-8,
               rng=None, seed=0):
-    """Check a vector-Jacobian product of array-valued ``f`` by the adjoint identity.
+    """Check a vector-Jacobian product of array-valued ``f`` by the adjoint identity (2).
 
     Args:
         vjp_fn: (x, v) -> Jᵀv with x's structure; default autograd's ``make_vjp``.
@@ -92,7 +92,7 @@ def check_vjp(f, x, vjp_fn=None, *, n_directions=3, eps=1e-6, rtol=1e-5, atol=1e
 
 def check_hvp(f, x, hvp_fn=None, *, n_directions=3, eps=1e-6, rtol=1e-5, atol=1e-8,
               rng=None, seed=0):
-    """Check Hessian-vector products of scalar ``f`` against differences of its gradient.
+    """Check Hessian-vector products of scalar ``f`` against differences of its gradient (3).
 
     Args:
         hvp_fn: (x, u) -> H(x) u with x's structure; default autograd's grad of ⟨∇f, u⟩.

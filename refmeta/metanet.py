@@ -159,8 +159,8 @@ def fast_layers(net, config, with_output):
 
 def meta_information(params, support_x, support_y, config):
     """The raw loss gradients (3) and (10), {"task": {name: (T, ...)}, "example": {name: (N, ...)}}:
-    ∇_t of u's loss on T equal chunks of the support set (in order), ∇_i of b's loss on support
-    example i.  Constants unless ``config.second_order``."""
+    ∇_t of u's loss (2) on T equal chunks of the support set (in order), ∇_i of b's loss (9) on
+    support example i.  Constants unless ``config.second_order``."""
     n = anp.shape(support_x)[0]
     chunks = min(config.representation_chunks, n)                   # T, dividing N
     rep, base = trees.subtree(params, "rep"), trees.subtree(params, "base")
@@ -227,11 +227,11 @@ def _outputs(params, episode, config, meta_info=None):
     q_star = task_fast_weights(params, meta_info["task"], config)
     memory = example_fast_weights(params, meta_info["example"], config)
     rep, base, rounding = trees.subtree(params, "rep"), trees.subtree(params, "base"), config.pool_rounding
-    keys = representation(rep, episode.support_x, q_star, rounding)     # (N, F)
-    queries = representation(rep, episode.query_x, q_star, rounding)   # (L, F)
-    attention = cosine_attention(keys, queries, config.attention_eps)   # (L, N)
-    read = read_memory(memory, softmax(attention))                      # {name: (L, ...)}
-    logits = base_logits(base, episode.query_x[:, None], read, rounding)  # (L, 1, n_way)
+    keys = representation(rep, episode.support_x, q_star, rounding)     # (5): R, (N, F)
+    queries = representation(rep, episode.query_x, q_star, rounding)   # r_i, (L, F)
+    attention = cosine_attention(keys, queries, config.attention_eps)   # (7): a, (L, N)
+    read = read_memory(memory, softmax(attention))                      # (8): {name: (L, ...)}
+    logits = base_logits(base, episode.query_x[:, None], read, rounding)  # (11): (L, 1, n_way)
     return {"meta_info": meta_info, "task_fast_weights": q_star, "memory": memory,
             "support_representations": keys, "query_representations": queries, "attention": attention,
             "read": read, "logits": anp.reshape(logits, (anp.shape(episode.query_x)[0], config.n_way))}

@@ -34,6 +34,8 @@ def full_run(tmp_path_factory):
     return out, demo.run(parse(["--out", str(out)]))
 
 
+@pytest.mark.equation("maml", "(1)", "(2)", "(3)")
+@pytest.mark.equation("reptile", "(1)", "(2)")
 def test_every_maml_and_reptile_case_passes_with_a_wide_margin(full_run):
     out, report = full_run
     assert report["all_pass"] and set(report["cases"]) == set(CHECKED)

@@ -30,6 +30,7 @@ def task_params(params, n_tasks, rng, dev):
     return {k: v + dev.asarray(0.1 * rng.standard_normal((n_tasks,) + np.shape(v))) for k, v in params.items()}
 
 
+@pytest.mark.equation("fused_mlp", "(1)", "(2)", "(3)")
 @given(seed=seeds, activation=st.sampled_from(["tanh", "relu"]), reduction=reductions,
        n_tasks=st.integers(1, 3), hidden=st.integers(1, 5), depth=st.integers(0, 3),
        d_in=st.integers(1, 3), d_out=st.integers(1, 2))
@@ -53,6 +54,7 @@ def test_loss_gradient_and_hessian_vector_equal_autograd_on_the_generic_mlp(
         hvp(squared(generic)), {k: 0 * v for k, v in per_task.items()}, dev))
 
 
+@pytest.mark.equation("fused_mlp", "(2)", "(3)")
 @given(seed=seeds, activation=st.sampled_from(["tanh", "relu"]), reduction=reductions,
        depth=st.integers(1, 2))
 def test_gradient_and_hessian_vector_match_finite_differences(dev, seed, activation, reduction, depth):
@@ -65,6 +67,7 @@ def test_gradient_and_hessian_vector_match_finite_differences(dev, seed, activat
         gradcheck.check_hvp(f, flat, rng=rng)
 
 
+@pytest.mark.equation("fused_mlp", "(3)")
 @given(seed=seeds, inner_steps=st.sampled_from([0, 1, 2, 3]), first_order=st.booleans(),
        activation=st.sampled_from(["tanh", "relu"]), task_reduction=reductions, inner_reduction=reductions)
 def test_maml_meta_gradient_equals_the_generic_path(dev, seed, inner_steps, first_order, activation,
@@ -83,6 +86,7 @@ def test_maml_meta_gradient_equals_the_generic_path(dev, seed, inner_steps, firs
     assert max_abs_diff(expected, written_out, dev) <= 1e-12 * scale
 
 
+@pytest.mark.equation("fused_mlp", "(3)")
 def test_maml_meta_gradient_matches_finite_differences(dev):
     rng, params, sizes, episode = setup(dev, 3, n_tasks=2, hidden=3, depth=2)
     mlp = fused_mlp.FusedMLP(sizes, "tanh")
@@ -92,6 +96,7 @@ def test_maml_meta_gradient_matches_finite_differences(dev):
     gradcheck.check_grad(meta_loss, mlp.pack(params), lambda p: mlp.meta_gradient(p, episode, config), rng=rng)
 
 
+@pytest.mark.equation("fused_mlp", "(3)")
 def test_a_wrong_hessian_vector_product_fails_the_comparison(monkeypatch):
     """The checks above can fail: drop the σ'' term of the R-operator and tanh's H v is wrong."""
     dev_tree = lambda t: {k: np.asarray(v) for k, v in t.items()}
@@ -120,6 +125,7 @@ def test_third_derivatives_are_refused():
         grad(lambda t: anp.sum(hvp(t, v)))(theta)
 
 
+@pytest.mark.equation("fused_mlp", "(1)")
 def test_model_equals_the_generic_mlp_and_drives_maml(dev):
     """``FusedMLP.model()``: init is layers.mlp_init's tree packed, apply and loss equal the
     generic MLP's; MAML's public entry points take it as config.model."""

@@ -21,11 +21,13 @@ def tree(dev, seed):
     return {"w": dev.asarray(rng.standard_normal((2, 3))), "b": dev.asarray(rng.standard_normal(2))}
 
 
+@pytest.mark.equation("gradcheck", "(1)")
 @given(seed=st.integers(0, 2**32 - 1))
 def test_right_gradient_passes(dev, seed):
     gradcheck.check_grad(f, tree(dev, seed), seed=seed)
 
 
+@pytest.mark.equation("gradcheck", "(1)")
 @pytest.mark.parametrize("relative_error", [1e-3, -1e-3])
 def test_gradient_wrong_by_a_tenth_of_a_percent_fails(dev, relative_error):
     wrong = lambda p: {k: g * (1 + relative_error) for k, g in grad(f)(p).items()}
@@ -33,6 +35,7 @@ def test_gradient_wrong_by_a_tenth_of_a_percent_fails(dev, relative_error):
         gradcheck.check_grad(f, tree(dev, 0), grad_fn=wrong)
 
 
+@pytest.mark.equation("gradcheck", "(1)")
 def test_gradient_wrong_in_one_coordinate_fails(dev):
     def wrong(p):
         g = grad(f)(p)
@@ -50,6 +53,7 @@ def g_vector(x):
     return anp.stack([anp.sum(x ** 2), anp.prod(anp.cos(x)), anp.sum(anp.exp(x) * x[::-1])])
 
 
+@pytest.mark.equation("gradcheck", "(2)")
 def test_vjp_by_the_adjoint_identity(dev):
     x = dev.asarray(np.random.default_rng(0).standard_normal(4))
     gradcheck.check_vjp(g_vector, x)
@@ -59,6 +63,7 @@ def test_vjp_by_the_adjoint_identity(dev):
         gradcheck.check_vjp(g_vector, x, vjp_fn=wrong)
 
 
+@pytest.mark.equation("gradcheck", "(3)")
 def test_hessian_vector_products(dev):
     x = tree(dev, 2)
     gradcheck.check_hvp(f, x)
@@ -101,6 +106,7 @@ WRONG_GRADIENTS = {
 }
 
 
+@pytest.mark.equation("gradcheck", "(1)")
 @pytest.mark.parametrize("which", sorted(WRONG_GRADIENTS))
 def test_wrong_gradients_of_an_array_fail(dev, which):
     x = dev.asarray(np.array([0.3, -1.2, 2.0]))
@@ -109,6 +115,7 @@ def test_wrong_gradients_of_an_array_fail(dev, which):
         gradcheck.check_grad(quadratic, x, grad_fn=WRONG_GRADIENTS[which])
 
 
+@pytest.mark.equation("gradcheck", "(1)")
 def test_tolerances_decide_what_counts_as_wrong(dev):
     """A 0.1% error passes at rtol 1e-2 and fails at the default 1e-5: the tolerance is used."""
     wrong = lambda p: {k: 1.001 * g for k, g in grad(f)(p).items()}
@@ -117,6 +124,7 @@ def test_tolerances_decide_what_counts_as_wrong(dev):
         gradcheck.check_grad(f, tree(dev, 4), grad_fn=wrong)
 
 
+@pytest.mark.equation("gradcheck", "(2)", "(3)")
 def test_wrong_vjp_and_hvp_on_arrays_fail(dev):
     x = dev.asarray(np.random.default_rng(5).standard_normal(4))
     from autograd import make_vjp

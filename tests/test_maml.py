@@ -42,6 +42,7 @@ def conv4_model(n_way, hidden=2, variant="stride", bn_affine="offset", image_siz
         functools.partial(losses.cross_entropy, check=False), f"conv4 {variant} {hidden}, ce")
 
 
+@pytest.mark.equation("maml", "(3)")
 @given(seed=seeds, inner_steps=st.sampled_from([1, 2, 3]), inner_lr=st.floats(0.01, 0.3),
        activation=st.sampled_from(["tanh", "relu"]), n_tasks=st.integers(1, 3),
        hidden=st.integers(2, 5), n_support=st.integers(2, 5),
@@ -61,6 +62,7 @@ def test_meta_gradient_matches_finite_differences_mlp(dev, seed, inner_steps, in
                          rng=np.random.default_rng(seed))
 
 
+@pytest.mark.equation("maml", "(3)")
 @given(seed=seeds, inner_steps=st.sampled_from([1, 2]), adapt_bn=st.booleans(),
        variant=st.sampled_from(["stride", "maxpool"]))
 def test_meta_gradient_matches_finite_differences_conv_bn(dev, seed, inner_steps, adapt_bn, variant):
@@ -81,6 +83,7 @@ def support_loss_flat(unflatten, loss_fn, x, y, reduction):
     return lambda v: loss_fn(trees.broadcast_tasks(unflatten(v), 1), x, y, reduction)[0]
 
 
+@pytest.mark.equation("maml", "(3)")
 @given(seed=seeds, inner_steps=st.sampled_from([1, 2, 3]), inner_lr=st.floats(0.01, 0.5))
 def test_meta_gradient_equals_explicit_hessian_product(seed, inner_steps, inner_lr):
     """(3): ∇L(θ) = (I − αH_0)…(I − αH_{k−1}) ∇L^Q(θ_k), Hessians formed in full (one task)."""
@@ -123,6 +126,7 @@ def quadratic_model(n):
     return contract.Model(lambda rng: {"theta": np.zeros(n)}, None, task_losses, f"quadratic {n}")
 
 
+@pytest.mark.equation("maml", "(1)", "(2)", "(3)")
 def test_quadratic_golden_value_by_hand(dev):
     """1-D: L^S = θ², L^Q = ½θ², θ = 1, α = 0.1.
     θ' = 1 − 0.1·2 = 0.8, and dL^Q(θ')/dθ = (1 − 0.1·2)·θ' = 0.8·0.8 = 0.64."""
@@ -135,6 +139,7 @@ def test_quadratic_golden_value_by_hand(dev):
     assert float(gradient["theta"][0]) == pytest.approx(0.64, abs=1e-15)
 
 
+@pytest.mark.equation("maml", "(1)", "(3)")
 @given(seed=seeds, n=st.integers(1, 4), inner_steps=st.integers(0, 4), inner_lr=st.floats(0.0, 0.2))
 def test_quadratic_closed_form(dev, seed, n, inner_steps, inner_lr):
     """θ_k = θ − α Σ_j (Aθ_j − b) and ∇ = (I − αA)^k (Cθ_k − d), in closed form."""
@@ -157,6 +162,7 @@ def test_quadratic_closed_form(dev, seed, n, inner_steps, inner_lr):
     np.testing.assert_allclose(dev.to_host(adapted["theta"])[0], theta_k, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.equation("maml", "(3)")
 @given(seed=seeds, inner_steps=st.integers(1, 3))
 def test_zero_inner_lr_gives_the_plain_gradient(dev, seed, inner_steps):
     rng = np.random.default_rng(seed)
@@ -168,6 +174,7 @@ def test_zero_inner_lr_gives_the_plain_gradient(dev, seed, inner_steps):
     assert max_abs_diff(maml.meta_gradient(params, episode, config), plain, dev) < 1e-14
 
 
+@pytest.mark.equation("maml", "(3)")
 @given(seed=seeds, inner_steps=st.integers(1, 3), inner_lr=st.floats(0.01, 0.3))
 def test_first_order_equals_query_gradient_at_adapted_params(dev, seed, inner_steps, inner_lr):
     rng = np.random.default_rng(seed)
@@ -182,6 +189,7 @@ def test_first_order_equals_query_gradient_at_adapted_params(dev, seed, inner_st
     assert max_abs_diff(maml.meta_gradient(params, episode, config), expected, dev) < 1e-13
 
 
+@pytest.mark.equation("maml", "(2)")
 @given(seed=seeds, n_tasks=st.integers(1, 5), first_order=st.booleans())
 def test_sum_and_mean_over_tasks_differ_by_the_task_count(dev, seed, n_tasks, first_order):
     rng = np.random.default_rng(seed)
@@ -193,6 +201,7 @@ def test_sum_and_mean_over_tasks_differ_by_the_task_count(dev, seed, n_tasks, fi
     assert max_abs_diff(summed, trees.scale(meaned, n_tasks), dev) < 1e-12
 
 
+@pytest.mark.equation("maml", "(1)", "(2)", "(3)")
 @given(seed=seeds, n_tasks=st.integers(1, 4), inner_steps=st.integers(1, 3))
 def test_vectorised_meta_batch_equals_per_task_loop(dev, seed, n_tasks, inner_steps):
     rng = np.random.default_rng(seed)
@@ -205,6 +214,7 @@ def test_vectorised_meta_batch_equals_per_task_loop(dev, seed, n_tasks, inner_st
     assert max_abs_diff(vectorised, loop, dev) < 1e-13
 
 
+@pytest.mark.equation("maml", "(1)")
 def test_n_way_times_mean_is_n_times_the_mean_inner_step(dev):
     """The authors' inner loss with α equals the mean loss with N·α."""
     rng = np.random.default_rng(0)
@@ -219,6 +229,7 @@ def test_n_way_times_mean_is_n_times_the_mean_inner_step(dev):
                         maml.meta_gradient(params, episode, port), dev) < 1e-12
 
 
+@pytest.mark.equation("maml", "(1)")
 def test_bn_params_are_held_fixed_unless_adapt_bn(dev):
     rng = np.random.default_rng(1)
     params = dev.tree(layers.conv4_init(rng, in_channels=1, n_out=2, hidden=2, variant="stride"))

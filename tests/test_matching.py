@@ -144,6 +144,7 @@ def test_lstm_cell_gradient_matches_finite_differences(dev, seed):
 
 
 # ----- the model against the independent reference -----
+@pytest.mark.equation("matching", "(A)", "(L)")
 @given(seed=seeds, n_way=st.integers(2, 4), k_shot=st.integers(1, 3), n_query=st.integers(1, 3),
        scale=st.sampled_from([1.0, 7.5]))
 def test_without_fce_the_model_is_hand_computed_cosine_attention(dev, seed, n_way, k_shot, n_query, scale):
@@ -159,6 +160,7 @@ def test_without_fce_the_model_is_hand_computed_cosine_attention(dev, seed, n_wa
     assert float(loss) == pytest.approx(-np.mean(log_p[np.arange(len(query_y)), query_y]), rel=1e-12)
 
 
+@pytest.mark.equation("matching", "(A)", "(P)", "(L)")
 def test_golden_value_by_hand(dev):
     """g = (1,0) [class 0], (0,1), (1,1) [class 1]; f = (1,0): cosines 1, 0, 1/√2, so
     p(0) = e / (e + 1 + e^{1/√2}) and the loss for label 0 is −log p(0).  With f′ = g′ = 1·x
@@ -176,6 +178,7 @@ def test_golden_value_by_hand(dev):
         assert float(matching.predict(params, ep, cfg)[0, 0]) == pytest.approx(-expected, rel=1e-14)
 
 
+@pytest.mark.equation("matching", "(G)", "(R)", "(F1)", "(F2)")
 @given(seed=seeds, read_steps=st.integers(0, 3), h0=st.sampled_from(matching.ATTENTION_H0),
        n_support=st.integers(1, 5))
 def test_fce_follows_the_appendix_equations(dev, seed, read_steps, h0, n_support):
@@ -189,6 +192,7 @@ def test_fce_follows_the_appendix_equations(dev, seed, read_steps, h0, n_support
     close(dev, f, expected_f)
 
 
+@pytest.mark.equation("matching", "(G)")
 def test_fce_reads_the_support_set_in_order_and_no_fce_does_not(dev):
     rng = np.random.default_rng(3)
     p = dev.tree(fce_params(rng, 3))
@@ -204,6 +208,7 @@ def test_fce_reads_the_support_set_in_order_and_no_fce_does_not(dev):
 
 
 # ----- probabilities, attention, relabelling -----
+@pytest.mark.equation("matching", "(A)", "(P)", "(L)")
 @given(seed=seeds, fce=st.booleans(), n_way=st.integers(2, 4), k_shot=st.integers(1, 3),
        distance=st.sampled_from(protonet.DISTANCES))
 def test_attention_rows_and_class_probabilities_sum_to_one(dev, seed, fce, n_way, k_shot, distance):
@@ -222,6 +227,7 @@ def test_attention_rows_and_class_probabilities_sum_to_one(dev, seed, fce, n_way
     assert not np.allclose(np.exp(by_class) / np.exp(by_class).sum(1, keepdims=True), probabilities)
 
 
+@pytest.mark.equation("matching", "(P)", "(L)")
 @given(seed=seeds, fce=st.booleans(), n_way=st.integers(2, 4))
 def test_relabelling_classes_permutes_the_probabilities(dev, seed, fce, n_way):
     rng = np.random.default_rng(seed)
@@ -237,6 +243,7 @@ def test_relabelling_classes_permutes_the_probabilities(dev, seed, fce, n_way):
                                                                        rel=1e-12)
 
 
+@pytest.mark.equation("matching", "(L)")
 def test_per_class_logsumexp_is_stable_where_summing_attention_underflows(dev):
     """Squared distances of ~1e3 underflow exp; (L) still gives the exact log-probabilities."""
     g = np.array([[0.0], [40.0], [41.0]])                  # class 0 far from the query, class 1 near
@@ -261,6 +268,7 @@ def test_task_axis_gives_the_mean_and_the_sum_of_per_task_losses(dev):
 
 
 # ----- finite differences -----
+@pytest.mark.equation("matching", "(G)", "(R)", "(F1)", "(F2)", "(A)", "(L)")
 @given(seed=seeds, fce=st.booleans(), read_steps=st.integers(0, 2), share=st.booleans(),
        h0=st.sampled_from(matching.ATTENTION_H0), distance=st.sampled_from(protonet.DISTANCES),
        n_tasks=st.sampled_from([None, 2]), scale=st.sampled_from([1.0, 4.0]), learn=st.booleans())

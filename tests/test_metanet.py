@@ -41,6 +41,7 @@ def host(dev, tree):
 
 
 # ----- gradients of the full training loss -----
+@pytest.mark.equation("metanet", "(11)")
 @given(seed=seeds, n_way=st.sampled_from([2, 3]), chunks=st.sampled_from([1, 5]),
        fast_conv_blocks=st.sampled_from([None, 0, 1]), reduction=st.sampled_from(["sum", "mean"]))
 def test_second_order_gradient_matches_finite_differences(dev, seed, n_way, chunks, fast_conv_blocks,
@@ -76,6 +77,7 @@ def test_first_and_second_order_differ_only_through_the_gradients(dev):
 
 
 # ----- the meta information: per-example gradients and pre(·) -----
+@pytest.mark.equation("metanet", "(9)", "(10)")
 def test_group_gradients_equal_one_gradient_per_example(dev):
     """(10) vectorised by weight copies equals N separate gradients."""
     rng = np.random.default_rng(0)
@@ -93,6 +95,7 @@ def test_group_gradients_equal_one_gradient_per_example(dev):
             np.testing.assert_allclose(dev.to_host(grads[k][i]), dev.to_host(one[k]), rtol=1e-12, atol=1e-15)
 
 
+@pytest.mark.equation("metanet", "(2)", "(3)")
 def test_task_gradients_are_chunk_mean_losses_in_support_order(dev):
     """(3): T chunks of N/T consecutive support examples, mean cross-entropy of u's slow head."""
     rng = np.random.default_rng(1)
@@ -111,6 +114,7 @@ def test_task_gradients_are_chunk_mean_losses_in_support_order(dev):
                                        atol=1e-15)
 
 
+@pytest.mark.equation("metanet_parts", "(P)")
 def test_preprocess_is_andrychowiczs_piecewise_definition(dev):
     p = 7.0
     g = np.array([0.0, 1e-9, -5e-4, np.exp(-p), -np.exp(-p) * 1.0001, 0.3, -2.0, 50.0])
@@ -121,6 +125,8 @@ def test_preprocess_is_andrychowiczs_piecewise_definition(dev):
     assert got.shape == (8, 2)
 
 
+@pytest.mark.equation("metanet", "(1)")
+@pytest.mark.equation("metanet_parts", "(M)")
 def test_example_generator_is_a_coordinatewise_mlp(dev):
     """(1): m maps each coordinate's (log, sign) pair through 2 → 20 → 20 → 1 with ReLUs."""
     rng = np.random.default_rng(2)
@@ -135,6 +141,8 @@ def test_example_generator_is_a_coordinatewise_mlp(dev):
         np.testing.assert_allclose(got[index], h[0], rtol=1e-13)
 
 
+@pytest.mark.equation("metanet", "(4)")
+@pytest.mark.equation("metanet_parts", "(D)")
 def test_task_generator_is_a_coordinatewise_lstm(dev):
     """(4): d runs an LSTM (gates a, i, f, o in contiguous blocks) over the T gradients, per coordinate."""
     rng = np.random.default_rng(3)
@@ -153,6 +161,7 @@ def test_task_generator_is_a_coordinatewise_lstm(dev):
                                    rtol=1e-12)
 
 
+@pytest.mark.equation("metanet_parts", "(D)")
 def test_chainer_lstm_weights_load_by_the_documented_gate_permutation(dev):
     """Chainer's F.lstm reads gate j mod 4 of unit j // 4 from an interleaved (4H,) row; with
     perm[k·H + u] = 4u + k, wx = upward.W[perm].T etc. give refmeta's contiguous blocks."""
@@ -175,6 +184,7 @@ def test_chainer_lstm_weights_load_by_the_documented_gate_permutation(dev):
 
 
 # ----- memory, attention, layer augmentation -----
+@pytest.mark.equation("metanet", "(8)")
 def test_one_hot_attention_reads_exactly_the_stored_fast_weights(dev):
     rng = np.random.default_rng(4)
     memory = {"conv0.w": rng.standard_normal((4, 3, 2, 3, 3)), "out.w": rng.standard_normal((4, 3, 5))}
@@ -184,6 +194,7 @@ def test_one_hot_attention_reads_exactly_the_stored_fast_weights(dev):
         np.testing.assert_array_equal(dev.to_host(read[name]), memory[name][slots])
 
 
+@pytest.mark.equation("metanet", "(7)")
 def test_attention_is_the_cosine_and_its_softmax_rows_sum_to_one(dev):
     rng = np.random.default_rng(5)
     keys, queries = rng.standard_normal((4, 6)), rng.standard_normal((3, 6))
@@ -195,6 +206,7 @@ def test_attention_is_the_cosine_and_its_softmax_rows_sum_to_one(dev):
     np.testing.assert_allclose(weights, np.exp(cos) / np.exp(cos).sum(axis=1, keepdims=True), rtol=1e-13)
 
 
+@pytest.mark.equation("metanet_parts", "(B)", "(F)", "(L)")
 def test_with_fast_weights_zero_the_learners_are_their_slow_networks(dev):
     rng = np.random.default_rng(6)
     net = dev.tree(parts.learner_init(rng, hidden=3, n_blocks=2, n_out=4))
@@ -208,6 +220,7 @@ def test_with_fast_weights_zero_the_learners_are_their_slow_networks(dev):
                                dev.to_host(parts.representation(net, x)), rtol=1e-13, atol=1e-16)
 
 
+@pytest.mark.equation("metanet_parts", "(F)", "(L)")
 def test_layer_augmentation_adds_the_fast_path_through_its_own_relu(dev):
     """φ(W h) + φ(W* h) on a hidden layer, W h + W* h on the output layer."""
     rng = np.random.default_rng(7)
@@ -221,6 +234,7 @@ def test_layer_augmentation_adds_the_fast_path_through_its_own_relu(dev):
                                expected, rtol=1e-12)
 
 
+@pytest.mark.equation("metanet", "(1)", "(4)", "(5)", "(7)", "(8)", "(11)")
 def test_episode_outputs_compose_the_equations(dev):
     """(4), (1), (5), (7), (8), (11) recomputed step by step from the parts."""
     rng = np.random.default_rng(8)
@@ -241,6 +255,7 @@ def test_episode_outputs_compose_the_equations(dev):
         np.testing.assert_allclose(dev.to_host(out["attention"][i]), dev.to_host(a), rtol=1e-12)
 
 
+@pytest.mark.equation("metanet", "(11)")
 def test_relabelling_permutes_the_logits(dev):
     """Relabel classes by π and permute both output layers' slow units by π: logits permute."""
     rng = np.random.default_rng(9)
@@ -360,6 +375,7 @@ def test_the_authors_five_ceil_blocks_take_28_to_1_and_train(dev):
             metanet.loss(dev.tree(metanet.init(rng, other)), episode, other)
 
 
+@pytest.mark.equation("metanet_parts", "(B)")
 @pytest.mark.parametrize("second_order", [False, True])
 @pytest.mark.parametrize("side", [28, 17])
 def test_the_authors_network_gradient_matches_finite_differences(side, second_order):
@@ -617,6 +633,8 @@ def test_config_refuses_values_of_the_wrong_kind(field, value):
     with pytest.raises(TypeError, match=field):
         metanet.MetaNetConfig(**{field: value})
 
+@pytest.mark.equation("metanet", "(1)", "(2)", "(3)", "(4)", "(5)", "(7)", "(8)", "(9)", "(10)", "(11)")
+@pytest.mark.equation("metanet_parts", "(B)", "(F)", "(L)", "(P)", "(M)", "(D)")
 def test_agrees_with_an_independent_pytorch_implementation():
     """The benchmark's PyTorch step (written from the paper and the authors' code, a loop over
     support examples) gives the same gradient of L_train, to 1e-10 of its scale."""

@@ -53,6 +53,7 @@ def close(dev, actual, expected, rtol=1e-12, atol=1e-14):
 
 
 # ----- finite differences -----
+@pytest.mark.equation("protonet", "(3)")
 @given(seed=seeds, distance=distances, n_way=st.integers(2, 4), k_shot=st.integers(1, 3),
        n_query=st.integers(1, 3), n_tasks=st.sampled_from([None, 2]), joint=st.booleans())
 def test_loss_gradient_matches_finite_differences(dev, seed, distance, n_way, k_shot, n_query, n_tasks, joint):
@@ -63,6 +64,7 @@ def test_loss_gradient_matches_finite_differences(dev, seed, distance, n_way, k_
     gradcheck.check_grad(lambda p: protonet.loss(p, ep, cfg), params, rng=rng)
 
 
+@pytest.mark.equation("protonet", "(3)")
 @given(seed=seeds, distance=distances)
 def test_loss_gradient_through_the_conv_embedding(dev, seed, distance):
     """conv4 with max-pool and transductive batch norm, 2 filters on 16×16 (a 2-d embedding)."""
@@ -74,6 +76,7 @@ def test_loss_gradient_through_the_conv_embedding(dev, seed, distance):
 
 
 # ----- golden values by hand -----
+@pytest.mark.equation("protonet", "(1)", "(2)", "(3)")
 def test_identity_embedding_golden_values_by_hand(dev):
     """Prototypes c0 = mean((0,0), (2,0)) = (1,0), c1 = mean((0,3), (0,5)) = (0,4).
     Query (1,1), label 0: squared distances 1 and 10; query (0,3), label 1: 10 and 1.
@@ -91,6 +94,7 @@ def test_identity_embedding_golden_values_by_hand(dev):
         assert float(protonet.loss(params, ep, cfg)) == pytest.approx(loss, rel=1e-14)
 
 
+@pytest.mark.equation("protonet", "(1)", "(2)")
 @given(seed=seeds, n_way=st.integers(2, 5), k_shot=st.integers(1, 4), d=st.integers(1, 4))
 def test_identity_embedding_is_a_nearest_centroid_classifier(dev, seed, n_way, k_shot, d):
     rng = np.random.default_rng(seed)
@@ -104,6 +108,7 @@ def test_identity_embedding_is_a_nearest_centroid_classifier(dev, seed, n_way, k
     assert np.array_equal(np.argmax(dev.to_host(log_p), axis=1), np.argmin(squared, axis=1))
 
 
+@pytest.mark.equation("protonet", "(2)")
 @given(seed=seeds, n_way=st.integers(2, 5), d=st.integers(1, 5))
 def test_squared_distance_protonet_is_a_linear_model(dev, seed, n_way, d):
     """Section 2.4, Eqs. (7)-(8): log p = log_softmax(z w + b) with w_k = 2 c_k, b_k = −‖c_k‖²."""
@@ -118,6 +123,7 @@ def test_squared_distance_protonet_is_a_linear_model(dev, seed, n_way, d):
 
 
 # ----- invariances -----
+@pytest.mark.equation("protonet", "(1)", "(3)")
 @given(seed=seeds, distance=distances, n_way=st.integers(2, 4), k_shot=st.integers(2, 4))
 def test_loss_invariant_to_permuting_support_and_equivariant_to_relabelling(dev, seed, distance, n_way,
                                                                             k_shot):
@@ -140,6 +146,7 @@ def test_loss_invariant_to_permuting_support_and_equivariant_to_relabelling(dev,
     np.testing.assert_allclose(renamed_log_p[:, relabel], log_p, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.equation("protonet", "(2)")
 @given(seed=seeds, distance=distances, n_way=st.integers(2, 5))
 def test_one_shot_protonet_equals_matching_net_without_fce(dev, seed, distance, n_way):
     rng = np.random.default_rng(seed)
@@ -158,6 +165,7 @@ def test_one_shot_protonet_equals_matching_net_without_fce(dev, seed, distance, 
     assert float(match_loss) == pytest.approx(float(proto_loss), rel=1e-12)
 
 
+@pytest.mark.equation("protonet", "(3)")
 def test_task_axis_gives_the_mean_of_per_task_losses(dev):
     rng = np.random.default_rng(0)
     params = dev.tree(smooth_params(rng, 3, 4))

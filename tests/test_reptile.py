@@ -32,6 +32,7 @@ def step_params(params, episode, config, batch_indices=None):
     return reptile.step(params, None, episode, config, batch_indices=batch_indices).params
 
 
+@pytest.mark.equation("reptile", "(2)")
 @given(seed=seeds, inner_steps=st.integers(1, 4), optimizer=st.sampled_from(["sgd", "adam"]))
 def test_batched_one_task_step_one_lands_on_adapted_params(dev, seed, inner_steps, optimizer):
     _, params, episode = setup(dev, seed, n_tasks=1)
@@ -41,6 +42,7 @@ def test_batched_one_task_step_one_lands_on_adapted_params(dev, seed, inner_step
     assert max_abs_diff(step_params(params, episode, config), trees.take_task(adapted, 0), dev) < 1e-14
 
 
+@pytest.mark.equation("reptile", "(2)")
 @given(seed=seeds, inner_lr=st.floats(0.001, 0.3), meta_step_size=st.floats(0.01, 1.0),
        n_tasks=st.integers(1, 4))
 def test_one_sgd_step_is_a_joint_training_step(dev, seed, inner_lr, meta_step_size, n_tasks):
@@ -53,6 +55,7 @@ def test_one_sgd_step_is_a_joint_training_step(dev, seed, inner_lr, meta_step_si
     assert max_abs_diff(step_params(params, episode, config), expected, dev) < 1e-14
 
 
+@pytest.mark.equation("reptile", "(2)")
 @given(seed=seeds, n_tasks=st.integers(1, 5), optimizer=st.sampled_from(["sgd", "adam"]))
 def test_sum_and_mean_over_tasks_differ_by_the_task_count(dev, seed, n_tasks, optimizer):
     _, params, episode = setup(dev, seed, n_tasks)
@@ -65,6 +68,7 @@ def test_sum_and_mean_over_tasks_differ_by_the_task_count(dev, seed, n_tasks, op
     assert abs(float(summed.loss) - n_tasks * float(meaned.loss)) <= 1e-13 * abs(float(summed.loss))
 
 
+@pytest.mark.equation("reptile", "(1)")
 @given(seed=seeds, meta_step_size=st.floats(0.0, 1.0))
 def test_serial_step_interpolates_toward_each_task_in_turn(dev, seed, meta_step_size):
     _, params, episode = setup(dev, seed, n_tasks=3)

@@ -59,6 +59,7 @@ def naive_attention(params, x):
 
 # ----- causal convolution -----
 
+@pytest.mark.equation("snail_blocks", "(1)")
 @given(seed=seeds, steps=st.integers(1, 9), c_in=st.integers(1, 4), c_out=st.integers(1, 4),
        kernel_size=st.integers(1, 3), dilation=st.integers(1, 10), leading=st.sampled_from([(), (2,), (2, 3)]))
 def test_causal_conv_matches_naive_loop(dev, seed, steps, c_in, c_out, kernel_size, dilation, leading):
@@ -70,6 +71,7 @@ def test_causal_conv_matches_naive_loop(dev, seed, steps, c_in, c_out, kernel_si
     close(dev, out, expected.reshape(leading + (steps, c_out)))
 
 
+@pytest.mark.equation("snail_blocks", "(1)")
 def test_causal_conv_with_task_batched_params_equals_per_task_loop(dev):
     rng = np.random.default_rng(1)
     x, w, b = rng.standard_normal((3, 5, 2)), rng.standard_normal((3, 2, 2, 4)), rng.standard_normal((3, 4))
@@ -77,6 +79,7 @@ def test_causal_conv_with_task_batched_params_equals_per_task_loop(dev):
     close(dev, out, np.stack([naive_causal_conv(x[i], w[i], b[i], 2) for i in range(3)]))
 
 
+@pytest.mark.equation("snail_blocks", "(1)")
 def test_torch_kernel_layout_by_hand(dev):
     """k = 2, R = 1, one channel: y_t = W_0 x_{t-1} + W_1 x_t + b (W_1 reads the present)."""
     x = np.array([[1.0], [2.0], [4.0]])
@@ -100,6 +103,7 @@ def assert_causal(dev, f, x, t, rng):
     assert np.any(before[..., t, :] != after[..., t, :]), "step t did not reach its own output"
 
 
+@pytest.mark.equation("snail_blocks", "(1)", "(2)", "(3)", "(4)")
 @given(seed=seeds, steps=st.integers(1, 12), channels=st.integers(1, 4), filters=st.integers(1, 3),
        kernel_size=st.integers(1, 3), dilation_start=st.integers(0, 2), data=st.data())
 def test_every_block_is_causal(dev, seed, steps, channels, filters, kernel_size, dilation_start, data):
@@ -120,6 +124,7 @@ def test_every_block_is_causal(dev, seed, steps, channels, filters, kernel_size,
     assert_causal(dev, lambda v: blocks.attention_block(attention, v), x, t, rng)
 
 
+@pytest.mark.equation("snail", "(3)")
 @given(seed=seeds, n_way=st.integers(2, 4), k_shot=st.integers(1, 3), data=st.data())
 def test_the_model_is_causal(dev, seed, n_way, k_shot, data):
     config = snail.SNAILConfig(n_way=n_way, k_shot=k_shot, blocks=TINY.blocks, embedding_dim=4,
@@ -212,6 +217,7 @@ def test_the_branch_comparison_fails_when_the_queries_read_each_other(dev):
     assert np.max(np.abs(leaked[:, 1:] - own[:, 1:])) > 1e-3
 
 
+@pytest.mark.equation("snail", "(1)", "(2)", "(3)")
 @pytest.mark.parametrize("k_shot", SHOTS.train_shots)
 def test_query_logits_equal_one_sequence_per_query(dev, k_shot):
     """``query_logits`` (branches, what loss, step and predict use) against ``make_sequences`` +
@@ -322,6 +328,7 @@ def test_train_shots_size_the_model_for_the_longest_sequence():
 
 # ----- the masked softmax -----
 
+@pytest.mark.equation("snail_blocks", "(4)")
 @given(seed=seeds, steps=st.integers(1, 8), scale=st.sampled_from([1.0, 30.0, 1e3]))
 def test_attention_rows_sum_to_one_and_masked_entries_are_exactly_zero(dev, seed, steps, scale):
     rng = np.random.default_rng(seed)
@@ -336,6 +343,7 @@ def test_attention_rows_sum_to_one_and_masked_entries_are_exactly_zero(dev, seed
     close(dev, out, expected_out, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.equation("snail_blocks", "(4)")
 def test_uniform_logits_give_the_causal_running_mean(dev):
     """Zero query and key maps: every logit is 0, P_ts = 1/(t+1), read_t = mean of v_0..v_t."""
     rng = np.random.default_rng(0)
@@ -349,6 +357,7 @@ def test_uniform_logits_give_the_causal_running_mean(dev):
     close(dev, out[:, 2:], np.cumsum(values, axis=0) / np.arange(1, 6)[:, None])
 
 
+@pytest.mark.equation("snail_blocks", "(4)")
 @given(seed=seeds, steps=st.integers(2, 6))
 def test_masked_softmax_gradient_is_finite_correct_and_zero_on_masked_logits(dev, seed, steps):
     rng = np.random.default_rng(seed)
@@ -373,6 +382,7 @@ def test_sigmoid_is_stable_and_exact_with_the_right_derivative_at_zero():
 
 # ----- dense and TC blocks: the paper's formulas -----
 
+@pytest.mark.equation("snail_blocks", "(2)")
 def test_dense_block_by_its_formula(dev):
     rng = np.random.default_rng(3)
     params = blocks.dense_block_init(rng, 3, 2)
@@ -384,6 +394,7 @@ def test_dense_block_by_its_formula(dev):
     close(dev, out, np.stack(expected))
 
 
+@pytest.mark.equation("snail_blocks", "(3)")
 @pytest.mark.parametrize("steps, dilation_start, dilations", [
     (1, 1, []), (2, 1, [2]), (6, 1, [2, 4, 8]), (8, 1, [2, 4, 8]), (9, 1, [2, 4, 8, 16]),
     (21, 1, [2, 4, 8, 16, 32]), (6, 0, [1, 2, 4])])
@@ -391,11 +402,13 @@ def test_tc_dilations(steps, dilation_start, dilations):
     assert blocks.tc_dilations(steps, dilation_start) == dilations
 
 
+@pytest.mark.equation("snail_blocks", "(3)")
 def test_tc_block_count_is_ceil_log2_for_every_length():
     for steps in range(1, 2050):
         assert len(blocks.tc_dilations(steps)) == math.ceil(math.log2(steps))
 
 
+@pytest.mark.equation("snail_blocks", "(3)")
 def test_tc_block_is_dense_blocks_in_sequence(dev):
     rng = np.random.default_rng(4)
     params = blocks.tc_block_init(rng, 2, 5, 3)
@@ -437,6 +450,7 @@ def test_channel_counts_match_the_formulas(seed, channels, filters, steps, key_s
     assert attention.shape[-1] == channels + value_size
 
 
+@pytest.mark.equation("snail", "(4)")
 @pytest.mark.parametrize("n_way, k_shot, levels", [(5, 1, 3), (5, 5, 5), (20, 1, 5), (20, 5, 7)])
 def test_paper_stack_channels(n_way, k_shot, levels):
     """(4): C_0 = 64 + N, then +32, +128L, +128, +128L, +256; C_final = 64 + N + 416 + 256L."""
@@ -454,6 +468,7 @@ def test_paper_stack_channels(n_way, k_shot, levels):
 
 # ----- finite differences -----
 
+@pytest.mark.equation("snail_blocks", "(1)", "(2)", "(3)", "(4)")
 @given(seed=seeds, dilation=st.integers(1, 5), kernel_size=st.integers(1, 3), branches=st.integers(1, 3))
 def test_block_gradients_match_finite_differences(dev, seed, dilation, kernel_size, branches):
     rng = np.random.default_rng(seed)
@@ -475,6 +490,7 @@ def without_x(tree):
     return {k: v for k, v in tree.items() if k not in ("x", "query")}
 
 
+@pytest.mark.equation("snail", "(2)", "(3)")
 @given(seed=seeds)
 def test_model_and_episode_loss_gradients_match_finite_differences(dev, seed):
     rng = np.random.default_rng(seed)
@@ -503,6 +519,7 @@ def tiny_episode(dev, rng, n_tasks, n_query):
 
 # ----- sequences, loss, predict, training -----
 
+@pytest.mark.equation("snail", "(1)")
 def test_sequences_pair_embeddings_with_one_hot_labels_and_a_zero_query_slot(dev):
     rng = np.random.default_rng(5)
     support_z, query_z = rng.standard_normal((2, 3, 4)), rng.standard_normal((2, 2, 4))
@@ -517,6 +534,7 @@ def test_sequences_pair_embeddings_with_one_hot_labels_and_a_zero_query_slot(dev
             np.testing.assert_array_equal(seq[task, q, 3], np.concatenate([query_z[task, q], np.zeros(3)]))
 
 
+@pytest.mark.equation("snail", "(2)")
 def test_loss_is_the_query_step_cross_entropy(dev):
     rng = np.random.default_rng(6)
     params = dev.tree(snail.init(rng, TINY))
@@ -836,6 +854,8 @@ def test_config_refuses_an_embedding_width_without_the_linear_layer():
 
 # ----- an independent implementation: the same stack in PyTorch -----
 
+@pytest.mark.equation("snail", "(3)")
+@pytest.mark.equation("snail_blocks", "(1)", "(2)", "(3)", "(4)")
 def test_stack_matches_a_pytorch_port():
     torch = pytest.importorskip("torch")
     config = snail.SNAILConfig(n_way=3, k_shot=2, blocks=(("attention", 5, 4), ("tc", 3), ("attention", 4, 2)),

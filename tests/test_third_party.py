@@ -163,6 +163,7 @@ def load(case_dir, case_id):
     return verify.load_case(str(case_dir / f"{case_id}.json"))
 
 
+@pytest.mark.equation("maml", "(1)", "(2)", "(3)")
 @pytest.mark.parametrize("case_id", SECOND_ORDER)
 def test_higher_reproduces_the_second_order_cases(case_dir, case_id):
     document, arrays = load(case_dir, case_id)

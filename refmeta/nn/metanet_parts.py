@@ -3,9 +3,9 @@
 Learner network (the base learner b and the representation function u share it; the authors'
 MetaNetFull uses 5 blocks of 64 filters, no biases, no batch norm):
 
-    block ℓ  h ← pool(φ(conv(h, W_ℓ)) + φ(conv(h, W*_ℓ)))      φ = ReLU, pool = 2×2 max, stride 2
-    fc1      h ← φ(h W_fc1) + φ(h W*_fc1)        in b;    r = h W_fc1 + h W*_fc1   in u
-    out      logits = h W_out + h W*_out          in b     (linear, like the authors' fc2)
+    block ℓ  h ← pool(φ(conv(h, W_ℓ)) + φ(conv(h, W*_ℓ)))      φ = ReLU, pool = 2×2 max, stride 2   (B)
+    fc1      h ← φ(h W_fc1) + φ(h W*_fc1)        in b;    r = h W_fc1 + h W*_fc1   in u         (F)
+    out      logits = h W_out + h W*_out          in b     (linear, like the authors' fc2)      (L)
 
 The blocks take an image side s to 1: ``rounding`` "floor" halves s to ⌊s/2⌋ (PyTorch's default
 pool: 28 → 14 → 7 → 3 → 1 in 4 blocks), "ceil" to ⌈s/2⌉ (Chainer's max_pooling_2d, whose
@@ -20,13 +20,13 @@ Meta-information preprocessing (Andrychowicz et al. 2016, Appendix A; the author
 
     pre(g) = ( log(|g|) / p, sgn(g) )   if |g| ≥ e^{−p}
              ( −1,           e^p g )    otherwise
-           = ( log(max(|g|, e^{−p})) / p,  clip(e^p g, −1, 1) )         the form computed here
+           = ( log(max(|g|, e^{−p})) / p,  clip(e^p g, −1, 1) )         the form computed here   (P)
 
 m (example-level weight generator, Z) is an MLP applied to every coordinate of a gradient:
-    m(Z, pre(g)) = v₂ᵀ φ(V₁ᵀ φ(V₀ᵀ pre(g) + c₀) + c₁) + c₂      2 → 20 → 20 → 1
+    m(Z, pre(g)) = v₂ᵀ φ(V₁ᵀ φ(V₀ᵀ pre(g) + c₀) + c₁) + c₂      2 → 20 → 20 → 1                 (M)
 d (task-level weight generator, G) is an LSTM run over T gradients, again per coordinate:
     z_t = pre(g_t) A + s_{t−1} B + e,    z = [z_a, z_i, z_f, z_o]    (Chainer's gates; layout below)
-    c_t = tanh(z_a) σ(z_i) + σ(z_f) c_{t−1},   s_t = σ(z_o) tanh(c_t),   d = s_T w + b
+    c_t = tanh(z_a) σ(z_i) + σ(z_f) c_{t−1},   s_t = σ(z_o) tanh(c_t),   d = s_T w + b         (D)
     with s_0 = c_0 = 0.
 The gates are Chainer's (a, i, f, o), but not its column layout.  Chainer's ``F.lstm``
 interleaves them: column j of its (4H,) pre-activation belongs to gate j mod 4, unit j // 4.
@@ -102,7 +102,7 @@ def _conv_layer(h, w):
 
 
 def features(params, x, fast=None, rounding="floor"):
-    """The conv blocks: x (..., n, C, H, W) -> (..., n, F).  ``fast``: {"conv{i}.w": W*} or None;
+    """The conv blocks (B): x (..., n, C, H, W) -> (..., n, F).  ``fast``: {"conv{i}.w": W*} or None;
     ``rounding``: the pools' ("floor" or "ceil")."""
     fast = fast or {}
     h, i = x, 0
@@ -124,13 +124,14 @@ def _dense(h, params, fast, name, nonlinear):
 
 
 def base_logits(params, x, fast=None, rounding="floor"):
-    """b(W, W*, x): logits (..., n, n_out) of the layer-augmented base learner."""
+    """b(W, W*, x): logits (..., n, n_out) of the layer-augmented base learner, (B), (F), (L)."""
     h = _dense(features(params, x, fast, rounding), params, fast, "fc1.w", nonlinear=True)
     return _dense(h, params, fast, "out.w", nonlinear=False)
 
 
 def representation(params, x, fast=None, rounding="floor"):
-    """u(Q, Q*, x): the representation (..., n, F), fc1 taken linearly (the authors' keys)."""
+    """u(Q, Q*, x): the representation (..., n, F), (B) then fc1 (F) taken linearly (the authors'
+    keys)."""
     return _dense(features(params, x, fast, rounding), params, fast, "fc1.w", nonlinear=False)
 
 
@@ -152,7 +153,7 @@ def group_gradients(net, names, x, y, second_order, rounding="floor"):
 
 # ----- preprocessing, m and d -----
 def preprocess(g, p):
-    """g (...) -> (..., 2): (log(max(|g|, e^−p)) / p, clip(e^p g, −1, 1))."""
+    """(P): g (...) -> (..., 2): (log(max(|g|, e^−p)) / p, clip(e^p g, −1, 1))."""
     floor = float(np.exp(-p))
     kinks.switch(g, floor)                          # both parts switch at |g| = e^−p
     log_part = anp.log(anp.maximum(anp.abs(g), floor)) / p
@@ -179,7 +180,7 @@ def meta_init(rng, output_scale=1.0):
 
 
 def example_generator(params, kind, meta_info):
-    """m(Z, ·): meta_info (..., 2) -> fast weights (...), coordinate by coordinate."""
+    """m(Z, ·) (M): meta_info (..., 2) -> fast weights (...), coordinate by coordinate."""
     h = anp.reshape(meta_info, (-1, 2))             # one row per coordinate: a single matmul
     for i in range(3):
         h = anp.matmul(h, params[f"m.{kind}.l{i}.w"]) + params[f"m.{kind}.l{i}.b"]
@@ -188,7 +189,7 @@ def example_generator(params, kind, meta_info):
 
 
 def task_generator(params, kind, meta_infos):
-    """d(G, ·): meta_infos (T, ..., 2), one per gradient, -> fast weights (...)."""
+    """d(G, ·) (D): meta_infos (T, ..., 2), one per gradient, -> fast weights (...)."""
     state = cell = None
     for meta_info in meta_infos:
         z = anp.matmul(anp.reshape(meta_info, (-1, 2)), params[f"d.{kind}.wx"]) + params[f"d.{kind}.b"]
