@@ -183,6 +183,7 @@ def _add_data_command(subparsers):
 def _run_data_fetch(args):
     try:
         fetch.parse_source(args.source)
+        fetch.omniglot_dir(args.dir)
     except ValueError as error:
         raise options.UsageError(str(error)) from None
     try:
