@@ -22,7 +22,6 @@ import io
 import json
 import os
 import sys
-import tempfile
 
 import numpy as np
 
@@ -45,9 +44,10 @@ def run(args):
     """Compute every selected case with torch, verify it; returns {"cases": {id: result}, ...}."""
     from refmeta import cases
     from refmeta.cases import verify
+    from refmeta.demos import options
     from refmeta.progress import progress
     torch = _import_torch()
-    os.makedirs(args.out, exist_ok=True)
+    options.check_out_folder(args.out, ("results.json", "tolerance_used.png"))
     wanted = list(args.case or (FAST_CASES if args.fast else []))
     case_dir = args.cases
     if case_dir is None:
@@ -330,21 +330,21 @@ def _save_text_atomically(path, text):
 
 
 def _save_bytes_atomically(path, data):
-    with tempfile.NamedTemporaryFile("wb", dir=os.path.dirname(os.path.abspath(path)),
-                                     delete=False, suffix=".tmp") as f:
-        try:
-            f.write(data)
-        except BaseException:
-            os.unlink(f.name)
-            raise
-    os.replace(f.name, path)
+    """Whole or not at all, even on SIGTERM (refmeta.disk.replace_atomically)."""
+    from refmeta import disk
+    disk.replace_atomically(path, lambda f: f.write(data))
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
-    report = run(parser.parse_args(argv))
+    from refmeta.demos import options
+    try:
+        report = run(parser.parse_args(argv))
+    except options.UsageError as error:
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        raise SystemExit(options.EXIT_USAGE) from None
     raise SystemExit(0 if report["all_pass"] else 1)
 
 
