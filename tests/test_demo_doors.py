@@ -67,9 +67,9 @@ def test_a_diverging_demo_ends_in_one_line_naming_the_step_and_the_option(capsys
     data = ["--data", str(omniglot_folder())] if demo.endswith("omniglot") else []
     lines = error_lines(capsys, ["demo", demo, "--fast", "--no-plots", "--out", str(tmp_path / "out"),
                                  *data, *argv], 1)
+    # what became NaN or inf is named by refmeta.checks (a leaf of params, the loss, a gradient)
     assert re.fullmatch(rf"refmeta demo {re.escape(demo)}: {re.escape(what)} diverged at step \d+: "
-                        rf".*(NaN or inf|loss is nan|loss is inf).*; lower {re.escape(lower)}", lines[-1]), \
-        lines[-1]
+                        rf".+; lower {re.escape(lower)}", lines[-1]), lines[-1]
     assert not (tmp_path / "out" / "results.json").exists()
 
 
