@@ -721,8 +721,8 @@ def main(argv=None):
     results["end"] = load()
     print(f"\n{results['end']} at the end")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+        from refmeta import disk       # whole or not at all, even on SIGTERM
+        disk.replace_atomically(args.json, lambda f: json.dump(results, f, indent=1), "w")
 
 
 if __name__ == "__main__":

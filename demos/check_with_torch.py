@@ -45,9 +45,10 @@ def run(args):
     """Compute every selected case with torch, verify it; returns {"cases": {id: result}, ...}."""
     from refmeta import cases
     from refmeta.cases import verify
+    from refmeta.demos import options
     from refmeta.progress import progress
     torch, fixtures = _import_torch()
-    os.makedirs(args.out, exist_ok=True)
+    options.check_out_folder(args.out, ("results.json", "tolerance_used.png"))
     wanted = list(args.case or (FAST_CASES if args.fast else []))
     case_dir = args.cases
     if case_dir is None:
@@ -245,7 +246,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
-    report = run(parser.parse_args(argv))
+    from refmeta.demos import options
+    try:
+        report = run(parser.parse_args(argv))
+    except options.UsageError as error:
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        raise SystemExit(options.EXIT_USAGE) from None
     raise SystemExit(0 if report["all_pass"] else 1)
 
 

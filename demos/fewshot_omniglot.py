@@ -34,7 +34,7 @@ from autograd.tracer import getval
 from refmeta.data import lake_runs, omniglot
 from refmeta.device import backend
 from refmeta.nn import layers, optimizers
-from refmeta.demos import files, options
+from refmeta.demos import divergence, files, options
 from refmeta.progress import progress
 
 EVAL_SETTINGS = ((5, 1), (5, 5), (20, 1))
@@ -103,7 +103,7 @@ def check_args(args, size):
     if not 0 < args.test_fraction < 1:
         raise options.UsageError(f"--test-fraction must lie in (0, 1); got {args.test_fraction}")
     options.check_data_folder(args.data, ZIPS + ("all_runs.zip",))
-    options.check_out_folder(args.out)
+    options.check_out_folder(args.out, ("results.json", "learning_curve.png"))
 
 
 def check_data(args, train, test):
@@ -203,9 +203,12 @@ def train(model, args, size, train_chars, test_chars, runs, rng):
     for episode_index in bar:
         episode = omniglot.sample_episode(rng, train_chars.images, args.train_way, args.train_shot,
                                           args.train_query, dtype=args.dtype)
-        grads, (loss, moments) = step(params, episode)
-        lr = args.lr * 0.5 ** (episode_index // args.lr_halve_every)
-        params, state = optimizers.adam_update(params, grads, state, lr=lr)
+        with divergence.watch(episode_index + 1, divergence.lower(("--lr", args.lr)),
+                              f"{model.name} training"):
+            grads, (loss, moments) = step(params, episode)
+            lr = args.lr * 0.5 ** (episode_index // args.lr_halve_every)
+            params, state = optimizers.adam_update(params, grads, state, lr=lr)
+            divergence.check(loss, params)
         bn_state = layers.update_running(bn_state, moments, BN_MOMENTUM)
         window.append(float(loss))
         done = episode_index + 1

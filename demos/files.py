@@ -1,28 +1,26 @@
-"""What every demo does with files: write them whole or not at all."""
+"""What every demo does with files: write them whole or not at all.
+
+Each file goes through ``refmeta.disk.replace_atomically``: written beside its place, fsynced and
+renamed, with SIGINT and SIGTERM held meanwhile, so an error, Ctrl-C or SIGTERM leaves the old
+file or the new one, whole, and no temporary file.  The output folder and the names written
+there are checked before any training (``refmeta.demos.options.check_out_folder``).
+"""
 
 import json
 import os
-import tempfile
 import time
 
 import numpy as np
+
+from refmeta import disk
 
 
 def replace_atomically(path, mode, write):
     """Call ``write(f)`` on a temporary file beside ``path``, then rename it onto ``path``.
 
-    An interrupted or failed write leaves no file behind, and never half of one.
+    An interrupted or failed write leaves no file behind, and never half of one, even on SIGTERM.
     """
-    directory = os.path.dirname(os.path.abspath(path))
-    with tempfile.NamedTemporaryFile(mode, dir=directory, delete=False, suffix=".tmp") as f:
-        try:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        except BaseException:
-            os.unlink(f.name)
-            raise
-    os.replace(f.name, path)
+    disk.replace_atomically(path, write, mode)
 
 
 def write_json_atomically(path, report):

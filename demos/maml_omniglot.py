@@ -53,7 +53,7 @@ from refmeta import contract, maml
 from refmeta.data import lake_runs, omniglot
 from refmeta.device import backend
 from refmeta.nn import layers, losses
-from refmeta.demos import files, fewshot_omniglot, options
+from refmeta.demos import divergence, files, fewshot_omniglot, options
 from refmeta.progress import progress
 
 BN_EPS = 1e-3
@@ -121,7 +121,7 @@ def prepare(args, full, fast, needs):
     if not 0 < args.test_fraction < 1:
         raise options.UsageError(f"--test-fraction must lie in (0, 1); got {args.test_fraction}")
     options.check_data_folder(args.data, fewshot_omniglot.ZIPS + ("all_runs.zip",))
-    options.check_out_folder(args.out)
+    options.check_out_folder(args.out, ("results.json", "learning_curve.png"))
     train_chars, test_chars, runs = fewshot_omniglot.load_data(args, np.random.default_rng(args.seed))
     drawings = test_chars.images.shape[1]
     options.check_needs(
@@ -143,13 +143,14 @@ def to_device(host_params, dtype):
     return {name: backend.asarray(value, dtype) for name, value in host_params.items()}
 
 
-def train(update, params, state, size, check, desc, initial_extras=None):
+def train(update, params, state, size, check, desc, lower, initial_extras=None):
     """Meta-train until ``size["iterations"]`` or ``size["max_train_minutes"]``.
 
     update(params, state, fraction_done) -> (Step, extras): one meta-iteration; fraction_done =
         min(1, max(iterations done / iterations, training time / budget)) (Reptile anneals ε by it).
     check(params) -> (held-out accuracy %, held-out query loss), run at iteration 0, every
         ``curve_every`` and at the end.
+    lower: the options to lower should training diverge (``divergence.lower``).
     initial_extras: the extras' values at iteration 0 (the curve records them at every point).
     Returns (params, curve, iterations done, training seconds, of which checking seconds).
     """
@@ -171,7 +172,9 @@ def train(update, params, state, size, check, desc, initial_extras=None):
     bar = progress(range(size["iterations"]), total=size["iterations"], desc=desc)
     for iteration in bar:
         fraction = max(iteration / size["iterations"], (time.perf_counter() - begin) / budget)
-        (params, state, loss), extras = update(params, state, min(fraction, 1.0))
+        with divergence.watch(iteration + 1, lower, f"{desc} training"):
+            (params, state, loss), extras = update(params, state, min(fraction, 1.0))
+            divergence.check(loss, params)
         window.append(loss)
         done = iteration + 1
         out_of_time = time.perf_counter() - begin > budget
@@ -404,7 +407,8 @@ def run(args):
     predict = maml_predict(config)
     order = "first order" if args.first_order else "second order"
     training = train(update, params, maml.init_state(params, config), size,
-                     heldout_check(predict, test_chars, args, size), f"MAML ({order})")
+                     heldout_check(predict, test_chars, args, size), f"MAML ({order})",
+                     divergence.lower(("--inner-lr", args.inner_lr), ("--meta-lr", args.meta_lr)))
     results, lake, timing = test_and_lake(predict, training[0], test_chars, runs, args, size)
     report = build_report("maml-omniglot", args, size, config,
                           describe_network(args.train_way, size["hidden"], "offset"), training, results,

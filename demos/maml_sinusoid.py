@@ -38,7 +38,7 @@ from refmeta import maml
 from refmeta.data import tasks
 from refmeta.device import backend
 from refmeta.nn import layers, optimizers, trees
-from refmeta.demos import files, options
+from refmeta.demos import divergence, files, options
 from refmeta.progress import progress
 
 LAYER_SIZES = (1, 40, 40, 1)
@@ -87,18 +87,20 @@ def add_arguments(parser):
 def run(args):
     """Meta-train, train the baseline, test both, print the table, save JSON and figures."""
     start, sizes = time.perf_counter(), options.sizes(args, FULL, FAST)
-    options.check_out_folder(args.out)
+    options.check_out_folder(args.out, ("results.json", "figure2.png", "learning_curves.png"))
     options.check_memory(*memory_needs(args, sizes))
     config = maml.MAMLConfig(inner_lr=args.inner_lr, inner_steps=1,
                              test_inner_steps=max(TEST_STEPS), first_order=args.first_order,
                              task_reduction="mean", meta_lr=args.meta_lr)
     family = tasks.SinusoidFamily()
     data = make_data(args, sizes, family)
+    meta_lr = ("--meta-lr", args.meta_lr)
     runs = {"maml": train(maml_step, data["init"], data["maml_batches"], sizes["iterations"],
-                          data["validation"], config, sizes["validate_every"], "MAML"),
+                          data["validation"], config, sizes["validate_every"], "MAML",
+                          divergence.lower(("--inner-lr", args.inner_lr), meta_lr)),
             "pretrained": train(pretrain_step, data["init"], data["pretrain_batches"],
                                 sizes["pretrain_iterations"], data["validation"], config,
-                                sizes["validate_every"], "pretrained")}
+                                sizes["validate_every"], "pretrained", divergence.lower(meta_lr))}
     results = evaluate_all(runs, data, config)
     report = build_report(args, sizes, config, family, runs, results)
     report["table"] = format_table(report)
@@ -175,8 +177,9 @@ def pretrain_step(params, opt_state, episode, config):
     return new_params, new_state, loss
 
 
-def train(step, params, next_batch, iterations, validation, config, validate_every, desc):
+def train(step, params, next_batch, iterations, validation, config, validate_every, desc, lower):
     """Run ``step`` ``iterations`` times, validating every ``validate_every``; keep the best.
+    NaN or inf raises divergence.Diverged, naming the options ``lower`` (``divergence.lower``).
 
     Returns:
         {"best_params", "best_iteration", "best_criterion", "final_params", "curve",
@@ -189,7 +192,9 @@ def train(step, params, next_batch, iterations, validation, config, validate_eve
     opt_state, window, start = optimizers.adam_init(params), [], time.perf_counter()
     bar = progress(range(1, iterations + 1), total=iterations, desc=desc)
     for iteration in bar:
-        params, opt_state, loss = step(params, opt_state, next_batch(), config)
+        with divergence.watch(iteration, lower, f"{desc} training"):
+            params, opt_state, loss = step(params, opt_state, next_batch(), config)
+            divergence.check(loss, params)
         window.append(loss)
         if iteration % validate_every == 0 or iteration == iterations:
             train_loss, window = float(np.mean([float(w) for w in window])), []

@@ -50,7 +50,7 @@ from refmeta import contract, metanet
 from refmeta.nn import metanet_parts
 from refmeta.data import lake_runs, omniglot
 from refmeta.device import backend
-from refmeta.demos import files, options
+from refmeta.demos import divergence, files, options
 from refmeta.progress import progress
 
 ZIPS = ("images_background_small1.zip", "images_background_small2.zip")
@@ -133,7 +133,7 @@ def make_config(args, size):
         raise options.UsageError(f"--n-blocks {args.n_blocks} --pool-rounding {args.pool_rounding}: the "
                                  f"blocks take images of side {low}..{high} to 1×1, not Omniglot's 28")
     options.check_data_folder(args.data, ZIPS + ("all_runs.zip",))
-    options.check_out_folder(args.out)
+    options.check_out_folder(args.out, ("results.json", "learning_curve.png"))
     return metanet.MetaNetConfig(n_way=args.train_way, hidden=size["hidden"], n_blocks=args.n_blocks,
                                  pool_rounding=args.pool_rounding,
                                  fast_init_scale=args.fast_init_scale,
@@ -169,7 +169,9 @@ def train_model(params, train, test, config, args, size, rng):
     for done in (episode_number + 1 for episode_number in bar):
         episode = omniglot.sample_episode(rng, train.images, args.train_way, 1, args.train_query,
                                           dtype=args.dtype)
-        params, state, loss = metanet.step(params, state, episode, config)
+        with divergence.watch(done, divergence.lower(("--lr", args.lr)), "MetaNet training"):
+            params, state, loss = metanet.step(params, state, episode, config)
+            divergence.check(loss, params)
         window.append(float(loss) / (args.train_way * args.train_query))   # mean CE per query
         last = done == size["episodes"] or _out_of_time(start, size)
         if done % size["curve_every"] == 0 or last:

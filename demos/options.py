@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from refmeta import checks
+from refmeta import checks, disk
 from refmeta.data import fetch
+from refmeta.demos import divergence
 
 EXIT_USAGE = 2  # argparse's status for a bad command line
 
@@ -118,9 +119,10 @@ def check_data_folder(folder, names):
                          f"{'it is not a folder' if not folder.is_dir() else 'missing ' + ', '.join(missing)}")
 
 
-def check_out_folder(folder):
+def check_out_folder(folder, files=("results.json",)):
     """Create the output folder and write a file there (removed at once), or UsageError: an
-    output folder that cannot be written is found before any training."""
+    output folder that cannot be written, or ``files`` (the names the demo writes there) that
+    are not regular files to replace (a folder, a link, a device), are found before any training."""
     try:
         os.makedirs(folder, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
@@ -128,6 +130,10 @@ def check_out_folder(folder):
     except OSError as error:
         raise UsageError(f"--out {folder}: cannot create or write the output folder "
                          f"({error.strerror or error})") from None
+    for name in files:
+        problem = disk.write_problem(os.path.join(folder, name))
+        if problem:
+            raise UsageError(f"--out {folder}: {name} {problem}; the demo writes its {name} there")
 
 
 def check_needs(*needs):
@@ -195,7 +201,8 @@ def parser(prog, description):
 
 def main(description, add_arguments, run, argv=None):
     """Parse argv with the demo's options (its module docstring as the help) and run it.
-    A UsageError is printed as one line, ``PROG: error: MESSAGE``, and exits with status 2."""
+    A UsageError is printed as one line, ``PROG: error: MESSAGE``, and exits with status 2;
+    training that diverged (``divergence.Diverged``) as ``PROG: MESSAGE``, status 1."""
     demo_parser = parser(None, description)
     add_arguments(demo_parser)
     try:
@@ -203,3 +210,6 @@ def main(description, add_arguments, run, argv=None):
     except UsageError as error:
         print(f"{demo_parser.prog}: error: {error}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE) from None
+    except divergence.Diverged as error:
+        print(f"{demo_parser.prog}: {error}", file=sys.stderr)
+        raise SystemExit(divergence.EXIT_DIVERGED) from None

@@ -48,7 +48,7 @@ import numpy as np
 from refmeta import reptile
 from refmeta.data import omniglot
 from refmeta.device import backend
-from refmeta.demos import maml_omniglot as protocol, options
+from refmeta.demos import divergence, maml_omniglot as protocol, options
 
 PAPER = {"citation": "Nichol, Achiam & Schulman 2018, their Omniglot results (full background set), "
                      "Reptile with transduction, as also quoted in Rajeswaran et al. 2019 (iMAML)",
@@ -136,6 +136,8 @@ def run(args):
     predict = reptile_predict(config, args.test_batch_size)
     training = protocol.train(update, params, reptile.init_state(params, config), size,
                               protocol.heldout_check(predict, test_chars, args, size), "Reptile",
+                              divergence.lower(("--inner-lr", args.inner_lr),
+                                               ("--meta-step-size", args.meta_step_size)),
                               {"meta_step_size": args.meta_step_size})
     results, lake, timing = protocol.test_and_lake(predict, training[0], test_chars, runs, args, size)
     report = protocol.build_report("reptile-omniglot", args, size, config,

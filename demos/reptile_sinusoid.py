@@ -42,7 +42,7 @@ from refmeta import reptile
 from refmeta.data import tasks
 from refmeta.device import backend
 from refmeta.nn import fused_mlp, layers, trees
-from refmeta.demos import files, maml_sinusoid, options
+from refmeta.demos import divergence, files, maml_sinusoid, options
 from refmeta.progress import progress
 
 LAYER_SIZES = (1, 64, 64, 1)
@@ -88,7 +88,7 @@ def run(args):
     for name, value in (("--inner-batch-size", args.inner_batch_size), ("--test-shots", args.test_shots)):
         if value > len(GRID):
             raise options.UsageError(f"{name} {value}: a task has only {len(GRID)} points")
-    options.check_out_folder(args.out)
+    options.check_out_folder(args.out, ("results.json", "figure1.png", "learning_curves.png"))
     network = fused_mlp.FusedMLP(LAYER_SIZES, args.activation)
     config = reptile.ReptileConfig(model=network.model(), inner_lr=args.inner_lr,
                                    inner_steps=args.inner_steps, test_inner_steps=args.test_steps,
@@ -176,14 +176,17 @@ def train(config, data, sizes, args, rng, desc, batch_size):
 
     validate(0, float("nan"), meta_step_size(args, 0, iterations))
     window, begin = [], time.perf_counter()
+    lower = divergence.lower(("--inner-lr", config.inner_lr), ("--meta-step-size", args.meta_step_size))
     bar = progress(range(iterations), total=iterations, desc=desc)
     for iteration in bar:
         amplitude, phase = tasks.sample_sinusoid_tasks(rng, FAMILY, 1)
         batches = (None if batch_size is None else
                    reptile.sample_inner_batches(rng, 1, len(GRID), config.inner_steps, batch_size))
         epsilon = meta_step_size(args, iteration, iterations)
-        params, _, loss = reptile.step(params, None, grid_episode(amplitude, phase),
-                                       replace(config, meta_step_size=epsilon), batch_indices=batches)
+        with divergence.watch(iteration + 1, lower, f"{desc} training"):
+            params, _, loss = reptile.step(params, None, grid_episode(amplitude, phase),
+                                           replace(config, meta_step_size=epsilon), batch_indices=batches)
+            divergence.check(loss, params)
         window.append(loss)
         if (iteration + 1) % sizes["validate_every"] == 0 or iteration + 1 == iterations:
             train_loss, window = float(np.mean([float(w) for w in window])), []

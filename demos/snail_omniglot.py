@@ -47,7 +47,7 @@ import numpy as np
 from refmeta import snail
 from refmeta.data import lake_runs, omniglot
 from refmeta.device import backend
-from refmeta.demos import files, options
+from refmeta.demos import divergence, files, options
 from refmeta.progress import progress
 
 PAPER = {"5-way 1-shot": 99.07, "5-way 5-shot": 99.78, "20-way 1-shot": 97.64,
@@ -149,7 +149,7 @@ def check_args(args, sizes):
     options.check_memory((f"--meta-batch-size {sizes['meta_batch_size']}", "a meta-batch's images "
                           "(drawn in float64) and first conv layer's outputs",
                           sizes["meta_batch_size"] * pixels * per_pixel))
-    options.check_out_folder(args.out)
+    options.check_out_folder(args.out, ("results.json", "learning_curve.png"))
 
 
 def check_data(args, data):
@@ -225,7 +225,9 @@ def train(params, data, config, args, sizes, rng, validation_rng):
             rng, data["train"].images, sizes["meta_batch_size"], config.n_way, k_shot,
             args.n_query, dtype=args.dtype))
         config = dataclasses.replace(config, meta_lr=step_size(args, iteration))
-        params, snail_state, loss = snail.step(params, snail_state, episode, config)
+        with divergence.watch(iteration, divergence.lower(("--lr", args.lr)), "SNAIL training"):
+            params, snail_state, loss = snail.step(params, snail_state, episode, config)
+            divergence.check(loss, params)
         window.append(float(loss))
         out_of_time = time.perf_counter() - begin > 60 * sizes["max_train_minutes"]
         if iteration % sizes["validate_every"] == 0 or iteration == sizes["iterations"] or out_of_time:

@@ -16,7 +16,7 @@ a float array to the host.  Under autograd, the values are read with ``getval``.
     plain_fields                                                 a Config's fields as Python values
     instance, generator, model_with_loss                         a Config, an explicit rng, a Model
     function, scalar                                             a callable; a real number (or 0-d array)
-    finite, float_array, labels, class_counts                    arrays
+    finite, float_array, labels, class_counts                    arrays (NotFinite: NaN or inf)
     indices                                                      integer positions into an axis
     nonnegative_array, example_shape                             arrays: sizes, signs, image shapes
     finite_tree                                                  a dict of finite arrays (gradients)
@@ -225,11 +225,16 @@ def float_array(name, x):
     return x
 
 
+class NotFinite(ValueError):
+    """A value that holds NaN or inf (``finite``, ``finite_tree``); a demo names it as divergence."""
+
+
 def finite(name, x):
-    """``x`` must be a floating-point array with no NaN or inf (one reduction on its device)."""
+    """``x`` must be a floating-point array with no NaN or inf (one reduction on its device);
+    NotFinite (a ValueError) otherwise."""
     float_array(name, x)
     if not bool(anp.all(anp.isfinite(getval(x)))):
-        raise ValueError(f"{name} contains NaN or inf")
+        raise NotFinite(f"{name} contains NaN or inf")
     return x
 
 

@@ -25,6 +25,10 @@ Errors are one line on stderr, never a traceback; a reader of stdout that goes a
     refmeta: error: MESSAGE        a bad command line, demo option, data folder, data file or
                                    output folder (``refmeta.demos.options.UsageError``);
                                    exit status 2, found before any training
+    refmeta demo NAME: MESSAGE     training diverged: the step, what became NaN or inf, the
+                                   options to lower (``refmeta.demos.divergence``); exit status
+                                   1 (130 after Ctrl-C, 143 after SIGTERM; every file written
+                                   is whole)
     refmeta cases export: MESSAGE  a case that cannot be written; exit status 1
                                    (130 after Ctrl-C, 143 after SIGTERM; every case left is whole)
     refmeta verify: MESSAGE        exit status 2 when nothing can be compared or the --json
@@ -46,7 +50,7 @@ import sys
 import threading
 
 from refmeta.data import fetch
-from refmeta.demos import options
+from refmeta.demos import divergence, options
 
 # name -> module; `refmeta demo NAME` imports the module only when it runs.
 DEMOS = {
@@ -119,10 +123,15 @@ def _run_demo_command(args):
     if args.name not in DEMOS:
         raise options.UsageError(f"unknown demo {args.name!r}; available: {', '.join(sorted(DEMOS))}")
     try:
-        run_demo(args.name, args.demo_args)
-    except KeyboardInterrupt:
-        print(f"refmeta demo {args.name}: interrupted; the files written are whole", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        with sigterm_raises():
+            run_demo(args.name, args.demo_args)
+    except divergence.Diverged as error:
+        print(f"refmeta demo {args.name}: {error}", file=sys.stderr)
+        return divergence.EXIT_DIVERGED
+    except (KeyboardInterrupt, Terminated) as stop:
+        what = "interrupted" if isinstance(stop, KeyboardInterrupt) else "terminated"
+        print(f"refmeta demo {args.name}: {what}; the files written are whole", file=sys.stderr)
+        return EXIT_INTERRUPTED if isinstance(stop, KeyboardInterrupt) else EXIT_TERMINATED
     return 0
 
 
@@ -206,6 +215,7 @@ def _add_data_command(subparsers):
 def _run_data_fetch(args):
     try:
         fetch.parse_source(args.source)
+        fetch.omniglot_dir(args.dir)
     except ValueError as error:
         raise options.UsageError(str(error)) from None
     try:

@@ -447,8 +447,9 @@ def test_a_repeated_case_id_is_named_and_nothing_is_written(tmp_path):
                                           "once; name each case once"]
 
 
-# Exports in a child process whose every file write, once done, is followed by a long pause:
-# the test signals it while a case is half written in the staging folder.
+# Exports in a child process whose first file write, once done, pauses until the test has
+# signalled it (the export holds SIGTERM while it writes: the signal waits): the test signals
+# it while a case is half written in the staging folder.
 PAUSING_EXPORT = """
 import os, sys, time
 from refmeta import cases, cli
@@ -456,8 +457,12 @@ real_write = cases._write
 
 def write(path, data):
     real_write(path, data)
-    open(sys.argv[2], "w").close()          # tell the test: a staging file exists now
-    time.sleep(120)
+    if cases._write is write:
+        cases._write = real_write
+        open(sys.argv[2], "w").close()          # tell the test: a staging file exists now
+        deadline = time.monotonic() + 60
+        while not os.path.exists(sys.argv[2] + ".signalled") and time.monotonic() < deadline:
+            time.sleep(0.01)
 
 cases._write = write
 sys.exit(cli.main(["cases", "export", sys.argv[1]]))
@@ -480,6 +485,8 @@ def test_sigterm_during_cli_export_leaves_the_directory_as_it_was(tmp_path):
         staging = [n for n in os.listdir(directory) if n.startswith(".refmeta-export-")]
         assert len(staging) == 1 and os.listdir(directory / staging[0])   # a partial export
         child.send_signal(signal.SIGTERM)
+        time.sleep(0.05)
+        open(str(marker) + ".signalled", "w").close()
         out, err = child.communicate(timeout=60)
     finally:
         if child.poll() is None:

@@ -4,6 +4,7 @@ internet), checked against their pinned SHA-256, written atomically; and the dem
 import errno
 import hashlib
 import http.server
+import io
 import os
 import shutil
 import signal
@@ -11,14 +12,13 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 
 from helpers import OMNIGLOT_FILES, omniglot_folder
 from refmeta import cli
 from refmeta import progress as progress_module
-from refmeta.data import fetch
+from refmeta.data import download, fetch
 from refmeta.demos import options, protonet_omniglot
 
 LAYOUT = {remote.name: remote.path for remote in fetch.OMNIGLOT}
@@ -33,12 +33,14 @@ class Server:
 
     ``mode[path]`` misbehaves on that path: "truncate" announces every byte and sends half
     before closing; "chunked-truncate" sends half as one chunk and closes without the last
-    chunk; "stall" sends half and waits until ``release`` is set.  ``requests`` lists the
-    paths asked for."""
+    chunk; "stall" sends half, sets ``stalled`` and waits until ``release`` is set; "endless"
+    sends the file then zeros, announcing no length, until the client stops reading (or 16 MiB
+    more); "announce-more" announces a byte more than the file.  ``redirect[path]`` answers
+    302 to that location.  ``requests`` lists the paths asked for."""
 
     def __init__(self, files):
-        self.files, self.mode, self.requests = dict(files), {}, []
-        self.release = threading.Event()
+        self.files, self.mode, self.redirect, self.requests = dict(files), {}, {}, []
+        self.release, self.stalled = threading.Event(), threading.Event()
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -47,6 +49,12 @@ class Server:
             def do_GET(self):
                 server.requests.append(self.path)
                 self.close_connection = True
+                if self.path in server.redirect:
+                    self.send_response(302)
+                    self.send_header("Location", server.redirect[self.path])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 body, mode = server.files.get(self.path), server.mode.get(self.path)
                 if body is None:
                     self.send_error(404)
@@ -58,12 +66,25 @@ class Server:
                     half = body[:len(body) // 2]
                     self.wfile.write(b"%x\r\n%s\r\n" % (len(half), half))
                     return
-                self.send_header("Content-Length", str(len(body)))
+                if mode == "endless":
+                    self.end_headers()
+                    self.send_endlessly(body)
+                    return
+                self.send_header("Content-Length", str(len(body) + (mode == "announce-more")))
                 self.end_headers()
-                self.wfile.write(body if mode is None else body[:len(body) // 2])
+                self.wfile.write(body if mode in (None, "announce-more") else body[:len(body) // 2])
                 self.wfile.flush()
                 if mode == "stall":
+                    server.stalled.set()
                     server.release.wait(60)
+
+            def send_endlessly(self, body):
+                try:
+                    self.wfile.write(body)
+                    for _ in range(256):
+                        self.wfile.write(bytes(1 << 16))
+                except OSError:  # the client stopped reading and closed
+                    pass
 
             def log_message(self, *args):
                 pass
@@ -279,7 +300,7 @@ def test_a_corrupted_file_is_refused_naming_both_hashes(capsys, monkeypatch, ser
 ])
 def test_a_connection_closed_mid_file_leaves_nothing(capsys, monkeypatch, serve, data_home, mode, message):
     fake_remotes(monkeypatch, FAKE)
-    monkeypatch.setattr(fetch, "TIMEOUT_SECONDS", 0.5)
+    monkeypatch.setattr(download, "TIMEOUT_SECONDS", 0.5)
     server = serve({f"/{name}": data for name, data in FAKE.items()})
     server.mode["/images_background_small1.zip"] = mode
     line = one_line_error(capsys, ["data", "fetch", "omniglot", "--from", server.url])
@@ -371,17 +392,12 @@ def test_a_fetch_stopped_by_a_signal_leaves_no_partial_file(serve, zips, data_ho
     process = subprocess.Popen([sys.executable, "-m", "refmeta", "data", "fetch", "omniglot",
                                 "--from", server.url + "python/"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    folder, deadline = data_home / "omniglot", time.monotonic() + 60
-    while not (folder.is_dir() and os.listdir(folder)) and process.poll() is None:
-        assert time.monotonic() < deadline, "no temporary file appeared"
-        time.sleep(0.02)
-    (temporary,) = os.listdir(folder)
-    assert temporary.startswith(".images_background_small1.zip.") and temporary.endswith(".part")
+    assert server.stalled.wait(60), "the download never began"
     process.send_signal(signum)
     out, err = process.communicate(timeout=60)
     assert process.returncode == status
     assert err.splitlines() == [f"refmeta data fetch: {what}; no partial file was left"]
-    assert os.listdir(folder) == []
+    assert os.listdir(data_home / "omniglot") == []
 
 
 # ----- the demos find what was fetched -----
@@ -420,3 +436,115 @@ def test_missing_data_in_the_data_home_names_the_files_and_the_fetch_command(cap
         f"no Omniglot data in {tmp_path / 'user' / '.cache' / 'refmeta' / 'omniglot'} (missing "
         "images_background_small1.zip, images_background_small2.zip): "
         "fetch it with `refmeta data fetch omniglot`")
+
+
+# ----- every read bounded by the pinned size -----
+def test_an_endless_body_is_read_one_byte_past_the_pinned_size_and_no_further(capsys, monkeypatch, serve,
+                                                                              data_home):
+    remotes = fake_remotes(monkeypatch, FAKE)
+    server = serve({f"/{name}": data for name, data in FAKE.items()})
+    server.mode["/images_background_small1.zip"] = "endless"
+    line = one_line_error(capsys, ["data", "fetch", "omniglot", "--from", server.url])
+    size = remotes[0].size
+    assert line == (f"refmeta data fetch: {server.url}images_background_small1.zip holds more than the "
+                    f"{size:,} bytes of images_background_small1.zip: reading stopped at {size + 1:,}, "
+                    "nothing was kept")
+    assert os.listdir(data_home / "omniglot") == []
+
+
+def test_a_body_announced_larger_than_the_pinned_size_is_not_read(capsys, monkeypatch, serve, data_home):
+    remotes = fake_remotes(monkeypatch, FAKE)
+    server = serve({f"/{name}": data for name, data in FAKE.items()})
+    server.mode["/images_background_small1.zip"] = "announce-more"
+    line = one_line_error(capsys, ["data", "fetch", "omniglot", "--from", server.url])
+    assert line == (f"refmeta data fetch: {server.url}images_background_small1.zip is "
+                    f"{remotes[0].size + 1:,} bytes; images_background_small1.zip is {remotes[0].size:,}: "
+                    "not read, nothing was kept")
+
+
+def test_a_huge_local_file_is_not_copied(capsys, monkeypatch, tmp_path, data_home):
+    remotes = fake_remotes(monkeypatch, FAKE)
+    source = make_flat(tmp_path / "src", FAKE)
+    with open(source / remotes[0].name, "r+b") as f:
+        f.truncate(64 << 20)                                   # sparse: no disk space used
+    reads = []
+    real_chunks = download._chunks
+    monkeypatch.setattr(download, "_chunks", lambda *a: (reads.append(len(c)) or c for c in real_chunks(*a)))
+    line = one_line_error(capsys, ["data", "fetch", "omniglot", "--from", str(source)])
+    assert line == (f"refmeta data fetch: {source / remotes[0].name} is 67,108,864 bytes; "
+                    f"{remotes[0].name} is {remotes[0].size:,}: not read, nothing was kept")
+    assert reads == [] and os.listdir(data_home / "omniglot") == []
+
+
+def test_a_local_file_that_grows_while_read_stops_one_byte_past(monkeypatch, tmp_path):
+    remotes = fake_remotes(monkeypatch, FAKE)
+    stream = io.BytesIO(bytes(10 << 20))                       # announced as the right size
+    with pytest.raises(fetch.FetchError, match=f"reading stopped at {remotes[0].size + 1:,}"):
+        download._download_from(stream, "here", remotes[0].size, remotes[0], False)
+    assert stream.tell() == remotes[0].size + 1
+
+
+# ----- redirects and sources: one line saying what happened -----
+def test_a_redirect_to_ftp_is_refused_not_followed(capsys, serve, data_home):
+    server = serve({})
+    server.redirect["/images_background_small1.zip"] = "ftp://127.0.0.1/images_background_small1.zip"
+    line = one_line_error(capsys, ["data", "fetch", "omniglot", "--from", server.url])
+    assert line == (f"refmeta data fetch: {server.url}images_background_small1.zip redirects to "
+                    "ftp://127.0.0.1/images_background_small1.zip; refmeta follows redirects to "
+                    "http:// and https:// URLs only")
+
+
+def test_a_redirect_loop_is_one_line(capsys, serve, data_home):
+    server = serve({})
+    server.redirect["/images_background_small1.zip"] = "/images_background_small1.zip"
+    line = one_line_error(capsys, ["data", "fetch", "omniglot", "--from", server.url])
+    url = f"{server.url}images_background_small1.zip"
+    assert line.startswith(f"refmeta data fetch: {url}: a redirect loop (gave up after ")
+    assert line.endswith(f" redirects, the last to {url})")
+
+
+def test_redirects_are_followed_to_http(capsys, monkeypatch, serve, data_home):
+    fake_remotes(monkeypatch, FAKE)
+    server = serve({f"/real/{name}": data for name, data in FAKE.items()})
+    for name in FAKE:
+        server.redirect[f"/{name}"] = f"/real/{name}"
+    assert cli.main(["data", "fetch", "omniglot", "--from", server.url]) == 0
+    assert sorted(os.listdir(data_home / "omniglot")) == sorted(OMNIGLOT_FILES)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--from", "http://"], "--from http://: the URL names no host; expected http://HOST/PATH"),
+    (["--from", "https://[::1/x"], "--from https://[::1/x: not a valid URL (Invalid IPv6 URL); expected "
+                                   "http(s)://HOST/PATH, file:///PATH or a local folder"),
+    (["--from", "http://host:port/"], "--from http://host:port/: not a valid URL (Port could not be cast "
+                                      "to integer value as 'port')"),
+    (["--from", ""], "--from: expected a URL or a folder; got an empty string"),
+    (["--dir", ""], "--dir: expected the data home's folder; got an empty path"),
+])
+def test_a_source_or_home_that_names_nothing_is_one_line(capsys, tmp_path, monkeypatch, argv, message):
+    monkeypatch.chdir(tmp_path)
+    line = one_line_error(capsys, ["data", "fetch", "omniglot", *argv], status=2)
+    assert line.startswith(f"refmeta: error: {message}")
+    assert os.listdir(tmp_path) == []
+
+
+def test_dot_dot_in_the_home_makes_no_stray_folder(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["data", "fetch", "omniglot", "--dir", "a/../b", "--from", str(omniglot_folder())]) == 0
+    assert sorted(os.listdir(tmp_path)) == ["b"]
+    assert sorted(os.listdir(tmp_path / "b" / "omniglot")) == sorted(OMNIGLOT_FILES)
+    assert f"Omniglot: 3 files checked in {tmp_path / 'b' / 'omniglot'}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo"])
+def test_a_folder_or_fifo_in_a_files_place_is_refused_not_read(tmp_path, data_home, kind):
+    target = data_home / "omniglot" / OMNIGLOT_FILES[0]
+    target.parent.mkdir(parents=True)
+    target.mkdir() if kind == "folder" else os.mkfifo(target)
+    result = subprocess.run([sys.executable, "-m", "refmeta", "data", "fetch", "omniglot",
+                             "--from", str(tmp_path)],
+                            capture_output=True, text=True, timeout=60)   # a FIFO read would hang
+    what = "a folder" if kind == "folder" else "a pipe"
+    assert result.returncode == 1 and result.stderr == (
+        f"refmeta data fetch: cannot write {target}: it is {what}, not a regular file "
+        "(refmeta replaces only regular files)\n")

@@ -665,7 +665,7 @@ def test_the_json_report_holds_each_outputs_errors_tolerance_result_and_cause(ca
     del theirs["updated/dense2.b"]
     report_path = tmp_path / "out" / "report.json"
     report_path.parent.mkdir()
-    report_path.write_text("old")                                   # replaced whole
+    report_path.write_text('{"format": "refmeta.verify/1", "status": 0}')   # an earlier report: replaced
     status, out, _ = run_cli(capsys, [path, save(tmp_path / "theirs.npz", theirs), "--json", report_path])
     assert status == 1
     assert os.listdir(report_path.parent) == ["report.json"]        # no temporary file left

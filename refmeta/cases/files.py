@@ -6,8 +6,12 @@ against the one the JSON names.  ``load_outputs`` reads THEIRS.npz, one array pe
 (``numpy.savez(path, **{name: array})``); a case's own NPZ, with ``outputs/<name>`` keys beside
 ``inputs/<name>``, is read as its outputs.
 
-The files may come from anywhere, so: the JSON's nesting is capped (``MAX_JSON_DEPTH``) before
-it is parsed; every NPZ member must be a ``<name>.npy`` array whose header declares as many
+The files may come from anywhere, so: each is opened without waiting and read only if it is a
+regular file (a pipe or a FIFO is named as such, never waited on); the JSON is read up to
+``MAX_JSON_BYTES`` and its nesting capped (``MAX_JSON_DEPTH``) before it is parsed, and every
+number in it must fit a float64; the case NPZ may be no larger than its JSON's arrays need
+(``npz_size_bound``), and is hashed in chunks; THEIRS.npz, read for a case, may be no larger
+than twice that; every NPZ member must be a ``<name>.npy`` array whose header declares as many
 bytes as the member holds, checked before any array is allocated; object arrays come back as a
 0-d placeholder, reported later by their dtype and never unpickled.  Anything unreadable is a
 ``VerifyError`` whose message says what was expected and what was found.
@@ -21,14 +25,18 @@ import json
 import math
 import os
 import re
+import sys
 import zipfile
 import zlib
 
 import numpy as np
 
-from refmeta import cases
+from refmeta import cases, disk
 
 MAX_JSON_DEPTH = 64  # a case nests 6 deep; Python's parser recurses once per level
+MAX_JSON_BYTES = 16 << 20  # the largest case's JSON is 58 KB
+NPZ_MEMBER_SLACK = 4096  # bytes beside each array's data: its .npy header and zip records, generously
+HASH_CHUNK_BYTES = 1 << 20
 NPY_MAGIC, ZIP_MAGIC = b"\x93NUMPY", b"PK\x03\x04"
 REQUIRED = ("format", "id", "algorithm", "description", "refmeta_version", "model", "conventions",
             "hyperparameters", "inputs", "outputs")
@@ -42,34 +50,52 @@ def load_case(json_path):
     """(document, {"inputs/<name>": array, "outputs/<name>": array}) of a case, checked whole."""
     document = _read_json(json_path)
     _check_document(document, json_path)
-    npz_path = _case_npz(document, json_path)
-    arrays = _read_npz(npz_path, "case NPZ")
+    npz_path = os.path.splitext(json_path)[0] + ".npz"
+    if not os.path.lexists(npz_path):
+        raise VerifyError(f"case {json_path} has no NPZ: expected {npz_path} beside it "
+                          "(a case is the pair <id>.json + <id>.npz; export it again)")
+    with _open_npz(npz_path, "case NPZ", npz_size_bound(document),
+                   "the arrays its JSON lists need") as file:
+        _check_sha256(file, document, npz_path, json_path)
+        arrays = _npz_arrays(file, npz_path, "case NPZ", npz_size_bound(document))
     _check_case_arrays(arrays, document, npz_path)
     return document, arrays
 
 
-def load_outputs(npz_path):
-    """{output name: array} from THEIRS.npz (or from a case NPZ's ``outputs/`` entries)."""
-    arrays = _read_npz(npz_path, "outputs file")
+def load_outputs(npz_path, max_bytes=None):
+    """{output name: array} from THEIRS.npz (or from a case NPZ's ``outputs/`` entries).
+    ``max_bytes``: refuse a larger file, unread (``outputs_size_bound`` of the case)."""
+    with _open_npz(npz_path, "outputs file", max_bytes, "twice the whole case") as file:
+        arrays = _npz_arrays(file, npz_path, "outputs file", max_bytes)
     if any(key.startswith("outputs/") for key in arrays) and all(
             key.startswith(("outputs/", "inputs/")) for key in arrays):
         return {key[len("outputs/"):]: a for key, a in arrays.items() if key.startswith("outputs/")}
     return arrays
 
 
+def npz_size_bound(document):
+    """The most bytes a checked case's NPZ may hold: its arrays' float64 data, and
+    ``NPZ_MEMBER_SLACK`` per array and once more for the zip's directory."""
+    entries = [entry for kind in ("inputs", "outputs") for entry in document[kind].values()]
+    return sum(8 * math.prod(entry["shape"]) + NPZ_MEMBER_SLACK for entry in entries) + NPZ_MEMBER_SLACK
+
+
+def outputs_size_bound(document):
+    """The most bytes THEIRS.npz may hold for this (checked) case: twice its whole NPZ."""
+    return 2 * npz_size_bound(document)
+
+
 # ----- the case: its JSON, and the NPZ beside it -----
-def _case_npz(document, json_path):
-    """The path of the case's NPZ, once it is known to exist and to have the JSON's sha256."""
-    npz_path = os.path.splitext(json_path)[0] + ".npz"
-    if not os.path.isfile(npz_path):
-        raise VerifyError(f"case {json_path} has no NPZ: expected {npz_path} beside it "
-                          "(a case is the pair <id>.json + <id>.npz; export it again)")
-    with open(npz_path, "rb") as f:
-        digest = hashlib.sha256(f.read()).hexdigest()
-    if "npz_sha256" in document and digest != document["npz_sha256"]:
-        raise VerifyError(f"{npz_path} does not belong to {json_path}: its sha256 is {digest}, "
-                          f"the JSON names {document['npz_sha256']} (export the case again)")
-    return npz_path
+def _check_sha256(file, document, npz_path, json_path):
+    """VerifyError unless the open case NPZ has the sha256 its JSON names (read in chunks)."""
+    digest = hashlib.sha256()
+    for chunk in iter(lambda: file.read(HASH_CHUNK_BYTES), b""):
+        digest.update(chunk)
+    file.seek(0)
+    if "npz_sha256" in document and digest.hexdigest() != document["npz_sha256"]:
+        raise VerifyError(f"{npz_path} does not belong to {json_path}: its sha256 is "
+                          f"{digest.hexdigest()}, the JSON names {document['npz_sha256']} "
+                          "(export the case again)")
 
 
 def _check_case_arrays(arrays, document, npz_path):
@@ -87,10 +113,14 @@ def _check_case_arrays(arrays, document, npz_path):
 
 
 def _read_json(path):
-    """The parsed JSON of a case file, or VerifyError: unreadable, an NPZ, not JSON, too deep."""
+    """The parsed JSON of a case file, or VerifyError: unreadable, not a regular file, too large,
+    an NPZ, not JSON, too deep."""
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        with disk.open_regular(path) as f:
+            raw = disk.read_at_most(f, MAX_JSON_BYTES, f"case {path}")
+    except disk.PathError as error:
+        raise VerifyError(f"case {error}; a refmeta case's JSON is a regular file well under "
+                          "1 MB (refmeta cases export writes it)") from None
     except OSError as error:
         raise VerifyError(f"cannot read case {path}: {error.strerror or error}") from None
     if raw.startswith((ZIP_MAGIC, NPY_MAGIC)):
@@ -105,8 +135,8 @@ def _read_json(path):
                           "a refmeta case nests 6 deep")
     try:
         return json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as error:
-        raise VerifyError(f"case {path} is not valid JSON: {error}") from None
+    except (ValueError, RecursionError) as error:  # ValueError: also a number of > 4300 digits
+        raise VerifyError(f"case {path} is not valid JSON: {str(error).split(';')[0]}") from None
 
 
 def _nesting_depth(text):
@@ -126,6 +156,10 @@ def _check_document(document, path):
     missing = [key for key in REQUIRED if key not in document]
     if missing:
         raise VerifyError(f"malformed case {path}: missing key(s) {', '.join(missing)}")
+    where = _oversized_integer(document)
+    if where:
+        raise VerifyError(f"malformed case {path}: {where} is an integer beyond any float64 "
+                          "(its numbers must fit one)")
     for kind in ("inputs", "outputs"):
         if not isinstance(document[kind], dict) or not document[kind]:
             raise VerifyError(f"malformed case {path}: {kind!r} must be a non-empty object")
@@ -133,6 +167,17 @@ def _check_document(document, path):
             problem = _entry_problem(entry, kind == "outputs")
             if problem:
                 raise VerifyError(f"malformed case {path}: {kind}[{name!r}] {problem}")
+
+
+def _oversized_integer(value, where=""):
+    """The place (``outputs['y'].rtol``) of the first integer too large for a float64, or None."""
+    if isinstance(value, dict):
+        places = ((f"{where}[{key!r}]" if where else key, item) for key, item in value.items())
+    elif isinstance(value, list):
+        places = ((f"{where}[{i}]", item) for i, item in enumerate(value))
+    else:
+        return where if type(value) is int and abs(value) > sys.float_info.max else None
+    return next((found for place, item in places if (found := _oversized_integer(item, place))), None)
 
 
 def _entry_problem(entry, is_output):
@@ -153,16 +198,41 @@ def _entry_problem(entry, is_output):
 
 
 # ----- NPZ files: every member checked before it is loaded -----
-def _read_npz(path, what):
-    """{key: array} of an NPZ, each member checked before it is loaded (module docstring)."""
+def _open_npz(path, what, max_bytes=None, bound_meaning=""):
+    """``path`` open for reading once it is known to be a regular file of at most ``max_bytes``
+    (``bound_meaning`` says what that bound is) that does not start as a single .npy does."""
     try:
-        with open(path, "rb") as f:
-            start = f.read(len(NPY_MAGIC))
-        if start == NPY_MAGIC:
+        file = disk.open_regular(path)
+    except disk.PathError as error:
+        raise VerifyError(f"{what} {error}: verify reads an NPZ file (numpy.savez(path, "
+                          "**{name: array})) by its path") from None
+    except OSError as error:
+        raise VerifyError(f"cannot read {what} {path}: {error.strerror or error}") from None
+    try:
+        size = os.fstat(file.fileno()).st_size
+        if max_bytes is not None and size > max_bytes:
+            raise VerifyError(f"{what} {path} is {size:,} bytes, more than {bound_meaning} "
+                              f"({max_bytes:,} bytes); it was not read")
+        if file.read(len(NPY_MAGIC)) == NPY_MAGIC:
             raise VerifyError(f"{what} {path} is a single .npy array, not an NPZ "
                               "(write it with numpy.savez(path, **{name: array}))")
-        with zipfile.ZipFile(path) as archive:
+        file.seek(0)
+    except BaseException:
+        file.close()
+        raise
+    return file
+
+
+def _npz_arrays(file, path, what, max_bytes=None):
+    """{key: array} of an open NPZ, each member checked before it is loaded (module docstring);
+    ``max_bytes`` bounds the members' sizes added up, as a compressed NPZ unpacks them."""
+    try:
+        with zipfile.ZipFile(file) as archive:
             members = [info for info in archive.infolist() if not info.is_dir()]
+            unpacked = sum(info.file_size for info in members)
+            if max_bytes is not None and unpacked > max_bytes:
+                raise VerifyError(f"{what} {path} unpacks to {unpacked:,} bytes, more than "
+                                  f"{max_bytes:,}; it was not read")
             names = [info.filename for info in members]
             repeated = sorted({name for name in names if names.count(name) > 1})
             if repeated:

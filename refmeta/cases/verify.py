@@ -21,7 +21,10 @@ command line when the reader of its output goes away (``| head``, ``refmeta.cli`
 ``--partial`` (``partial=True``) compares only the outputs present: missing ones are listed as
 not compared, not failed; extra, misshapen and non-float arrays still fail, and so does an
 outputs file holding none of the case's outputs.  ``--json FILE`` also writes the report as
-JSON, atomically (``Report.to_json``); its folder is checked before anything is compared.
+JSON, atomically (``Report.to_json``, through ``refmeta.disk``).  FILE is checked before
+anything is compared, and must be a new file or an earlier report (a JSON whose "format" is
+``REPORT_FORMAT``): never CASE.json, its NPZ or THEIRS.npz (under any name), nor another
+file, a folder, a device such as /dev/null, a FIFO or a symbolic link.
 
 The Python API, for a test suite: ``check(case_path, arrays, partial=False)`` returns the
 ``Report``; ``assert_matches(case_path, arrays, partial=False)`` returns it when everything
@@ -49,12 +52,13 @@ import tempfile
 
 import numpy as np
 
+from refmeta import checks, disk
 from refmeta.cases.case_facts import LAYER_AXES, CaseFacts
 from refmeta.cases.comparison import (Diagnosis, OutputResult, compare, compare_outputs,
                                       structural_problems, table_rows)
 from refmeta.cases.diagnose import FLOAT32_SCALE, FLOAT32_WINDOW, diagnose
 from refmeta.cases.files import (MAX_JSON_DEPTH, NPY_MAGIC, REQUIRED, ZIP_MAGIC, VerifyError,
-                                 load_case, load_outputs)
+                                 load_case, load_outputs, outputs_size_bound)
 from refmeta.cases.mistakes import EXPLAINED
 from refmeta.cases.order import computation_order
 from refmeta.cases.stages import first_failing
@@ -99,13 +103,18 @@ def check(case_path, arrays, partial=False):
             tensor without grad, a JAX array), or the path of an NPZ.
         partial: compare only the outputs present (see the module docstring).
     Raises VerifyError (a ValueError) for a case or NPZ that cannot be read, TypeError for
-    ``arrays`` that are not a mapping of names to arrays.
+    a ``case_path`` that is not a path, ``arrays`` that are not a mapping of names to arrays,
+    or a ``partial`` that is not True or False.
     """
+    if not isinstance(case_path, (str, os.PathLike)):
+        raise TypeError("case_path must be the path of a case's JSON (a str or os.PathLike); "
+                        f"got {type(case_path).__name__}")
     case_path = os.fspath(case_path)
+    partial = checks.boolean("partial", partial)
     document, case_arrays = load_case(case_path)
     if isinstance(arrays, (str, os.PathLike)):
         label = os.fspath(arrays)
-        theirs = load_outputs(label)
+        theirs = load_outputs(label, outputs_size_bound(document))
     else:
         label, theirs = "the arrays given", _as_arrays(arrays)
     return build_report(document, case_arrays, theirs, partial, case_path, label)
@@ -142,32 +151,44 @@ def main(case_path, theirs_path, out=None, err=None, partial=False, json_path=No
     """Verify and print the table; returns the exit status (0 pass, 1 fail, 2 error).
     ``json_path``: also write the report there as JSON, atomically."""
     out, err = out or sys.stdout, err or sys.stderr
+    partial = checks.boolean("partial", partial)
     if json_path is not None:
-        problem = _report_path_problem(json_path)
+        problem = _report_path_problem(json_path, case_path, theirs_path)
         if problem:
             print(f"refmeta verify: --json {json_path}: {problem}", file=err)
             return EXIT_ERROR
     try:
         document, case_arrays = load_case(case_path)
-        theirs = load_outputs(theirs_path)
+        theirs = load_outputs(theirs_path, outputs_size_bound(document))
     except VerifyError as error:
         print(f"refmeta verify: {error}", file=err)
         return _write_report(json_path, error_json(case_path, theirs_path, partial, str(error)),
-                             EXIT_ERROR, err)
+                             EXIT_ERROR, err, case_path, theirs_path)
     report = build_report(document, case_arrays, theirs, partial, case_path, theirs_path)
     # the JSON first: a reader of stdout that goes away (`| head`) cannot stop it being written
-    status = _write_report(json_path, report.to_json(), report.status, err)
+    status = _write_report(json_path, report.to_json(), report.status, err, case_path, theirs_path)
     print(report.text(), file=out)
     for problem in report.problems:
         print(f"refmeta verify: {problem}", file=err)
     return status
 
 
-def _report_path_problem(path):
-    """Why the report cannot be written at ``path`` (checked before comparing), or None."""
+def _inputs(case_path, theirs_path):
+    """(label, path) of the files verify reads, which the report must never replace."""
+    return (("CASE.json", case_path), ("the case's NPZ", os.path.splitext(case_path)[0] + ".npz"),
+            ("THEIRS.npz", theirs_path))
+
+
+def _report_path_problem(path, case_path, theirs_path):
+    """Why the report cannot be written at ``path`` (checked before comparing), or None: the
+    module docstring's rule, and a folder where a file can be created."""
+    problem = disk.write_problem(path, _inputs(case_path, theirs_path))
+    if problem:
+        return problem
+    if os.path.lexists(path) and not _is_report(path):
+        return (f"exists and is not a refmeta verify report (\"format\": \"{REPORT_FORMAT}\"); "
+                "name a new file, or remove it first")
     folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        return "is a folder; name a file"
     try:
         with tempfile.TemporaryFile(dir=folder):
             pass
@@ -176,26 +197,27 @@ def _report_path_problem(path):
     return None
 
 
-def _write_report(path, data, status, err):
+def _is_report(path, max_bytes=1 << 26):
+    """Whether ``path`` holds an earlier report (read only if it is at most ``max_bytes``)."""
+    try:
+        with disk.open_regular(path) as f:
+            document = json.loads(disk.read_at_most(f, max_bytes, path))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(document, dict) and document.get("format") == REPORT_FORMAT
+
+
+def _write_report(path, data, status, err, case_path, theirs_path):
     """Write ``data`` as JSON to ``path`` atomically (if a path is given); returns ``status``,
     or EXIT_ERROR when the file cannot be written."""
     if path is None:
         return status
-    folder = os.path.dirname(os.path.abspath(path))
-    temporary = None
+    text = json.dumps(data, indent=1, ensure_ascii=False, allow_nan=False) + "\n"
     try:
-        descriptor, temporary = tempfile.mkstemp(prefix=".verify-", suffix=".json.tmp", dir=folder)
-        with os.fdopen(descriptor, "w", encoding="utf-8") as f:
-            f.write(json.dumps(data, indent=1, ensure_ascii=False, allow_nan=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-        temporary = None
-    except OSError as error:
-        print(f"refmeta verify: cannot write the report {path}: {error.strerror or error}",
-              file=err)
+        disk.replace_atomically(path, lambda f: f.write(text), "w",
+                                inputs=_inputs(case_path, theirs_path))
+    except (OSError, disk.PathError) as error:
+        print(f"refmeta verify: cannot write the report {path}: "
+              f"{getattr(error, 'strerror', None) or error}", file=err)
         return EXIT_ERROR
-    finally:
-        if temporary is not None and os.path.exists(temporary):
-            os.remove(temporary)
     return status

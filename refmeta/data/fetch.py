@@ -12,47 +12,29 @@ github.com/brendenlake/omniglot, MIT licence), under ``python/`` on its ``master
 URL, a ``file://`` URL or a local folder, holding either the same layout or the three files
 side by side (each file is looked for at its place in the layout first, then flat).
 
-Every file is written to a temporary name in the target folder, checked, then renamed, so
-the folder never holds a partial or unchecked file, whatever stops the fetch (an error, a
-wrong checksum, Ctrl-C, SIGTERM).  A file already there with the right SHA-256 is kept; one
-with the wrong SHA-256 is fetched again (and replaced only once the new copy checks out).
+The size of every file is pinned: ``refmeta.data.download`` reads it into memory up to one
+byte past that size and no further, from a server or a local folder, following redirects to
+http(s) only.  Only once its SHA-256 checks out is a file written, atomically and with SIGINT
+and SIGTERM held (``refmeta.disk.replace_atomically``), so the folder never holds a partial or
+unchecked file, whatever stops the fetch (an error, a wrong checksum, Ctrl-C, SIGTERM).  A file
+already there with the right SHA-256 is kept, read only up to its pinned size; one with the
+wrong SHA-256 is fetched again (and replaced only once the new copy checks out); a folder,
+FIFO, device or symbolic link in its place is refused.  The data home's path is resolved
+(``a/../b`` is ``b``) before any folder is made; an empty one is refused.
 
 Only the standard library is used.  Every failure is a ``FetchError`` with a one-line message.
 """
 
-import contextlib
 import hashlib
-import http.client
 import os
-import secrets
 import shlex
 import sys
 import tempfile
-import urllib.error
-import urllib.parse
-import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
-from refmeta.progress import progress
-
-DEFAULT_SOURCE = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/"
-CHUNK_BYTES = 1 << 16
-TIMEOUT_SECONDS = 60
-
-
-class FetchError(Exception):
-    """A fetch that failed: its message is one line naming the file, the URL or the folder."""
-
-
-@dataclass(frozen=True)
-class Remote:
-    """One file to fetch: its name here, its path under the source, its size and SHA-256."""
-    name: str
-    path: str
-    size: int
-    sha256: str
-
+from refmeta import disk
+from refmeta.data.download import (CHUNK_BYTES, DEFAULT_SOURCE, FetchError, Remote, candidates,
+                                   download, parse_source)
 
 OMNIGLOT = (
     Remote("images_background_small1.zip", "images_background_small1.zip", 1_319_022,
@@ -78,7 +60,10 @@ def data_home(environ=None):
 
 
 def omniglot_dir(home=None):
-    """The folder of the Omniglot zips: ``home`` (default ``data_home()``) / omniglot."""
+    """The folder of the Omniglot zips: ``home`` (default ``data_home()``) / omniglot.
+    ValueError for an empty ``home``, which names no folder."""
+    if home is not None and not os.fspath(home):
+        raise ValueError("--dir: expected the data home's folder; got an empty path")
     return (data_home() if home is None else Path(home).expanduser()) / "omniglot"
 
 
@@ -91,85 +76,9 @@ def fetch_command(environ=None):
     return f"refmeta data fetch omniglot --dir {shlex.quote(str(home))}"
 
 
-# ----- sources -----
-def parse_source(source):
-    """("http", base URL ending in /) or ("folder", Path) from ``--from``; ValueError for
-    another scheme, a file:// URL on another host, or a local path that is not a folder."""
-    if source is None:
-        source = DEFAULT_SOURCE
-    parts = urllib.parse.urlsplit(source)
-    if parts.scheme in ("http", "https"):
-        return "http", source if source.endswith("/") else source + "/"
-    if parts.scheme == "file":
-        if parts.netloc not in ("", "localhost"):
-            raise ValueError(f"--from {source}: a file:// URL must name this machine (file:///path)")
-        folder = Path(urllib.request.url2pathname(parts.path))
-    elif "://" in source:
-        raise ValueError(f"--from {source}: expected an http://, https:// or file:// URL "
-                         "or a local folder")
-    else:
-        folder = Path(source).expanduser()
-    if not folder.is_dir():
-        raise ValueError(f"--from {source}: {folder} is not a folder")
-    return "folder", folder
-
-
-def candidates(remote, kind, base):
-    """Where ``remote`` may be under a source: its place in the layout first, then flat."""
-    paths = [remote.path] + ([remote.name] if remote.name != remote.path else [])
-    if kind == "http":
-        return [base + urllib.parse.quote(path) for path in paths]
-    return [base / path for path in paths]
-
-
 def default_urls(files=OMNIGLOT):
     """The URL of each file in the authors' repository: {name: URL}."""
     return {remote.name: candidates(remote, "http", DEFAULT_SOURCE)[0] for remote in files}
-
-
-@contextlib.contextmanager
-def _open(remote, kind, base):
-    """(readable stream, where it is, bytes announced or None) for the first candidate that
-    exists; FetchError when none does or the source cannot be reached."""
-    where = candidates(remote, kind, base)
-    if kind == "folder":
-        found = [path for path in where if path.is_file()]
-        if not found:
-            raise FetchError(f"{remote.name}: not in {base} (looked for "
-                             f"{' and '.join(str(path) for path in where)})")
-        try:
-            stream = open(found[0], "rb")
-        except OSError as error:
-            raise FetchError(f"cannot read {found[0]}: {error.strerror or error}") from None
-        with stream:
-            yield stream, str(found[0]), None
-        return
-    for i, url in enumerate(where):
-        try:
-            stream = urllib.request.urlopen(url, timeout=TIMEOUT_SECONDS)
-        except urllib.error.HTTPError as error:
-            error.close()
-            if error.code == 404 and i + 1 < len(where):
-                continue
-            tried = " and ".join(where[:i + 1])
-            raise FetchError(f"HTTP {error.code} {error.reason} for {tried}") from None
-        except (OSError, http.client.HTTPException) as error:
-            raise FetchError(f"cannot reach {url}: {_reason(error)}") from None
-        with stream:
-            length = stream.headers.get("Content-Length")
-            yield stream, url, int(length) if length and length.isdigit() else None
-        return
-
-
-def _reason(error):
-    """The human part of a urllib, socket or http.client error."""
-    reason = getattr(error, "reason", None)
-    if isinstance(reason, OSError):
-        error = reason
-    elif reason is not None:
-        return str(reason)
-    return (error.strerror if isinstance(error, OSError) and error.strerror
-            else str(error) or type(error).__name__)
 
 
 # ----- fetching -----
@@ -180,32 +89,41 @@ def fetch(files, directory, source=None, say=print, show_progress=None):
     ``say`` gets one line per file; ``show_progress`` (default: stderr is a terminal) draws a
     progress bar per download.  Raises FetchError, or ValueError for a bad ``source``."""
     kind, base = parse_source(source)
-    directory = Path(directory)
+    directory = resolved(directory)
     _check_writable(directory)
     if show_progress is None:
         show_progress = sys.stderr.isatty()
     done = {}
     for remote in files:
         target = directory / remote.name
-        if target.exists():
-            digest = _sha256_of(target)
-            if digest == remote.sha256:
-                say(f"{remote.name}: already in {directory} with the right SHA-256; not fetched again")
-                done[remote.name] = "present"
-                continue
-            say(f"{remote.name}: present but its SHA-256 is {digest}, not {remote.sha256}; "
-                "fetching it again")
-        where = _fetch_one(remote, kind, base, target, show_progress)
+        wrong = _wrong_copy(target, remote)
+        if wrong is None:
+            say(f"{remote.name}: already in {directory} with the right SHA-256; not fetched again")
+            done[remote.name] = "present"
+            continue
+        if wrong:
+            say(f"{remote.name}: present but {wrong}; fetching it again")
+        problem = disk.write_problem(target)
+        if problem:
+            raise FetchError(f"cannot write {target}: it {problem}")
+        data, where = download(remote, kind, base, show_progress)
+        _save(target, data)
         say(f"{remote.name}: fetched from {where} ({remote.size:,} bytes, SHA-256 checked)")
         done[remote.name] = "fetched"
     return done
 
 
 def fetch_omniglot(home=None, source=None, say=print, show_progress=None):
-    """Fetch the three Omniglot zips into ``omniglot_dir(home)``; returns that folder."""
-    folder = omniglot_dir(home)
+    """Fetch the three Omniglot zips into ``omniglot_dir(home)``; returns that folder, resolved."""
+    folder = resolved(omniglot_dir(home))
     fetch(OMNIGLOT, folder, source, say, show_progress)
     return folder
+
+
+def resolved(folder):
+    """``folder`` as an absolute path with ``..`` and symbolic links resolved, as the system
+    would: ``a/../b`` is ``b``, and ``a`` is never made."""
+    return Path(os.path.realpath(Path(folder).expanduser()))
 
 
 def _check_writable(directory):
@@ -218,89 +136,38 @@ def _check_writable(directory):
                          f"{error.strerror or error}") from None
 
 
-def _sha256_of(path):
-    digest = hashlib.sha256()
+def _wrong_copy(target, remote):
+    """What is wrong with the copy of ``remote`` at ``target`` ("its SHA-256 is ..."), None when
+    it is right, or "" when there is none; reads at most ``remote.size + 1`` bytes."""
     try:
-        with open(path, "rb") as file:
-            for chunk in iter(lambda: file.read(CHUNK_BYTES), b""):
-                digest.update(chunk)
+        with disk.open_regular(target) as file:
+            data = file.read(remote.size + 1)
+    except FileNotFoundError:
+        return ""
+    except disk.PathError:
+        raise FetchError(f"cannot write {target}: it {disk.write_problem(target)}") from None
     except OSError as error:
-        raise FetchError(f"cannot read {path}: {error.strerror or error}") from None
-    return digest.hexdigest()
+        raise FetchError(f"cannot read {target}: {error.strerror or error}") from None
+    if len(data) > remote.size:
+        return f"it is larger than the {remote.size:,} bytes of {remote.name}"
+    digest = hashlib.sha256(data).hexdigest()
+    return None if digest == remote.sha256 else f"its SHA-256 is {digest}, not {remote.sha256}"
 
 
-def _fetch_one(remote, kind, base, target, show_progress):
-    """Download into a temporary file beside ``target``, check it, rename it; returns where
-    it came from.  On any failure or interruption the temporary file is removed."""
-    with _open(remote, kind, base) as (stream, where, announced):
-        temporary = None
-        try:
-            temporary, out = _create_temporary(target)
-            with out:
-                received, digest = _copy(stream, out, remote, where, show_progress)
-                out.flush()
-                os.fsync(out.fileno())
-            if announced is not None and received < announced:
-                raise FetchError(f"{where}: the connection closed after {received:,} of "
-                                 f"{announced:,} bytes; nothing was kept")
-            if digest != remote.sha256:
-                raise FetchError(f"{remote.name} from {where}: wrong SHA-256: expected "
-                                 f"{remote.sha256}, got {digest} ({received:,} bytes, expected "
-                                 f"{remote.size:,}); nothing was kept")
-            os.replace(temporary, target)
-        except OSError as error:  # reading errors are FetchErrors already: this is the disk
-            raise FetchError(f"cannot write {target}: {error.strerror or error}; "
-                             "nothing was kept") from None
-        finally:
-            if temporary is not None and os.path.exists(temporary):
-                os.unlink(temporary)
-    return where
-
-
-def _create_temporary(target):
-    """(path, binary file) of a new hidden file beside ``target``, made with the umask's
-    permissions (as the renamed file should have), never one that exists already."""
-    for _ in range(100):
-        path = target.parent / f".{target.name}.{secrets.token_hex(4)}.part"
-        try:
-            return str(path), open(path, "xb")
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"no free temporary name beside {target}")
-
-
-def _copy(stream, out, remote, where, show_progress):
-    """Copy ``stream`` into ``out``; returns (bytes, SHA-256 hex digest)."""
-    digest, received = hashlib.sha256(), 0
-    chunks = _chunks(stream, where)
-    bar = progress(chunks, total=-(-remote.size // CHUNK_BYTES), desc=remote.name) \
-        if show_progress else chunks
+def _save(target, data):
+    """Write ``data`` to ``target`` atomically, signals held (``disk.replace_atomically``)."""
+    def write(out):
+        for start in range(0, len(data), CHUNK_BYTES):
+            _write(out, data[start:start + CHUNK_BYTES])
     try:
-        for chunk in bar:
-            _write(out, chunk)
-            digest.update(chunk)
-            received += len(chunk)
-            if show_progress:
-                bar.set_postfix(MB=f"{received / 1e6:.2f}/{remote.size / 1e6:.2f}")
-    finally:
-        if show_progress:
-            bar.close()
-    return received, digest.hexdigest()
-
-
-def _chunks(stream, where):
-    """The chunks of ``stream``; a read that fails is a FetchError."""
-    while True:
-        try:
-            chunk = stream.read(CHUNK_BYTES)
-        except (OSError, http.client.HTTPException) as error:
-            raise FetchError(f"{where}: the download broke off ({_reason(error)}); "
-                             "nothing was kept") from None
-        if not chunk:
-            return
-        yield chunk
+        disk.replace_atomically(target, write)
+    except disk.PathError as error:
+        raise FetchError(f"cannot write {error}") from None
+    except OSError as error:
+        raise FetchError(f"cannot write {target}: {error.strerror or error}; "
+                         "nothing was kept") from None
 
 
 def _write(out, chunk):
-    """One write to the temporary file (a function of its own, so a test can fill the disk)."""
+    """One write to the file being saved (a function of its own, so a test can fill the disk)."""
     out.write(chunk)

@@ -44,8 +44,6 @@ with a leading task axis T from ``sample_episodes``.
 
 import hashlib
 import io
-import os
-import tempfile
 import zipfile
 import zlib
 from pathlib import Path
@@ -53,7 +51,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from refmeta import checks
+from refmeta import checks, disk
 from refmeta.device import backend
 from refmeta.data.tasks import Episode
 
@@ -186,15 +184,16 @@ def _read_cache(file, zip_sha256, names, shape):
     module docstring lists the checks.
     """
     try:
-        with open(file, "rb") as f:
+        with disk.open_regular(file) as f:  # a FIFO or a folder there is refused, not waited on
             if f.read(4) != b"PK\x03\x04":  # not a zip: an empty file, a .npy, anything else
                 return None
-        with np.load(file, allow_pickle=False) as data:
-            if (str(data["zip_sha256"]) != zip_sha256 or int(data["version"]) != PREPROCESS_VERSION
-                    or _cached_header(data, "images.npy") != (shape, np.dtype(np.float32))
-                    or tuple(zip(data["alphabets"].tolist(), data["characters"].tolist())) != names):
-                return None
-            images = data["images"]
+            f.seek(0)
+            with np.load(f, allow_pickle=False) as data:
+                if (str(data["zip_sha256"]) != zip_sha256 or int(data["version"]) != PREPROCESS_VERSION
+                        or _cached_header(data, "images.npy") != (shape, np.dtype(np.float32))
+                        or tuple(zip(data["alphabets"].tolist(), data["characters"].tolist())) != names):
+                    return None
+                images = data["images"]
     except (ValueError, TypeError, KeyError, *ZIP_ERRORS):
         return None
     if not (np.isfinite(images).all() and images.min() >= 0 and images.max() <= 1):
@@ -215,20 +214,12 @@ def _cached_header(data, member):
 
 
 def _write_cache_atomically(file, images, names, zip_sha256):
-    """Write to a temporary file in the same directory, then ``os.replace``: never a partial file."""
+    """Write beside ``file``, then rename, SIGTERM held (``refmeta.disk``): never a partial file."""
     file.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=file.parent, prefix=file.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            np.savez(out, images=images, alphabets=np.array([a for a, _ in names]),
-                     characters=np.array([c for _, c in names]), zip_sha256=np.array(zip_sha256),
-                     version=np.array(PREPROCESS_VERSION))
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, file)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    disk.replace_atomically(file, lambda out: np.savez(
+        out, images=images, alphabets=np.array([a for a, _ in names]),
+        characters=np.array([c for _, c in names]), zip_sha256=np.array(zip_sha256),
+        version=np.array(PREPROCESS_VERSION)))
 
 
 def load_characters(zip_path, image_size=28, cache_dir=None):
