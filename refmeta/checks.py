@@ -562,13 +562,13 @@ def all_finite(*values):
 
 
 def first_non_finite(where, quantities):
-    """Raise ValueError naming the first ``(what, value)`` of ``quantities`` that holds NaN or
+    """Raise NotFinite naming the first ``(what, value)`` of ``quantities`` that holds NaN or
     inf.  The failure path of a door whose results ``all_finite`` refused: ``quantities`` (a
     generator) recomputes them in order, and each is read as it comes."""
     for what, value in quantities:
         if not all_finite(value):
-            raise ValueError(f"{where}: {what} {_first_non_finite_text(value)}")
-    raise ValueError(f"{where}: a result holds NaN or inf")
+            raise NotFinite(f"{where}: {what} {_first_non_finite_text(value)}")
+    raise NotFinite(f"{where}: a result holds NaN or inf")
 
 
 def _first_non_finite_text(value):
