@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import pytest
 
-from helpers import import_or_skip
+from helpers import import_or_skip, write_case
 from refmeta import cases
 from refmeta.cases import layouts, verify
 from refmeta.cases.files import load_case
@@ -291,12 +291,7 @@ def test_the_loss_is_the_cases(side, case_dir, case_id):
 # ----- other layer settings: batch norm's running mode, ceil pools, a wrong gate order -----
 def write_variant(folder, case_id, change):
     """A case built as ``case_id`` and changed by ``change(case)``, written as <folder>/variant."""
-    case = cases.build(case_id)
-    change(case)
-    text, npz = cases.encode("variant", case)
-    (folder / "variant.npz").write_bytes(npz)
-    (folder / "variant.json").write_text(text, encoding="utf-8")
-    return folder / "variant.json"
+    return write_case(folder, case_id, change, "variant")
 
 
 def running_and_ceil(case):
