@@ -118,6 +118,10 @@ def test_every_equation_is_listed_and_every_export_pattern_matches_a_case_output
     assert "adapted_step3/dense0.w" in maml_1["maml-sinusoid-k3-second-order"]
     reptile_1 = dict(trace.exported("reptile", built)["(1)"])
     assert list(reptile_1["*-serial:updated"]) == ["reptile-sinusoid-serial"]
+    for label in ("(3)", "(4)", "(11)"):             # every Meta Networks case, chunked ones too
+        carried = {case_id for _, hits in trace.exported("metanet", built)[label] for case_id in hits}
+        assert carried == {c for c in cases.CASES if c.startswith("metanet-")}, label
+    assert "metanet-4way1shot-chunks2-first-order" in cases.CASES
 
 
 def test_the_export_check_fails_on_a_pattern_that_matches_nothing_or_a_cited_output_left_out(
