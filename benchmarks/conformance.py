@@ -17,14 +17,15 @@ Two parts, each for every library that imports (the others are listed as skipped
 The runs: higher 0.2.1 through tests/test_third_party.py's ``maml_with_higher`` (its inner
 loop and torch's optimizers); PyTorch through demos/check_with_torch.py's independent
 torch.func implementation (also as learn2learn's MAML.adapt and its Reptile example compute:
-every parameter adapted; Adam's state carried from task to task, the batched update); and
+every parameter adapted; Adam's state carried from task to task, the batched update), both on
+``refmeta.cases.torch``'s fixture of the case, and a mistake in the network or the conventions
+their code reads made by giving it the case so changed (tests/helpers.py, ``write_case``); and
 jax-meta 1.0.3 with a haiku network (this file; needs jax, dm-haiku and jax-meta, best in an
 environment of their own: ``pip install jax-meta==1.0.3 jax dm-haiku optax``).  torchmeta and
 learn2learn themselves are not run here (their installs, docs/conformance.md).
 """
 
 import argparse
-import copy
 import importlib.util
 import json
 import os
@@ -34,6 +35,11 @@ import tempfile
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# conformance_jax beside this file; tests/ for the runs shared with the test suite (helpers.py,
+# test_third_party.py, which imports helpers as the suite does)
+sys.path[:0] = [os.path.dirname(os.path.abspath(__file__)), os.path.join(ROOT, "tests")]
+import helpers  # noqa: E402
+
 MAML_CASES = ["maml-sinusoid-k1-second-order", "maml-sinusoid-k1-first-order",
               "maml-sinusoid-k3-second-order", "maml-sinusoid-k3-first-order",
               "maml-conv4-bn-5way1shot-second-order", "maml-conv4-bn-5way1shot-first-order"]
@@ -65,39 +71,29 @@ def worst_fraction(document, arrays, theirs, signal=False):
 
 
 # ----- PyTorch: torch.func (demos/check_with_torch.py) and higher (tests/test_third_party.py) -----
+# Both run on refmeta.cases.torch's fixture of the case; a mistake in what their code reads (a
+# network, a convention) is the fixture of the case so changed (tests/helpers.py, write_case).
 def torch_runner():
-    import torch
-    torch.set_default_dtype(torch.float64)
+    import torch                                              # noqa: F401  (ImportError: skipped)
     demo = load_file("check_with_torch", os.path.join("demos", "check_with_torch.py"))
 
-    def run(document, arrays, change=None, dtype=np.float64, extra_params=None, reptile=None):
-        wrong = copy.deepcopy(document)
-        if change:
-            change(wrong)
-        arrays = {k: v.astype(dtype) for k, v in arrays.items()}
-        for name, value in (extra_params or {}).items():      # parameters the case lacks
-            arrays["inputs/params/" + name] = value
-            wrong["inputs"]["params/" + name] = {"shape": list(value.shape)}
-            steps = [f"adapted_step{j}" for j in range(1, 1 + wrong["conventions"]["inner_steps"])]
-            wrong["outputs"].update({f"{group}/{name}": {} for group in ["meta_gradient", "updated"] + steps})
-        if reptile is not None:
-            return reptile(torch, wrong, arrays)
-        theirs = demo.ALGORITHMS[document["algorithm"]](torch, wrong, arrays)
-        return {k: v for k, v in theirs.items() if k in document["outputs"]}
+    def run(path, change=None, float32=False, compute=None):
+        compute = compute or (lambda torch, fixture: demo.ALGORITHMS[fixture.case["algorithm"]](torch, fixture))
+        return helpers.torch_outputs(path, compute, change, float32)
     return run
 
 
 def learn2learn_reptile(serial):
-    """learn2learn's Reptile example, written out in torch: a copy of φ per task, Adam(β1 = 0)
-    whose state (moments and step count) is carried from one task to the next, and the
-    batched meta-update φ + ε · mean_t (φ̃_t − φ); ``serial`` updates φ after each task."""
-    def run(torch, document, arrays):
+    """learn2learn's Reptile example, written out in torch on the case's fixture: a copy of φ per
+    task, Adam(β1 = 0) whose state (moments and step count) is carried from one task to the
+    next, and the batched meta-update φ + ε · mean_t (φ̃_t − φ); ``serial`` updates φ after
+    each task."""
+    def run(torch, fixture):
         from torch.func import grad
         demo = load_file("check_with_torch", os.path.join("demos", "check_with_torch.py"))
-        hp, conventions = document["hyperparameters"], document["conventions"]
-        inputs = demo._inputs(torch, document, arrays)
-        params, loss = demo._group(inputs, "params/"), demo.build_loss(torch, document)
-        x, y, batches = inputs["support_x"], inputs["support_y"], inputs["batch_indices"]
+        hp, conventions, inputs = fixture.hyperparameters, fixture.conventions, fixture.inputs
+        loss = lambda theta, x, y, reduction: fixture.loss(fixture.forward(theta, x), y, reduction)
+        params, x, y, batches = fixture.params, inputs["support_x"], inputs["support_y"], inputs["batch_indices"]
         zeros = {k: torch.zeros_like(v) for k, v in params.items()}
         state, phi, out = (0, zeros, zeros), params, {}
         for t in range(x.shape[0]):
@@ -118,7 +114,7 @@ def learn2learn_reptile(serial):
             phi = {k: params[k] + hp["meta_step_size"] * (stacked["last/" + k] - params[k]).mean(0)
                    for k in params}
         stacked.update({f"updated/{k}": v for k, v in phi.items()})
-        return {k: v.detach().numpy() for k, v in stacked.items() if k in document["outputs"]}
+        return stacked
     return run
 
 
@@ -127,7 +123,23 @@ def higher_runner():
         if importlib.util.find_spec(needed) is None:
             raise ImportError(f"No module named {needed!r}")
     third_party = load_file("test_third_party", os.path.join("tests", "test_third_party.py"))
-    return lambda document, arrays, **mistake: third_party.maml_with_higher(document, arrays, **mistake)
+
+    def run(path, change=None, **mistake):
+        if change is None:
+            return third_party.maml_with_higher(path, **mistake)
+        with tempfile.TemporaryDirectory() as folder:
+            return third_party.maml_with_higher(helpers.write_case(folder, case_id(path), change),
+                                                **mistake)
+    return run
+
+
+def case_id(path):
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+def read_document(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
 
 
 def transposed_dense(document, theirs):
@@ -138,76 +150,82 @@ def transposed_dense(document, theirs):
 
 
 def layers_of(kind, **fields):
-    def change(document):
-        for layer in document["model"]["layers"]:
+    def change(case):
+        for layer in case["model"]["layers"]:
             if layer["type"] == kind:
                 layer.update(fields)
     return change
 
 
-def bn_scale(document):
-    """The batch-norm layers given a scale, as learn2learn's OmniglotCNN has (drawn U(0, 1))."""
-    for layer in document["model"]["layers"]:
+def conventions(**fields):
+    return lambda case: case["conventions"].update(fields)
+
+
+def bn_scale(case):
+    """The batch-norm layers given a scale drawn U(0, 1), as learn2learn's OmniglotCNN has."""
+    from refmeta.cases import Array
+    rng = np.random.default_rng(0)
+    for layer in case["model"]["layers"]:
         if layer["type"] == "batch_norm":
             layer["scale"] = layer["offset"].replace("offset", "scale")
+            case["inputs"]["params/" + layer["scale"]] = Array(rng.uniform(0.0, 1.0, 8), "U(0, 1)")
 
 
 # ----- jax-meta with a haiku network -----
 def jax_meta_runner():
     from conformance_jax import jax_meta_outputs        # imports jax, haiku, jax_meta
-    return jax_meta_outputs
+    from refmeta.cases import verify
+    return lambda path, **mistake: jax_meta_outputs(*verify.load_case(path), **mistake)
 
 
 def scenarios(libraries):
-    """[(library, what, case id, function of (document, arrays) -> theirs)]: one mistake each."""
+    """[(library, what, case id, function of the case's path -> theirs)]: one mistake each."""
     found = []
     if "torch.func" in libraries:
         run = libraries["torch.func"]                  # each block's lambdas call their own run
-        rng = np.random.default_rng(0)
-        scales = {f"bn{i}.scale": rng.uniform(0.0, 1.0, 8) for i in range(4)}
         found += [
-            ("torch.func", "float32 arithmetic", CONV_2ND, lambda d, a, run=run: run(d, a, dtype=np.float32)),
+            ("torch.func", "float32 arithmetic", CONV_2ND, lambda p, run=run: run(p, float32=True)),
             ("torch.func", "every parameter adapted, as learn2learn's MAML.adapt", CONV_1ST,
-             lambda d, a, run=run: run(d, a, lambda w: w["conventions"].update(adapt_bn=True))),
+             lambda p, run=run: run(p, conventions(adapt_bn=True))),
             ("torch.func", "nn.BatchNorm2d's ε 1e-5", CONV_2ND,
-             lambda d, a, run=run: run(d, a, layers_of("batch_norm", eps=1e-5))),
+             lambda p, run=run: run(p, layers_of("batch_norm", eps=1e-5))),
             ("torch.func", "a batch-norm scale drawn U(0, 1), as learn2learn's OmniglotCNN", CONV_1ST,
-             lambda d, a, run=run: run(d, a, bn_scale, extra_params=scales)),
+             lambda p, run=run: run(p, bn_scale)),
             ("learn2learn's Reptile example (torch)", "Adam's state carried over, batched case",
-             REPTILE_CASES[1], lambda d, a, run=run: run(d, a, reptile=learn2learn_reptile(serial=False))),
+             REPTILE_CASES[1], lambda p, run=run: run(p, compute=learn2learn_reptile(serial=False))),
             ("learn2learn's Reptile example (torch)", "Adam's state carried over, run serially",
-             REPTILE_CASES[0], lambda d, a, run=run: run(d, a, reptile=learn2learn_reptile(serial=True))),
+             REPTILE_CASES[0], lambda p, run=run: run(p, compute=learn2learn_reptile(serial=True))),
             ("learn2learn's Reptile example (torch)", "batched, as the example is, on the serial case",
-             REPTILE_CASES[0], lambda d, a, run=run: run(d, a, reptile=learn2learn_reptile(serial=False))),
+             REPTILE_CASES[0], lambda p, run=run: run(p, compute=learn2learn_reptile(serial=False))),
         ]
     if "higher" in libraries:
         run = libraries["higher"]
         found += [
             ("higher", "its example's sum over tasks", MAML_CASES[0],
-             lambda d, a, run=run: run(d, a, sum_over_tasks=True)),
-            ("higher", "its example's sum over tasks", CONV_2ND, lambda d, a, run=run: run(d, a, sum_over_tasks=True)),
+             lambda p, run=run: run(p, sum_over_tasks=True)),
+            ("higher", "its example's sum over tasks", CONV_2ND, lambda p, run=run: run(p, sum_over_tasks=True)),
             ("higher", "nn.Linear weights saved as they are, (out, in)", MAML_CASES[0],
-             lambda d, a, run=run: transposed_dense(d, run(d, a))),
+             lambda p, run=run: transposed_dense(read_document(p), run(p))),
             ("higher", "the mean cross-entropy in the inner loop", CONV_1ST,
-             lambda d, a, run=run: run(dict(d, conventions=dict(d["conventions"], inner_reduction="mean")), a)),
+             lambda p, run=run: run(p, conventions(inner_reduction="mean"))),
             ("higher", "its inner SGD over every parameter", CONV_1ST,
-             lambda d, a, run=run: run(d, a, adapt_every_parameter=True)),
+             lambda p, run=run: run(p, adapt_every_parameter=True)),
             ("higher", "no first-order switch: the plain loop", MAML_CASES[3],
-             lambda d, a, run=run: run(d, a, ignore_first_order=True)),
+             lambda p, run=run: run(p, ignore_first_order=True)),
             ("higher", "copy_initial_weights=True, its default", MAML_CASES[0],
-             lambda d, a, run=run: run(d, a, copy_initial_weights=True)),
+             lambda p, run=run: run(p, copy_initial_weights=True)),
         ]
     if "jax-meta" in libraries:
         run = libraries["jax-meta"]
         found += [
             ("jax-meta", "haiku's HWIO kernels saved as they are", CONV_2ND,
-             lambda d, a, run=run: run(d, a, save_hwio=True)),
-            ("jax-meta", "float32 (jax_enable_x64 off)", CONV_2ND, lambda d, a, run=run: run(d, a, x64=False)),
+             lambda p, run=run: run(p, save_hwio=True)),
+            ("jax-meta", "float32 (jax_enable_x64 off)", CONV_2ND, lambda p, run=run: run(p, x64=False)),
             ("jax-meta", "its own loss, the mean cross-entropy, in the inner loop", CONV_1ST,
-             lambda d, a, run=run: run(d, a, inner_mean=True)),
+             lambda p, run=run: run(p, inner_mean=True)),
             ("jax-meta", "its adapt unchanged: second order", MAML_CASES[5],
-             lambda d, a, run=run: run(d, a, first_order_switch=False)),
-            ("jax-meta", "haiku's 'SAME' padding", CONV_2ND, lambda d, a, run=run: run(d, a, padding="SAME")),
+             lambda p, run=run: run(p, first_order_switch=False)),
+            ("jax-meta", "haiku's 'SAME' padding", CONV_2ND, lambda p, run=run: run(p, padding="SAME")),
         ]
     return found
 
@@ -231,11 +249,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     from refmeta import cases
     from refmeta.cases import verify
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     case_dir = args.cases or tempfile.mkdtemp(prefix="refmeta-conformance-")
     if not args.cases:
         cases.export(case_dir, MAML_CASES + REPTILE_CASES)
-    load = lambda case_id: verify.load_case(os.path.join(case_dir, case_id + ".json"))
+    path = lambda case_id: os.path.join(case_dir, case_id + ".json")
+    load = lambda case_id: verify.load_case(path(case_id))
     libraries, missing = available()
     for name, why in missing.items():
         print(f"skipped {name}: {why}")
@@ -243,7 +261,7 @@ def main(argv=None):
     for name, runner in libraries.items():
         for case_id in MAML_CASES + (REPTILE_CASES if name == "torch.func" else []):
             document, arrays = load(case_id)
-            theirs = runner(document, arrays)
+            theirs = runner(path(case_id))
             table.setdefault(name, {})[case_id] = [worst_fraction(document, arrays, theirs),
                                                    worst_fraction(document, arrays, theirs, True)]
     print("| case | " + " | ".join(table) + " |\n|---|" + "---|" * len(table))
@@ -253,9 +271,7 @@ def main(argv=None):
                                            for n in table) + " |")
     found = []
     for library, what, case_id, compute in scenarios(libraries):
-        document, arrays = load(case_id)
-        report = verify.check(os.path.join(case_dir, case_id + ".json"), compute(document, arrays),
-                              partial=library == "jax-meta")
+        report = verify.check(path(case_id), compute(path(case_id)), partial=library == "jax-meta")
         lines = [line.strip() for line in report.text().splitlines()
                  if line.strip().startswith(("likely cause", "by task"))]
         found.append({"library": library, "what": what, "case": case_id, "status": report.status,

@@ -18,7 +18,7 @@ Serial (Algorithm 1), one task at a time (``variant="serial"``):
 Batched (Algorithm 2), n tasks adapted from the same φ (``variant="batched"``):
 
     φ ← φ + ε · (1/n) Σ_i (φ̃_i − φ)        task_reduction = "mean" (the paper)   (2)
-    φ ← φ + ε · Σ_i (φ̃_i − φ)              task_reduction = "sum"  (the seed text)
+    φ ← φ + ε · Σ_i (φ̃_i − φ)              task_reduction = "sum"  (a plain sum)
 
 Identity (Section 5): with k = 1 SGD step, φ̃_i − φ = −α ∇L_i(φ), so Reptile's update
 is −ε α ∇L_i(φ): a step of joint training on the task's loss.

@@ -44,17 +44,18 @@ class Browser:
         commands_read, self.commands = os.pipe()
         self.answers, answers_write = os.pipe()
 
-        def as_fds_3_and_4():           # in the child, before exec: the pipe ends Chromium expects
-            high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (commands_read, answers_write)]
-            for fd, target in zip(high, (3, 4)):     # via fds >= 10: either end may be 3 or 4 now
-                os.dup2(fd, target, inheritable=True)
-
-        self.process = subprocess.Popen([executable, *FLAGS, f"--user-data-dir={self.profile}"],
+        # Chromium reads commands on fd 3 and answers on fd 4.  bash puts the pipe ends there and
+        # execs it, so that no Python runs between fork and exec: this process may have other
+        # threads (JAX's, once imported), and Python code in the child could deadlock on them.
+        ends = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (commands_read, answers_write)]
+        for fd in (commands_read, answers_write):     # via fds >= 10: neither end is 3 or 4 now
+            os.close(fd)
+        self.process = subprocess.Popen(["bash", "-c", f'exec "$0" "$@" 3<&{ends[0]} 4>&{ends[1]}',
+                                         executable, *FLAGS, f"--user-data-dir={self.profile}"],
                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL, close_fds=False,
-                                        preexec_fn=as_fds_3_and_4)
-        os.close(commands_read)
-        os.close(answers_write)
+                                        stderr=subprocess.DEVNULL, pass_fds=ends)
+        for fd in ends:
+            os.close(fd)
         target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
         self.tab = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         self.send("Page.enable", in_tab=True)

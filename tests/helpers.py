@@ -1,8 +1,11 @@
 """Small shared pieces for the tests: tiny models and data on a chosen backend."""
 
+import copy
 import functools
 import importlib
+import json
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -105,3 +108,41 @@ def import_or_skip(module, install):
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             pytest.fail(f"CI installs it (.ci/run), so this is a failure: {message}")
         pytest.skip(message, allow_module_level=True)
+
+
+# ----- a port's mistakes made for real: the case as their code reads it -----
+def write_case(folder, case_id, change, name=None):
+    """<folder>/<name>.json + .npz (name: the case id): the case ``case_id`` as refmeta builds it,
+    with ``change(case)`` applied to a copy of the built dict first (its header's keys, and its
+    ``cases.Array`` inputs and outputs): the case a port that differs so reads."""
+    from refmeta import cases
+    case = copy.deepcopy(cases.build(case_id))
+    change(case)
+    text, npz = cases.encode(case_id, case)
+    path = Path(folder) / f"{name or case_id}.json"
+    path.with_suffix(".npz").write_bytes(npz)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def torch_outputs(case_path, compute, change=None, float32=False):
+    """{output name: array in the case's layout}: ``compute(torch, fixture)`` (an algorithm of
+    demos/check_with_torch.py, or any torch code on a ``refmeta.cases.torch`` fixture) run on
+    the fixture of the case at ``case_path`` as ``change`` leaves it (``write_case``: their
+    network, conventions or step sizes; None: the case itself), in float32 when asked (their
+    tensors and modules cast, the outputs cast back to save them).  Only the case's output names
+    are kept, as a user saves them."""
+    import torch
+    torch.set_default_dtype(torch.float64)                   # the fixtures load in float64
+    from refmeta.cases import torch as fixtures
+    case_path = Path(case_path)
+    with tempfile.TemporaryDirectory() as folder:
+        fixture = fixtures.load(write_case(folder, case_path.stem, change) if change else case_path)
+    if float32:
+        fixture.params = {k: v.float() for k, v in fixture.params.items()}
+        fixture.inputs = {k: v.float() if v.is_floating_point() else v for k, v in fixture.inputs.items()}
+        for module in fixture.networks.values():
+            module.float()
+    names = json.loads(case_path.read_text(encoding="utf-8"))["outputs"]
+    outputs = compute(torch, fixture)
+    return fixtures.to_case_layout(fixture, {k: v.double() for k, v in outputs.items() if k in names})

@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import pytest
 
-from helpers import import_or_skip
+from helpers import import_or_skip, write_case
 from refmeta import cases
 from refmeta.cases import layouts, verify
 from refmeta.cases.files import load_case
@@ -24,6 +24,12 @@ from refmeta.cases.parts import Array
 from refmeta.nn import layers, metanet_parts
 
 RTOL = 1e-12
+
+
+def ran(fx, network, options):
+    """(network, use) of a run: the network's first use when none is given."""
+    name = network or next(iter(fx.networks))
+    return name, options.get("use") or next(iter(fx.port.networks[name].uses))
 
 
 class TorchSide:
@@ -45,7 +51,7 @@ class TorchSide:
         return self.torch.cat([a, b])
 
     def run(self, fx, x, network=None, *state, **options):
-        self.ran.add(network or next(iter(fx.networks)))
+        self.ran.add(ran(fx, network, options))
         return fx.forward(fx.params, x, *state, network=network, **options)
 
 
@@ -68,7 +74,7 @@ class JaxSide:
         return self.jax.numpy.concatenate([a, b])
 
     def run(self, fx, x, network=None, *state, **options):
-        self.ran.add(network or next(iter(fx.networks)))
+        self.ran.add(ran(fx, network, options))
         return fx.apply(fx.params, x, *state, network=network, **options)
 
 
@@ -125,24 +131,27 @@ def episode_pairs(side, fx, arrays, params):
 
 
 def metanet_pairs(side, fx, arrays, params):
-    """b with and without the fast weights each query reads, u with the task's fast weights (its
-    representation is the fc1 layer's output), and m and d on the preprocessed gradients."""
+    """b's two uses: its slow head, and its classifier with the fast weights each query reads;
+    u's two uses: its representation with the task's fast weights, and its slow head (u's fc1
+    read again, with φ, then u's output layer); m and d on the preprocessed gradients."""
     out = lambda name: arrays["outputs/" + name]
     names = lambda group: [n.split("/", 2)[-1] for n in fx.case["outputs"] if n.startswith(group + "/")]
     net = lambda prefix: {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
     query_x = arrays["inputs/query_x"]
-    pairs = [("b slow", side.run(fx, fx.inputs["query_x"], "b"),
+    pairs = [("b slow head", side.run(fx, fx.inputs["query_x"], "b", use="slow head"),
               metanet_parts.slow_logits(net("base."), query_x))]
     for q in range(query_x.shape[0]):
         fast = {f"base.{n}": framework_layout(side, fx, f"base.{n}", out(f"read/{n}")[q]) for n in names("read")}
-        pairs.append((f"b, query {q}", side.run(fx, fx.inputs["query_x"][q:q + 1], "b", fast_weights=fast),
+        pairs.append((f"b classifier, query {q}", side.run(fx, fx.inputs["query_x"][q:q + 1], "b",
+                                                           use="classifier", fast_weights=fast),
                       out("logits")[q:q + 1]))
     fast = {f"rep.{n}": framework_layout(side, fx, f"rep.{n}", out(f"task_fast_weights/{n}"))
             for n in names("task_fast_weights")}
-    last, found = side.run(fx, fx.inputs["support_x"], "u", fast_weights=fast, intermediates=True)
-    fc1 = [i for i, e in enumerate(fx.port.networks["u"].layers) if e.get("weight") == "rep.fc1.w"][0]
-    pairs += [("u representation", found[fc1], out("support_representations")),
-              ("u", last, out("support_representations") @ params["rep.out.w"])]
+    for data, output in (("support_x", "support_representations"), ("query_x", "query_representations")):
+        pairs.append((f"u representation of {data}", side.run(fx, fx.inputs[data], "u", use="representation",
+                                                             fast_weights=fast), out(output)))
+    pairs.append(("u slow head", side.run(fx, fx.inputs["support_x"], "u", use="slow head"),
+                  metanet_parts.slow_logits(net("rep."), arrays["inputs/support_x"])))
     pre = lambda g: metanet_parts.preprocess(g, fx.conventions["preprocess_p"])
     for n in names("memory"):
         g = out(f"meta_info/example/{n}")
@@ -184,7 +193,8 @@ def test_every_network_of_every_case_equals_refmeta(side, case_dir, case_id):
         assert str(value.dtype) in ("float64", "torch.float64"), name
     side.ran = set()
     pairs = forward_pairs(side, fx, case_dir / f"{case_id}.json")
-    assert side.ran == set(fx.networks)                    # every network of the case was run
+    # every network of the case was run, in every use its entries name
+    assert side.ran == {(name, use) for name, network in fx.port.networks.items() for use in network.uses}
     assert_same(side, pairs)
 
 
@@ -224,6 +234,38 @@ def test_each_torch_module_holds_the_case_parameters_in_torchs_layout(case_dir):
     assert isinstance(linear, side.torch.nn.Linear) and tuple(linear.weight.shape) == (40, 1)
 
 
+def test_a_parameter_two_entries_read_is_one_torch_parameter(case_dir):
+    """Meta Networks' u reads params/rep.fc1.w twice (its representation, linear, and its slow
+    head, with φ): one nn.Parameter, so a gradient step on u moves both uses."""
+    side = TorchSide()
+    fx = side.fixtures.load(case_dir / "metanet-3way1shot-first-order.json")
+    u = fx.network("u")
+    assert list(u.parameter_names.values()).count("rep.fc1.w") == 1
+    fc1 = [module.layer for module, entry in zip(u.layers, u.entries) if entry.get("weight") == "rep.fc1.w"]
+    assert len(fc1) == 2 and fc1[0].weight is fc1[1].weight
+    x = fx.inputs["support_x"]
+    before = u(x, use="slow head")
+    with side.torch.no_grad():
+        fc1[0].weight.mul_(2.0)                               # through the representation's entry
+    assert not side.torch.allclose(u(x, use="slow head"), before)
+
+
+def test_a_use_its_network_lacks_or_a_fast_weight_it_does_not_read_is_named(side, case_dir):
+    fx = side.fixtures.load(case_dir / "metanet-3way1shot-first-order.json")
+    x = fx.inputs["support_x"]
+    with pytest.raises(ValueError, match="network 'u' has no use 'classifier'; its entries' used_by "
+                                         "name 'representation', 'slow head'"):
+        side.run(fx, x, "u", use="classifier")
+    fast = {"rep.fc1.w": fx.params["rep.fc1.w"]}
+    side.run(fx, x, "u", use="representation", fast_weights=fast)           # read there
+    with pytest.raises(ValueError, match=r"fast_weights for \['rep.fc1.w'\]: no augmented layer of "
+                                         r"network 'u' in its use 'slow head' reads them"):
+        side.run(fx, x, "u", use="slow head", fast_weights=fast)
+    with pytest.raises(ValueError, match="network 'm.conv' has no use 'slow head'; its entries' "
+                                         "used_by name none"):
+        side.run(fx, x, "m.conv", use="slow head")
+
+
 @pytest.mark.parametrize("case_id", list(cases.CASES))
 def test_the_loss_is_the_cases(side, case_dir, case_id):
     """The loss of refmeta's own predictions (or of the fixture's network at the parameters the
@@ -249,12 +291,7 @@ def test_the_loss_is_the_cases(side, case_dir, case_id):
 # ----- other layer settings: batch norm's running mode, ceil pools, a wrong gate order -----
 def write_variant(folder, case_id, change):
     """A case built as ``case_id`` and changed by ``change(case)``, written as <folder>/variant."""
-    case = cases.build(case_id)
-    change(case)
-    text, npz = cases.encode("variant", case)
-    (folder / "variant.npz").write_bytes(npz)
-    (folder / "variant.json").write_text(text, encoding="utf-8")
-    return folder / "variant.json"
+    return write_case(folder, case_id, change, "variant")
 
 
 def running_and_ceil(case):

@@ -45,6 +45,9 @@ def test_the_docs_describe_every_case_and_the_readme_counts_them():
     documented = re.findall(r"^\| `([a-z0-9-]+)` \|", (root / "docs" / "reference-cases.md").read_text(), re.M)
     assert set(ALL) <= set(documented)
     assert f"writes {len(ALL)} reference cases" in (root / "README.md").read_text()
+    counted = [(doc, int(n)) for doc in ("README.md", "docs/verify.md", "docs/conformance.md")
+               for n in re.findall(r"\b(\d+) (?:reference )?cases\b", (root / doc).read_text())]
+    assert counted and all(n == len(ALL) for _, n in counted), counted     # no stale count
 
 
 @pytest.mark.parametrize("case_id", ALL)

@@ -9,8 +9,9 @@ import os
 
 import pytest
 
-pytest.importorskip("torch", exc_type=ImportError,
-                    reason="PyTorch is not installed (pip install torch==2.13.0)")
+from helpers import import_or_skip
+
+import_or_skip("torch", "pip install torch==2.13.0 higher==0.2.1")
 
 PATH = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "conformance.py")
 

@@ -118,6 +118,10 @@ def test_every_equation_is_listed_and_every_export_pattern_matches_a_case_output
     assert "adapted_step3/dense0.w" in maml_1["maml-sinusoid-k3-second-order"]
     reptile_1 = dict(trace.exported("reptile", built)["(1)"])
     assert list(reptile_1["*-serial:updated"]) == ["reptile-sinusoid-serial"]
+    for label in ("(3)", "(4)", "(11)"):             # every Meta Networks case, chunked ones too
+        carried = {case_id for _, hits in trace.exported("metanet", built)[label] for case_id in hits}
+        assert carried == {c for c in cases.CASES if c.startswith("metanet-")}, label
+    assert "metanet-4way1shot-chunks2-first-order" in cases.CASES
 
 
 def test_the_export_check_fails_on_a_pattern_that_matches_nothing_or_a_cited_output_left_out(
@@ -173,6 +177,62 @@ def test_each_equation_sits_beside_the_function_that_computes_it(modules):
     assert where["snail_blocks", "(4)"] == ["causal_softmax", "attention_block"]
     assert where["fused_mlp", "(3)"] == ["_hessian_vector", "FusedMLP.meta_gradient"]
     assert where["metanet", "(9)"] == where["metanet", "(10)"] == ["meta_information"]
+
+
+def test_a_door_checks_what_it_is_given_not_what_a_model_returned(tmp_path):
+    """Checks inside the equations (a model held to its contract where it is called, a public
+    distance that refuses an unknown name) make no door; a function that checks its own
+    arguments does, and so does the private recomputation inside a check that names a NaN."""
+    path = tmp_path / "toy.py"
+    path.write_text(textwrap.dedent('''\
+        """Toy.
+
+            θ′ = θ − α ∇L(θ)       (1)
+            p = softmax(−d(z, c))    (2)
+        """
+
+        from refmeta import checks
+
+
+        def loss(params, x, config):
+            """(1) on a batch: the door."""
+            checks.instance("config", config, dict)
+            value = inner(params, x, config)
+            if not checks.all_finite(value):
+                checks.first_non_finite("loss", _quantities(params, x, config))
+            return value
+
+
+        def _quantities(params, x, config):
+            """The quantities of (1), in order, to name the first NaN."""
+            yield "θ′", inner(params, x, config)
+
+
+        def inner(params, x, config):
+            """One step (1)."""
+            return params - config["lr"] * _losses(params, x, config)
+
+
+        def _losses(params, x, config):
+            return checks.model_losses("config.model", config["model"](params, x), 3)
+
+
+        def distance(z, c, kind="sqeuclidean"):
+            checks.choice("kind", kind, ("sqeuclidean",))
+            return (z - c) ** 2
+
+
+        def probabilities(z, c, kind):
+            """(2)."""
+            return -distance(z, c, kind)
+        '''), encoding="utf-8")
+    module = source.read(str(path))
+    assert module.equations["(1)"].computed_by == ["inner"]
+    assert module.equations["(2)"].computed_by == ["probabilities"]
+    path.write_text(path.read_text(encoding="utf-8").replace(
+        'return params - config["lr"]', 'checks.instance("params", params, float)\n    return params - config["lr"]'),
+        encoding="utf-8")
+    assert source.read(str(path)).equations["(1)"].computed_by == ["inner", "loss", "_quantities"]
 
 
 def test_math_sets_scripts_and_leaves_names_and_html_alone():

@@ -2,10 +2,11 @@
 
 Every cause is shown on a real computation that makes the mistake, never on a perturbed
 array: refmeta's own code run with the mistake (another distance, SNAIL's dilations starting
-at 1, a second-order run on a first-order case, batched Reptile on the serial case), or, where
-PyTorch is installed, the independent torch.func implementation of demos/check_with_torch.py
-run with the mistake in the case it reads (batch norm's ε, 'SAME' padding, a batch-norm scale
-left at its random initialisation, batch norm adapted in the inner loop).  Each cause is also
+at 1, a second-order run on a first-order case, batched Reptile on the serial case), or the
+independent torch.func implementation of demos/check_with_torch.py on the refmeta.cases.torch
+fixture of the case with the mistake in what it reads (batch norm's ε, 'SAME' padding, a
+batch-norm scale left at its random initialisation, batch norm adapted in the inner loop; CI
+installs PyTorch, elsewhere these are skipped without it).  Each cause is also
 shown to stay silent on plain wrong answers: noise in every output, a wrong inner or meta
 learning rate, float32 arithmetic.  higher's own mistakes (copy_initial_weights=True, its
 inner SGD over every parameter, no first-order switch) are in tests/test_third_party.py.
@@ -19,8 +20,10 @@ import numpy as np
 import pytest
 from autograd import value_and_grad
 
+from helpers import import_or_skip, torch_outputs
 from refmeta import cases, protonet, snail
 from refmeta.cases import verify
+from refmeta.cases.order import unplaced
 from refmeta.data import tasks
 from refmeta.nn import losses, optimizers
 
@@ -71,8 +74,9 @@ def documented(report, kind):
 # ----- the order of computation -----
 def test_the_table_follows_the_order_of_computation(case_dir):
     before = {  # (earlier, later): each pair where the JSON lists the later one first
-        "snail-3way1shot": [("blocks/block4", "logits"), ("blocks/block0", "attention/block0"),
-                            ("attention/block0", "blocks/block1"), ("sequences", "blocks/block0")],
+        "snail-3way1shot": [("blocks/block4", "logits"), ("attention/block0", "blocks/block0"),
+                            ("blocks/block0", "blocks/block1"), ("blocks/block1", "attention/block2"),
+                            ("sequences", "attention/block0")],
         "metanet-3way1shot-first-order": [("attention", "read/out.w"),
                                           ("meta_info/task/fc1.w", "task_fast_weights/fc1.w"),
                                           ("query_representations", "attention"), ("loss", "gradient/base.out.w")],
@@ -80,16 +84,27 @@ def test_the_table_follows_the_order_of_computation(case_dir):
         "maml-sinusoid-k3-second-order": [("support_loss", "adapted_step1/dense0.b"),
                                           ("adapted_step3/dense2.w", "query_loss"),
                                           ("meta_loss", "meta_gradient/dense0.b")],
-        "reptile-sinusoid-serial": [("inner_loss", "adapted_step1/dense0.b"),
+        "reptile-sinusoid-serial": [("inner_loss", "task_start/dense0.b"),
+                                    ("task_start/dense2.w", "adapted_step1/dense0.b"),
                                     ("adapted_step5/dense2.w", "updated/dense0.b")],
     }
+    given = {}
     for case_id in cases.CASES:
         path, document, _, reference = load(case_dir, case_id)
         rows = [line.split()[0] for line in verify.check(path, reference).text().splitlines()[2:-1]]
         order = verify.computation_order(document)
         assert rows == order and sorted(order) == sorted(document["outputs"]), case_id
+        assert unplaced(document) == [], case_id              # every output placed by a step
         for earlier, later in before.get(case_id, []):
             assert order.index(earlier) < order.index(later), (case_id, earlier, later)
+        if "computation_order" in document:                   # read in place of the procedure
+            procedure_only = verify.computation_order({k: v for k, v in document.items()
+                                                       if k != "computation_order"})
+            given[case_id] = [(a, b) for a, b in before[case_id]
+                              if procedure_only.index(a) > procedure_only.index(b)]
+    # the two cases whose procedures define an output away from where it is computed
+    assert given == {"snail-3way1shot": [("attention/block0", "blocks/block0")],
+                     "reptile-sinusoid-serial": [("task_start/dense2.w", "adapted_step1/dense0.b")]}
     json_order = list(load(case_dir, "snail-3way1shot")[1]["outputs"])
     assert json_order.index("logits") < json_order.index("blocks/block0")   # what is reordered
 
@@ -102,6 +117,10 @@ def test_a_case_may_give_its_order_outright():
     document = json.loads(cases.encode("toy", built)[0])
     assert verify.computation_order(document) == ["a", "b", "c", "z"]      # z: never named, last
     document["computation_order"] = ["c", "b", "a"]
+    assert verify.computation_order(document) == ["c", "b", "a", "z"]
+    built["computation_order"] = ["c", "b", "a"]                 # a builder's, written by encode
+    document = json.loads(cases.encode("toy", built)[0])
+    assert document["computation_order"] == ["c", "b", "a"] and unplaced(document) == ["z"]
     assert verify.computation_order(document) == ["c", "b", "a", "z"]
 
 
@@ -283,34 +302,22 @@ def test_a_right_gradient_with_a_wrong_update_gets_no_stage_cause(case_dir):
 # ----- PyTorch: the independent implementation with the mistake in the case it reads -----
 @pytest.fixture(scope="module")
 def torch_run(case_dir):
-    torch = pytest.importorskip("torch", exc_type=ImportError,
-                                reason="PyTorch is not installed (pip install torch==2.13.0)")
+    import_or_skip("torch", "pip install torch==2.13.0")
     from refmeta.demos import check_with_torch as demo
-    torch.set_default_dtype(torch.float64)
 
-    def run(case_id, change=lambda document: None, dtype=np.float64, extra_params=None):
-        """The report of demos/check_with_torch.py's implementation on ``case_id`` with
-        ``change(document)`` applied to what it reads (and ``extra_params`` added to its
-        parameters; their outputs are not saved, as a user saves only the case's names)."""
-        path = str(case_dir / f"{case_id}.json")
-        document, arrays = demo.read_case(path)
-        wrong = json.loads(json.dumps(document))
-        change(wrong)
-        arrays = {k: v.astype(dtype) for k, v in arrays.items()}
-        for name, value in (extra_params or {}).items():
-            arrays["inputs/params/" + name] = value
-            wrong["inputs"]["params/" + name] = {"shape": list(value.shape)}
-            for group in ("meta_gradient", "updated") + tuple(
-                    f"adapted_step{j}" for j in range(1, 1 + wrong["conventions"]["inner_steps"])):
-                wrong["outputs"][f"{group}/{name}"] = {}
-        theirs = demo.ALGORITHMS[document["algorithm"]](torch, wrong, arrays)
-        return verify.check(path, {k: v for k, v in theirs.items() if k in document["outputs"]})
+    def run(case_id, change=None, float32=False):
+        """The report of demos/check_with_torch.py's torch.func implementation on ``case_id``,
+        run on the refmeta.cases.torch fixture of the case as ``change`` leaves it: the network,
+        conventions or step sizes their code reads (helpers.torch_outputs)."""
+        path = case_dir / f"{case_id}.json"
+        compute = lambda torch, fixture: demo.ALGORITHMS[fixture.case["algorithm"]](torch, fixture)
+        return verify.check(str(path), torch_outputs(path, compute, change, float32))
     return run
 
 
 def layers_of(kind, **fields):
-    def change(document):
-        for layer in document["model"]["layers"]:
+    def change(case):
+        for layer in case["model"]["layers"]:
             if layer["type"] == kind:
                 layer.update(fields)
     return change
@@ -339,20 +346,21 @@ def test_another_network_in_torch_is_the_forward_pass_differing(torch_run, chang
 def test_a_batch_norm_scale_left_at_its_initialisation_is_the_forward_pass_differing(torch_run):
     """learn2learn's OmniglotCNN draws its batch-norm scale from U(0, 1); the case has none."""
     rng = np.random.default_rng(0)
-    scales = {f"bn{i}.scale": rng.uniform(0.0, 1.0, 8) for i in range(4)}
 
-    def with_scale(document):
-        for layer in document["model"]["layers"]:
+    def with_scale(case):
+        for layer in case["model"]["layers"]:
             if layer["type"] == "batch_norm":
                 layer["scale"] = layer["offset"].replace("offset", "scale")
-    report = torch_run("maml-conv4-bn-5way1shot-first-order", with_scale, extra_params=scales)
+                case["inputs"]["params/" + layer["scale"]] = cases.Array(rng.uniform(0.0, 1.0, 8),
+                                                                         "a scale drawn U(0, 1)")
+    report = torch_run("maml-conv4-bn-5way1shot-first-order", with_scale)
     (note,) = stage_notes(report)
     assert note.kind == "forward" and note.details["first"] == "support_loss"
 
 
 def test_batch_norm_adapted_in_the_inner_loop_is_a_fixed_parameter_that_moved(torch_run):
     report = torch_run("maml-conv4-bn-5way1shot-first-order",
-                       lambda document: document["conventions"].update(adapt_bn=True))
+                       lambda case: case["conventions"].update(adapt_bn=True))
     (note,) = stage_notes(report)
     assert note.kind == "fixed_moved"
     assert note.details["parameters"] == ["bn0.offset", "bn1.offset", "bn2.offset", "bn3.offset"]
@@ -369,7 +377,7 @@ def test_batch_norm_adapted_in_the_inner_loop_is_a_fixed_parameter_that_moved(to
 
 def test_a_second_order_torch_run_on_a_first_order_case_is_the_backward_pass(torch_run):
     report = torch_run("maml-conv4-bn-5way1shot-first-order",
-                       lambda document: document["conventions"].update(first_order=False))
+                       lambda case: case["conventions"].update(first_order=False))
     (note,) = stage_notes(report)
     assert note.kind == "backward" and note.details["first_order"] is True
 
@@ -386,6 +394,6 @@ def test_a_wrong_step_size_in_torch_gets_no_stage_cause(torch_run, case_id, chan
 
 
 def test_float32_in_torch_is_float32_and_no_stage_cause(torch_run):
-    report = torch_run("maml-conv4-bn-5way1shot-second-order", dtype=np.float32)
+    report = torch_run("maml-conv4-bn-5way1shot-second-order", float32=True)
     assert not report.passed and stage_notes(report) == []
     assert [note.kind for note in report.notes] == ["float32"]

@@ -20,6 +20,10 @@ The registry.  ``CASES`` maps a case id to a *builder*: a function of no argumen
                        apply say "not applicable: <why>" rather than being left out
       hyperparameters  JSON-able: step sizes, step counts, sizes
       procedure        list of str: the computation, step by step, in terms of the array names
+    and optionally
+      computation_order  list of str: the outputs' templates in the order they are computed,
+                       one entry per step, for a case whose procedure names an output before
+                       or after the step that computes it (``refmeta.cases.order``)
     inputs           {name: Array(value, meaning)}: params, data and the random draws made
     outputs          a function of the input values {name: array}, host or device, and of nothing
                      else, returning {name: Array(value, meaning, rtol=None, atol=None,
@@ -69,6 +73,7 @@ from refmeta.nn import kinks
 FORMAT = "refmeta.case/1"
 HEADER_KEYS = ("algorithm", "description", "seed", "model", "loss", "conventions",
                "hyperparameters", "procedure")
+OPTIONAL_HEADER_KEYS = ("computation_order",)
 BUILDER_KEYS = HEADER_KEYS + ("inputs", "outputs")
 # The choices where papers and implementations disagree (docs/reference-cases.md, Conventions):
 # every case records each of them, with a value or "not applicable: why"
@@ -106,10 +111,11 @@ def recipe(case_id):
     if case_id not in CASES:
         raise CaseError(f"unknown case {case_id!r}; known: {', '.join(CASES)}")
     found = CASES[case_id]()
-    if not isinstance(found, Recipe) or set(found.header) != set(HEADER_KEYS):
+    keys = set(found.header) if isinstance(found, Recipe) else set()
+    if not isinstance(found, Recipe) or not set(HEADER_KEYS) <= keys <= set(HEADER_KEYS + OPTIONAL_HEADER_KEYS):
         got = sorted(found.header) if isinstance(found, Recipe) else type(found).__name__
         raise CaseError(f"builder of {case_id!r} must return a Recipe whose header has the keys "
-                        f"{list(HEADER_KEYS)}; got {got}")
+                        f"{list(HEADER_KEYS)} (and may have {list(OPTIONAL_HEADER_KEYS)}); got {got}")
     missing = [key for key in REQUIRED_CONVENTIONS if key not in found.header["conventions"]]
     if missing:
         raise CaseError(f"{case_id}: conventions must record {missing} (a value, or "
@@ -173,7 +179,7 @@ def encode(case_id, case):
                 "description": case["description"], "refmeta_version": refmeta.__version__,
                 "seed": case["seed"], "npz_sha256": hashlib.sha256(npz).hexdigest(),
                 **{key: case[key] for key in ("model", "loss", "conventions", "hyperparameters",
-                                              "procedure")},
+                                              "procedure") + OPTIONAL_HEADER_KEYS if key in case},
                 "inputs": {name: _entry(a) for name, a in case["inputs"].items()},
                 "outputs": {name: _entry(a, found[name], spreads.get(name))
                             for name, a in case["outputs"].items()}}

@@ -24,12 +24,14 @@ The layout (haiku's and flax's where they agree):
                 added, so that every conversion stays a permutation)
 Integer-valued inputs (labels, indices) are int64.
 
-``apply(params, x, *state, network=None, fast_weights=None, intermediates=False)`` runs one
-network of the case (default the first; ``fixture.networks`` lists them, as in
+``apply(params, x, *state, network=None, use=None, fast_weights=None, intermediates=False)``
+runs one network of the case (default the first; ``fixture.networks`` lists them, as in
 ``refmeta.cases.porting``): a cell takes ``(x, (r, c))`` and returns (h, c); a recurrent
 network takes x (T, n, in) from zero state.  Batch norm takes its statistics per leading index
-(per task).  ``fast_weights={weight name: array}`` adds Meta Networks' fast term to the layers
-marked ``augmented``.
+(per task).  ``use=`` runs one of the computations its entries' ``used_by`` name (Meta
+Networks: b's "classifier" or "slow head", u's "representation" or "slow head"; default the
+first).  ``fast_weights={weight name: array}`` adds Meta Networks' fast term to the layers of
+that use marked ``augmented`` (a slow head is run without them).
 
 ``save_outputs(fixture, outputs, path)`` takes {output name: array in this layout}, converts
 each back to the case's layout and writes THEIRS.npz atomically; it refuses unknown names,
@@ -119,13 +121,16 @@ class Fixture:
 
 
 # ----- the network -----
-def _apply(network, statistics, params, x, state=None, fast_weights=None, intermediates=False):
+def _apply(network, statistics, params, x, state=None, fast_weights=None, intermediates=False,
+           use=None):
+    run = network.run(use)
     fast_weights = fast_weights or {}
-    unknown = set(fast_weights) - {e.get("weight") for e in network.layers if e.get("augmented")}
+    unknown = set(fast_weights) - {network.layers[i].get("weight") for i in run
+                                   if network.layers[i].get("augmented")}
     if unknown:
         raise ValueError(f"fast_weights for {sorted(unknown)}: no augmented layer of network "
-                         f"{network.name!r} reads them")
-    layers, outputs = network.layers, []
+                         f"{network.name!r}" + (f" in its use {use!r}" if use else "") + " reads them")
+    layers, outputs = [network.layers[i] for i in run], []
     if network.kind == "cell":
         return _lstm(layers[0], params, x, state)
     if network.kind == "recurrent":                        # x (T, ..., in), from zero state

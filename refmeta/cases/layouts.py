@@ -1,7 +1,8 @@
 """Where a parameter's layout differs between the case and a framework, and the outputs file a
 fixture writes.  NumPy only; ``refmeta.cases.porting`` reads the case.
 
-Each parameter is read by one kind of layer, which fixes how a framework stores it
+Each parameter is read by one kind of layer (once, or more than once: Meta Networks' u reads
+its fc1 twice), which fixes how a framework stores it
 (docs/reference-cases.md, "Porting the parameters"):
 
     layout                        torch                           jax (haiku/flax)
@@ -39,10 +40,14 @@ def gates(order):
 # ----- which layout each parameter has -----
 def parameter_layouts(case_id, entries, params):
     """{parameter name: layout} from the layers that read them; every parameter named by a layer
-    must be an input, and every input parameter must be read by a layer."""
+    must be an input, every input parameter must be read by a layer, and layers that read the
+    same parameter (u's fc1 in Meta Networks) must read it in one layout."""
     layouts = {}
     for entry in entries:
-        layouts.update(_entry_layouts(entry))
+        for name, layout in _entry_layouts(entry).items():
+            if layouts.setdefault(name, layout) != layout:
+                raise ValueError(f"case {case_id}: parameter {name!r} is read by a {layouts[name][0]} "
+                                 f"layer and by a {layout[0]} layer; one parameter has one layout")
     missing = sorted(set(layouts) - set(params))
     if missing:
         raise ValueError(f"case {case_id}: model.layers read parameters {missing} that the case's "

@@ -29,6 +29,9 @@ SNAIL_PROCEDURE = [
     "logits = blocks/block{last} @ out.w + out.b at every step; log_probabilities = "
     "log_softmax(logits[:, S−1]) (the query step); loss = mean over q of "
     "−log_probabilities[q, query_y[q]]."]
+# The outputs as computed: an attention block's P (attention/block{j}) before the block's output
+SNAIL_ORDER = ["embeddings/<name>", "sequences", "attention/block{j}, then blocks/block{j}", "logits",
+               "log_probabilities", "loss", "gradient/<name>", "updated/<name>"]
 
 
 def _snail_layers(config, embedding):
@@ -128,4 +131,5 @@ def snail_case(seed=0, n_way=3, k_shot=1, n_query=2, filters=4, image_size=16, a
     for name, meaning in (("support_x", "(N·K, 1, H, W) support images, in the sequence's order"),
                           ("support_y", "(N·K,) support labels 0..N−1, in the sequence's order")):
         case.inputs[name] = Array(case.inputs[name].value, meaning)
+    case.header["computation_order"] = SNAIL_ORDER
     return case

@@ -231,10 +231,14 @@ REPTILE_PROCEDURE = [
 REPTILE_MODES = {
     "serial": "Algorithm 1 over the tasks in order: φ_0 = params; task t adapts from φ_t "
               "(task_start/<name>[t] = φ_t) to φ̃_t; φ_{t+1} = φ_t + meta_step_size · (φ̃_t − φ_t); "
-              "updated = φ_T.",
-    "batched": "Algorithm 2: every task adapts from params to φ̃_t; updated = params + "
+              "updated/<name> = φ_T.",
+    "batched": "Algorithm 2: every task adapts from params to φ̃_t; updated/<name> = params + "
                "meta_step_size · mean_t (φ̃_t − params) (conventions.task_reduction).",
 }
+
+# Serial Reptile's outputs as computed: the losses (task 0's first at params), where each task
+# starts (after the previous task's steps), the inner steps, the update
+REPTILE_SERIAL_ORDER = ["inner_loss", "task_start/<name>", "adapted_step{j}/<name>", "updated/<name>"]
 
 
 def reptile_sinusoid_case(mode, seed=0, n_tasks=3, n_support=20, inner_steps=5, batch_size=8):
@@ -269,6 +273,8 @@ def reptile_sinusoid_case(mode, seed=0, n_tasks=3, n_support=20, inner_steps=5, 
             "hyperparameters": {"inner_lr": config.inner_lr, "inner_steps": inner_steps,
                                 "meta_step_size": config.meta_step_size, "n_tasks": n_tasks,
                                 "n_support": n_support, "batch_size": batch_size}}
+    if mode == "serial":        # the procedure defines task_start in its last step; a task starts first
+        header["computation_order"] = REPTILE_SERIAL_ORDER
     return Recipe(header, inputs, lambda values: reptile_outputs(values, config))
 
 

@@ -37,6 +37,14 @@ def computation_order(document):
     return sorted(names, key=keys.__getitem__)
 
 
+def unplaced(document):
+    """The outputs that no step of the procedure (or of ``computation_order``) names: they go
+    last, in the JSON's order."""
+    steps = _steps(document)
+    return [name for index, name in enumerate(document["outputs"])
+            if _key(name, steps, index, len(steps))[0] == len(steps)]
+
+
 def _steps(document):
     """The texts the order is read from: ``computation_order`` if the case gives a list of
     strings, else ``procedure`` (non-strings left out)."""

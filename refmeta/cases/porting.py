@@ -21,7 +21,13 @@ h goes on (Meta Networks' d); *feedforward* otherwise.  The two branches a ``gat
 reads (its filter and gate ``causal_conv1d``) and the three a ``causal_attention`` reads (its
 query, key and value ``dense``) are the entries just before it, and are folded into it.
 
-The layout of each parameter (``refmeta.cases.layouts``) comes from the layer that reads it.
+Uses.  An entry's ``used_by`` lists the computations that run it (Meta Networks: b's
+"classifier" and "slow head", u's "representation" and "slow head"); a network runs one use at
+a time, the entries that name it (or name no use) in order, the first use named by default.
+An entry may read a parameter that an earlier entry of its network reads too (u's fc1: linearly
+in the representation, with φ in the slow head): it is the same parameter, tied.
+
+The layout of each parameter (``refmeta.cases.layouts``) comes from the layers that read it.
 """
 
 import os
@@ -51,10 +57,23 @@ LOSSES = {"mse": "mse", "cross_entropy": "cross_entropy", "cross-entropy": "cros
 class Network(NamedTuple):
     """One network of a case: ``kind`` "feedforward", "cell" or "recurrent"; ``layers`` its
     entries, a ``gated_concat`` / ``causal_attention`` entry carrying its branches under
-    "branches"."""
+    "branches"; ``uses`` {use: indices of the layers it runs}, the first the default, {None:
+    every index} when no entry names a use."""
     name: str
     kind: str
     layers: list
+    uses: dict
+
+    def run(self, use=None):
+        """The indices of ``layers`` that ``use`` runs (None: the first use); ValueError naming
+        the uses for any other."""
+        if use is None:
+            return next(iter(self.uses.values()))
+        if use not in self.uses:
+            known = ", ".join(repr(u) for u in self.uses if u is not None) or "none: it has one path"
+            raise ValueError(f"network {self.name!r} has no use {use!r}; its entries' used_by name "
+                             f"{known}")
+        return self.uses[use]
 
 
 class Port(NamedTuple):
@@ -181,7 +200,24 @@ def _network(case_id, name, entries):
     if kind == "recurrent" and layers[0]["recurrent_size"] != layers[0]["hidden_size"]:
         raise ValueError(f"case {case_id}: network {name!r} runs its lstm_gates layer over a "
                          "sequence, which needs recurrent_size = hidden_size (its own h)")
-    return Network(name, kind, layers)
+    return Network(name, kind, layers, _uses(case_id, name, kind, layers))
+
+
+def _uses(case_id, name, kind, layers):
+    """{use: indices of the layers that name it in ``used_by``, or name none}, in the order the
+    uses are first named; {None: every index} when no layer names one."""
+    named = [layer.get("used_by") for layer in layers if layer.get("used_by") is not None]
+    bad = [u for u in named if not (isinstance(u, list) and u and all(isinstance(x, str) for x in u))]
+    if bad:
+        raise ValueError(f"case {case_id}: network {name!r}: used_by must be a list of use names; "
+                         f"got {bad[0]!r}")
+    if named and kind != "feedforward":
+        raise ValueError(f"case {case_id}: network {name!r}: used_by is read in feedforward "
+                         "networks only (not with an lstm_gates layer)")
+    uses = list(dict.fromkeys(use for u in named for use in u)) or [None]
+    return {use: [i for i, layer in enumerate(layers)
+                  if use is None or layer.get("used_by") is None or use in layer["used_by"]]
+            for use in uses}
 
 
 def _shared_prefix(entries):

@@ -33,8 +33,11 @@ The fixture (``Fixture``):
 
 A network's module is called ``module(x)`` (feedforward), ``module(x, (r, c))`` -> (h, c) (a
 cell: r is the entry's recurrent input, h or [h, read]), or ``module(x)`` with x (T, n, in) (a
-recurrent network, from zero state).  ``fast_weights={weight name: tensor}`` adds Meta
-Networks' fast term to the layers marked ``augmented``; ``intermediates=True`` also returns
+recurrent network, from zero state).  ``use=`` runs one of the computations its entries'
+``used_by`` name (Meta Networks: b's "classifier" or "slow head", u's "representation" or
+"slow head"; default the first); a parameter two entries read (u's fc1) is one parameter.
+``fast_weights={weight name: tensor}`` adds Meta Networks' fast term to the layers of that use
+marked ``augmented`` (a slow head is run without them); ``intermediates=True`` also returns
 every layer's output.  Batch norm works on one task's batch (n, C, H, W): loop or
 ``torch.func.vmap`` over a task axis.  Batch norm without a scale gets a constant ones weight
 (a buffer): torch 2.13's second-order gradient through ``F.batch_norm(weight=None)`` fails.
@@ -147,48 +150,59 @@ class Fixture:
 # ----- the network -----
 class CaseNetwork(nn.Module):
     """One network of a case; ``parameter_names`` maps its torch parameter names to the case's,
-    in the order of ``parameters()``."""
+    in the order of ``parameters()``.  A case parameter that several entries read is one
+    nn.Parameter, tied."""
 
     def __init__(self, network, params, statistics):
         super().__init__()
-        self.kind, self.entries = network.kind, network.layers
+        self.network, self.kind, self.entries = network, network.kind, network.layers
         built = [_layer(entry, params, statistics) for entry in network.layers]
         self.layers = nn.ModuleList([module for module, _ in built])
-        case_of = {id(p): name for _, cases in built for p, name in cases}
+        held = {}                                          # case name -> its one nn.Parameter
+        for owner, attribute, name in (slot for _, slots in built for slot in slots):
+            if name in held:                               # read again: tie it to the first
+                setattr(owner, attribute, held[name])
+            else:
+                held[name] = getattr(owner, attribute)
+        case_of = {id(p): name for name, p in held.items()}
         self.parameter_names = {torch_name: case_of[id(p)] for torch_name, p in self.named_parameters()}
 
-    def forward(self, x, state=None, fast_weights=None, intermediates=False):
+    def forward(self, x, state=None, fast_weights=None, intermediates=False, use=None):
+        run = self.network.run(use)
         fast_weights = fast_weights or {}
-        unknown = set(fast_weights) - {e.get("weight") for e in self.entries if e.get("augmented")}
+        unknown = set(fast_weights) - {self.entries[i].get("weight") for i in run
+                                       if self.entries[i].get("augmented")}
         if unknown:
-            raise ValueError(f"fast_weights for {sorted(unknown)}: no augmented layer of this "
-                             "network reads them")
+            raise ValueError(f"fast_weights for {sorted(unknown)}: no augmented layer of network "
+                             f"{self.network.name!r}" + (f" in its use {use!r}" if use else "")
+                             + " reads them")
         if self.kind == "cell":
             return self.layers[0](x, state)
-        outputs, layers = [], list(zip(self.layers, self.entries))
+        outputs = []
         if self.kind == "recurrent":                       # x (T, ..., in), from zero state
-            cell, layers = self.layers[0], layers[1:]
+            cell, run = self.layers[run[0]], run[1:]
             h = c = x.new_zeros(x.shape[1:-1] + (cell.weight_hh.shape[0] // 4,))
             for step in x:
                 h, c = cell(step, (h, c))
             x = h
             outputs.append(h)
-        for layer, entry in layers:
-            fast = fast_weights.get(entry.get("weight"))
+        for i in run:
+            layer, fast = self.layers[i], fast_weights.get(self.entries[i].get("weight"))
             x = layer(x, fast) if isinstance(layer, Augmented) else layer(x)
             outputs.append(x)
         return (x, outputs) if intermediates else x
 
 
 def _layer(entry, params, statistics):
-    """(module, [(parameter, case name)]) of one layer entry, loaded in torch's layout."""
+    """(module, [(module holding a parameter, its attribute, the case's name)]) of one layer
+    entry, its parameters loaded in torch's layout."""
     kind = entry["type"]
     if kind in ("gated_concat", "causal_attention"):
         built = [_layer(branch, params, statistics) for branch in entry["branches"]]
         modules = [module for module, _ in built]
         module = (GatedConcat(*modules) if kind == "gated_concat"
                   else CausalAttention(*modules, entry["key_size"]))
-        return module, [pair for _, cases in built for pair in cases]
+        return module, [slot for _, slots in built for slot in slots]
     value = lambda key: params.get(entry.get(key))
     if kind == "dense":
         module = nn.Linear(value("weight").shape[1], value("weight").shape[0],
@@ -208,13 +222,13 @@ def _layer(entry, params, statistics):
         names = entry.get("running_stats") if entry["mode"] == "running" else None
         module = BatchNorm(value("scale"), value("offset"), entry["eps"], entry.get("num_features"),
                            names and [torch.from_numpy(statistics[n].copy()) for n in names])
-        return module, [(p, entry[key]) for p, key in ((module.weight, "scale"),
-                                                        (module.bias, "offset")) if entry.get(key)]
+        return module, [(module, attribute, entry[key]) for attribute, key in
+                        (("weight", "scale"), ("bias", "offset")) if entry.get(key)]
     elif kind == "lstm_gates":
         module = LSTMGates(value("weight"), value("recurrent_weight"), value("bias"))
-        return module, [(p, entry[key]) for p, key in ((module.weight_ih, "weight"),
-                                                        (module.weight_hh, "recurrent_weight"),
-                                                        (module.bias_ih, "bias")) if entry.get(key)]
+        return module, [(module, attribute, entry[key]) for attribute, key in
+                        (("weight_ih", "weight"), ("weight_hh", "recurrent_weight"),
+                         ("bias_ih", "bias")) if entry.get(key)]
     elif kind == "max_pool":
         return nn.MaxPool2d(entry["kernel_size"], entry["stride"], entry.get("padding", 0),
                             ceil_mode=bool(entry.get("ceil_mode"))), []
@@ -222,11 +236,11 @@ def _layer(entry, params, statistics):
         return nn.Flatten(start_dim=-3), []
     else:
         return {"relu": nn.ReLU, "tanh": nn.Tanh, "mean": SpatialMean}[kind](), []
-    cases = [(module.weight, entry["weight"])] + ([(module.bias, entry["bias"])]
-                                                  if value("bias") is not None else [])
+    slots = [(module, "weight", entry["weight"])] + ([(module, "bias", entry["bias"])]
+                                                     if value("bias") is not None else [])
     with torch.no_grad():
-        for parameter, name in cases:
-            parameter.copy_(params[name])
+        for owner, attribute, name in slots:
+            getattr(owner, attribute).copy_(params[name])
     if entry.get("activation") or entry.get("augmented"):
         module = Augmented(module, entry.get("activation"))
-    return module, cases
+    return module, slots

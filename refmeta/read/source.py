@@ -2,11 +2,18 @@
 
 Only ``ast``, ``tokenize`` and text: nothing here imports or runs the module it reads.
 
-Who computes an equation.  Among the functions that cite it, the doors (functions that reach
-``checks``, the input checks, through the module's own calls) are set aside; of the others, the
-ones that reach no other citing function (the innermost) compute it, the first in the source
-holding the equation's card and the rest showing the equation too.  Doors are used only when
-no other function cites it.
+Who computes an equation.  Among the functions that cite it, the doors are set aside; of the
+others, the ones that reach no other citing function (the innermost) compute it, the first in
+the source holding the equation's card and the rest showing the equation too.  Doors are used
+only when no other function cites it.
+
+A door checks what it is given: it hands one of its own arguments (or a field or item of one)
+to ``checks``, the input checks, or it calls a private function of the module that is a door.
+A private function called inside a check's arguments computes what is checked (the
+recomputation that names the first NaN) and is a door too.  Two uses of ``checks`` make no
+door: a check of what a call returned (a user's model held to its contract where the equations
+call it) and a call of a public function that checks its own arguments (a distance that
+refuses an unknown name).
 """
 
 import ast
@@ -32,6 +39,8 @@ class Section:
     heading: str = ""
     cites: set = field(default_factory=set)
     refers: set = field(default_factory=set)   # names of this module's functions it uses
+    checks_given: bool = False        # hands one of its arguments to ``checks``
+    checked: set = field(default_factory=set)  # names it calls inside a ``checks`` call's arguments
 
 
 @dataclass
@@ -125,7 +134,8 @@ def _def_sections(node, source, previous_end, defined, prefix=""):
         heading, shown = _shown(source, previous_end + 1, node.end_lineno, doc_lines)
         comments = " ".join(_comments(source, node.lineno, node.end_lineno))
         return [Section("function", name, shown, docstring, heading,
-                        citations(docstring + " " + comments, defined), _refers(node))]
+                        citations(docstring + " " + comments, defined), _refers(node),
+                        *_checks(node))]
     methods = [child for child in node.body if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef))]
     header_end = methods[0].lineno - 1 - len(methods[0].decorator_list) if methods else node.end_lineno
     heading, shown = _shown(source, previous_end + 1, header_end, doc_lines)
@@ -166,6 +176,29 @@ def _refers(node):
     return (names - local) | attributes
 
 
+def _checks(node):
+    """(whether the function hands one of its own arguments, or a field or item of one, to a
+    ``checks.<name>(...)`` call; the names it calls inside such a call's arguments)."""
+    arguments = {a.arg for a in ast.walk(node.args) if isinstance(a, ast.arg)}
+    given, checked = False, set()
+    for call in ast.walk(node):
+        if (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
+                and isinstance(call.func.value, ast.Name) and call.func.value.id == DOOR_NAME):
+            values = call.args + [keyword.value for keyword in call.keywords]
+            given = given or any(_root(value) in arguments for value in values)
+            checked |= {inner.func.id for value in values for inner in ast.walk(value)
+                        if isinstance(inner, ast.Call) and isinstance(inner.func, ast.Name)}
+    return given, checked
+
+
+def _root(value):
+    """The name an argument expression reads from, through fields, items and ``*``; None for
+    anything else (a call's result, a constant)."""
+    while isinstance(value, (ast.Attribute, ast.Subscript, ast.Starred)):
+        value = value.value
+    return value.id if isinstance(value, ast.Name) else None
+
+
 def _assign(module, tree):
     """Fill each equation's ``computed_by`` (see the module docstring)."""
     functions = [s for s in module.sections if s.kind == "function"]
@@ -174,8 +207,7 @@ def _assign(module, tree):
         by_short.setdefault(section.name.split(".")[-1], []).append(section.name)
     calls = {s.name: {t for n in s.refers for t in by_short.get(n, ()) if t != s.name} for s in functions}
     reach = {name: _reachable(name, calls) for name in calls}
-    doors = {s.name for s in functions
-             if DOOR_NAME in s.refers or any(DOOR_NAME in _section(module, t).refers for t in reach[s.name])}
+    doors = _doors(functions, calls, by_short)
     for label, equation in module.equations.items():
         if equation.computed_by:
             continue                                    # a shared line: done for its first label
@@ -183,6 +215,18 @@ def _assign(module, tree):
         pool = [name for name in citing if name not in doors] or citing
         inner = [name for name in pool if not (reach[name] & (set(pool) - {name}))]
         equation.computed_by = inner + [name for name in pool if name not in inner]
+
+
+def _doors(functions, calls, by_short):
+    """The names of the doors among ``functions`` (see the module docstring)."""
+    private = {s.name for s in functions if s.name.split(".")[-1].startswith("_")}
+    doors = {s.name for s in functions if s.checks_given}
+    doors |= {t for s in functions for n in s.checked for t in by_short.get(n, ()) if t in private}
+    while True:
+        more = {name for name in calls if name not in doors and calls[name] & doors & private}
+        if not more:
+            return doors
+        doors |= more
 
 
 def _reachable(name, calls):
