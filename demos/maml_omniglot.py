@@ -160,7 +160,8 @@ def train(update, params, state, size, check, desc, lower, initial_extras=None):
     def record(train_loss, extras):
         nonlocal checking
         check_start = time.perf_counter()
-        accuracy, heldout_loss = check(params)
+        with divergence.watch(done, lower, f"{desc} held-out check"):    # adaptation on held-out tasks
+            accuracy, heldout_loss = check(params)
         checking += time.perf_counter() - check_start
         values = {"iteration": done, "train_loss": train_loss, "heldout_accuracy": accuracy,
                   "heldout_loss": heldout_loss, "seconds": time.perf_counter() - begin, **extras}

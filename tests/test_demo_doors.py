@@ -50,9 +50,9 @@ SINUSOID = [("maml-sinusoid", ["--inner-lr", "1e300"], "MAML training",
              "--inner-lr (now 1e+300) or --meta-lr (now 0.001)"),
             ("reptile-sinusoid", ["--inner-lr", "1e300"], "Reptile training",
              "--inner-lr (now 1e+300) or --meta-step-size (now 0.1)")]
-OMNIGLOT = [("maml-omniglot", ["--inner-lr", "1e300"], "MAML (first order) training",
+OMNIGLOT = [("maml-omniglot", ["--inner-lr", "1e300"], "MAML (first order) held-out check",
              "--inner-lr (now 1e+300) or --meta-lr (now 0.001)"),
-            ("reptile-omniglot", ["--inner-lr", "1e300"], "Reptile training",
+            ("reptile-omniglot", ["--inner-lr", "1e300"], "Reptile held-out check",
              "--inner-lr (now 1e+300) or --meta-step-size (now 1)"),
             ("protonet-omniglot", ["--lr", "1e300"], "protonet training", "--lr (now 1e+300)"),
             ("matching-omniglot", ["--lr", "1e300"], "matching-fce training", "--lr (now 1e+300)"),
@@ -78,8 +78,8 @@ def test_a_diverging_demo_script_exits_1_with_the_same_line(capsys, tmp_path):
         maml_sinusoid.main(["--fast", "--no-plots", "--out", str(tmp_path), "--inner-lr", "1e300"])
     assert raised.value.code == 1
     last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last.endswith("MAML training diverged at step 1: the training loss is nan; lower --inner-lr "
-                         "(now 1e+300) or --meta-lr (now 0.001)")
+    assert re.search(r"MAML training diverged at step 1: .+; lower --inner-lr \(now 1e\+300\) or "
+                     r"--meta-lr \(now 0\.001\)$", last), last
 
 
 def test_an_error_that_is_no_divergence_keeps_its_traceback(monkeypatch, tmp_path):
