@@ -389,7 +389,7 @@ def test_bad_outputs_are_refused_with_what_was_expected(side, case_dir, tmp_path
         side.fixtures.save_outputs(fx, {"meta_loss": side.data(np.float32(1.0))}, tmp_path / "t.npz")
     npz = case_dir / f"{case_id}.npz"
     before = npz.read_bytes()
-    with pytest.raises(ValueError, match="refusing to write outputs over the case's own file"):
+    with pytest.raises(ValueError, match="is the case's NPZ, which this command reads; writing there would destroy it"):
         side.fixtures.save_outputs(fx, {"meta_loss": side.data(np.array(1.0))}, npz)
     assert npz.read_bytes() == before and not (tmp_path / "theirs.npz").exists()
 

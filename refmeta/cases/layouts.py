@@ -24,10 +24,11 @@ the user), so a round trip is exact and a gradient converts as its parameter doe
 
 import difflib
 import os
-import tempfile
 import zipfile
 
 import numpy as np
+
+from refmeta import disk
 
 FRAMEWORK_GATES = {"torch": "ifgo", "jax": "igfo"}   # nn.LSTMCell's order; hk.LSTM's
 
@@ -178,29 +179,19 @@ def case_layout(port, outputs, framework, to_numpy):
 
 
 def write_npz(port, arrays, path):
-    """Write ``arrays`` to ``path`` as an uncompressed NPZ, atomically (a temporary file in the
-    same folder, then renamed), never over the case's own files; returns the path."""
+    """Write ``arrays`` to ``path`` as an uncompressed NPZ, atomically and never over the case's
+    own files (``refmeta.disk.replace_atomically``); returns the path."""
     path = os.fspath(path)
-    case_files = {os.path.realpath(port.path), os.path.realpath(os.path.splitext(port.path)[0] + ".npz")}
-    if os.path.realpath(path) in case_files:
-        raise ValueError(f"refusing to write outputs over the case's own file {path}; name another "
-                         "file (theirs.npz)")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise ValueError(f"cannot write {path}: folder {folder} does not exist")
-    descriptor, temporary = tempfile.mkstemp(prefix=".theirs-", suffix=".npz.tmp", dir=folder)
-    try:
-        with os.fdopen(descriptor, "wb") as f:
-            with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as archive:
-                for name, array in arrays.items():
-                    with archive.open(name + ".npy", "w", force_zip64=True) as member:
-                        np.lib.format.write_array(member, np.asarray(array, order="C"),
-                                                  allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-        temporary = None
-    finally:
-        if temporary is not None and os.path.exists(temporary):
-            os.remove(temporary)
+
+    def write(f):
+        with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as archive:
+            for name, array in arrays.items():
+                with archive.open(name + ".npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.asarray(array, order="C"), allow_pickle=False)
+
+    disk.replace_atomically(path, write, inputs=(
+        ("the case's JSON", port.path), ("the case's NPZ", os.path.splitext(port.path)[0] + ".npz")))
     return path
