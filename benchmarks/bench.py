@@ -8,7 +8,7 @@
    paper's MLP 1-40-40-1 on a meta-batch of 25 tasks with K = 10 support and 10 query points:
    refmeta vectorised across tasks, refmeta's per-task loop (``maml.looped``) and refmeta
    vectorised with the MLP's gradient and Hessian-vector product written out
-   (``refmeta.nn.fused_mlp``, the same ``maml`` code on a flat parameter vector), and
+   (``refmeta.fast.fused_mlp``, the same ``maml`` code on a flat parameter vector), and
    ``FusedMLP.meta_gradient``, MAML's Eq. (3) applied by hand with those pieces; peers
    JAX ``jit(grad)`` with ``vmap`` over tasks, PyTorch eager per-task loop, PyTorch eager
    vectorised (batched matmuls) and ``torch.func`` (``grad`` of ``vmap``).
@@ -102,17 +102,17 @@ def optional(name):
 # ----- data, shared by every implementation -----
 def sinusoid_data(seed=0):
     from refmeta.data import tasks
-    from refmeta.nn import layers
+    from refmeta.nn import models
     rng = np.random.default_rng(seed)
-    params = layers.mlp_init(rng, SIZES)
+    params = models.mlp_init(rng, SIZES)
     episode = tasks.sample_sinusoid_episode(rng, tasks.SinusoidFamily(), N_TASKS, K_SUPPORT, K_QUERY)
     return params, tuple(np.asarray(a) for a in episode)
 
 
 def conv4_data(seed=0):
-    from refmeta.nn import layers
+    from refmeta.nn import models
     rng = np.random.default_rng(seed)
-    params = layers.conv4_init(rng, 1, N_WAY, HIDDEN, "stride", "offset", IMAGE)
+    params = models.conv4_init(rng, 1, N_WAY, HIDDEN, "stride", "offset", IMAGE)
     support_x = rng.uniform(0, 1, (1, N_WAY * K_SHOT, 1, IMAGE, IMAGE))
     query_x = rng.uniform(0, 1, (1, N_WAY * N_QUERY_PER_CLASS, 1, IMAGE, IMAGE))
     support_y = np.repeat(np.arange(N_WAY), K_SHOT)[None]
@@ -127,10 +127,10 @@ def refmeta_sinusoid(params, data, vectorised):
     from functools import partial
     from refmeta import maml
     from refmeta.data import tasks
-    from refmeta.nn import layers, losses
+    from refmeta.nn import losses, models
     model = maml.MAMLConfig().model
     if not vectorised:
-        one_task = losses.model_loss(layers.mlp_apply, partial(losses.mse, check=False))
+        one_task = losses.model_loss(models.mlp_apply, partial(losses.mse, check=False))
         model = model._replace(loss=maml.looped(one_task))
     config, episode = maml.MAMLConfig(model, inner_lr=0.01, inner_steps=1), tasks.Episode(*data)
     return lambda: maml.meta_gradient(params, episode, config)
@@ -141,7 +141,7 @@ def refmeta_sinusoid_fused(params, data, written_out):
     ``maml.meta_gradient``, or by ``FusedMLP.meta_gradient`` (MAML's Eq. (3), no autograd)."""
     from refmeta import maml
     from refmeta.data import tasks
-    from refmeta.nn import fused_mlp
+    from refmeta.fast import fused_mlp
     mlp = fused_mlp.FusedMLP(SIZES, "relu")
     config = maml.MAMLConfig(mlp.model(), inner_lr=0.01, inner_steps=1)
     episode, flat = tasks.Episode(*data), mlp.pack(params)
@@ -154,9 +154,9 @@ def refmeta_conv4(params, data, inner_steps=1):
     from functools import partial
     from refmeta import contract, maml
     from refmeta.data import tasks
-    from refmeta.nn import layers, losses
-    init = lambda rng: layers.conv4_init(rng, 1, N_WAY, HIDDEN, "stride", "offset", IMAGE)
-    model = contract.supervised(init, layers.conv4_apply, partial(losses.cross_entropy, check=False),
+    from refmeta.nn import losses, models
+    init = lambda rng: models.conv4_init(rng, 1, N_WAY, HIDDEN, "stride", "offset", IMAGE)
+    model = contract.supervised(init, models.conv4_apply, partial(losses.cross_entropy, check=False),
                                 f"conv4 stride, {HIDDEN} filters, cross-entropy")
     config = maml.MAMLConfig(model, n_way=N_WAY, inner_lr=0.4, inner_steps=inner_steps,
                              inner_reduction="n_way_times_mean")

@@ -33,7 +33,7 @@ from autograd.tracer import getval
 
 from refmeta.data import lake_runs, omniglot
 from refmeta.device import backend
-from refmeta.nn import layers, optimizers
+from refmeta.nn import layers, models, optimizers
 from refmeta.demos import divergence, files, options
 from refmeta.progress import progress
 
@@ -135,7 +135,7 @@ def objective(params, episode, model):
     """The episode loss from one joint pass (support then query), and the BN batch moments."""
     n_support = episode.support_x.shape[0]
     x = anp.concatenate([episode.support_x, episode.query_x])
-    z, moments = layers.conv4_apply(model.conv_params(params), x, variant="maxpool", bn_eps=BN_EPS,
+    z, moments = models.conv4_apply(model.conv_params(params), x, variant="maxpool", bn_eps=BN_EPS,
                                     return_bn_moments=True)
     loss = model.loss(params, z[:n_support], episode.support_y, z[n_support:], episode.query_y, model.config)
     return loss, (getval(loss), {name: getval(value) for name, value in moments.items()})
@@ -145,7 +145,7 @@ def embed_images(model, params, bn_state, images, chunk=256):
     """images (..., H, W) host -> (..., d) host embeddings, BN in running mode."""
     flat = images.reshape((-1, 1) + images.shape[-2:])
     dtype = model.conv_params(params)["conv0.w"].dtype
-    parts = [backend.to_host(layers.conv4_apply(model.conv_params(params), backend.asarray(flat[i:i + chunk], dtype),
+    parts = [backend.to_host(models.conv4_apply(model.conv_params(params), backend.asarray(flat[i:i + chunk], dtype),
                                                 variant="maxpool", bn_mode="running",
                                                 bn_state=bn_state, bn_eps=BN_EPS))
              for i in range(0, len(flat), chunk)]
@@ -194,7 +194,7 @@ def summarise(accuracies):
 def train(model, args, size, train_chars, test_chars, runs, rng):
     """Adam on training episodes; returns (params, bn_state, curve, episodes done, seconds)."""
     params = {k: backend.asarray(v, args.dtype) for k, v in model.init(rng, model.config).items()}
-    bn_state = {k: backend.asarray(v, args.dtype) for k, v in layers.conv4_bn_state(size["hidden"]).items()}
+    bn_state = {k: backend.asarray(v, args.dtype) for k, v in models.conv4_bn_state(size["hidden"]).items()}
     state, curve, window = optimizers.adam_init(params), {"episode": [], "train_loss": [],
                                                           "heldout_5w1s": [], "lake_error": []}, []
     start, done = time.perf_counter(), 0

@@ -9,7 +9,7 @@ Model and algorithm (the paper's Section 5.2 and the authors' code)
     network    conv4 with stride-2 3×3 convolutions, 64 filters, batch norm with a learned offset
                only (ε = 1e-3) in transductive mode (each forward pass normalises by its own
                batch: the support set in the inner loop, the query set after it), ReLU, mean
-               over the 2×2 map, linear to N (``layers.conv4_init(variant="stride",
+               over the 2×2 map, linear to N (``models.conv4_init(variant="stride",
                bn_affine="offset")``); the offsets are meta-learned, not adapted (adapt_bn False)
     inner loop 1 step of α = 0.4 on the support loss N × mean cross-entropy
                (``inner_reduction="n_way_times_mean"``, the authors' code), 3 steps at test
@@ -52,7 +52,7 @@ from scipy.special import log_softmax
 from refmeta import contract, maml
 from refmeta.data import lake_runs, omniglot
 from refmeta.device import backend
-from refmeta.nn import layers, losses
+from refmeta.nn import losses, models
 from refmeta.demos import divergence, files, fewshot_omniglot, options
 from refmeta.progress import progress
 
@@ -101,16 +101,16 @@ def add_common_arguments(parser, name, full, fast):
 def network(n_way, hidden, bn_affine):
     """The stride-2 conv4 of MAML's Omniglot experiments as a ``contract.Model`` (cross-entropy)."""
     return contract.supervised(
-        functools.partial(layers.conv4_init, in_channels=1, n_out=n_way, hidden=hidden,
+        functools.partial(models.conv4_init, in_channels=1, n_out=n_way, hidden=hidden,
                           variant="stride", bn_affine=bn_affine, image_size=28),
-        functools.partial(layers.conv4_apply, variant="stride", bn_mode="transductive", bn_eps=BN_EPS),
+        functools.partial(models.conv4_apply, variant="stride", bn_mode="transductive", bn_eps=BN_EPS),
         functools.partial(losses.cross_entropy, check=False),
         f"conv4 stride-2, {hidden} filters, transductive batch norm ({bn_affine}, eps {BN_EPS}), "
         f"{n_way}-way linear head, cross-entropy")
 
 
 def describe_network(n_way, hidden, bn_affine):
-    return layers.conv4_describe(1, n_way, hidden, "stride", bn_affine, "transductive", BN_EPS, 28)
+    return models.conv4_describe(1, n_way, hidden, "stride", bn_affine, "transductive", BN_EPS, 28)
 
 
 def prepare(args, full, fast, needs):

@@ -2,7 +2,7 @@
 
 Setup (the paper's Section 5.1 and Appendix C; ``tasks.SinusoidFamily`` defaults)
     tasks      y = A·sin(x − φ),  A ~ U[0.1, 5],  φ ~ U[0, π],  x ~ U[−5, 5]
-    model      MLP 1-40-40-1, ReLU, MSE; PyTorch's default init (``layers.mlp_init``)
+    model      MLP 1-40-40-1, ReLU, MSE; PyTorch's default init (``models.mlp_init``)
     MAML       K = 10 support + 10 query points per task, one inner step, α = 0.01,
                second order, Adam at β = 1e-3, meta-batch 25, task_reduction "mean"
     pretrained the same MLP trained by Adam (1e-3) on ordinary regression over the
@@ -37,7 +37,7 @@ from autograd import value_and_grad
 from refmeta import maml
 from refmeta.data import tasks
 from refmeta.device import backend
-from refmeta.nn import layers, optimizers, trees
+from refmeta.nn import models, optimizers, trees
 from refmeta.demos import divergence, files, options
 from refmeta.progress import progress
 
@@ -137,7 +137,7 @@ def make_data(args, sizes, family):
                                       args.test_query_points)
     test_tasks, test_set = sinusoid_test_set(np.random.default_rng(args.eval_seed), family,
                                              sizes["test_tasks"], args.test_query_points)
-    init = {name: backend.asarray(w) for name, w in layers.mlp_init(init_rng, LAYER_SIZES).items()}
+    init = {name: backend.asarray(w) for name, w in models.mlp_init(init_rng, LAYER_SIZES).items()}
     return {"init": init, "maml_batches": _batch_stream(maml_rng, family, args),
             "pretrain_batches": _batch_stream(pretrain_rng, family, args),
             "validation": validation[VALIDATION_SHOTS], "test_tasks": test_tasks,
@@ -288,7 +288,7 @@ def build_report(args, sizes, config, family, runs, results):
         "paper": {"citation": "Finn, Abbeel & Levine 2017, Model-Agnostic Meta-Learning for Fast "
                               "Adaptation of Deep Networks, Section 5.1 and Appendix C",
                   "test_mse": PAPER},
-        "config": {"maml": config.conventions(), "model": layers.mlp_describe(LAYER_SIZES),
+        "config": {"maml": config.conventions(), "model": models.mlp_describe(LAYER_SIZES),
                    "tasks": family.describe(), "meta_batch_size": args.meta_batch_size,
                    "n_support": args.n_support, "n_query": args.n_query, **sizes,
                    "pretrain": "Adam(meta_lr) on the mean MSE over all support and query points "

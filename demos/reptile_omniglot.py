@@ -11,7 +11,7 @@ Model and algorithm (the paper's Omniglot hyperparameters and the authors' code)
                transductive batch norm, ε = 1e-3, ReLU), with batch norm's scale and offset
                both learned (the authors' ``tf.layers.batch_normalization`` defaults).  One
                difference from their network: our head averages the final 2×2 map before
-               the linear layer (``layers.conv4_apply(variant="stride")``, MAML's), theirs
+               the linear layer (``models.conv4_apply(variant="stride")``, MAML's), theirs
                flattens it (256 features), and TensorFlow's 'SAME' padding at stride 2 pads
                (0, 1) where ours pads (1, 1)
     inner loop 5 steps of Adam (lr 1e-3, β1 = 0, β2 = 0.999) on mini-batches of 10 drawn from

@@ -6,7 +6,7 @@ Setup (the paper's sine-wave demonstration, with the settings of the authors' pu
                are the 50 equally spaced points of [−5, 5] and its loss is the MSE over them
     model      MLP 1-64-64-1, tanh (the script's choice; its comment says the paper's figure
                used ReLU: ``--activation relu``), MSE, PyTorch's default init, computed by
-               ``fused_mlp.FusedMLP`` (the same function and gradient as ``layers.mlp_apply``)
+               ``fused_mlp.FusedMLP`` (the same function and gradient as ``models.mlp_apply``)
     Reptile    serial (Algorithm 1), one task per iteration: one epoch of plain SGD, α = 0.02,
                over the 50 points in 5 shuffled mini-batches of 10 (``reptile.sample_inner_batches``),
                then φ ← φ + ε_i (φ̃ − φ) with ε annealed linearly to 0 over N = 30 000 iterations:
@@ -41,7 +41,8 @@ import numpy as np
 from refmeta import reptile
 from refmeta.data import tasks
 from refmeta.device import backend
-from refmeta.nn import fused_mlp, layers, trees
+from refmeta.fast import fused_mlp
+from refmeta.nn import models, trees
 from refmeta.demos import divergence, files, maml_sinusoid, options
 from refmeta.progress import progress
 
@@ -223,8 +224,8 @@ def build_report(args, sizes, configs, runs, results, steps):
                   "test_mse": None},
         "config": {
             "reptile": configs["reptile"].conventions(), "joint_training": configs["joint"].conventions(),
-            "model": layers.mlp_describe(LAYER_SIZES, args.activation),
-            "model_implementation": "refmeta.nn.fused_mlp.FusedMLP (flat params 'mlp.flat')",
+            "model": models.mlp_describe(LAYER_SIZES, args.activation),
+            "model_implementation": "refmeta.fast.fused_mlp.FusedMLP (flat params 'mlp.flat')",
             "tasks": FAMILY.describe(), "inputs": "the 50 points of numpy.linspace(-5, 5, 50)",
             "inner_batches": {"reptile": f"{args.inner_steps} steps on mini-batches of "
                                          f"{args.inner_batch_size} (reptile.sample_inner_batches)",

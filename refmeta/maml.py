@@ -74,13 +74,13 @@ from autograd import grad, value_and_grad
 from autograd.tracer import getval
 
 from refmeta import checks, contract
-from refmeta.nn import layers, losses, optimizers, trees
+from refmeta.nn import losses, models, optimizers, trees
 
 TASK_REDUCTIONS = ("mean", "sum")
 REDUCTIONS = ("mean", "sum")
 CLASSIFICATION_REDUCTIONS = REDUCTIONS + ("n_way_times_mean",)
-SINUSOID_MLP = contract.supervised(functools.partial(layers.mlp_init, sizes=(1, 40, 40, 1)),
-                                   layers.mlp_apply, functools.partial(losses.mse, check=False),
+SINUSOID_MLP = contract.supervised(functools.partial(models.mlp_init, sizes=(1, 40, 40, 1)),
+                                   models.mlp_apply, functools.partial(losses.mse, check=False),
                                    "mlp 1-40-40-1 relu, mse")
 
 

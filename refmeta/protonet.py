@@ -50,7 +50,7 @@ from autograd.tracer import getval
 from refmeta import checks
 from refmeta.contract import Model, Step
 from refmeta.device import backend
-from refmeta.nn import kinks, layers, losses, optimizers
+from refmeta.nn import kinks, layers, losses, models, optimizers
 
 DISTANCES = ("sqeuclidean", "euclidean", "cosine")
 TASK_REDUCTIONS = ("mean", "sum")
@@ -62,7 +62,7 @@ def conv4_embedding(hidden=64, in_channels=1, image_size=28, bn_mode="transducti
     """The conv4 max-pool net without a head, as a Model: x (..., n, C, H, W) -> (..., n, d),
     d = hidden·⌊H/16⌋·⌊W/16⌋ (64 on 28×28).  Batch norm learns its offset and scale and uses
     eps 1e-5, as PyTorch's BatchNorm2d; bn_mode "running" normalises with bn_state
-    {"bn{i}.mean", "bn{i}.var"} (``layers.conv4_bn_state``)."""
+    {"bn{i}.mean", "bn{i}.var"} (``models.conv4_bn_state``)."""
     checks.integer("hidden", hidden, minimum=1)
     checks.integer("in_channels", in_channels, minimum=1)
     checks.integer("image_size", image_size, minimum=16)
@@ -71,9 +71,9 @@ def conv4_embedding(hidden=64, in_channels=1, image_size=28, bn_mode="transducti
     if (bn_mode == "running") != (bn_state is not None):
         raise ValueError(f"bn_state is needed by bn_mode 'running' and only by it; got bn_mode "
                          f"{bn_mode!r} with bn_state {'None' if bn_state is None else 'given'}")
-    init = lambda rng: layers.conv4_init(rng, in_channels=in_channels, n_out=None, hidden=hidden,
+    init = lambda rng: models.conv4_init(rng, in_channels=in_channels, n_out=None, hidden=hidden,
                                          variant="maxpool", bn_affine="both", image_size=image_size)
-    apply = lambda params, x: layers.conv4_apply(params, x, variant="maxpool", bn_mode=bn_mode,
+    apply = lambda params, x: models.conv4_apply(params, x, variant="maxpool", bn_mode=bn_mode,
                                                  bn_state=bn_state, bn_eps=bn_eps)
     return Model(init, apply, None, f"conv4 max-pool: {hidden} filters, {in_channels} channel(s), "
                                     f"{image_size}x{image_size}, batch norm {bn_mode}, eps {bn_eps:g}")

@@ -29,7 +29,7 @@ Every block concatenates onto its input, so the channel counts are (L = ⌈log�
     C_0 = d + N,  +32,  +128·L,  +128,  +128·L,  +256:   C_final = d + N + 416 + 256·L      (4)
 
 (5-way: T = 6, L = 3: 1253; T = 26, L = 5: 1765.)  f for Omniglot: four blocks of {3×3 conv, 64
-filters, batch norm, ReLU, 2×2 max-pool} on 28×28 (``layers.conv4_*``), then linear to d = 64.
+filters, batch norm, ReLU, 2×2 max-pool} on 28×28 (``models.conv4_*``), then linear to d = 64.
 
 Training (Section 5.1): Adam on (2), one model per N; each training episode draws K uniformly
 from 1 … 5 (``train_shots`` (1, 2, 3, 4, 5)); the model is tested at K = 1 and K = 5.  The TC
@@ -66,7 +66,7 @@ from autograd import value_and_grad
 from autograd.tracer import getval
 
 from refmeta import checks, contract
-from refmeta.nn import layers, losses, optimizers, trees
+from refmeta.nn import layers, losses, models, optimizers, trees
 from refmeta.nn import snail_blocks as blocks
 
 
@@ -212,7 +212,7 @@ def init(rng, config):
     checks.generator(rng)
     checks.fits(f"n_way={config.n_way}, sequence_length={config.sequence_length}, image_size="
                 f"{config.image_size}", "SNAIL's float64 params", 8 * parameter_count(config))
-    embedding = layers.conv4_init(rng, config.image_channels,
+    embedding = models.conv4_init(rng, config.image_channels,
                                   config.embedding_dim if config.embedding_linear else None,
                                   config.embedding_filters, variant="maxpool", bn_affine="both",
                                   image_size=config.image_size)
@@ -230,7 +230,7 @@ def init_state(params, config):
     checks.params(params, checks.init_shapes(init, config))
     like = getval(params["out.w"])
     bn = {k: np.asarray(v, dtype=like.dtype, like=like)
-          for k, v in layers.conv4_bn_state(config.embedding_filters).items()}
+          for k, v in models.conv4_bn_state(config.embedding_filters).items()}
     return SNAILState(optimizers.adam_init(params), bn)
 
 
@@ -276,7 +276,7 @@ def _check_inputs(params, episode, config, bn_state, state=None):
     episode, _ = checks.episode_shots(episode, config.n_way, config.shots)
     image = (config.image_channels, config.image_size, config.image_size)
     checks.example_shape("support_x", episode.support_x, anp.ndim(episode.support_y) - 1, image)
-    bn_shapes = checks.tree_shapes(layers.conv4_bn_state(config.embedding_filters))
+    bn_shapes = checks.tree_shapes(models.conv4_bn_state(config.embedding_filters))
     if state is None:
         checks.bn_state_for_mode(bn_state, config.bn_mode, bn_shapes)
     else:                                         # step: the batch's statistics, tracked in state.bn

@@ -14,26 +14,26 @@ from autograd import grad
 
 from refmeta import contract, gradcheck
 from refmeta.data import tasks
-from refmeta.nn import layers, losses, trees
+from refmeta.nn import losses, models, trees
 
 
 def tiny_mlp(rng, d_in=1, hidden=4, d_out=1, depth=2):
     """Host params of a d_in-hidden-...-d_out MLP with O(1) weights (so curvature is visible)."""
     sizes = (d_in,) + (hidden,) * depth + (d_out,)
-    return layers.mlp_init(rng, sizes, weight_std=0.7)
+    return models.mlp_init(rng, sizes, weight_std=0.7)
 
 
 def tiny_mlp_model(d_in=1, hidden=4, d_out=1, depth=2, activation="tanh"):
     """``tiny_mlp``'s network as a ``contract.Model`` with the MSE loss: MAML's and Reptile's
     ``config.model``; its init makes the same shapes as ``tiny_mlp`` with these sizes."""
     return contract.supervised(lambda rng: tiny_mlp(rng, d_in, hidden, d_out, depth),
-                               lambda p, x: layers.mlp_apply(p, x, activation=activation),
+                               lambda p, x: models.mlp_apply(p, x, activation=activation),
                                functools.partial(losses.mse, check=False),
                                f"mlp {d_in}-{'-'.join([str(hidden)] * depth)}-{d_out} {activation}, mse")
 
 
 def mlp_loss(activation):
-    return losses.model_loss(lambda p, x: layers.mlp_apply(p, x, activation=activation), losses.mse)
+    return losses.model_loss(lambda p, x: models.mlp_apply(p, x, activation=activation), losses.mse)
 
 
 def regression_episode(dev, rng, n_tasks, n_support, n_query, d_in=1, d_out=1):

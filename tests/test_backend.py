@@ -1,4 +1,4 @@
-"""refmeta.device.backend and refmeta.device.strict: the strict stand-in is strict, and autograd through the
+"""refmeta.device.backend, autograd_patches and strict: the strict stand-in is strict, and autograd through the
 patched internals gives the same numbers on every device as on plain numpy."""
 
 import os
@@ -15,7 +15,7 @@ from autograd.core import primitive_vjps
 from autograd.numpy import numpy_vjps, numpy_wrapper
 from autograd.test_util import check_grads
 
-from refmeta.device import backend
+from refmeta.device import autograd_patches, backend
 from refmeta.device.strict import StrictArray, from_strict, to_strict
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -102,7 +102,7 @@ def _mlp_loss(params, x, labels):
     """Softmax cross-entropy of a 2-layer MLP: indexing, logsumexp, maximum, dict params."""
     hidden = anp.maximum(x @ params["W1"] + params["b1"], 0.0)  # (n, h)
     logits = hidden @ params["W2"] + params["b2"]  # (n, k)
-    log_probs = logits - backend.logsumexp(logits, axis=1, keepdims=True)
+    log_probs = logits - autograd_patches.logsumexp(logits, axis=1, keepdims=True)
     return -anp.mean(log_probs[anp.arange(x.shape[0]), labels])
 
 
@@ -115,8 +115,8 @@ CASES = {
     "std": (lambda x: anp.sum(anp.std(x, axis=1)), (3, 4)),
     "max_keepdims": (lambda x: anp.sum(anp.max(x, axis=1, keepdims=True) * x), (3, 4)),
     "min_all": (lambda x: anp.min(x) * anp.sum(x ** 2), (3, 4)),
-    "logsumexp_axis": (lambda x: anp.sum(backend.logsumexp(x, axis=1) ** 2), (3, 4)),
-    "logsumexp_all_keepdims": (lambda x: anp.sum(backend.logsumexp(x * x, keepdims=True)), (3, 4)),
+    "logsumexp_axis": (lambda x: anp.sum(autograd_patches.logsumexp(x, axis=1) ** 2), (3, 4)),
+    "logsumexp_all_keepdims": (lambda x: anp.sum(autograd_patches.logsumexp(x * x, keepdims=True)), (3, 4)),
     "where": (lambda x: anp.sum(anp.where(x > 0, x ** 2, anp.sin(x))), (3, 4)),
     "where_broadcast": (lambda x: anp.sum(anp.where(x > 0, anp.sum(x, axis=0), x) ** 2), (3, 4)),
     "concatenate": (lambda x: anp.sum(anp.concatenate([x, x ** 2], axis=1) ** 2), (3, 4)),
@@ -189,16 +189,16 @@ def test_mlp_gradient_and_hvp_match_numpy(dev):
 def test_logsumexp_matches_scipy(dev):
     x = np.array([[1000.0, 1000.0, -5.0], [-np.inf, 0.0, 1.0]])
     for axis, keepdims in [(None, False), (1, True), (0, False), (-1, False)]:
-        got = backend.logsumexp(dev.asarray(x), axis=axis, keepdims=keepdims)
+        got = autograd_patches.logsumexp(dev.asarray(x), axis=axis, keepdims=keepdims)
         np.testing.assert_allclose(dev.to_host(got), scipy.special.logsumexp(x, axis, keepdims=keepdims),
                                    rtol=1e-15)
-    assert np.isneginf(dev.to_host(backend.logsumexp(dev.asarray(np.full(3, -np.inf)))))
+    assert np.isneginf(dev.to_host(autograd_patches.logsumexp(dev.asarray(np.full(3, -np.inf)))))
 
 
 # ----- without each replacement, autograd fails on the strict stand-in -----
 def _undo(monkeypatch, key):
     """Put back autograd's original for one replacement (for the length of a test)."""
-    original = backend._originals[key]
+    original = autograd_patches._originals[key]
     targets = {"vjp of where": anp._original_where, "vjp of einsum": anp.einsum,
                "vjp of broadcast_to": anp.broadcast_to}
     if key in targets:
@@ -297,5 +297,5 @@ def test_asarray_and_to_host_round_trip():
 
 def test_install_is_idempotent():
     before = (numpy_wrapper.concatenate_args, numpy_vjps.untake, dict(primitive_vjps))
-    backend.install_autograd_patches()
+    autograd_patches.install_autograd_patches()
     assert before == (numpy_wrapper.concatenate_args, numpy_vjps.untake, dict(primitive_vjps))

@@ -21,7 +21,7 @@ from refmeta import cases
 from refmeta.cases import layouts, verify
 from refmeta.cases.files import load_case
 from refmeta.cases.parts import Array
-from refmeta.nn import layers, metanet_parts
+from refmeta.nn import layers, metanet_parts, models
 
 RTOL = 1e-12
 
@@ -98,8 +98,8 @@ def framework_layout(side, fx, name, value):
 # ----- refmeta's own forward, per family -----
 def optimization_pairs(side, fx, arrays, params):
     model = fx.case["model"]
-    reference = ((lambda x: layers.mlp_apply(params, x, model["activation"])) if model["model"] == "mlp"
-                 else lambda x: layers.conv4_apply(params, x, model["variant"], bn_eps=model["bn_eps"]))
+    reference = ((lambda x: models.mlp_apply(params, x, model["activation"])) if model["model"] == "mlp"
+                 else lambda x: models.conv4_apply(params, x, model["variant"], bn_eps=model["bn_eps"]))
     pairs = [(f"{name}[{t}]", side.run(fx, fx.inputs[name][t]), reference(arrays["inputs/" + name][t]))
              for name in ("support_x", "query_x") if name in fx.inputs
              for t in range(fx.inputs[name].shape[0])]

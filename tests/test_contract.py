@@ -16,22 +16,22 @@ import numpy as np
 import pytest
 
 from refmeta import checks, contract, maml, matching, metanet, protonet, reptile, snail
-from refmeta.nn import layers, losses
+from refmeta.nn import losses, models
 
 N_WAY = 2
 
 
 def mlp_classifier():
     """A 2-input, 2-class tanh MLP with the cross-entropy: MAML's and Reptile's model."""
-    return contract.supervised(functools.partial(layers.mlp_init, sizes=(2, 3, N_WAY)),
-                               functools.partial(layers.mlp_apply, activation="tanh"),
+    return contract.supervised(functools.partial(models.mlp_init, sizes=(2, 3, N_WAY)),
+                               functools.partial(models.mlp_apply, activation="tanh"),
                                functools.partial(losses.cross_entropy, check=False),
                                "mlp 2-3-2 tanh, cross-entropy")
 
 
 def tanh_embedding():
-    return contract.Model(functools.partial(layers.mlp_init, sizes=(2, 3)),
-                          functools.partial(layers.mlp_apply, activation="tanh"), None,
+    return contract.Model(functools.partial(models.mlp_init, sizes=(2, 3)),
+                          functools.partial(models.mlp_apply, activation="tanh"), None,
                           "tanh layer 2 -> 3")
 
 

@@ -14,7 +14,7 @@ import pytest
 from helpers import omniglot_folder
 from refmeta import contract, reptile
 from refmeta.demos import fewshot_omniglot, maml_omniglot, options, reptile_omniglot
-from refmeta.nn import layers
+from refmeta.nn import models
 
 # MAML, 40 iterations of 8 tasks, Adam 0.03 (the demo's β is 1e-3): the mean training loss over
 # iterations 21-40 against the same episodes untrained, seeds 2-4: 1.476 / 1.617, 1.433 / 1.605,
@@ -254,7 +254,7 @@ def test_a_task_too_small_for_reptiles_inner_batches_is_refused_before_the_data_
 def test_the_conv4_network_is_mamls_omniglot_model():
     model = maml_omniglot.network(5, 8, "offset")
     params = model.init(np.random.default_rng(0))
-    assert set(params) == set(layers.conv4_init(np.random.default_rng(0), 1, 5, 8, "stride", "offset", 28))
+    assert set(params) == set(models.conv4_init(np.random.default_rng(0), 1, 5, 8, "stride", "offset", 28))
     x, y = np.random.default_rng(1).random((2, 5, 1, 28, 28)), np.tile(np.arange(5), (2, 1))
     assert model.loss(params, x, y, "mean").shape == (2,)
     assert isinstance(model, contract.Model)

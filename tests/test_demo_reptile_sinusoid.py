@@ -9,7 +9,8 @@ import pytest
 from autograd import grad
 
 from refmeta.demos import options, reptile_sinusoid as demo
-from refmeta.nn import fused_mlp, layers, losses
+from refmeta.fast import fused_mlp
+from refmeta.nn import losses, models
 
 # 300 iterations with ε_0 = 1 (the demo's default is 0.1 over 30 000): enough to separate
 # training from none in seconds.  Test MSE after 32 steps, seeds 0-3, Reptile / joint training
@@ -94,7 +95,7 @@ def test_the_tasks_are_the_authors_sines_on_the_grid():
 
 def test_the_evaluation_matches_sgd_on_the_generic_mlp():
     # The demo adapts with reptile.adapt_trajectory on the fused MLP; here plain SGD on
-    # layers.mlp_apply, differentiated by autograd, must give the same MSE after each step.
+    # models.mlp_apply, differentiated by autograd, must give the same MSE after each step.
     network = fused_mlp.FusedMLP(demo.LAYER_SIZES, "tanh")
     config = demo.reptile.ReptileConfig(model=network.model(), inner_lr=0.02, inner_optimizer="sgd",
                                         test_inner_steps=3, variant="serial")
@@ -104,7 +105,7 @@ def test_the_evaluation_matches_sgd_on_the_generic_mlp():
     tree = network.unpack(params)
 
     def mse(p, x, y):
-        return losses.mse(layers.mlp_apply(p, x, activation="tanh"), y, "mean")
+        return losses.mse(models.mlp_apply(p, x, activation="tanh"), y, "mean")
 
     for t in range(3):
         p = dict(tree)

@@ -12,14 +12,14 @@ import pytest
 
 from refmeta import checks, contract, gradcheck, maml, matching, metanet, protonet, reptile, snail
 from refmeta.data import lake_runs, omniglot
-from refmeta.nn import layers, losses, metanet_parts, trees
+from refmeta.nn import losses, metanet_parts, models, trees
 
 from helpers import omniglot_folder
 
 
 # ----- configs -----
 def tiny_mlp_model():
-    return contract.supervised(functools.partial(layers.mlp_init, sizes=(1, 3, 1)), layers.mlp_apply,
+    return contract.supervised(functools.partial(models.mlp_init, sizes=(1, 3, 1)), models.mlp_apply,
                                functools.partial(losses.mse, check=False), "mlp 1-3-1")
 
 

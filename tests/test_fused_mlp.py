@@ -11,7 +11,8 @@ from hypothesis import given, strategies as st
 from helpers import max_abs_diff, mlp_loss, regression_episode, tiny_mlp, tiny_mlp_model
 from refmeta import gradcheck, maml
 from refmeta.data import tasks
-from refmeta.nn import fused_mlp, layers
+from refmeta.fast import fused_mlp
+from refmeta.nn import models
 
 seeds = st.integers(0, 2**32 - 1)
 reductions = st.sampled_from(["mean", "sum"])
@@ -127,12 +128,12 @@ def test_third_derivatives_are_refused():
 
 @pytest.mark.equation("fused_mlp", "(1)")
 def test_model_equals_the_generic_mlp_and_drives_maml(dev):
-    """``FusedMLP.model()``: init is layers.mlp_init's tree packed, apply and loss equal the
+    """``FusedMLP.model()``: init is models.mlp_init's tree packed, apply and loss equal the
     generic MLP's; MAML's public entry points take it as config.model."""
     mlp = fused_mlp.FusedMLP((1, 5, 5, 1), "tanh")
     model = mlp.model()
     flat = model.init(np.random.default_rng(4))
-    generic = layers.mlp_init(np.random.default_rng(4), (1, 5, 5, 1))
+    generic = models.mlp_init(np.random.default_rng(4), (1, 5, 5, 1))
     assert flat[fused_mlp.FLAT].shape == (mlp.size,) and flat[fused_mlp.FLAT].dtype == np.float64
     assert all(np.array_equal(mlp.unpack(flat)[k], generic[k]) for k in generic)
     episode = regression_episode(dev, np.random.default_rng(5), 2, 4, 3)

@@ -1,6 +1,5 @@
-"""Layers: shapes by formula, naive-loop references, leading task axes, finite differences."""
-
-import json
+"""Layers: shapes by formula, naive-loop references, leading task axes, finite differences, and
+bad sizes and names at the initialisers of the layers and of the models (test_models.py)."""
 
 import autograd.numpy as anp
 import numpy as np
@@ -9,7 +8,7 @@ from autograd import grad
 from hypothesis import given, strategies as st
 
 from refmeta import gradcheck
-from refmeta.nn import conv, layers
+from refmeta.nn import conv, layers, models
 
 seeds = st.integers(0, 2**32 - 1)
 
@@ -289,7 +288,7 @@ def test_batch_norm_refuses_running_mode_without_statistics(dev):
     with pytest.raises(ValueError, match="batch norm running_var must be >= 0 everywhere"):
         layers.batch_norm(x, mode="running", running_mean=stats, running_var=-stats)
     with pytest.raises(ValueError, match="bn_mode 'running' needs bn_state; got None"):
-        layers.conv4_apply(layers.conv4_init(np.random.default_rng(0), hidden=2), x[:, :1], bn_mode="running")
+        models.conv4_apply(models.conv4_init(np.random.default_rng(0), hidden=2), x[:, :1], bn_mode="running")
 
 
 @pytest.mark.parametrize("eps", [0.0, -1e-5, np.nan, np.inf])
@@ -297,9 +296,9 @@ def test_batch_norm_refuses_a_nonpositive_or_non_finite_eps(dev, eps):
     x = dev.asarray(np.random.default_rng(0).standard_normal((4, 3)))
     with pytest.raises(ValueError, match="batch norm eps must be a finite number > 0"):
         layers.batch_norm(x, eps=eps)
-    params = layers.conv4_init(np.random.default_rng(0), hidden=2)
+    params = models.conv4_init(np.random.default_rng(0), hidden=2)
     with pytest.raises(ValueError, match="bn_eps must be a finite number > 0"):
-        layers.conv4_apply(params, dev.asarray(np.zeros((2, 1, 8, 8))), bn_eps=eps)
+        models.conv4_apply(params, dev.asarray(np.zeros((2, 1, 8, 8))), bn_eps=eps)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
@@ -378,128 +377,17 @@ def test_update_running_names_a_missing_or_extra_key():
         layers.update_running({"bn1.var": np.ones(2)}, np.ones(2), 0.1)
 
 
-# ----- the MLP -----
-
-def test_mlp_init_pytorch_default_and_normal_init():
-    rng = np.random.default_rng(0)
-    params = layers.mlp_init(rng, (3, 40, 1))
-    assert sorted(params) == ["dense0.b", "dense0.w", "dense1.b", "dense1.w"]
-    assert params["dense0.w"].shape == (3, 40) and params["dense1.b"].shape == (1,)
-    assert all(isinstance(v, np.ndarray) and v.dtype == np.float64 for v in params.values())
-    assert np.abs(params["dense0.w"]).max() <= 1 / np.sqrt(3)
-    assert np.abs(params["dense1.w"]).max() <= 1 / np.sqrt(40)
-    assert np.abs(params["dense0.w"]).max() > 0.9 / np.sqrt(3)      # actually spans the range
-    normal = layers.mlp_init(np.random.default_rng(0), (1, 500, 1), weight_std=0.01)
-    assert normal["dense0.w"].std() == pytest.approx(0.01, rel=0.15)
-    assert not normal["dense0.b"].any()
-    again = layers.mlp_init(np.random.default_rng(0), (3, 40, 1))
-    assert all(np.array_equal(params[k], again[k]) for k in params)
-
-
-@pytest.mark.parametrize("activation", ["relu", "tanh"])
-def test_mlp_apply_matches_by_hand_and_per_task(dev, activation):
-    rng = np.random.default_rng(3)
-    params = layers.mlp_init(rng, (2, 4, 3, 1))
-    act = (lambda z: np.maximum(z, 0)) if activation == "relu" else np.tanh
-    x = rng.standard_normal((5, 2))
-    h = act(act(x @ params["dense0.w"] + params["dense0.b"]) @ params["dense1.w"] + params["dense1.b"])
-    close(dev, layers.mlp_apply(dev.tree(params), dev.asarray(x), activation),
-          h @ params["dense2.w"] + params["dense2.b"])
-    batched = {k: np.stack([v, 2 * v]) for k, v in params.items()}    # (T=2, ...)
-    xs = rng.standard_normal((2, 5, 2))
-    y = layers.mlp_apply(dev.tree(batched), dev.asarray(xs), activation)
-    for t in range(2):
-        one = {k: v[t] for k, v in batched.items()}
-        close(dev, y[t], dev.to_host(layers.mlp_apply(dev.tree(one), dev.asarray(xs[t]), activation)))
-    with pytest.raises(ValueError, match="activation must be one of 'relu', 'tanh'; got 'gelu'"):
-        layers.mlp_apply(params, x, "gelu")
-
-
-# ----- the 4-block conv net -----
-
-@pytest.mark.parametrize("variant, image_size, features", [("stride", 28, 5), ("maxpool", 28, 5),
-                                                           ("maxpool", 84, 5 * 25)])
-@pytest.mark.parametrize("bn_affine", ["offset", "scale", "both", "none"])
-def test_conv4_init_keys_shapes_and_describe(variant, image_size, features, bn_affine):
-    params = layers.conv4_init(np.random.default_rng(0), 3, n_out=7, hidden=5, variant=variant,
-                               bn_affine=bn_affine, image_size=image_size)
-    assert params["conv0.w"].shape == (5, 3, 3, 3) and params["conv3.w"].shape == (5, 5, 3, 3)
-    assert params["out.w"].shape == (features, 7) and params["out.b"].shape == (7,)
-    assert ("bn2.offset" in params) == (bn_affine in ("offset", "both"))
-    assert ("bn2.scale" in params) == (bn_affine in ("scale", "both"))
-    assert np.abs(params["conv1.w"]).max() <= 1 / np.sqrt(5 * 9)
-    description = layers.conv4_describe(3, 7, 5, variant, bn_affine, image_size=image_size)
-    json.dumps(description)
-    named = {layer[k] for layer in description["layers"] for k in ("weight", "bias", "offset", "scale")
-             if layer.get(k)}
-    assert named == set(params)                              # every param is described, and no more
-    assert [layer["type"] for layer in description["layers"]][:3] == ["conv2d", "batch_norm", "relu"]
-
-
-@pytest.mark.parametrize("variant", ["stride", "maxpool"])
-def test_conv4_apply_shapes_and_task_axes_equal_per_task_loop(dev, variant):
-    rng = np.random.default_rng(4)
-    params = layers.conv4_init(rng, 1, n_out=3, hidden=4, variant=variant, bn_affine="both",
-                               image_size=16)
-    x = rng.standard_normal((2, 5, 1, 16, 16))                     # (T, n, C, H, W)
-    batched = {k: np.stack([v, v + 0.1 * rng.standard_normal(v.shape)]) for k, v in params.items()}
-    y = layers.conv4_apply(dev.tree(batched), dev.asarray(x), variant)
-    assert y.shape == (2, 5, 3)
-    for t in range(2):                     # BN statistics are per task: the loop must agree
-        one = dev.tree({k: v[t] for k, v in batched.items()})
-        close(dev, y[t], dev.to_host(layers.conv4_apply(one, dev.asarray(x[t]), variant)))
-    embedding = layers.conv4_apply(dev.tree({k: v for k, v in params.items() if "out" not in k}),
-                                   dev.asarray(x), variant)
-    assert embedding.shape == (2, 5, 4 if variant == "stride" else 4 * 1 * 1)
-
-
-def test_conv4_running_statistics(dev):
-    rng = np.random.default_rng(5)
-    params = dev.tree(layers.conv4_init(rng, 1, n_out=2, hidden=3, variant="maxpool", image_size=16))
-    x = dev.asarray(rng.standard_normal((6, 1, 16, 16)))
-    out, moments = layers.conv4_apply(params, x, "maxpool", return_bn_moments=True)
-    n_values = {k: 6 * 16 * 16 // 4 ** int(k[2]) for k in moments}   # m = n·H·W at block i
-    biased = {k: v * ((n_values[k] - 1) / n_values[k]) if k.endswith("var") else v
-              for k, v in moments.items()}
-    # running mode with the batch's own (biased) moments reproduces transductive mode
-    close(dev, layers.conv4_apply(params, x, "maxpool", "running", biased), dev.to_host(out), atol=1e-10)
-    state = layers.update_running(dev.tree(layers.conv4_bn_state(3)), moments, 0.1)
-    close(dev, state["bn1.var"], 0.9 + 0.1 * dev.to_host(moments["bn1.var"]))
-    with pytest.raises(ValueError, match="needs bn_state"):
-        layers.conv4_apply(params, x, "maxpool", "running")
-
-
-@pytest.mark.parametrize("variant", ["stride", "maxpool"])
-def test_conv4_first_and_second_derivatives_match_finite_differences(dev, variant):
-    rng = np.random.default_rng(6)
-    params = dev.tree(layers.conv4_init(rng, 1, n_out=2, hidden=2, variant=variant,
-                                        bn_affine="both", image_size=16))
-    x = dev.asarray(rng.standard_normal((2, 3, 1, 16, 16)))
-    f = lambda p: anp.sum(anp.sin(layers.conv4_apply(p, x, variant)))
-    check_first_and_second_order(f, params, rng, n_directions=2)
-
-
-def test_conv4_rejects_unknown_options():
-    rng = np.random.default_rng(0)
-    with pytest.raises(ValueError, match="variant must be one of 'stride', 'maxpool'; got 'pool'"):
-        layers.conv4_init(rng, variant="pool")
-    with pytest.raises(ValueError, match=r"bn_affine must be one of .*; got 'gamma'"):
-        layers.conv4_init(rng, bn_affine="gamma")
-    with pytest.raises(ValueError, match="image_size 8 is too small for 4 pools"):
-        layers.conv4_init(rng, variant="maxpool", image_size=8)
-
-
 # ----- bad inputs at the initialisers and apply functions -----
 
 INITIALISERS = {
-    "mlp_init": lambda rng, size: layers.mlp_init(rng, (1, size, 1)),
-    "conv4_init hidden": lambda rng, size: layers.conv4_init(rng, hidden=size),
-    "conv4_init in_channels": lambda rng, size: layers.conv4_init(rng, in_channels=size, hidden=2),
-    "conv4_init n_out": lambda rng, size: layers.conv4_init(rng, n_out=size, hidden=2),
-    "conv4_init image_size": lambda rng, size: layers.conv4_init(rng, hidden=2, image_size=size),
+    "mlp_init": lambda rng, size: models.mlp_init(rng, (1, size, 1)),
+    "conv4_init hidden": lambda rng, size: models.conv4_init(rng, hidden=size),
+    "conv4_init in_channels": lambda rng, size: models.conv4_init(rng, in_channels=size, hidden=2),
+    "conv4_init n_out": lambda rng, size: models.conv4_init(rng, n_out=size, hidden=2),
+    "conv4_init image_size": lambda rng, size: models.conv4_init(rng, hidden=2, image_size=size),
     "lstm_init": lambda rng, size: layers.lstm_init(rng, 3, size),
     "lstm_init recurrent_size": lambda rng, size: layers.lstm_init(rng, 3, 2, recurrent_size=size),
-    "conv4_bn_state": lambda rng, size: layers.conv4_bn_state(size),
+    "conv4_bn_state": lambda rng, size: models.conv4_bn_state(size),
 }
 
 
@@ -514,25 +402,25 @@ def test_initialisers_refuse_sizes_of_zero_negative_or_non_integer(which, size, 
 def test_initialisers_refuse_malformed_size_lists():
     rng = np.random.default_rng(0)
     with pytest.raises(ValueError, match=r"at least input and output sizes; got \[3\]"):
-        layers.mlp_init(rng, (3,))
+        models.mlp_init(rng, (3,))
     with pytest.raises(TypeError, match="sizes must be a list of layer sizes d_0..d_L; got int"):
-        layers.mlp_init(rng, 3)
+        models.mlp_init(rng, 3)
     with pytest.raises(ValueError, match=r"sizes\[2\] must be an integer >= 1; got 0"):
-        layers.mlp_describe((1, 40, 0))
+        models.mlp_describe((1, 40, 0))
     with pytest.raises(ValueError, match=r"image_size must be an integer or a pair \(H, W\)"):
-        layers.conv4_init(rng, image_size=(28, 28, 1))
+        models.conv4_init(rng, image_size=(28, 28, 1))
     with pytest.raises(ValueError, match=r"image_size\[1\] must be an integer >= 1; got 0"):
-        layers.conv4_init(rng, image_size=(28, 0))
+        models.conv4_init(rng, image_size=(28, 0))
     for weight_std in (0.0, -0.1, np.nan):
         with pytest.raises(ValueError, match="weight_std must be a finite number > 0"):
-            layers.mlp_init(rng, (1, 2), weight_std=weight_std)
+            models.mlp_init(rng, (1, 2), weight_std=weight_std)
     with pytest.raises(ValueError, match="forget_bias must be a finite number"):
         layers.lstm_init(rng, 3, 2, forget_bias=np.inf)
 
 
 @pytest.mark.parametrize("rng", [np.random.RandomState(0), 0, None])
 def test_initialisers_refuse_a_rng_that_is_not_a_generator(rng):
-    for init in (lambda: layers.mlp_init(rng, (1, 2)), lambda: layers.conv4_init(rng, hidden=2),
+    for init in (lambda: models.mlp_init(rng, (1, 2)), lambda: models.conv4_init(rng, hidden=2),
                  lambda: layers.lstm_init(rng, 3, 2)):
         with pytest.raises(TypeError, match="rng must be a Generator; got"):
             init()
@@ -541,14 +429,14 @@ def test_initialisers_refuse_a_rng_that_is_not_a_generator(rng):
 def test_unknown_choice_names_are_refused():
     rng = np.random.default_rng(0)
     with pytest.raises(ValueError, match="activation must be one of 'relu', 'tanh'; got 'sigmoid'"):
-        layers.mlp_describe((1, 2), "sigmoid")
+        models.mlp_describe((1, 2), "sigmoid")
     with pytest.raises(ValueError, match="bn_mode must be one of 'transductive', 'running'; got 'eval'"):
-        layers.conv4_describe(bn_mode="eval")
-    params, x = layers.conv4_init(rng, hidden=2), np.zeros((2, 1, 8, 8))
+        models.conv4_describe(bn_mode="eval")
+    params, x = models.conv4_init(rng, hidden=2), np.zeros((2, 1, 8, 8))
     with pytest.raises(ValueError, match="variant must be one of 'stride', 'maxpool'; got 'pool'"):
-        layers.conv4_apply(params, x, variant="pool")
+        models.conv4_apply(params, x, variant="pool")
     with pytest.raises(ValueError, match="bn_mode must be one of 'transductive', 'running'; got 'train'"):
-        layers.conv4_apply(params, x, bn_mode="train")
+        models.conv4_apply(params, x, bn_mode="train")
     with pytest.raises(TypeError, match="conv2d stride must be an integer in 1..2; got 1.0"):
         layers.conv2d(x, params["conv0.w"], stride=1.0)
 
@@ -556,20 +444,20 @@ def test_unknown_choice_names_are_refused():
 def test_apply_functions_name_missing_params_keys():
     rng = np.random.default_rng(0)
     x = np.zeros((2, 1, 8, 8))
-    params = layers.conv4_init(rng, hidden=2)
+    params = models.conv4_init(rng, hidden=2)
     with pytest.raises(ValueError, match=r"params lack \['conv2.w'\]; build them with conv4_init"):
-        layers.conv4_apply({k: v for k, v in params.items() if k != "conv2.w"}, x)
+        models.conv4_apply({k: v for k, v in params.items() if k != "conv2.w"}, x)
     with pytest.raises(ValueError, match=r"params lack \['out.b'\]"):
-        layers.conv4_apply({k: v for k, v in params.items() if k != "out.b"}, x)
-    state = layers.conv4_bn_state(2)
+        models.conv4_apply({k: v for k, v in params.items() if k != "out.b"}, x)
+    state = models.conv4_bn_state(2)
     with pytest.raises(ValueError, match=r"bn_state lacks \['bn3.var'\]"):
-        layers.conv4_apply(params, x, bn_mode="running",
+        models.conv4_apply(params, x, bn_mode="running",
                            bn_state={k: v for k, v in state.items() if k != "bn3.var"})
-    mlp = layers.mlp_init(rng, (1, 3, 1))
+    mlp = models.mlp_init(rng, (1, 3, 1))
     with pytest.raises(ValueError, match=r"expects the params of mlp_init.*got the keys \['dense0.b', 'dense0.w', 'dense1.w'\]"):
-        layers.mlp_apply({k: v for k, v in mlp.items() if k != "dense1.b"}, np.zeros((4, 1)))
+        models.mlp_apply({k: v for k, v in mlp.items() if k != "dense1.b"}, np.zeros((4, 1)))
     with pytest.raises(ValueError, match=r"got the keys \[\]"):
-        layers.mlp_apply({}, np.zeros((4, 1)))                  # would otherwise return x itself
+        models.mlp_apply({}, np.zeros((4, 1)))                  # would otherwise return x itself
 
 
 def test_lstm_cell_refuses_mismatched_shapes():
@@ -583,9 +471,3 @@ def test_lstm_cell_refuses_mismatched_shapes():
         layers.lstm_cell(x, h, c, p["w_x"], p["w_h"][:, :4], p["b"])
     with pytest.raises(ValueError, match=r"dense: w .* expects x \(\.\.\., n, d_in\); got x \(5, 4\)"):
         layers.lstm_cell(np.zeros((5, 4)), h, c, p["w_x"], p["w_h"], p["b"])
-
-
-def test_mlp_describe_is_json():
-    description = layers.mlp_describe((1, 40, 40, 1), "relu", 0.01)
-    assert [layer["type"] for layer in description["layers"]] == ["dense", "relu", "dense", "relu", "dense"]
-    assert json.loads(json.dumps(description))["init"] == "w ~ N(0, 0.01^2), b = 0"

@@ -15,7 +15,7 @@ from helpers import (check_grad_away_from_kinks, classification_episode, max_abs
                      regression_episode, tiny_mlp, tiny_mlp_model)
 from refmeta import contract, gradcheck, maml
 from refmeta.data import tasks
-from refmeta.nn import layers, losses, optimizers, trees
+from refmeta.nn import layers, losses, models, optimizers, trees
 
 seeds = st.integers(0, 2**32 - 1)
 
@@ -37,8 +37,8 @@ def min_abs_preactivation(params_list, xs):
 def conv4_model(n_way, hidden=2, variant="stride", bn_affine="offset", image_size=8):
     """A tiny conv4 with transductive batch norm and the cross-entropy loss."""
     return contract.supervised(
-        lambda rng: layers.conv4_init(rng, 1, n_way, hidden, variant, bn_affine, image_size),
-        lambda p, x: layers.conv4_apply(p, x, variant=variant),
+        lambda rng: models.conv4_init(rng, 1, n_way, hidden, variant, bn_affine, image_size),
+        lambda p, x: models.conv4_apply(p, x, variant=variant),
         functools.partial(losses.cross_entropy, check=False), f"conv4 {variant} {hidden}, ce")
 
 
@@ -68,7 +68,7 @@ def test_meta_gradient_matches_finite_differences_mlp(dev, seed, inner_steps, in
 def test_meta_gradient_matches_finite_differences_conv_bn(dev, seed, inner_steps, adapt_bn, variant):
     """A tiny 4-block conv net with transductive batch norm (offset and scale), 3-way 2-shot."""
     rng = np.random.default_rng(seed)
-    params = dev.tree(layers.conv4_init(rng, in_channels=1, n_out=3, hidden=2, variant=variant,
+    params = dev.tree(models.conv4_init(rng, in_channels=1, n_out=3, hidden=2, variant=variant,
                                         bn_affine="both", image_size=16))
     episode = classification_episode(dev, rng, n_tasks=2, n_way=3, n_shot=2, n_query=1,
                                      image_shape=(1, 16, 16))
@@ -219,7 +219,7 @@ def test_n_way_times_mean_is_n_times_the_mean_inner_step(dev):
     """The authors' inner loss with α equals the mean loss with N·α."""
     rng = np.random.default_rng(0)
     n_way = 3
-    params = dev.tree(layers.conv4_init(rng, in_channels=1, n_out=n_way, hidden=2, variant="stride"))
+    params = dev.tree(models.conv4_init(rng, in_channels=1, n_out=n_way, hidden=2, variant="stride"))
     episode = classification_episode(dev, rng, n_tasks=2, n_way=n_way, n_shot=2, n_query=1,
                                      image_shape=(1, 8, 8))
     common = dict(model=conv4_model(n_way), n_way=n_way)
@@ -232,7 +232,7 @@ def test_n_way_times_mean_is_n_times_the_mean_inner_step(dev):
 @pytest.mark.equation("maml", "(1)")
 def test_bn_params_are_held_fixed_unless_adapt_bn(dev):
     rng = np.random.default_rng(1)
-    params = dev.tree(layers.conv4_init(rng, in_channels=1, n_out=2, hidden=2, variant="stride"))
+    params = dev.tree(models.conv4_init(rng, in_channels=1, n_out=2, hidden=2, variant="stride"))
     episode = classification_episode(dev, rng, n_tasks=1, n_way=2, n_shot=2, n_query=1,
                                      image_shape=(1, 8, 8))
     task_params = trees.broadcast_tasks(params, 1)
@@ -376,7 +376,7 @@ def test_empty_sets_and_zero_tasks_are_refused(dev):
 
 def test_labels_outside_0_to_n_minus_1_or_not_integers_are_refused(dev):
     rng = np.random.default_rng(2)
-    params = dev.tree(layers.conv4_init(rng, in_channels=1, n_out=3, hidden=2, variant="stride"))
+    params = dev.tree(models.conv4_init(rng, in_channels=1, n_out=3, hidden=2, variant="stride"))
     episode = classification_episode(dev, rng, n_tasks=1, n_way=3, n_shot=1, n_query=1,
                                      image_shape=(1, 8, 8))
     config = maml.MAMLConfig(conv4_model(3), n_way=3)

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from refmeta import checks, contract, maml, matching, protonet, reptile
-from refmeta.nn import layers, losses
+from refmeta.nn import losses, models
 
 
 # ----- the models -----
@@ -103,12 +103,12 @@ def returns_a_list(rng):
 
 
 @pytest.mark.parametrize("module, config", [
-    (maml, maml.MAMLConfig(model=contract.Model(returns_a_list, layers.mlp_apply,
+    (maml, maml.MAMLConfig(model=contract.Model(returns_a_list, models.mlp_apply,
                                                 maml.SINUSOID_MLP.loss, "list"))),
-    (reptile, reptile.ReptileConfig(model=contract.Model(returns_a_list, layers.mlp_apply,
+    (reptile, reptile.ReptileConfig(model=contract.Model(returns_a_list, models.mlp_apply,
                                                          maml.SINUSOID_MLP.loss, "list"))),
-    (protonet, protonet.ProtoNetConfig(contract.Model(returns_a_list, layers.mlp_apply, None, "list"))),
-    (matching, matching.MatchingConfig(contract.Model(returns_a_list, layers.mlp_apply, None, "list"))),
+    (protonet, protonet.ProtoNetConfig(contract.Model(returns_a_list, models.mlp_apply, None, "list"))),
+    (matching, matching.MatchingConfig(contract.Model(returns_a_list, models.mlp_apply, None, "list"))),
 ])
 def test_an_init_that_returns_a_list_is_named(module, config):
     with pytest.raises(TypeError, match=r"init\(rng\) must return the params, a dict of "

@@ -226,13 +226,13 @@ def test_conv4_embedding_is_64_dimensional_on_28_by_28_and_named(dev):
 
 def test_running_batch_norm_uses_the_given_statistics(dev):
     """bn_mode "running" with zero means and unit variances: batch norm is x/√(1 + ε)·scale + offset."""
-    from refmeta.nn import layers
+    from refmeta.nn import models
     rng = np.random.default_rng(4)
-    state = dev.tree(layers.conv4_bn_state(2))
+    state = dev.tree(models.conv4_bn_state(2))
     running = protonet.conv4_embedding(hidden=2, image_size=16, bn_mode="running", bn_state=state)
     params = dev.tree(running.init(rng))
     x = dev.asarray(rng.random((3, 1, 16, 16)))
-    expected = layers.conv4_apply(params, x, variant="maxpool", bn_mode="running", bn_state=state, bn_eps=1e-5)
+    expected = models.conv4_apply(params, x, variant="maxpool", bn_mode="running", bn_state=state, bn_eps=1e-5)
     close(dev, running.apply(params, x), dev.to_host(expected), rtol=0, atol=0)   # the same path
 
 

@@ -12,7 +12,7 @@ from hypothesis import given, strategies as st
 
 from helpers import max_abs_diff, mlp_loss, regression_episode, tiny_mlp, tiny_mlp_model
 from refmeta import contract, gradcheck, reptile
-from refmeta.nn import layers, losses, trees
+from refmeta.nn import losses, models, trees
 
 seeds = st.integers(0, 2**32 - 1)
 loss_fn = mlp_loss("tanh")
@@ -257,7 +257,7 @@ def test_bad_params_trees_and_empty_sets_are_refused(dev):
 
 def test_labels_outside_0_to_n_minus_1_or_not_integers_are_refused(dev):
     rng = np.random.default_rng(1)
-    model = contract.supervised(lambda r: tiny_mlp(r, d_in=2, d_out=3), layers.mlp_apply,
+    model = contract.supervised(lambda r: tiny_mlp(r, d_in=2, d_out=3), models.mlp_apply,
                                 losses.cross_entropy, "mlp 2-4-4-3 relu, cross-entropy")
     config = reptile.ReptileConfig(model, n_way=3, inner_steps=1)
     params = dev.tree(tiny_mlp(rng, d_in=2, d_out=3))

@@ -14,7 +14,7 @@ The registry.  ``CASES`` maps a case id to a *builder*: a function of no argumen
       description      str, one paragraph
       seed             int: every random draw comes from numpy.random.default_rng(seed)
       model            JSON-able description complete enough to rebuild the network
-                       (``layers.mlp_describe`` / ``layers.conv4_describe``)
+                       (``models.mlp_describe`` / ``models.conv4_describe``)
       loss             JSON-able: the per-example loss and what its labels/targets are
       conventions      JSON-able: every convention in REQUIRED_CONVENTIONS; the ones that do not
                        apply say "not applicable: <why>" rather than being left out

@@ -6,7 +6,7 @@ from autograd import value_and_grad
 
 from refmeta import matching, protonet
 from refmeta.data import tasks
-from refmeta.nn import layers, optimizers
+from refmeta.nn import models, optimizers
 from refmeta.cases.parts import (CONV_BIAS_BEFORE_BN, NOT_APPLICABLE, ONE_TASK, Array, Recipe, host,
                                  lstm_layer, perturbed_batch_norm, prefixed, query_counts,
                                  synthetic_episode, tree_arrays, values_under, with_layouts)
@@ -133,7 +133,7 @@ def protonet_case(distance="sqeuclidean", seed=0, n_way=3, k_shot=2, n_query=4, 
         f"filters, {image_size}×{image_size}) on one synthetic {n_way}-way {k_shot}-shot episode with "
         f"{_queries(n_way, n_query)}: embeddings, prototypes, distances, log-probabilities, loss, "
         "gradient and one gradient step.", seed,
-        layers.conv4_describe(1, None, hidden, "maxpool", "both", "transductive", 1e-5, image_size),
+        models.conv4_describe(1, None, hidden, "maxpool", "both", "transductive", 1e-5, image_size),
         config.conventions(), _counts(n_way, k_shot, n_query),
         procedure, params, episode, intermediates, lambda p, e: protonet.loss(p, e, config),
         {f"conv{i}.b": CONV_BIAS_BEFORE_BN for i in range(4)})
@@ -204,7 +204,7 @@ def matching_case(fce, seed=0, n_way=3, k_shot=2, n_query=4, hidden=8, image_siz
                           "fce/query": Array(f, "(n_query_total, d) f(x̂, S) (Appendix A.1)")})
         return found
 
-    net = layers.conv4_describe(1, None, hidden, "maxpool", "both", "transductive", 1e-5, image_size)
+    net = models.conv4_describe(1, None, hidden, "maxpool", "both", "transductive", 1e-5, image_size)
     model_layers = prefixed(net["layers"], "embed.")
     if fce:
         model_layers += _fce_layers(hidden)

@@ -6,7 +6,7 @@ from autograd import value_and_grad
 
 from refmeta import snail
 from refmeta.data import tasks
-from refmeta.nn import layers, losses
+from refmeta.nn import losses, models
 from refmeta.cases.metric import metric_case
 from refmeta.cases.parts import (CONV_BIAS_BEFORE_BN, KEY_BIAS, NOT_APPLICABLE, Array,
                                  perturbed_batch_norm, prefixed, query_counts, synthetic_episode)
@@ -101,7 +101,7 @@ def snail_case(seed=0, n_way=3, k_shot=1, n_query=2, filters=4, image_size=16, a
             outputs[f"{group}/{name.split('.')[0]}"] = Array(value, meaning)
         return outputs
 
-    embedding = layers.conv4_describe(1, config.embedding_dim, filters, "maxpool", "both", "transductive",
+    embedding = models.conv4_describe(1, config.embedding_dim, filters, "maxpool", "both", "transductive",
                                       config.bn_eps, image_size)
     model = {"model": "snail", "embedding": embedding, "layers": _snail_layers(config, embedding),
              "input_layout": "images (n, 1, H, W); sequences (n_query_total, S, C), time-major, channels "

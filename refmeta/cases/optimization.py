@@ -9,7 +9,7 @@ from autograd import value_and_grad
 
 from refmeta import contract, maml, reptile
 from refmeta.data import tasks
-from refmeta.nn import layers, losses, optimizers, trees
+from refmeta.nn import losses, models, optimizers, trees
 from refmeta.cases.parts import (ADAM_META, CE_LOSS, CONV_BIAS_BEFORE_BN, MSE_LOSS, NOISE_FACTOR,
                                  NOT_APPLICABLE, Array, Recipe, default_tolerance, group_scales, host,
                                  power_of_ten_above, query_counts, tree_arrays, values_under,
@@ -52,9 +52,9 @@ MAML_PROCEDURE = [
 
 
 def _mlp_model(sizes, activation):
-    """The MLP of ``layers.mlp_apply`` with the MSE loss, as MAML and Reptile take it."""
-    return contract.supervised(functools.partial(layers.mlp_init, sizes=sizes),
-                               functools.partial(layers.mlp_apply, activation=activation),
+    """The MLP of ``models.mlp_apply`` with the MSE loss, as MAML and Reptile take it."""
+    return contract.supervised(functools.partial(models.mlp_init, sizes=sizes),
+                               functools.partial(models.mlp_apply, activation=activation),
                                functools.partial(losses.mse, check=False),
                                f"mlp {'-'.join(map(str, sizes))} {activation}, mse")
 
@@ -143,7 +143,7 @@ def _maml_case(description, seed, model, loss, config, extra_conventions, hyperp
 def maml_sinusoid_case(inner_steps, first_order, seed=0, n_tasks=5, n_support=10, n_query=10):
     """MAML on the paper's sinusoid setup (MLP 1-40-40-1, ReLU, MSE, α = 0.01)."""
     rng, family, sizes = np.random.default_rng(seed), tasks.SinusoidFamily(), (1, 40, 40, 1)
-    params = layers.mlp_init(rng, sizes)
+    params = models.mlp_init(rng, sizes)
     amplitude, phase, [(support_x, support_y), (query_x, query_y)] = _sinusoid_data(
         rng, family, n_tasks, (n_support, n_query))
     config = maml.MAMLConfig(_mlp_model(sizes, "relu"), inner_lr=0.01, inner_steps=inner_steps,
@@ -160,7 +160,7 @@ def maml_sinusoid_case(inner_steps, first_order, seed=0, n_tasks=5, n_support=10
         f"{order}-order MAML, {inner_steps} inner step{'s' * (inner_steps != 1)}, on {n_tasks} "
         "sinusoid tasks "
         f"(K = {n_support} support and {n_query} query points per task): losses, adapted params, "
-        "meta-gradient and one Adam meta-step.", seed, layers.mlp_describe(sizes), MSE_LOSS, config,
+        "meta-gradient and one Adam meta-step.", seed, models.mlp_describe(sizes), MSE_LOSS, config,
         _sinusoid_conventions(family),
         {"n_tasks": n_tasks, "n_support": n_support, "n_query": n_query}, inputs)
 
@@ -169,7 +169,7 @@ def maml_conv4_case(first_order, seed=0, n_tasks=2, n_way=5, k_shot=1, n_query=2
                     image_size=28, inner_steps=2):
     """MAML's Omniglot network (stride-2 conv4, transductive BN with offset only), small."""
     rng = np.random.default_rng(seed)
-    params = layers.conv4_init(rng, 1, n_way, hidden, "stride", "offset", image_size)
+    params = models.conv4_init(rng, 1, n_way, hidden, "stride", "offset", image_size)
     params = dict(params, **{f"bn{i}.offset": rng.uniform(-0.1, 0.1, hidden) for i in range(4)})
     shape = (n_tasks, n_way, 1, 1, image_size, image_size)
     prototypes = rng.uniform(0.0, 1.0, shape)                 # one random "character" per class
@@ -183,8 +183,8 @@ def maml_conv4_case(first_order, seed=0, n_tasks=2, n_way=5, k_shot=1, n_query=2
     query_x, query_y = np.take_along_axis(query_x, order[:, :, None, None, None], 1), \
         np.take_along_axis(query_y, order, 1)
     network = contract.supervised(
-        lambda r: layers.conv4_init(r, 1, n_way, hidden, "stride", "offset", image_size),
-        functools.partial(layers.conv4_apply, variant="stride"),
+        lambda r: models.conv4_init(r, 1, n_way, hidden, "stride", "offset", image_size),
+        functools.partial(models.conv4_apply, variant="stride"),
         functools.partial(losses.cross_entropy, check=False),
         f"conv4 stride, {hidden} filters, batch norm (offset), {image_size}x{image_size}, "
         f"{n_way}-way, cross-entropy")
@@ -197,7 +197,7 @@ def maml_conv4_case(first_order, seed=0, n_tasks=2, n_way=5, k_shot=1, n_query=2
                   query_x=Array(query_x, "(T, N·n_query_per_class, 1, H, W) query images, "
                                          "shuffled per task"),
                   query_y=Array(query_y, "(T, N·n_query_per_class) query labels 0..N−1"))
-    model = layers.conv4_describe(1, n_way, hidden, "stride", "offset", "transductive", 1e-3,
+    model = models.conv4_describe(1, n_way, hidden, "stride", "offset", "transductive", 1e-3,
                                   image_size)
     conventions = {"batch_norm": "transductive: the statistics of the batch at hand (support "
                                  "or query, per task), in every pass; offset only, eps 1e-3",
@@ -245,7 +245,7 @@ def reptile_sinusoid_case(mode, seed=0, n_tasks=3, n_support=20, inner_steps=5, 
     """Reptile (serial or batched) with an inner Adam on Reptile's sine (x + b, b ∈ [0, 2π])."""
     rng, sizes = np.random.default_rng(seed), (1, 40, 40, 1)
     family = tasks.SinusoidFamily(phase_range=(0.0, 2 * math.pi), phase_sign=1)
-    params = layers.mlp_init(rng, sizes)
+    params = models.mlp_init(rng, sizes)
     amplitude, phase, [(support_x, support_y)] = _sinusoid_data(rng, family, n_tasks, (n_support,))
     batch_indices = reptile.sample_inner_batches(rng, n_tasks, n_support, inner_steps, batch_size)
     config = reptile.ReptileConfig(_mlp_model(sizes, "tanh"), inner_lr=0.01, inner_steps=inner_steps,
@@ -258,7 +258,7 @@ def reptile_sinusoid_case(mode, seed=0, n_tasks=3, n_support=20, inner_steps=5, 
                                                      "in each inner mini-batch"),
                   amplitude=Array(amplitude, "(T,) task amplitudes A (already in the targets)"),
                   phase=Array(phase, "(T,) task phases b (already in the targets)"))
-    model = layers.mlp_describe(sizes, "tanh")
+    model = models.mlp_describe(sizes, "tanh")
     header = {"algorithm": "Reptile", "seed": seed, "model": dict(model, layers=with_layouts(model["layers"])),
             "description": f"{mode} Reptile on {n_tasks} sine tasks, {inner_steps} inner Adam "
                            f"steps on mini-batches of {batch_size} of each task's {n_support} "

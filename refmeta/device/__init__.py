@@ -1,1 +1,2 @@
-"""Where arrays live: numpy or CuPy (``backend``), and the strict stand-in array (``strict``)."""
+"""Where arrays live: numpy or CuPy (``backend``), how autograd differentiates a device array
+(``autograd_patches``), and the strict stand-in array (``strict``)."""

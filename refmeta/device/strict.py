@@ -19,7 +19,7 @@ the axes of ``transpose`` / ``tensordot`` (autograd's tensordot adjoints pass
 ``numpy.arange`` axes).  Reductions return 0-d StrictArrays, not numpy scalars, as CuPy does.
 
 Importing this module registers StrictArray with autograd (ArrayBox and a VSpace)
-through :func:`refmeta.device.backend.register_array_type`.
+through :func:`refmeta.device.autograd_patches.register_array_type`.
 """
 
 import numbers
@@ -28,7 +28,7 @@ import sys
 
 import numpy as np
 
-from refmeta.device import backend
+from refmeta.device import autograd_patches, backend
 
 __all__ = ["StrictArray", "to_strict", "from_strict", "asarray", "zeros", "ones",
            "scatter_add"]
@@ -296,4 +296,4 @@ def from_strict(x):
     return backend.to_host(x)
 
 
-backend.register_array_type(StrictArray, sys.modules[__name__], scatter_add)
+autograd_patches.register_array_type(StrictArray, sys.modules[__name__], scatter_add)

@@ -59,7 +59,7 @@ instead of Q·(P + 1).  ``branches`` = 1 (the default) is the ordinary causal se
 The model's input: ``sequences`` lays out an episode as one sequence per query, the support
 steps [z, onehot(y)] then [z_query, 0] (``refmeta.snail``'s (1)), and ``branched_sequence`` as
 one sequence with the Q query steps as branches; ``embed`` is f, the conv4 max-pool network
-(``layers.conv4_apply``) on every image of every leading index at once.
+(``models.conv4_apply``) on every image of every leading index at once.
 
 Params are flat dicts; a block's names are relative ("filter.w", "key.b", "dense0.gate.w")
 and a model prefixes them.  Initialisation follows PyTorch's defaults (``uniform_init``):
@@ -75,7 +75,7 @@ import autograd.numpy as anp
 import numpy as np
 from autograd.tracer import getval
 
-from refmeta.nn import layers, losses, trees
+from refmeta.nn import losses, models, trees
 
 __all__ = ["PAPER_BLOCKS", "BLOCK_FORMS", "causal_conv1d", "causal_mask", "causal_softmax", "sigmoid", "dense_block",
            "tc_dilations", "tc_block", "attention_block", "dense_block_init", "tc_block_init",
@@ -229,12 +229,12 @@ def branched_sequence(support_z, support_y, query_z, n_way):
 
 # ----- the embedding f (Appendix A: conv4 max-pool, then a linear layer) -----
 def embed(params, images, bn_eps, bn_state=None, return_bn_moments=False):
-    """f: images (..., n, C, H, W) -> (..., n, d) by ``layers.conv4_apply`` ("maxpool") on the
+    """f: images (..., n, C, H, W) -> (..., n, d) by ``models.conv4_apply`` ("maxpool") on the
     images of every leading index at once: batch norm on the statistics of all of them (bn_state
     None) or on bn_state's; return_bn_moments adds the images' moments."""
     shape = anp.shape(images)
     flat = anp.reshape(images, (-1,) + shape[-3:])                          # (M, C, H, W)
-    out = layers.conv4_apply(params, flat, variant="maxpool",
+    out = models.conv4_apply(params, flat, variant="maxpool",
                              bn_mode="transductive" if bn_state is None else "running",
                              bn_state=bn_state, bn_eps=bn_eps, return_bn_moments=return_bn_moments)
     features, moments = out if return_bn_moments else (out, None)

@@ -30,7 +30,7 @@ PAGES = {
     "metanet": "refmeta.metanet",
     "snail_blocks": "refmeta.nn.snail_blocks",
     "metanet_parts": "refmeta.nn.metanet_parts",
-    "fused_mlp": "refmeta.nn.fused_mlp",
+    "fused_mlp": "refmeta.fast.fused_mlp",
     "gradcheck": "refmeta.gradcheck",
 }
 DEFAULT_FOLDER = "refmeta-read"

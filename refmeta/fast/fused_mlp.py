@@ -1,6 +1,6 @@
 """An MLP with squared-error loss whose gradient and Hessian-vector product are written out.
 
-``losses.model_loss(layers.mlp_apply, losses.mse)`` is the readable definition, and autograd
+``losses.model_loss(models.mlp_apply, losses.mse)`` is the readable definition, and autograd
 differentiates it one array operation at a time.  On a small model such as the sinusoid
 MLP 1-40-40-1 that costs far more in Python than in arithmetic: a second-order MAML
 meta-gradient makes about 130 primitive calls, and autograd about 10 000 Python calls to
@@ -38,7 +38,7 @@ Use::
 
     mlp = FusedMLP((1, 40, 40, 1), activation="relu")
     config = maml.MAMLConfig(model=mlp.model())  # a contract.Model whose loss is mlp.loss_fn
-    flat = mlp.pack(params)                      # {"mlp.flat": (P,)} from layers.mlp_init's tree
+    flat = mlp.pack(params)                      # {"mlp.flat": (P,)} from models.mlp_init's tree
     g = maml.meta_gradient(flat, episode, config)
     mlp.unpack(g)                                # back to {"dense0.w": …}
     mlp.meta_gradient(flat, episode, config)     # the same, MAML's Eq. (3) written out, no autograd
@@ -54,7 +54,7 @@ from autograd.extend import Box, defvjp, primitive
 from autograd.tracer import getval
 
 from refmeta import contract
-from refmeta.nn.layers import ACTIVATIONS, mlp_apply, mlp_init
+from refmeta.nn.models import ACTIVATIONS, mlp_apply, mlp_init
 
 FLAT = "mlp.flat"
 REDUCTIONS = ("mean", "sum")
@@ -91,13 +91,13 @@ class FusedMLP:
         return {FLAT: anp.concatenate(parts, axis=-1)}
 
     def unpack(self, flat):
-        """{"mlp.flat": (..., P)} -> the layers.mlp_apply tree with the same leading axes."""
+        """{"mlp.flat": (..., P)} -> the models.mlp_apply tree with the same leading axes."""
         theta = flat[FLAT] if isinstance(flat, dict) else flat
         return dict(_split(self, theta))
 
     def model(self):
         """This MLP as a ``contract.Model`` on θ = {"mlp.flat": (P,)}: init packs
-        ``layers.mlp_init``'s tree, apply is ``layers.mlp_apply`` on the unpacked θ, and the
+        ``models.mlp_init``'s tree, apply is ``models.mlp_apply`` on the unpacked θ, and the
         loss is ``loss_fn`` (reductions "mean" and "sum")."""
         name = f"fused mlp {'-'.join(map(str, self.sizes))} {self.activation}, mse"
         return contract.Model(lambda rng: self.pack(mlp_init(rng, self.sizes)),
@@ -110,7 +110,7 @@ class FusedMLP:
         self._check(theta, x, y, reduction)
         if isinstance(x, Box) or isinstance(y, Box):
             raise NotImplementedError("fused_mlp differentiates with respect to θ only (x and y are "
-                                      "data); use layers.mlp_apply for input gradients")
+                                      "data); use models.mlp_apply for input gradients")
         return _loss(_Pass(self, reduction, x, y, getval(theta)), theta)
 
     def _check(self, theta, x, y, reduction):
