@@ -28,7 +28,7 @@ def _built(case_id):
 @pytest.fixture
 def built():
     """{case id: (recipe, built case, tolerances, JSON document)}: each case is built once per
-    session, whatever order the devices run the tests in."""
+    test run, whatever order the devices run the tests in."""
     return {case_id: _built(case_id) for case_id in ALL}
 
 
