@@ -105,7 +105,11 @@ def test_identity_embedding_is_a_nearest_centroid_classifier(dev, seed, n_way, k
     log_p = protonet.log_probabilities(dev.asarray(support), dev.asarray(labels), dev.asarray(query), n_way)
     expected = -squared - np.log(np.sum(np.exp(-squared), axis=1, keepdims=True))
     close(dev, log_p, expected, rtol=1e-10, atol=1e-12)
-    assert np.array_equal(np.argmax(dev.to_host(log_p), axis=1), np.argmin(squared, axis=1))
+    # Two paths pick the same class wherever the two nearest centroids are apart by more than
+    # rounding; a tie up to rounding may go either way.
+    nearest = np.sort(squared, axis=1)
+    clear = nearest[:, 1] - nearest[:, 0] > 1e-9 * (1.0 + nearest[:, 1])
+    assert np.array_equal(np.argmax(dev.to_host(log_p), axis=1)[clear], np.argmin(squared, axis=1)[clear])
 
 
 @pytest.mark.equation("protonet", "(2)")

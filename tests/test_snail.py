@@ -536,6 +536,11 @@ def test_sequences_pair_embeddings_with_one_hot_labels_and_a_zero_query_slot(dev
 
 @pytest.mark.equation("snail", "(2)")
 def test_loss_is_the_query_step_cross_entropy(dev):
+    """The loss by hand from make_sequences + apply (one sequence per query).  predict reads the
+    queries as branches (query_logits): a different path, equal in exact arithmetic, so held to
+    the rtol 1e-13 of test_query_logits_equal_one_sequence_per_query.  On this episode the two
+    agree to the bit on numpy and the strict array (201 draws), but not in general: over 50
+    draws of the K = 1, 2, 3 model (SHOTS) they differ by up to 2.7e-14 relative."""
     rng = np.random.default_rng(6)
     params = dev.tree(snail.init(rng, TINY))
     episode = tiny_episode(dev, rng, n_tasks=2, n_query=3)
@@ -547,7 +552,7 @@ def test_loss_is_the_query_step_cross_entropy(dev):
     expected = np.mean([-(logits[i, j] - np.log(np.exp(logits[i, j]).sum()))[labels[i, j]]
                         for i in range(2) for j in range(3)])
     assert float(snail.loss(params, episode, TINY)) == pytest.approx(expected, rel=1e-12)
-    close(dev, snail.predict(params, episode, TINY), logits, rtol=0, atol=0)   # the same path
+    close(dev, snail.predict(params, episode, TINY), logits, rtol=1e-13, atol=1e-15)   # two paths
 
 
 def test_init_state_starts_on_the_params_device_and_dtype(dev):
