@@ -14,6 +14,7 @@ from hypothesis import assume, given, strategies as st
 from helpers import (check_grad_away_from_kinks, classification_episode, max_abs_diff, mlp_loss,
                      regression_episode, tiny_mlp, tiny_mlp_model)
 from refmeta import contract, gradcheck, maml
+from refmeta.contract import State
 from refmeta.data import tasks
 from refmeta.nn import layers, losses, optimizers, trees
 
@@ -258,7 +259,7 @@ def test_step_with_adam_lowers_the_meta_loss(dev):
         if i == 0:
             assert float(value) == first  # the loss at the params the step started from
     assert float(maml.loss(params, episode, config)) < 0.9 * first
-    assert state.step == 30
+    assert state.optimizer.step == 30
 
 
 def test_adapt_and_predict_take_test_inner_steps_by_default(dev):
@@ -297,7 +298,7 @@ def _setup(dev, n_tasks=2):
 
 def _every_entry(params, episode, config):
     """Each public entry point that takes (params, episode, config), as a zero-argument call."""
-    state = optimizers.adam_init(params) if isinstance(params, dict) and params else None
+    state = State(optimizers.adam_init(params), {}) if isinstance(params, dict) and params else None
     return [lambda: maml.loss(params, episode, config),
             lambda: maml.meta_gradient(params, episode, config),
             lambda: maml.step(params, state, episode, config),
@@ -367,7 +368,8 @@ def test_empty_sets_and_zero_tasks_are_refused(dev):
              (episode._replace(query_x=episode.query_x[:, :0], query_y=episode.query_y[:, :0]),
               "query set is empty"),
              (tasks.Episode(*(a[:0] for a in episode)), r"holds no task \(T = 0\)"),
-             (tasks.Episode(*(a[0] for a in episode)), "meta-batch")]
+             (tasks.Episode(*(a[None] for a in episode)), r"expected one task, support_x \(n, \.\.\.\), "
+                                                             r"or a meta-batch with one task axis")]
     for bad, message in cases:
         for call in _every_entry(params, bad, config):
             with pytest.raises(ValueError, match=message):
@@ -399,8 +401,10 @@ def test_bad_arguments_to_init_step_adapt_and_predict_are_refused(dev):
         maml.init(np.random.default_rng(0), {"inner_lr": 0.1})
     with pytest.raises(TypeError, match="config must be a MAMLConfig"):
         maml.loss(params, episode, None)
-    with pytest.raises(TypeError, match="state must be Adam's state"):
+    with pytest.raises(TypeError, match="state must be a State; got NoneType"):
         maml.step(params, None, episode, config)
+    with pytest.raises(TypeError, match="state.optimizer must be Adam's state"):
+        maml.step(params, State(None, {}), episode, config)
     for steps, error in ((-1, ValueError), (1.5, TypeError), ("3", TypeError)):
         with pytest.raises(error, match="steps must be an integer >= 0"):
             maml.adapt(params, episode, config, steps=steps)
