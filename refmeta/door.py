@@ -41,9 +41,10 @@ def example_reductions(n_way):
     return TASK_REDUCTIONS + (() if n_way is None else ("n_way_times_mean",))
 
 
-def reduce_tasks(task_losses, reduction):
-    """The losses of every task reduced to one number: their mean ("mean") or sum ("sum")."""
-    return anp.mean(task_losses) if reduction == "mean" else anp.sum(task_losses)
+def reduce_tasks(per_task, reduction, axis=None):
+    """Per-task values reduced over the tasks (every axis, or ``axis``): their mean ("mean") or
+    their sum ("sum")."""
+    return anp.mean(per_task, axis=axis) if reduction == "mean" else anp.sum(per_task, axis=axis)
 
 
 def as_meta_batch(episode, n_way):

@@ -155,7 +155,7 @@ def meta_gradient(params, episode, config):
 def step(params, state, episode, config):
     """One meta-training step, Adam on (2) (Algorithm 2, line 10): Step(new params, new State,
     the meta-loss (2) at ``params``); start from ``init_state(params, config)``."""
-    episode, _ = _check(params, episode, config, state, optimizer=True)
+    episode, _ = _check(params, episode, config, state, step=True)
     objective = lambda p, moments: _loss(p, episode, config, moments)
     return door.step("maml.step", ("the meta-loss", "the meta-gradient"), objective, params, state,
                      config.meta_lr, _explain(params, episode, config, config.inner_steps, "loss"),
@@ -168,7 +168,8 @@ def adapt(params, episode, config, *, steps=None):
     episode, single = _check(params, episode, config)
     steps = _test_steps(steps, config)
     adapted = _adapt(params, episode, config, steps)
-    checks.finite_results("maml.adapt", [("θ_i^(k)", adapted)], _explain(params, episode, config, steps))
+    checks.finite_results("maml.adapt", [("θ_i^(k)", adapted)],
+                          _explain(params, episode, config, steps))
     return trees.take_task(adapted, 0) if single else adapted
 
 
@@ -184,15 +185,15 @@ def predict(params, episode, config, *, steps=None, state=None):
     return outputs[0] if single else outputs
 
 
-def _check(params, episode, config, state=None, optimizer=None):
+def _check(params, episode, config, state=None, step=False):
     """The door: the config, params against the model's template, the State (required by
     ``step``, and by a batch norm in mode "running"), and the episode, returned with a task
     axis (``door.as_meta_batch``) and whether it had none."""
     checks.instance("config", config, MAMLConfig)
     checks.params(params, checks.model_shapes(config.model))
-    if optimizer or state is not None or (episode is not None and door.bn_mode(config.model) == "running"):
-        checks.training_state(state, checks.tree_shapes(params), checks.tree_shapes(
-            door.bn_statistics(config.model)), optimizer, door.bn_mode(config.model))
+    if episode is not None:                                  # loss, predict, step: their State
+        checks.training_state(state, params, door.bn_statistics(config.model), step,
+                              bn_mode=door.bn_mode(config.model))
     if episode is not None:
         episode = checks.episode(episode, n_way=config.n_way, max_task_axes=1)
         return door.as_meta_batch(episode, config.n_way)
@@ -214,8 +215,8 @@ def _explain(params, episode, config, steps, final=None, running=None):
     def quantities():
         theta = trees.broadcast_tasks(params, anp.shape(episode.support_x)[0])
         for j in range(1, steps + 1):
-            yield (f"config.model.loss on the support sets at inner step {j}",
-                   config.model.loss(theta, episode.support_x, episode.support_y, config.inner_reduction))
+            yield (f"config.model.loss on the support sets at inner step {j}", config.model.loss(
+                theta, episode.support_x, episode.support_y, config.inner_reduction))
             theta = inner_update(theta, episode.support_x, episode.support_y, config)
             yield from ((f"the inner update θ − α∇L^S of {name!r} at inner step {j}", theta[name])
                         for name in sorted(theta))

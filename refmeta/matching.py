@@ -227,31 +227,33 @@ def loss(params, episode, config, *, state=None):
 def step(params, state, episode, config):
     """One Adam step (lr meta_lr) on J, batch norm on the batch's statistics, tracked in
     state.bn; the loss is J at the params it started from."""
-    episode = _check(params, episode, config, state, optimizer=True)
+    episode = _check(params, episode, config, state, step=True)
     objective = lambda p, moments: _loss(p, episode, config, None, moments)
-    return door.step("matching.step", ("the loss J", "the gradient"), objective, params, state, config.meta_lr,
-                     _explain(params, episode, config), door.bn_momentum(config.embedding))
+    return door.step("matching.step", ("the loss J", "the gradient"), objective, params, state,
+                     config.meta_lr, _explain(params, episode, config),
+                     door.bn_momentum(config.embedding))
 
 
 def predict(params, episode, config, *, state=None):
     """log p(y = k | x̂, S) for every query, (..., n_q, N)."""
     episode = _check(params, episode, config, state)
     running = door.running(state, door.bn_mode(config.embedding))
-    g_prime, f_prime = base_embeddings(params, episode, config, _embedding(params, episode, config, running))
+    embed = _embedding(params, episode, config, running)
+    g_prime, f_prime = base_embeddings(params, episode, config, embed)
     log_p = log_probabilities(params, g_prime, episode.support_y, f_prime, config.n_way, config)
     checks.finite_results("matching.predict", [("log p(y | x̂, S)", log_p)],
                           _explain(params, episode, config, running))
     return log_p
 
 
-def _check(params, episode, config, state=None, optimizer=None):
+def _check(params, episode, config, state=None, step=False):
     """The door: the config, params against init's template, the State (required by ``step``,
     and by bn_mode "running"), the episode, returned as ``checks.episode`` gives it."""
     checks.instance("config", config, MatchingConfig)
     checks.params(params, checks.init_shapes(init, config))
-    if optimizer or state is not None or (episode is not None and door.bn_mode(config.embedding) == "running"):
-        checks.training_state(state, checks.tree_shapes(params), checks.tree_shapes(
-            _bn_statistics(config)), optimizer, door.bn_mode(config.embedding))
+    if episode is not None:                                  # loss, predict, step: their State
+        checks.training_state(state, params, _bn_statistics(config), step,
+                              bn_mode=door.bn_mode(config.embedding))
     return None if episode is None else checks.episode(episode, n_way=config.n_way)
 
 

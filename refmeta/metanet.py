@@ -211,7 +211,7 @@ def loss(params, episode, config, *, meta_info=None, state=None):
 def step(params, state, episode, config):
     """One update of θ (Algorithm 1, line 22): Adam (meta_lr) on the clipped gradient of L_train;
     returns ``contract.Step(params, state, loss)`` with the loss at the params given."""
-    episode, _, _ = _check(params, episode, config, state, optimizer=True)
+    episode, _, _ = _check(params, episode, config, state, step=True)
     return door.step("metanet.step", ("the loss", "the gradient"),
                      lambda p, moments: _loss(p, episode, config), params, state, config.meta_lr,
                      clip_norm=config.grad_clip_norm)
@@ -251,17 +251,16 @@ def _outputs(params, episode, meta_info, config):
             "read": read, "logits": anp.reshape(logits, (anp.shape(episode.query_x)[0], config.n_way))}
 
 
-def _check(params, episode, config, state=None, optimizer=None, meta_info=None, max_task_axes=1):
+def _check(params, episode, config, state=None, step=False, meta_info=None, max_task_axes=1):
     """The door: the config, params, the State (``step``), the episode, one task or a meta-batch
     whose images end at 1×1 and whose T divides N, meta_info's shapes; returns (the episode and
     meta_info with a task axis, whether the episode had none)."""
     checks.instance("config", config, MetaNetConfig)
     shapes = checks.init_shapes(init, config)
     checks.params(params, shapes)
-    if optimizer or state is not None:
-        checks.training_state(state, shapes, {}, optimizer)
     if episode is None:
         return None, None, False
+    checks.training_state(state, params, {}, step)
     episode = checks.episode(episode, n_way=config.n_way, max_task_axes=max_task_axes)
     episode, single = door.as_meta_batch(episode, config.n_way)
     n_tasks, n, *image = anp.shape(episode.support_x)

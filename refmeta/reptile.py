@@ -128,7 +128,8 @@ def loss(params, episode, config, *, state=None):
     the query examples by ``inner_reduction`` and over tasks by ``task_reduction``."""
     episode, _, _ = _check(params, episode, config, state)
     adapted = _adapt(params, episode, config, config.inner_steps)
-    value = _reduce_total(_total_loss(adapted, episode.query_x, episode.query_y, config), episode, config)
+    total = _total_loss(adapted, episode.query_x, episode.query_y, config)
+    value = _reduce_total(total, episode, config)
     checks.finite_results("reptile.loss", [("config.model.loss on the query sets", value)],
                           _explain(params, episode, config, config.inner_steps))
     return value
@@ -137,7 +138,7 @@ def loss(params, episode, config, *, state=None):
 def step(params, state, episode, config, *, batch_indices=None):
     """One Reptile update, (1) serial or (2) batched as ``config.variant`` says: Step(new φ, the
     empty State, the task-reduced support loss at φ on the first inner step's batch)."""
-    episode, batch_indices, _ = _check(params, episode, config, state, False, batch_indices,
+    episode, batch_indices, _ = _check(params, episode, config, state, True, batch_indices,
                                        config.inner_steps)
     update = serial_step if config.variant == "serial" else batched_step
     new_params, start_loss = update(params, episode, config, batch_indices)
@@ -152,7 +153,7 @@ def adapt(params, episode, config, *, steps=None, batch_indices=None):
     """φ̃_i for every task (leaves (T, ...)) after ``steps`` inner steps (default
     ``config.test_inner_steps``) on its support set, mini-batched by ``batch_indices``."""
     steps = config.test_inner_steps if steps is None else checks.integer("steps", steps, minimum=0)
-    episode, batch_indices, single = _check(params, episode, config, None, None, batch_indices, steps)
+    episode, batch_indices, single = _check(params, episode, config, None, False, batch_indices, steps)
     adapted = _adapt(params, episode, config, steps, batch_indices)
     checks.finite_results("reptile.adapt", [("φ̃", adapted)],
                           _explain(params, episode, config, steps, batch_indices))
@@ -162,23 +163,22 @@ def adapt(params, episode, config, *, steps=None, batch_indices=None):
 def predict(params, episode, config, *, steps=None, batch_indices=None, state=None):
     """f_{φ̃_i}(query_x) for every task: the model's outputs after ``adapt``."""
     steps = config.test_inner_steps if steps is None else checks.integer("steps", steps, minimum=0)
-    episode, batch_indices, single = _check(params, episode, config, state, None, batch_indices, steps)
+    episode, batch_indices, single = _check(params, episode, config, state, False, batch_indices, steps)
     outputs = config.model.apply(_adapt(params, episode, config, steps, batch_indices), episode.query_x)
     checks.finite_results("reptile.predict", [("config.model.apply on the query sets", outputs)],
                           _explain(params, episode, config, steps, batch_indices))
     return outputs[0] if single else outputs
 
 
-def _check(params, episode, config, state=None, optimizer=None, batch_indices=None, steps=0):
+def _check(params, episode, config, state=None, step=False, batch_indices=None, steps=0):
     """The door: the config, params against the model's template, the empty State (``step``),
     the episode with a task axis (``door.as_meta_batch``), the mini-batches (T, steps, b);
     returns (episode, batch_indices, whether the episode had no task axis)."""
     checks.instance("config", config, ReptileConfig)
     checks.params(params, checks.model_shapes(config.model))
-    if optimizer is False or state is not None:
-        checks.training_state(state, None, {}, optimizer=False)
     if episode is None:
         return None, None, False
+    checks.training_state(state, params, {}, step, adam=False)
     episode, single = door.as_meta_batch(checks.episode(episode, n_way=config.n_way, max_task_axes=1),
                                          config.n_way)
     if batch_indices is not None:
@@ -213,6 +213,13 @@ def _explain(params, episode, config, steps, batch_indices=None, serial=False):
     return quantities
 
 
+def _total_loss(params, x, y, config):
+    """Σ_i L_i of config.model.loss, held to the contract: real floats, one loss per task (T,)."""
+    return anp.sum(checks.model_losses("config.model.loss(params, x, y, reduction)",
+                                       config.model.loss(params, x, y, config.inner_reduction),
+                                       anp.shape(x)[0]))
+
+
 # ----- the paper's update rules (no checks) -----
 def batched_step(params, episode, config, batch_indices=None):
     """Algorithm 2, update (2): adapt every task from φ, then move φ toward the results.
@@ -220,9 +227,8 @@ def batched_step(params, episode, config, batch_indices=None):
     adapted, start_total = _inner_loop(_per_task(params, episode), episode.support_x,
                                        episode.support_y, config, config.inner_steps, batch_indices)
     differences = {name: adapted[name] - params[name] for name in sorted(params)}  # (T, ...)
-    reduce = anp.mean if config.task_reduction == "mean" else anp.sum
-    new_params = {name: params[name] + config.meta_step_size * reduce(differences[name], axis=0)
-                  for name in sorted(params)}
+    new_params = {name: params[name] + config.meta_step_size * door.reduce_tasks(
+        differences[name], config.task_reduction, axis=0) for name in sorted(params)}
     return new_params, _reduce_total(start_total, episode, config)
 
 
@@ -298,13 +304,6 @@ def _inner_steps(params, support_x, support_y, config, steps, batch_indices=None
                 params, grads, state, lr=config.inner_lr, b1=config.adam_b1,
                 b2=config.adam_b2, eps=config.adam_eps, check=False)
         yield total, grads, params
-
-
-def _total_loss(params, x, y, config):
-    """Σ_i L_i of config.model.loss, held to the contract: real floats, one loss per task (T,)."""
-    return anp.sum(checks.model_losses("config.model.loss(params, x, y, reduction)",
-                                       config.model.loss(params, x, y, config.inner_reduction),
-                                       anp.shape(x)[0]))
 
 
 def _reduce_total(total, episode, config):

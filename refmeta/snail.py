@@ -244,23 +244,21 @@ def loss(params, episode, config, *, state=None):
 def step(params, state, episode, config):
     """One Adam step (meta_lr) on (2) with the batch's statistics in f, tracked in state.bn:
     Step(params, State, the loss at the starting params)."""
-    episode = _check(params, episode, config, state, optimizer=True)
+    episode = _check(params, episode, config, state, step=True)
     objective = lambda p, moments: _loss(_predict(p, episode, config, None, moments), episode.query_y)
     return door.step("snail.step", ("the loss", "the gradient"), objective, params, state,
                      config.meta_lr, momentum=config.bn_momentum)
 
 
-def _check(params, episode, config, state=None, optimizer=None):
+def _check(params, episode, config, state=None, step=False):
     """The door: the config, params against init's template, the State (required by ``step``,
     and by bn_mode "running"), and an episode whose K is one of config.shots and whose images
     are the net's, returned as ``checks.episode`` gives it."""
     checks.instance("config", config, SNAILConfig)
     checks.params(params, checks.init_shapes(init, config))
-    if optimizer or state is not None or (episode is not None and config.bn_mode == "running"):
-        checks.training_state(state, checks.tree_shapes(params),
-                              checks.tree_shapes(_bn_statistics(config)), optimizer, config.bn_mode)
     if episode is None:
         return None
+    checks.training_state(state, params, _bn_statistics(config), step, bn_mode=config.bn_mode)
     labels = getval(episode[1]) if isinstance(episode, tuple) and len(episode) == 4 else None
     n_support = anp.shape(labels)[-1] if labels is not None and anp.ndim(labels) >= 1 else 0
     n, k_shot = config.n_way, n_support // config.n_way                # K read from the size N·K

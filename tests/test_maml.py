@@ -262,6 +262,47 @@ def test_step_with_adam_lowers_the_meta_loss(dev):
     assert state.optimizer.step == 30
 
 
+def close(dev, actual, expected, rtol):
+    np.testing.assert_allclose(dev.to_host(actual), expected, rtol=rtol, atol=1e-14)
+
+
+def kept_batch_norm(model, variant="stride", mode="transductive", momentum=0.1):
+    """``model`` (conv4_model's) with its batch norm's running statistics kept."""
+    def apply(params, x, running):
+        if running is not None:
+            return layers.conv4_apply(params, x, variant, "running", running), {}
+        return layers.conv4_apply(params, x, variant, return_bn_moments=True)
+    return model._replace(batch_norm=contract.BatchNorm(lambda: layers.conv4_bn_state(2), apply, mode,
+                                                        momentum))
+
+
+def test_step_tracks_the_query_pass_statistics_and_predict_can_read_them(dev):
+    """A model that keeps its running statistics: state.bn ← (1 − 0.3)·state.bn + 0.3·(the
+    moments of the query pass at θ_i^(k), averaged over tasks), computed here from ``adapt``;
+    in mode "running", predict normalises the query pass at θ_i^(k) by state.bn."""
+    rng = np.random.default_rng(7)
+    config = maml.MAMLConfig(kept_batch_norm(conv4_model(3), momentum=0.3), n_way=3, inner_lr=0.2,
+                             inner_steps=2, test_inner_steps=2)
+    params = dev.tree(maml.init(rng, config))
+    episode = classification_episode(dev, rng, n_tasks=2, n_way=3, n_shot=1, n_query=2,
+                                     image_shape=(1, 8, 8))
+    state = maml.init_state(params, config)
+    assert set(state.bn) == {f"bn{i}.{s}" for i in range(4) for s in ("mean", "var")}
+    result = maml.step(params, state, episode, config)
+    adapted = maml.adapt(params, episode, config)                  # θ_i^(2), (T, ...) leaves
+    _, moments = layers.conv4_apply(adapted, episode.query_x, "stride", return_bn_moments=True)
+    for name, value in moments.items():                               # (T, F): one per task
+        initial = 0.0 if name.endswith("mean") else 1.0
+        close(dev, result.state.bn[name], 0.7 * initial + 0.3 * dev.to_host(value).mean(axis=0),
+              rtol=1e-12)
+    running = dataclasses.replace(config, model=kept_batch_norm(conv4_model(3), mode="running"))
+    expected = layers.conv4_apply(adapted, episode.query_x, "stride", "running", result.state.bn)
+    close(dev, maml.predict(params, episode, running, state=result.state), dev.to_host(expected),
+          rtol=1e-12)
+    with pytest.raises(ValueError, match="state is required"):
+        maml.predict(params, episode, running)
+
+
 def test_adapt_and_predict_take_test_inner_steps_by_default(dev):
     rng = np.random.default_rng(5)
     params = dev.tree(tiny_mlp(rng))

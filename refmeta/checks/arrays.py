@@ -141,24 +141,26 @@ def adam_state(name, state, expected):
     return state
 
 
-def training_state(given, params_template, bn_template, optimizer=True, bn_mode="transductive",
+def training_state(given, params_, bn, step=False, adam=True, bn_mode="transductive",
                    what="state"):
-    """A ``contract.State`` against its templates; returns it.  ``optimizer``: True, Adam's state
-    for params of ``params_template`` (``step``); False, None (an update that keeps no state);
-    None, not read (``loss`` and ``predict``, which read only the statistics, and need them,
-    hence a State, where ``bn_mode`` is "running").  ``bn``: the running statistics of
-    ``bn_template``, or {} where that is empty."""
-    if given is None and not optimizer and bn_mode == "running":
-        raise ValueError(f"{what} is required: batch norm in mode 'running' normalises by "
-                         f"{what}.bn, the running statistics step tracks; got None")
+    """A ``contract.State`` for ``params_`` and the running statistics ``bn`` (host arrays, named
+    as state.bn names them; {} where none are kept); returns it.  ``step``: the State a step
+    updates, whose optimizer is Adam's state for params_ (``adam``) or None.  Else the State of
+    ``loss`` or ``predict``: None unless batch norm in ``bn_mode`` "running" reads state.bn, and
+    its optimizer not read."""
+    if given is None and not step:
+        if bn_mode == "running":
+            raise ValueError(f"{what} is required: batch norm in mode 'running' normalises by "
+                             f"{what}.bn, the running statistics step tracks; got None")
+        return None
     instance(what, given, State)
-    if optimizer:
-        adam_state(f"{what}.optimizer", given.optimizer, params_template)
-    elif optimizer is False and given.optimizer is not None:
+    if step and adam:
+        adam_state(f"{what}.optimizer", given.optimizer, tree_shapes(params_))
+    elif step and given.optimizer is not None:
         raise TypeError(f"{what}.optimizer must be None (this update keeps no optimizer state); "
                         f"got {type(given.optimizer).__name__}")
-    if bn_template:
-        running_stats(given.bn, bn_template, f"{what}.bn")
+    if bn:
+        running_stats(given.bn, tree_shapes(bn), f"{what}.bn")
     elif not isinstance(given.bn, dict) or given.bn:
         raise ValueError(f"{what}.bn must be {{}}: no batch-norm statistics are kept here; got "
                          f"{sorted(given.bn) if isinstance(given.bn, dict) else type(given.bn).__name__}")
