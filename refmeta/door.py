@@ -28,11 +28,16 @@ from refmeta.nn import optimizers
 
 
 def conventions(config, **extra):
-    """Every field of a frozen dataclass Config, a Model by its name and a tuple as a list
-    (recursively), then ``extra``: what reference cases record."""
-    plain = lambda v: v.name if isinstance(v, Model) else [plain(i) for i in v] \
-        if isinstance(v, tuple) else v
-    return {**{f.name: plain(getattr(config, f.name)) for f in dataclasses.fields(config)}, **extra}
+    """Every field of a frozen dataclass Config as JSON-able data, then ``extra``: what
+    reference cases record."""
+    return {**{f.name: _plain(getattr(config, f.name)) for f in dataclasses.fields(config)}, **extra}
+
+
+def _plain(value):
+    """A Model by its name, a tuple as a list (recursively), anything else as it is."""
+    if isinstance(value, Model):
+        return value.name
+    return [_plain(v) for v in value] if isinstance(value, tuple) else value
 
 
 def example_reductions(n_way):
@@ -112,13 +117,15 @@ def tracked(bn, moments, momentum):
 
 
 def step(where, names, objective, params, state, lr, explain=None, momentum=None, clip_norm=None):
-    """One training step as every algorithm with an outer Adam takes it: the value and gradient
-    of ``objective(params, moments)`` (its training passes append their batch-norm moments to
-    the list ``moments``); one read that both are finite, else NotFinite naming the first NaN or
-    inf of ``explain()`` and then of them, as ``names`` (the loss's, the gradient's) call them
-    (``where``, the step, is not taken); the gradient
-    clipped to global norm ``clip_norm`` if given; Adam (step size lr); state.bn ``tracked``
-    with ``momentum``.  Returns Step(params, State, the loss at the params given)."""
+    """One training step as every algorithm with an outer Adam takes it.
+
+    The value and gradient of ``objective(params, moments)``, whose training passes append their
+    batch-norm moments to the list ``moments``; one read that both are finite, else NotFinite
+    naming the first NaN or inf of ``explain()`` and then of them, as ``names`` (the loss's, the
+    gradient's) call them: ``where``, the step, is not taken.  Then the gradient clipped to
+    global norm ``clip_norm`` if given, Adam (step size lr), and state.bn ``tracked`` with
+    ``momentum``.  Returns Step(params, State, the loss at the params given).
+    """
     moments = []
     value, gradient = value_and_grad(objective)(params, moments)
     checks.finite_results(f"{where} (Adam step {state.optimizer.step + 1}, not taken)",

@@ -49,7 +49,7 @@ def classification_episode(dev, rng, n_tasks, n_way, n_shot, n_query, image_shap
     support_x = rng.standard_normal((n_tasks, n_way * n_shot) + image_shape)
     query_x = rng.standard_normal((n_tasks, n_way * n_query) + image_shape)
     return checks.episode(tasks.Episode(dev.asarray(support_x), dev.asarray(support_y),
-                                   dev.asarray(query_x), dev.asarray(query_y)), n_way=n_way)
+                                        dev.asarray(query_x), dev.asarray(query_y)), n_way=n_way)
 
 
 def max_abs_diff(a, b, dev):

@@ -95,9 +95,9 @@ def fce_params(rng, d, scale=0.5):
 def episode(dev, rng, n_way, k_shot, n_query, d_in=3, n_tasks=None):
     lead = () if n_tasks is None else (n_tasks,)
     ys = [np.broadcast_to(np.repeat(np.arange(n_way), n), lead + (n_way * n,)).copy() for n in (k_shot, n_query)]
-    return checks.episode(Episode(dev.asarray(rng.standard_normal(lead + (n_way * k_shot, d_in))), dev.asarray(ys[0]),
-                             dev.asarray(rng.standard_normal(lead + (n_way * n_query, d_in))), dev.asarray(ys[1])),
-                             n_way=n_way)
+    support_x, query_x = (rng.standard_normal(lead + (n_way * n, d_in)) for n in (k_shot, n_query))
+    return checks.episode(Episode(dev.asarray(support_x), dev.asarray(ys[0]), dev.asarray(query_x),
+                                  dev.asarray(ys[1])), n_way=n_way)
 
 
 def model_params(dev, rng, cfg):
@@ -291,7 +291,8 @@ def test_loss_gradient_through_the_conv_embedding(dev, seed, fce):
     params = dev.tree(matching.init(rng, cfg))
     ys = np.repeat(np.arange(3), 2)
     ep = checks.episode(Episode(dev.asarray(rng.standard_normal((6, 1, 16, 16))), dev.asarray(ys),
-                           dev.asarray(rng.standard_normal((3, 1, 16, 16))), dev.asarray(np.arange(3))), n_way=3)
+                                dev.asarray(rng.standard_normal((3, 1, 16, 16))), dev.asarray(np.arange(3))),
+                        n_way=3)
     f = lambda p: matching.loss(p, ep, cfg)
     assume(check_grad_away_from_kinks(f, params, rng, n_directions=2) > 0)
 

@@ -42,9 +42,9 @@ def episode(dev, rng, n_way, k_shot, n_query, x_shape, n_tasks=None):
     support_y, query_y = (np.broadcast_to(np.repeat(np.arange(n_way), n), lead + (n_way * n,)).copy()
                           for n in (k_shot, n_query))
     return checks.episode(Episode(dev.asarray(rng.standard_normal(lead + (n_way * k_shot,) + x_shape)),
-                             dev.asarray(support_y),
-                             dev.asarray(rng.standard_normal(lead + (n_way * n_query,) + x_shape)),
-                             dev.asarray(query_y)), n_way=n_way)
+                                  dev.asarray(support_y),
+                                  dev.asarray(rng.standard_normal(lead + (n_way * n_query,) + x_shape)),
+                                  dev.asarray(query_y)), n_way=n_way)
 
 
 def close(dev, actual, expected, rtol=1e-12, atol=1e-14):

@@ -515,7 +515,7 @@ def tiny_episode(dev, rng, n_tasks, n_query):
     query_y = rng.integers(0, TINY.n_way, (n_tasks, n_query))
     images = lambda n: rng.random((n_tasks, n, 1, 16, 16))
     return checks.episode(Episode(dev.asarray(images(n_support)), dev.asarray(support_y),
-                             dev.asarray(images(n_query)), dev.asarray(query_y)), n_way=TINY.n_way)
+                                  dev.asarray(images(n_query)), dev.asarray(query_y)), n_way=TINY.n_way)
 
 
 # ----- sequences, loss, predict, training -----
