@@ -49,7 +49,7 @@ import time
 import numpy as np
 from scipy.special import log_softmax
 
-from refmeta import contract, maml
+from refmeta import checks, contract, maml
 from refmeta.data import lake_runs, omniglot
 from refmeta.device import backend
 from refmeta.nn import losses, models
@@ -198,9 +198,9 @@ def episode_batch(images, classes, drawings, k_shot, dtype):
     support_x = picked[:, :, :k_shot].reshape((n_tasks, n_way * k_shot) + picked.shape[3:])
     query_x = picked[:, :, k_shot:].reshape((n_tasks, n_way * n_query) + picked.shape[3:])
     support_y, query_y = (np.tile(np.repeat(np.arange(n_way), n), (n_tasks, 1)) for n in (k_shot, n_query))
-    episode = contract.Episode.validated(
+    episode = checks.episode(contract.Episode(
         backend.asarray(support_x, dtype), backend.asarray(support_y, dtype=None),
-        backend.asarray(query_x, dtype), backend.asarray(query_y, dtype=None), n_way=n_way)
+        backend.asarray(query_x, dtype), backend.asarray(query_y, dtype=None)), n_way=n_way)
     return episode, query_y
 
 
@@ -263,11 +263,11 @@ def lake_score(predict, params, mode, args):
     training drawings the support set (labels = their order), its test drawings the queries."""
     def score(test_images, train_images):
         n_way = len(train_images)
-        episode = contract.Episode.validated(
+        episode = checks.episode(contract.Episode(
             backend.asarray(train_images[None, :, None], args.dtype),
             backend.asarray(np.arange(n_way)[None], dtype=None),
             backend.asarray(test_images[None, :, None], args.dtype),
-            backend.asarray(np.zeros((1, len(test_images)), dtype=np.int64), dtype=None),  # unused
+            backend.asarray(np.zeros((1, len(test_images)), dtype=np.int64), dtype=None)),  # unused
             n_way=n_way)
         return predict(params, episode, np.random.default_rng(args.eval_seed))[mode][0]
     return score

@@ -173,8 +173,8 @@ def pretrain_step(params, opt_state, episode, config):
     x = anp.concatenate([episode.support_x, episode.query_x], axis=1)  # (T, K + n_query, 1)
     y = anp.concatenate([episode.support_y, episode.query_y], axis=1)
     loss, grads = value_and_grad(lambda p: anp.mean(config.model.loss(p, x, y, "mean")))(params)
-    new_params, new_state = optimizers.adam_update(params, grads, opt_state, lr=config.meta_lr)
-    return new_params, new_state, loss
+    new_params, adam = optimizers.adam_update(params, grads, opt_state.optimizer, lr=config.meta_lr)
+    return new_params, opt_state._replace(optimizer=adam), loss
 
 
 def train(step, params, next_batch, iterations, validation, config, validate_every, desc, lower):
@@ -189,7 +189,7 @@ def train(step, params, next_batch, iterations, validation, config, validate_eve
     state = {"best_params": params, "best_iteration": 0, "validation_seconds": 0.0,
              "curve": {"iteration": [], "train_loss": [], "validation": []}}
     state["best_criterion"] = _validate(state, params, 0, float("nan"), validation, config)
-    opt_state, window, start = optimizers.adam_init(params), [], time.perf_counter()
+    opt_state, window, start = maml.init_state(params, config), [], time.perf_counter()
     bar = progress(range(1, iterations + 1), total=iterations, desc=desc)
     for iteration in bar:
         with divergence.watch(iteration, lower, f"{desc} training"):

@@ -38,7 +38,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from refmeta import reptile
+from refmeta import checks, reptile
 from refmeta.data import tasks
 from refmeta.device import backend
 from refmeta.fast import fused_mlp
@@ -137,7 +137,7 @@ def grid_episode(amplitudes, phases, support_rows=None):
                        FAMILY.phase_sign)
     rows = np.arange(t)[:, None]
     support_x, support_y = (x, y) if support_rows is None else (x[rows, support_rows], y[rows, support_rows])
-    return tasks.Episode.validated(*(backend.asarray(a) for a in (support_x, support_y, x, y)))
+    return checks.episode(tasks.Episode(*(backend.asarray(a) for a in (support_x, support_y, x, y))))
 
 
 def draw_tasks(rng, n_tasks, shots):
@@ -178,14 +178,14 @@ def train(config, data, sizes, args, rng, desc, batch_size):
     validate(0, float("nan"), meta_step_size(args, 0, iterations))
     window, begin = [], time.perf_counter()
     lower = divergence.lower(("--inner-lr", config.inner_lr), ("--meta-step-size", args.meta_step_size))
-    bar = progress(range(iterations), total=iterations, desc=desc)
+    bar, state = progress(range(iterations), total=iterations, desc=desc), reptile.init_state(params, config)
     for iteration in bar:
         amplitude, phase = tasks.sample_sinusoid_tasks(rng, FAMILY, 1)
         batches = (None if batch_size is None else
                    reptile.sample_inner_batches(rng, 1, len(GRID), config.inner_steps, batch_size))
         epsilon = meta_step_size(args, iteration, iterations)
         with divergence.watch(iteration + 1, lower, f"{desc} training"):
-            params, _, loss = reptile.step(params, None, grid_episode(amplitude, phase),
+            params, state, loss = reptile.step(params, state, grid_episode(amplitude, phase),
                                            replace(config, meta_step_size=epsilon), batch_indices=batches)
             divergence.check(loss, params)
         window.append(loss)

@@ -52,33 +52,29 @@ to the task-batched params is every task's own gradient, so (1) is one ``grad`` 
 for the whole meta-batch.  ``looped`` wraps a one-task loss into the same interface
 for models that cannot batch.
 
-Checks.  ``init``, ``init_state``, ``loss``, ``meta_gradient``, ``step``, ``adapt``
-and ``predict`` check their inputs once (``refmeta.checks``); the equations below
-them (``inner_update``, ``adapt_trajectory``, ``task_query_losses``) do not.  The model's
-loss is held to its contract where it is called (real floats, one per task), and each
-entry point reads once whether its results are finite: if not, it names the first NaN or
-inf the model made (a support loss or an inner update at inner step j, the query loss, a
-meta-gradient) and, in ``step``, the Adam step, which is not taken.
+One task alone, support_x (n, ...), is a meta-batch of T = 1; ``adapt`` and ``predict`` then
+return it without the task axis.  ``adapt`` and ``predict`` keep only the current θ_i^(j), so
+their memory does not grow with ``steps``; ``adapt_trajectory`` keeps every step.
 
-``adapt`` and ``predict`` keep only the current θ_i^(j), so their memory does not grow with
-``steps``; ``adapt_trajectory`` keeps every step, for those who ask for it.
+Batch norm inside ``config.model`` normalises by the statistics of the batch at hand, support
+or query set, per task (the authors' code).  A model that keeps running statistics
+(``contract.BatchNorm``) has them in state.bn: ``step`` tracks those of the query pass at
+θ_i^(k), the pass (2) reads, and ``predict`` in the mode "running" normalises that pass by
+them; the inner loop and ``loss`` keep the batch's statistics.  A failure to be finite is
+named at the support loss or inner update of inner step j, the query loss, or a meta-gradient.
 """
 
 import functools
-import itertools
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Optional
 
 import autograd.numpy as anp
-from autograd import grad, value_and_grad
+from autograd import grad
 from autograd.tracer import getval
 
-from refmeta import checks, contract
-from refmeta.nn import losses, models, optimizers, trees
+from refmeta import checks, contract, door
+from refmeta.nn import losses, models, trees
 
-TASK_REDUCTIONS = ("mean", "sum")
-REDUCTIONS = ("mean", "sum")
-CLASSIFICATION_REDUCTIONS = REDUCTIONS + ("n_way_times_mean",)
 SINUSOID_MLP = contract.supervised(functools.partial(models.mlp_init, sizes=(1, 40, 40, 1)),
                                    models.mlp_apply, functools.partial(losses.mse, check=False),
                                    "mlp 1-40-40-1 relu, mse")
@@ -113,14 +109,13 @@ class MAMLConfig:
             checks.integer(name, getattr(self, name), minimum=0)
         for name in ("first_order", "adapt_bn"):
             checks.boolean(name, getattr(self, name))
-        checks.choice("task_reduction", self.task_reduction, TASK_REDUCTIONS)
-        allowed = REDUCTIONS if self.n_way is None else CLASSIFICATION_REDUCTIONS
-        checks.choice("inner_reduction", self.inner_reduction, allowed)
-        checks.choice("query_reduction", self.query_reduction, allowed)
+        checks.choice("task_reduction", self.task_reduction, contract.TASK_REDUCTIONS)
+        for name in ("inner_reduction", "query_reduction"):
+            checks.choice(name, getattr(self, name), door.example_reductions(self.n_way))
 
     def conventions(self):
         """Every field, as a JSON-able dict (the model by its name); reference cases record it."""
-        return dict({f.name: getattr(self, f.name) for f in fields(self)}, model=self.model.name)
+        return door.conventions(self)
 
 
 # ----- the front door: checks once, then the math below -----
@@ -132,104 +127,107 @@ def init(rng, config):
 
 
 def init_state(params, config):
-    """Adam's state for the outer update (zero moments, step 0)."""
-    _check_params(params, config)
-    return optimizers.adam_init(params)
+    """State: Adam's zero moments and step 0 for the outer update; the model's running BN
+    statistics where it keeps them (``Model.batch_norm``), else {}."""
+    _check(params, None, config)
+    return door.init_state(params, door.bn_statistics(config.model))
 
 
-def loss(params, episode, config):
+def loss(params, episode, config, *, state=None):
     """The meta-objective (2) on a meta-batch (T, n, ...): query losses after ``inner_steps``."""
-    episode = _check(params, episode, config)
+    episode, _ = _check(params, episode, config, state)
     value = _loss(params, episode, config)
-    _check_finite("maml.loss", (value,), params, episode, config, config.inner_steps, "loss")
+    checks.finite_results("maml.loss", [("the meta-loss", value)],
+                          _explain(params, episode, config, config.inner_steps, "loss"))
     return value
 
 
 def meta_gradient(params, episode, config):
     """∇_θ of (2): exact (3) through all k steps, or FOMAML's if config.first_order."""
-    episode = _check(params, episode, config)
+    episode, _ = _check(params, episode, config)
     grads = grad(_loss)(params, episode, config)
-    _check_finite("maml.meta_gradient", (grads,), params, episode, config, config.inner_steps,
-                  "loss", grads)
+    checks.finite_results("maml.meta_gradient", [(f"the meta-gradient for {name!r}", grads[name])
+                                                 for name in sorted(grads)],
+                          _explain(params, episode, config, config.inner_steps, "loss"))
     return grads
 
 
 def step(params, state, episode, config):
-    """One meta-training step, Adam on (2) (Algorithm 2, line 10).
-
-    Returns:
-        Step(new params, new Adam state, the meta-loss (2) at ``params``); start from
-        ``init_state(params, config)``.
-    """
-    episode = _check(params, episode, config)
-    checks.adam_state("state", state, checks.model_shapes(config.model))
-    value, grads = value_and_grad(_loss)(params, episode, config)
-    _check_finite(f"maml.step (Adam step {state.step + 1}, not taken)", (value, grads), params,
-                  episode, config, config.inner_steps, "loss", grads)
-    new_params, new_state = optimizers.adam_update(params, grads, state, lr=config.meta_lr,
-                                                   check=False)
-    return contract.Step(new_params, new_state, value)
+    """One meta-training step, Adam on (2) (Algorithm 2, line 10): Step(new params, new State,
+    the meta-loss (2) at ``params``); start from ``init_state(params, config)``."""
+    episode, _ = _check(params, episode, config, state, step=True)
+    objective = lambda p, moments: _loss(p, episode, config, moments)
+    return door.step("maml.step", ("the meta-loss", "the meta-gradient"), objective, params, state,
+                     config.meta_lr, _explain(params, episode, config, config.inner_steps, "loss"),
+                     door.bn_momentum(config.model))
 
 
 def adapt(params, episode, config, *, steps=None):
     """θ_i^(k) for every task (leaves (T, ...)): (1) on the support sets, ``steps`` times
     (default ``config.test_inner_steps``: this is where meta-test adaptation happens)."""
-    episode = _check(params, episode, config)
+    episode, single = _check(params, episode, config)
     steps = _test_steps(steps, config)
     adapted = _adapt(params, episode, config, steps)
-    _check_finite("maml.adapt", (adapted,), params, episode, config, steps)
-    return adapted
+    checks.finite_results("maml.adapt", [("θ_i^(k)", adapted)],
+                          _explain(params, episode, config, steps))
+    return trees.take_task(adapted, 0) if single else adapted
 
 
-def predict(params, episode, config, *, steps=None):
+def predict(params, episode, config, *, steps=None, state=None):
     """f_{θ_i^(k)}(query_x) for every task: the model's outputs after ``adapt``."""
-    episode = _check(params, episode, config)
+    episode, single = _check(params, episode, config, state)
     steps = _test_steps(steps, config)
-    outputs = config.model.apply(_adapt(params, episode, config, steps), episode.query_x)
-    _check_finite("maml.predict", (outputs,), params, episode, config, steps, "apply")
-    return outputs
+    running = door.running(state, door.bn_mode(config.model))
+    outputs = door.apply_model(config.model, _adapt(params, episode, config, steps), episode.query_x,
+                               running)
+    checks.finite_results("maml.predict", [("the outputs", outputs)],
+                          _explain(params, episode, config, steps, "apply", running))
+    return outputs[0] if single else outputs
 
 
-def _check_params(params, config):
+def _check(params, episode, config, state=None, step=False):
+    """The door: the config, params against the model's template, the State (required by
+    ``step``, and by a batch norm in mode "running"), and the episode, returned with a task
+    axis (``door.as_meta_batch``) and whether it had none."""
     checks.instance("config", config, MAMLConfig)
-    return checks.params(params, checks.model_shapes(config.model))
-
-
-def _check(params, episode, config):
-    _check_params(params, config)
-    return checks.episode(episode, n_way=config.n_way, task_axis=True)
+    checks.params(params, checks.model_shapes(config.model))
+    if episode is not None:                                  # loss, predict, step: their State
+        checks.training_state(state, params, door.bn_statistics(config.model), step,
+                              bn_mode=door.bn_mode(config.model))
+    if episode is not None:
+        episode = checks.episode(episode, n_way=config.n_way, max_task_axes=1)
+        return door.as_meta_batch(episode, config.n_way)
 
 
 def _test_steps(steps, config):
     return config.test_inner_steps if steps is None else checks.integer("steps", steps, minimum=0)
 
 
-def _check_finite(where, results, params, episode, config, steps, final=None, grads=None):
-    """One read: are ``results`` (a tuple) finite?  If not, recompute (1)–(2) and name the first
-    NaN or inf: a support loss, an inner update, then ``final`` ("loss" or "apply") on the
-    query sets, then ``grads``."""
-    if not checks.all_finite(*results):
-        named_grads = ((f"the meta-gradient for {name!r}", grads[name])
-                       for name in sorted(grads or {}))
-        checks.first_non_finite(where, itertools.chain(
-            _quantities(params, episode, config, steps, final), named_grads))
+def _task_losses(params, x, y, reduction, config):
+    """config.model.loss, held to the contract: real floats, one loss per task (T,)."""
+    return checks.model_losses("config.model.loss(params, x, y, reduction)",
+                               config.model.loss(params, x, y, reduction), anp.shape(x)[0])
 
 
-def _quantities(params, episode, config, steps, final):
-    """(name, value) of what (1) and ``final`` compute, in the order they compute it."""
-    theta = trees.broadcast_tasks(params, anp.shape(episode.support_x)[0])
-    for j in range(1, steps + 1):
-        yield (f"config.model.loss on the support sets at inner step {j}",
-               config.model.loss(theta, episode.support_x, episode.support_y, config.inner_reduction))
-        theta = inner_update(theta, episode.support_x, episode.support_y, config)
-        yield from ((f"the inner update θ − α∇L^S of {name!r} at inner step {j}", theta[name])
-                    for name in sorted(theta))
-    after = f"on the query sets after {steps} inner step(s)"
-    if final == "loss":
-        yield (f"config.model.loss {after}",
-               config.model.loss(theta, episode.query_x, episode.query_y, config.query_reduction))
-    if final == "apply":
-        yield f"config.model.apply {after}", config.model.apply(theta, episode.query_x)
+def _explain(params, episode, config, steps, final=None, running=None):
+    """The failure path: (name, value) of what (1) and ``final`` ("loss" or "apply") compute,
+    recomputed in the order they compute it."""
+    def quantities():
+        theta = trees.broadcast_tasks(params, anp.shape(episode.support_x)[0])
+        for j in range(1, steps + 1):
+            yield (f"config.model.loss on the support sets at inner step {j}", config.model.loss(
+                theta, episode.support_x, episode.support_y, config.inner_reduction))
+            theta = inner_update(theta, episode.support_x, episode.support_y, config)
+            yield from ((f"the inner update θ − α∇L^S of {name!r} at inner step {j}", theta[name])
+                        for name in sorted(theta))
+        after = f"on the query sets after {steps} inner step(s)"
+        if final == "loss":
+            yield (f"config.model.loss {after}",
+                   config.model.loss(theta, episode.query_x, episode.query_y, config.query_reduction))
+        if final == "apply":
+            yield (f"config.model.apply {after}",
+                   door.apply_model(config.model, theta, episode.query_x, running))
+    return quantities
 
 
 # ----- the paper's equations (no checks) -----
@@ -257,12 +255,6 @@ def adapt_trajectory(params, support_x, support_y, config, steps=None):
     return trajectory
 
 
-def task_query_losses(params, episode, config, steps=None):
-    """L_i^Q(θ_i^(k)) for every task in the meta-batch, shape (T,)."""
-    adapted = _adapt(params, episode, config, config.inner_steps if steps is None else steps)
-    return _task_losses(adapted, episode.query_x, episode.query_y, config.query_reduction, config)
-
-
 def looped(loss_fn):
     """Wrap a one-task loss (params, x (n, ...), y, reduction) -> scalar into the per-task
     interface of ``Model.loss`` by a Python loop over the task axis.  Same numbers, no
@@ -273,10 +265,16 @@ def looped(loss_fn):
     return task_losses
 
 
-def _loss(params, episode, config):
-    """(2): the query losses after k inner steps, reduced over tasks."""
-    task_losses = task_query_losses(params, episode, config)
-    return anp.mean(task_losses) if config.task_reduction == "mean" else anp.sum(task_losses)
+def _loss(params, episode, config, moments=None):
+    """(2): the query losses after k inner steps, reduced over tasks; with ``moments``, the
+    query pass's batch-norm moments at θ_i^(k) too (bookkeeping, not differentiated)."""
+    adapted = _adapt(params, episode, config, config.inner_steps)
+    if moments is not None and config.model.batch_norm is not None:
+        door.apply_model(config.model, {k: getval(v) for k, v in adapted.items()}, episode.query_x,
+                         None, moments)
+    task_losses = _task_losses(adapted, episode.query_x, episode.query_y, config.query_reduction,
+                               config)                                                   # (T,)
+    return door.reduce_tasks(task_losses, config.task_reduction)
 
 
 def _adapt(params, episode, config, steps):
@@ -286,12 +284,6 @@ def _adapt(params, episode, config, steps):
     for _ in range(steps):
         task_params = inner_update(task_params, episode.support_x, episode.support_y, config)
     return task_params
-
-
-def _task_losses(params, x, y, reduction, config):
-    """config.model.loss, held to the contract: real floats, one loss per task (T,)."""
-    return checks.model_losses("config.model.loss(params, x, y, reduction)",
-                               config.model.loss(params, x, y, reduction), anp.shape(x)[0])
 
 
 def _adapts(name, config):

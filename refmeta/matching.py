@@ -47,26 +47,23 @@ Conventions the paper leaves open (``MatchingConfig``, recorded by ``conventions
                       episodes); shuffle the episode first for another order
 Params: {"embed.*"} or {"f.*", "g.*"}; "attention.log_scale" (shape ()) if learned; with FCE
 "fce.fw.*", "fce.bw.*" (d → d), "fce.att.*" (input d, recurrent 2d → d), as ``layers.lstm_init``.
-``step``: Adam on J (meta_lr).  The entry points check their inputs once; the equations do not.
-The embedding's outputs are held to the contract, (..., n, d) floats; each entry point reads
-once whether its results are finite, and if not names the first NaN or inf.
+``step``: Adam on J (meta_lr).  Batch norm as ProtoNet's (its docstring): ``step`` tracks the
+statistics of f′ and g′ in state.bn, named as their params ("embed.bn0.mean", or "f.…", "g.…"),
+and ``loss`` and ``predict`` read them in the embedding's bn_mode "running".
 """
 
-import itertools
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import autograd.numpy as anp
 import numpy as np
-from autograd import value_and_grad
 from autograd.tracer import getval
 
-from refmeta import checks
-from refmeta.contract import Model, Step
-from refmeta.nn import layers, losses, optimizers, trees
+from refmeta import checks, door
+from refmeta.contract import TASK_REDUCTIONS, Model
+from refmeta.nn import layers, losses, trees
 from refmeta.protonet import DISTANCES, conv4_embedding, pairwise_distance
 
 ATTENTION_H0 = ("embedding", "zeros")
-TASK_REDUCTIONS = ("mean", "sum")
 LOG_SCALE = "attention.log_scale"
 
 
@@ -101,25 +98,24 @@ class MatchingConfig:
         checks.nonnegative("meta_lr", self.meta_lr)
 
     def conventions(self):
-        return {**{f.name: getattr(self, f.name) for f in fields(self)}, "embedding": self.embedding.name,
-                "lstm_state_size": "d, the embedding size (forced by (G), (F2))", "attention_c0": "zeros",
-                "bilstm_initial_state": "zeros", "support_order": "as given", "lstm_gate_order": "i, f, g, o",
-                "loss": "mean over queries of -log p, per-class logsumexp (L)"}
+        return door.conventions(
+            self, lstm_state_size="d, the embedding size (forced by (G), (F2))", attention_c0="zeros",
+            bilstm_initial_state="zeros", support_order="as given", lstm_gate_order="i, f, g, o",
+            loss="mean over queries of -log p, per-class logsumexp (L)")
 
 
 # ----- the model: (G), (R), (F1), (F2), (A), (L); no checks -----
 def base_embeddings(params, episode, config, embed=None):
-    """(g′(support_x) (..., n_s, d), f′(query_x) (..., n_q, d)), by ``embed`` (default
-    config.embedding.apply)."""
-    embed = config.embedding.apply if embed is None else embed
+    """(g′(support_x) (..., n_s, d), f′(query_x) (..., n_q, d)); ``embed(net, x)`` applies the net
+    whose params are named "embed.*", "f.*" or "g.*" (default: config.embedding.apply)."""
+    embed = embed or (lambda net, x: config.embedding.apply(trees.subtree(params, net), x))
     support_x, query_x = episode.support_x, episode.query_x
     if not config.share_embedding:
-        return embed(trees.subtree(params, "g"), support_x), embed(trees.subtree(params, "f"), query_x)
-    net = trees.subtree(params, "embed")
+        return embed("g", support_x), embed("f", query_x)
     if not config.joint_embedding:
-        return embed(net, support_x), embed(net, query_x)
+        return embed("embed", support_x), embed("embed", query_x)
     n_support = anp.shape(episode.support_y)[-1]
-    z = embed(net, anp.concatenate([support_x, query_x], axis=anp.ndim(episode.support_y) - 1))
+    z = embed("embed", anp.concatenate([support_x, query_x], axis=anp.ndim(episode.support_y) - 1))
     return z[..., :n_support, :], z[..., n_support:, :]
 
 
@@ -213,69 +209,86 @@ def init(rng, config):
 
 
 def init_state(params, config):
-    """Adam's state for ``step``: zero moments."""
-    _check(params, config)
-    return optimizers.adam_init(params)
+    """State: Adam's zero moments; f′'s and g′'s running BN statistics (means 0, variances 1)."""
+    _check(params, None, config)
+    return door.init_state(params, _bn_statistics(config))
 
 
-def loss(params, episode, config):
+def loss(params, episode, config, *, state=None):
     """J on an Episode: one task, or leading task axes reduced by task_reduction."""
-    episode = _check(params, config, episode)
-    value = _loss(params, episode, config)
-    _check_finite("matching.loss", params, episode, config, [("the loss J", value)])
+    episode = _check(params, episode, config, state)
+    running = door.running(state, door.bn_mode(config.embedding))
+    value = _loss(params, episode, config, running)
+    checks.finite_results("matching.loss", [("the loss J", value)],
+                          _explain(params, episode, config, running))
     return value
 
 
 def step(params, state, episode, config):
-    """One Adam step (lr meta_lr) on J; the loss is J at the params it started from."""
-    episode = _check(params, config, episode)
-    checks.adam_state("state", state, checks.init_shapes(init, config))
-    value, gradient = value_and_grad(_loss)(params, episode, config)
-    _check_finite(f"matching.step (Adam step {state.step + 1}, not taken)", params, episode, config,
-                  [("the loss J", value), ("the gradient", gradient)])
-    params, state = optimizers.adam_update(params, gradient, state, lr=config.meta_lr, check=False)
-    return Step(params, state, value)
+    """One Adam step (lr meta_lr) on J, batch norm on the batch's statistics, tracked in
+    state.bn; the loss is J at the params it started from."""
+    episode = _check(params, episode, config, state, step=True)
+    objective = lambda p, moments: _loss(p, episode, config, None, moments)
+    return door.step("matching.step", ("the loss J", "the gradient"), objective, params, state,
+                     config.meta_lr, _explain(params, episode, config),
+                     door.bn_momentum(config.embedding))
 
 
-def predict(params, episode, config):
+def predict(params, episode, config, *, state=None):
     """log p(y = k | x̂, S) for every query, (..., n_q, N)."""
-    episode = _check(params, config, episode)
-    g_prime, f_prime = _embed(params, episode, config)
+    episode = _check(params, episode, config, state)
+    running = door.running(state, door.bn_mode(config.embedding))
+    embed = _embedding(params, episode, config, running)
+    g_prime, f_prime = base_embeddings(params, episode, config, embed)
     log_p = log_probabilities(params, g_prime, episode.support_y, f_prime, config.n_way, config)
-    _check_finite("matching.predict", params, episode, config, [("log p(y | x̂, S)", log_p)])
+    checks.finite_results("matching.predict", [("log p(y | x̂, S)", log_p)],
+                          _explain(params, episode, config, running))
     return log_p
 
 
-def _check(params, config, episode=None):
-    """Checks the config and params, and the episode when given (returned as checks.episode gives it)."""
+def _check(params, episode, config, state=None, step=False):
+    """The door: the config, params against init's template, the State (required by ``step``,
+    and by bn_mode "running"), the episode, returned as ``checks.episode`` gives it."""
     checks.instance("config", config, MatchingConfig)
     checks.params(params, checks.init_shapes(init, config))
-    if episode is not None:
-        episode = checks.episode(episode, n_way=config.n_way)
-    return episode
+    if episode is not None:                                  # loss, predict, step: their State
+        checks.training_state(state, params, _bn_statistics(config), step,
+                              bn_mode=door.bn_mode(config.embedding))
+    return None if episode is None else checks.episode(episode, n_way=config.n_way)
 
 
-def _check_finite(where, params, episode, config, results):
-    """One read: are ``results`` [(name, value)] finite?  If not, name the first NaN or inf of
-    the base embeddings and ``results``."""
-    if not checks.all_finite(*(value for _, value in results)):
-        checks.first_non_finite(where, itertools.chain(zip(
-            ("g′, config.embedding.apply on the support set", "f′, config.embedding.apply on the "
-             "query set"), base_embeddings(params, episode, config)), results))
+def _bn_statistics(config):
+    return door.bn_statistics(config.embedding, ("embed.",) if config.share_embedding else ("f.", "g."))
 
 
-def _embed(params, episode, config):
-    embed = checks.embedding("config.embedding.apply(params, x)", config.embedding.apply,
-                             anp.ndim(episode.support_y))
-    g_prime, f_prime = base_embeddings(params, episode, config, embed)
-    if config.fce and anp.shape(g_prime)[-1] != config.embedding_dim:        # the LSTMs' size d
-        raise ValueError(f"with fce, embedding_dim must be the embedding's output size d = "
-                         f"{anp.shape(g_prime)[-1]}; got embedding_dim={config.embedding_dim}")
-    return g_prime, f_prime
+def _embedding(params, episode, config, running=None, moments=None):
+    """embed(net, x) for ``base_embeddings``: f′ or g′, held to the contract, (..., n, d) floats,
+    and with FCE d = embedding_dim, the LSTMs' size; batch norm by ``running``, or by the
+    batch's statistics, whose moments go to ``moments``."""
+    lead = anp.ndim(episode.support_y)
+
+    def embed(net, x):
+        z = checks.model_outputs("config.embedding.apply(params, x)", door.apply_model(
+            config.embedding, trees.subtree(params, net), x, running, moments, net + "."),
+            anp.shape(x)[:lead])
+        if config.fce and anp.shape(z)[-1] != config.embedding_dim:
+            raise ValueError(f"with fce, embedding_dim must be the embedding's output size d = "
+                             f"{anp.shape(z)[-1]}; got embedding_dim={config.embedding_dim}")
+        return z
+    return embed
 
 
-def _loss(params, episode, config):
-    g_prime, f_prime = _embed(params, episode, config)
+def _explain(params, episode, config, running=None):
+    """The failure path: the base embeddings recomputed, to name the first NaN or inf."""
+    names = ("g′, config.embedding.apply on the support set",
+             "f′, config.embedding.apply on the query set")
+    return lambda: zip(names, base_embeddings(params, episode, config, lambda net, x: door.apply_model(
+        config.embedding, trees.subtree(params, net), x, running, None, net + ".")))
+
+
+def _loss(params, episode, config, running=None, moments=None):
+    g_prime, f_prime = base_embeddings(params, episode, config,
+                                       _embedding(params, episode, config, running, moments))
     task_losses = loss_from_embeddings(params, g_prime, episode.support_y, f_prime, episode.query_y,
                                        config.n_way, config)
-    return anp.mean(task_losses) if config.task_reduction == "mean" else anp.sum(task_losses)
+    return door.reduce_tasks(task_losses, config.task_reduction)

@@ -29,8 +29,9 @@ unverified against the paper's text):
 Layer augmentation (Section 3.3): every augmented layer computes φ(W h) + φ(W* h), the output
 layer W h + W* h; see ``refmeta.nn.metanet_parts`` with pre(·), m, d and the network.
 
-Episodes.  One task, no task axis: support_x (N, C, H, W) holding every class 0..n_way−1,
-query_x (L, C, H, W); H and W halve to 1 in the n_blocks 2×2 max-pools, rounding down
+Episodes.  One task: support_x (N, C, H, W) holding every class 0..n_way−1, query_x (L, C, H,
+W); or a meta-batch of T such tasks (T, N, C, H, W), run one task after another, whose loss is
+the mean over tasks of each task's L_train (as SNAIL's mean over episodes; T = 1 is the task's); H and W halve to 1 in the n_blocks 2×2 max-pools, rounding down
 (``pool_rounding`` "floor": 28 → 14 → 7 → 3 → 1) or up ("ceil", Chainer's default and so the
 authors': 28 → 14 → 7 → 4 → 2 → 1, their 5 blocks).
 Step 1's chunks are T = min(representation_chunks, N) runs of N/T consecutive support
@@ -48,18 +49,17 @@ has a query axis L.
 Sources.  The steps, the network (no biases, no batch norm, fc1 taken linearly in u; 5 blocks
 with ceil pools: n_blocks=5, pool_rounding="ceil"), m, d, pre(·) with k = 7, the cosine's ε,
 the chunks and the optimiser follow the authors' released Chainer code (MetaNetFull.py,
-utilsf.py, train_omniglot.py); the paper's contrastive loss_emb for K > 1 shots is not here.  The public entries check their inputs once (``refmeta.checks``).
+utilsf.py, train_omniglot.py); the paper's contrastive loss_emb for K > 1 shots is not here.
 """
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Optional
 
 import autograd.numpy as anp
 import numpy as np
-from autograd import value_and_grad
 
-from refmeta import checks, contract
-from refmeta.nn import losses, optimizers, trees
+from refmeta import checks, contract, door
+from refmeta.nn import losses, trees
 from refmeta.nn.metanet_parts import (base_logits, cosine_attention, example_generator, group_gradients,
                                       image_sides, layer_kind, learner_init, meta_init, preprocess,
                                       read_memory, representation, softmax, task_generator)
@@ -107,7 +107,7 @@ class MetaNetConfig:
 
     def conventions(self):
         """Every field, as a JSON-able dict (reference cases record it whole)."""
-        return asdict(self)
+        return door.conventions(self)
 
 
 def init(rng, config):
@@ -133,9 +133,9 @@ def parameter_count(config):
 
 
 def init_state(params, config):
-    """Adam's state for θ (zero moments, step 0)."""
-    checks.instance("config", config, MetaNetConfig)
-    return optimizers.adam_init(checks.params(params, checks.init_shapes(init, config)))
+    """State: Adam's zero moments and step 0 for θ; no running statistics (no batch norm)."""
+    _check(params, None, config)
+    return door.init_state(params)
 
 
 def with_n_way(params, n_way):
@@ -185,43 +185,57 @@ def example_fast_weights(params, example_gradients, config):
 
 
 def episode_outputs(params, episode, config, *, meta_info=None):
-    """Every intermediate of one episode (Algorithm 1), a dict: meta_info (the gradients; give
-    ``meta_information``'s to hold them fixed), task_fast_weights Q*, memory M,
+    """Every intermediate of one episode, no task axis (Algorithm 1), a dict: meta_info (the
+    gradients; give ``meta_information``'s to hold them fixed), task_fast_weights Q*, memory M,
     support_representations R (N, F), query_representations (L, F), attention a (L, N),
     read W*_i {name: (L, ...)}, logits (L, n_way)."""
-    return _outputs(params, _checked(params, episode, config, meta_info), config, meta_info)
+    episode, meta_info, _ = _check(params, episode, config, meta_info=meta_info, max_task_axes=0)
+    return _outputs(params, *_task(episode, meta_info, 0), config)
 
 
-def predict(params, episode, config, *, meta_info=None):
-    """Logits (L, n_way) of the queries of one episode (11)."""
-    return _outputs(params, _checked(params, episode, config, meta_info), config, meta_info)["logits"]
+def predict(params, episode, config, *, meta_info=None, state=None):
+    """Logits (L, n_way) of the queries of one episode (11), (T, L, n_way) of a meta-batch."""
+    episode, meta_info, single = _check(params, episode, config, state, meta_info=meta_info)
+    logits = anp.stack([_outputs(params, *_task(episode, meta_info, t), config)["logits"]
+                        for t in range(anp.shape(episode.support_x)[0])])
+    return logits[0] if single else logits
 
 
-def loss(params, episode, config, *, meta_info=None):
-    """L_train of one episode: the query cross-entropy, summed or averaged as configured."""
-    return _loss(params, _checked(params, episode, config, meta_info), config, meta_info)
+def loss(params, episode, config, *, meta_info=None, state=None):
+    """L_train of one episode, the query cross-entropy summed or averaged as configured; of a
+    meta-batch, its mean over the tasks."""
+    episode, meta_info, _ = _check(params, episode, config, state, meta_info=meta_info)
+    return _loss(params, episode, config, meta_info)
 
 
 def step(params, state, episode, config):
     """One update of θ (Algorithm 1, line 22): Adam (meta_lr) on the clipped gradient of L_train;
     returns ``contract.Step(params, state, loss)`` with the loss at the params given."""
-    episode = _checked(params, episode, config)
-    checks.adam_state("state", state, checks.init_shapes(init, config))
-    value, grads = value_and_grad(_loss)(params, episode, config)
-    if not checks.all_finite(value, grads):
-        checks.first_non_finite(f"metanet.step (Adam step {state.step + 1}, not taken)",
-                                [("the loss", value), ("the gradient", grads)])
-    grads = optimizers.clip_by_global_norm(grads, config.grad_clip_norm, check=False)
-    new_params, new_state = optimizers.adam_update(params, grads, state, lr=config.meta_lr, check=False)
-    return contract.Step(new_params, new_state, value)
+    episode, _, _ = _check(params, episode, config, state, step=True)
+    return door.step("metanet.step", ("the loss", "the gradient"),
+                     lambda p, moments: _loss(p, episode, config), params, state, config.meta_lr,
+                     clip_norm=config.grad_clip_norm)
 
 
 def _loss(params, episode, config, meta_info=None):
-    logits = _outputs(params, episode, config, meta_info)["logits"]          # (L, n_way)
+    """The mean over the tasks of L_train, one task after another."""
+    return anp.mean(anp.stack([_task_loss(params, *_task(episode, meta_info, t), config)
+                               for t in range(anp.shape(episode.support_x)[0])]))
+
+
+def _task_loss(params, episode, meta_info, config):
+    logits = _outputs(params, episode, meta_info, config)["logits"]          # (L, n_way)
     return losses.cross_entropy(logits, episode.query_y, config.query_reduction, check=False)
 
 
-def _outputs(params, episode, config, meta_info=None):
+def _task(episode, meta_info, t):
+    """Task t of a meta-batch: (its Episode, its meta_info or None)."""
+    return (contract.Episode(*(field[t] for field in episode)),
+            None if meta_info is None else {level: {k: v[t] for k, v in group.items()}
+                                            for level, group in meta_info.items()})
+
+
+def _outputs(params, episode, meta_info, config):
     if meta_info is None:
         meta_info = meta_information(params, episode.support_x, episode.support_y, config)
     q_star = task_fast_weights(params, meta_info["task"], config)
@@ -237,27 +251,36 @@ def _outputs(params, episode, config, meta_info=None):
             "read": read, "logits": anp.reshape(logits, (anp.shape(episode.query_x)[0], config.n_way))}
 
 
-def _checked(params, episode, config, meta_info=None):
-    """The door: config, params, one task whose images end at 1×1, T | N, meta_info's shapes."""
+def _check(params, episode, config, state=None, step=False, meta_info=None, max_task_axes=1):
+    """The door: the config, params, the State (``step``), the episode, one task or a meta-batch
+    whose images end at 1×1 and whose T divides N, meta_info's shapes; returns (the episode and
+    meta_info with a task axis, whether the episode had none)."""
     checks.instance("config", config, MetaNetConfig)
     shapes = checks.init_shapes(init, config)
     checks.params(params, shapes)
-    episode = checks.episode(episode, n_way=config.n_way, task_axis=False)
-    n, *image = anp.shape(episode.support_x)
+    if episode is None:
+        return None, None, False
+    checks.training_state(state, params, {}, step)
+    episode = checks.episode(episode, n_way=config.n_way, max_task_axes=max_task_axes)
+    episode, single = door.as_meta_batch(episode, config.n_way)
+    n_tasks, n, *image = anp.shape(episode.support_x)
     low, high = image_sides(config.n_blocks, config.pool_rounding)
     if len(image) != 3 or image[0] != config.in_channels or not all(low <= s <= high for s in image[1:]):
         raise ValueError(f"images must be (C={config.in_channels}, H, W), H and W in {low}..{high} to end at "
                          f"1×1 after n_blocks={config.n_blocks} 2×2 max-pools ({config.pool_rounding}); "
-                         f"got support_x {(n, *image)}")
+                         f"got support_x {anp.shape(episode.support_x)[single:]}")
     chunks = min(config.representation_chunks, n)
     if n % chunks:
         raise ValueError(f"representation_chunks={config.representation_chunks} must divide the {n} "
                          f"support examples (or be at least {n}): the T chunks of (3) are equal")
     if meta_info is not None:                                          # as meta_information's
+        lead = (n_tasks,) * (not single)
         rep, base = trees.subtree(shapes, "rep"), trees.subtree(shapes, "base")
-        expected = {"task": {k: (chunks,) + rep[k] for k in fast_layers(rep, config, False)},
-                    "example": {k: (n,) + base[k] for k in fast_layers(base, config, True)}}
+        expected = {"task": {k: lead + (chunks,) + rep[k] for k in fast_layers(rep, config, False)},
+                    "example": {k: lead + (n,) + base[k] for k in fast_layers(base, config, True)}}
         checks.instance("meta_info", meta_info, dict)
         for level in ("example", "task"):
             checks.params(meta_info.get(level), expected[level], f"meta_info[{level!r}]")
-    return episode
+        if single:
+            meta_info = {level: {k: v[None] for k, v in meta_info[level].items()} for level in expected}
+    return episode, meta_info, single

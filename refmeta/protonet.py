@@ -32,51 +32,54 @@ Conventions (``ProtoNetConfig``, recorded by ``conventions()``):
                       one call, so transductive batch norm sees both; False: two calls
     task_reduction    "mean" (default) or "sum" of the per-task losses (3) over a leading task axis
 Every function takes leading task axes: support (..., N·K, ...), query (..., n_q, ...).
-``init``, ``init_state``, ``loss``, ``step``, ``predict`` and ``accuracy`` check their inputs
-(``refmeta.checks``); the equations below them do not.  The embedding's outputs are held to
-the contract, (..., n, d) floats; each entry point reads once whether its results are finite,
-and if not names the first NaN or inf (the embeddings, the loss, a gradient; in ``step`` the
-Adam step, which is not taken).
+
+Batch norm.  ``conv4_embedding`` keeps its running statistics (a ``contract.BatchNorm``):
+``step`` trains on the batch's statistics and tracks them in state.bn (momentum 0.1, unbiased
+variance, as PyTorch); ``loss`` and ``predict`` normalise by the batch's statistics (its
+bn_mode "transductive", the authors' code) or by state.bn (bn_mode "running").
 """
 
-import itertools
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import autograd.numpy as anp
 import numpy as np
-from autograd import value_and_grad
 from autograd.tracer import getval
 
-from refmeta import checks
-from refmeta.contract import Model, Step
+from refmeta import checks, door
+from refmeta.contract import TASK_REDUCTIONS, BatchNorm, Model
 from refmeta.device import backend
-from refmeta.nn import kinks, layers, losses, models, optimizers
+from refmeta.nn import kinks, layers, losses, models
 
 DISTANCES = ("sqeuclidean", "euclidean", "cosine")
-TASK_REDUCTIONS = ("mean", "sum")
 
 
 # ----- the 4-block conv embedding with max-pool (Section 3.1) -----
-def conv4_embedding(hidden=64, in_channels=1, image_size=28, bn_mode="transductive", bn_state=None,
-                    bn_eps=1e-5):
+def conv4_embedding(hidden=64, in_channels=1, image_size=28, bn_mode="transductive", bn_eps=1e-5,
+                    bn_momentum=0.1):
     """The conv4 max-pool net without a head, as a Model: x (..., n, C, H, W) -> (..., n, d),
-    d = hidden·⌊H/16⌋·⌊W/16⌋ (64 on 28×28).  Batch norm learns its offset and scale and uses
-    eps 1e-5, as PyTorch's BatchNorm2d; bn_mode "running" normalises with bn_state
-    {"bn{i}.mean", "bn{i}.var"} (``models.conv4_bn_state``)."""
+    d = hidden·⌊H/16⌋·⌊W/16⌋ (64 on 28×28).  Batch norm learns its offset and scale, uses eps
+    1e-5 as PyTorch's BatchNorm2d, and keeps running statistics {"bn{i}.mean", "bn{i}.var"}
+    (``contract.BatchNorm``, momentum ``bn_momentum``, named when it is not PyTorch's 0.1);
+    bn_mode is what ``loss`` and ``predict`` normalise by."""
     checks.integer("hidden", hidden, minimum=1)
     checks.integer("in_channels", in_channels, minimum=1)
     checks.integer("image_size", image_size, minimum=16)
     checks.choice("bn_mode", bn_mode, layers.BN_MODES)
     checks.positive("bn_eps", bn_eps)
-    if (bn_mode == "running") != (bn_state is not None):
-        raise ValueError(f"bn_state is needed by bn_mode 'running' and only by it; got bn_mode "
-                         f"{bn_mode!r} with bn_state {'None' if bn_state is None else 'given'}")
+    checks.probability("bn_momentum", bn_momentum)
     init = lambda rng: models.conv4_init(rng, in_channels=in_channels, n_out=None, hidden=hidden,
                                          variant="maxpool", bn_affine="both", image_size=image_size)
-    apply = lambda params, x: models.conv4_apply(params, x, variant="maxpool", bn_mode=bn_mode,
-                                                 bn_state=bn_state, bn_eps=bn_eps)
+    apply = lambda params, x: models.conv4_apply(params, x, variant="maxpool", bn_eps=bn_eps)
+
+    def apply_bn(params, x, running):                                 # contract.BatchNorm.apply
+        if running is not None:
+            return models.conv4_apply(params, x, "maxpool", "running", running, bn_eps), {}
+        return models.conv4_apply(params, x, "maxpool", bn_eps=bn_eps, return_bn_moments=True)
+    momentum = "" if bn_momentum == 0.1 else f", momentum {bn_momentum:g}"
     return Model(init, apply, None, f"conv4 max-pool: {hidden} filters, {in_channels} channel(s), "
-                                    f"{image_size}x{image_size}, batch norm {bn_mode}, eps {bn_eps:g}")
+                                    f"{image_size}x{image_size}, batch norm {bn_mode}, eps {bn_eps:g}"
+                                    f"{momentum}",
+                 BatchNorm(lambda: models.conv4_bn_state(hidden), apply_bn, bn_mode, bn_momentum))
 
 
 @dataclass(frozen=True)
@@ -99,9 +102,8 @@ class ProtoNetConfig:
         checks.nonnegative("meta_lr", self.meta_lr)
 
     def conventions(self):
-        return {**{f.name: getattr(self, f.name) for f in fields(self)}, "embedding": self.embedding.name,
-                "prototype": "class mean of the support embeddings (Eq. 1)",
-                "loss": "mean over query points of -log softmax(-d)[y] (Algorithm 1)"}
+        return door.conventions(self, prototype="class mean of the support embeddings (Eq. 1)",
+                                loss="mean over query points of -log softmax(-d)[y] (Algorithm 1)")
 
 
 # ----- the model: (1), (2), (3); no checks -----
@@ -160,37 +162,40 @@ def init(rng, config):
 
 
 def init_state(params, config):
-    """Adam's state for ``step``: zero moments."""
-    _check(params, config)
-    return optimizers.adam_init(params)
+    """State: Adam's zero moments; the embedding's running BN statistics (means 0, variances 1)."""
+    _check(params, None, config)
+    return door.init_state(params, door.bn_statistics(config.embedding))
 
 
-def loss(params, episode, config):
+def loss(params, episode, config, *, state=None):
     """J(φ) of (3) on an Episode: one task, or leading task axes reduced by task_reduction."""
-    episode = _check(params, config, episode)
-    value = _loss(params, episode, config)
-    _check_finite("protonet.loss", params, episode, config, [("the loss J", value)])
+    episode = _check(params, episode, config, state)
+    running = door.running(state, door.bn_mode(config.embedding))
+    value = _loss(params, episode, config, running)
+    checks.finite_results("protonet.loss", [("the loss J", value)],
+                          _explain(params, episode, config, running))
     return value
 
 
 def step(params, state, episode, config):
-    """One Adam step (lr meta_lr) on J; the loss is J at the params it started from."""
-    episode = _check(params, config, episode)
-    checks.adam_state("state", state, checks.init_shapes(init, config))
-    value, gradient = value_and_grad(_loss)(params, episode, config)
-    _check_finite(f"protonet.step (Adam step {state.step + 1}, not taken)", params, episode, config,
-                  [("the loss J", value), ("the gradient", gradient)])
-    params, state = optimizers.adam_update(params, gradient, state, lr=config.meta_lr, check=False)
-    return Step(params, state, value)
+    """One Adam step (lr meta_lr) on J, batch norm on the batch's statistics, tracked in
+    state.bn; the loss is J at the params it started from."""
+    episode = _check(params, episode, config, state, step=True)
+    objective = lambda p, moments: _loss(p, episode, config, None, moments)
+    return door.step("protonet.step", ("the loss J", "the gradient"), objective, params, state,
+                     config.meta_lr, _explain(params, episode, config),
+                     door.bn_momentum(config.embedding))
 
 
-def predict(params, episode, config):
+def predict(params, episode, config, *, state=None):
     """log p_φ(y = k | x) of (2) for every query, (..., n_q, N)."""
-    episode = _check(params, config, episode)
-    embed = _embedding(config, episode)
-    z_support, z_query = embed_episode(params, episode, embed, config.joint_embedding)
+    episode = _check(params, episode, config, state)
+    running = door.running(state, door.bn_mode(config.embedding))
+    z_support, z_query = embed_episode(params, episode, _embedding(config, episode, running),
+                                       config.joint_embedding)
     log_p = log_probabilities(z_support, episode.support_y, z_query, config.n_way, config.distance)
-    _check_finite("protonet.predict", params, episode, config, [("log p(y | x)", log_p)])
+    checks.finite_results("protonet.predict", [("log p(y | x)", log_p)],
+                          _explain(params, episode, config, running))
     return log_p
 
 
@@ -207,34 +212,34 @@ def accuracy(log_probs, query_y):
     return np.mean(predicted == labels, axis=-1)
 
 
-def _check(params, config, episode=None):
-    """Checks the config and params, and the episode when given (returned as checks.episode gives it)."""
+def _check(params, episode, config, state=None, step=False):
+    """The door: the config, params against init's template, the State (required by ``step``,
+    and by bn_mode "running"), the episode, returned as ``checks.episode`` gives it."""
     checks.instance("config", config, ProtoNetConfig)
     checks.params(params, checks.init_shapes(init, config))
-    if episode is not None:
-        episode = checks.episode(episode, n_way=config.n_way)
-    return episode
+    if episode is not None:                                  # loss, predict, step: their State
+        checks.training_state(state, params, door.bn_statistics(config.embedding), step,
+                              bn_mode=door.bn_mode(config.embedding))
+    return None if episode is None else checks.episode(episode, n_way=config.n_way)
 
 
-def _embedding(config, episode):
-    """f_φ, its outputs held to the contract: x (..., n, ...) -> (..., n, d) floats."""
-    return checks.embedding("config.embedding.apply(params, x)", config.embedding.apply,
-                            anp.ndim(episode.support_y))
+def _embedding(config, episode, running=None, moments=None):
+    """f_φ, its outputs held to the contract, (..., n, d) floats; batch norm by ``running``, or
+    by the batch's statistics, whose moments go to ``moments``."""
+    return checks.embedding("config.embedding.apply(params, x)", lambda params, x: door.apply_model(
+        config.embedding, params, x, running, moments), anp.ndim(episode.support_y))
 
 
-def _check_finite(where, params, episode, config, results):
-    """One read: are ``results`` [(name, value)] finite?  If not, name the first NaN or inf of
-    the embeddings and ``results``."""
-    if not checks.all_finite(*(value for _, value in results)):
-        z = embed_episode(params, episode, config.embedding.apply, config.joint_embedding)
-        checks.first_non_finite(where, itertools.chain(
-            zip(("config.embedding.apply on the support set", "config.embedding.apply on the "
-                 "query set"), z), results))
+def _explain(params, episode, config, running=None):
+    """The failure path: the embeddings recomputed, to name the first NaN or inf."""
+    names = ("config.embedding.apply on the support set", "config.embedding.apply on the query set")
+    return lambda: zip(names, embed_episode(params, episode, lambda p, x: door.apply_model(
+        config.embedding, p, x, running), config.joint_embedding))
 
 
-def _loss(params, episode, config):
-    embed = _embedding(config, episode)
+def _loss(params, episode, config, running=None, moments=None):
+    embed = _embedding(config, episode, running, moments)
     z_support, z_query = embed_episode(params, episode, embed, config.joint_embedding)
     task_losses = loss_from_embeddings(z_support, episode.support_y, z_query, episode.query_y,
                                        config.n_way, config.distance)
-    return anp.mean(task_losses) if config.task_reduction == "mean" else anp.sum(task_losses)
+    return door.reduce_tasks(task_losses, config.task_reduction)

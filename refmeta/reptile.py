@@ -41,22 +41,22 @@ inner optimiser's state starts from zero for every task, where the authors' Tens
 code (it restores only the model's variables between tasks) and learn2learn's Reptile
 example (it reloads the previous task's optimiser state) carry Adam's moments over.
 
-Tasks are vectorised like MAML's: params get a leading task axis and one
-``grad`` call serves every task, since Σ_i L_i couples no two tasks.  Entry points
-check their inputs once (``refmeta.checks``); the update rules below them do not.  A
-non-finite result is named as MAML's is (its module docstring), with the task in a serial
-step.  ``adapt`` and ``predict`` keep only the current φ^(j); ``adapt_trajectory`` keeps all.
+Tasks are vectorised like MAML's: params get a leading task axis and one ``grad`` call
+serves every task, since Σ_i L_i couples no two tasks.  One task alone, support_x (n, ...),
+is a meta-batch of T = 1 (``batch_indices`` (k, b) then), and ``adapt`` and ``predict`` return
+it without the task axis.  The training state is empty, State(None, {}): the update keeps
+none.  A non-finite result is named as MAML's is, with the task in a serial step.  ``adapt``
+and ``predict`` keep only the current φ^(j); ``adapt_trajectory`` keeps all.
 """
 
-import itertools
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Optional
 
 import autograd.numpy as anp
 import numpy as np
 from autograd import value_and_grad
 
-from refmeta import checks, contract
+from refmeta import checks, contract, door
 from refmeta.nn import optimizers, trees
 
 INNER_OPTIMIZERS = ("sgd", "adam")
@@ -99,15 +99,13 @@ class ReptileConfig:
             checks.probability(name, getattr(self, name), high_open=True)
         checks.positive("adam_eps", self.adam_eps)
         checks.choice("inner_optimizer", self.inner_optimizer, INNER_OPTIMIZERS)
-        reductions = ("mean", "sum") + (() if self.n_way is None else ("n_way_times_mean",))
-        checks.choice("inner_reduction", self.inner_reduction, reductions)
-        checks.choice("task_reduction", self.task_reduction, ("mean", "sum"))
+        checks.choice("inner_reduction", self.inner_reduction, door.example_reductions(self.n_way))
+        checks.choice("task_reduction", self.task_reduction, contract.TASK_REDUCTIONS)
         checks.choice("variant", self.variant, VARIANTS)
 
     def conventions(self):
         """Every field (the model by its name) plus the inner-state convention, JSON-able."""
-        return dict({f.name: getattr(self, f.name) for f in fields(self)}, model=self.model.name,
-                    inner_optimizer_state=INNER_OPTIMIZER_STATE)
+        return door.conventions(self, inner_optimizer_state=INNER_OPTIMIZER_STATE)
 
 
 # ----- the front door: checks once, then the math below -----
@@ -119,99 +117,107 @@ def init(rng, config):
 
 
 def init_state(params, config):
-    """None: the Reptile update keeps no state (a fresh inner optimiser serves every task)."""
-    _check(params, config)
-    return None
+    """State(None, {}): the Reptile update keeps no state (a fresh inner optimiser serves every
+    task, and no running statistics are kept)."""
+    _check(params, None, config)
+    return door.init_state(params, optimizer=False)
 
 
-def loss(params, episode, config):
+def loss(params, episode, config, *, state=None):
     """The query loss after ``inner_steps`` inner steps on the whole support set, reduced over
     the query examples by ``inner_reduction`` and over tasks by ``task_reduction``."""
-    episode = _check(params, config, episode)
+    episode, _, _ = _check(params, episode, config, state)
     adapted = _adapt(params, episode, config, config.inner_steps)
     total = _total_loss(adapted, episode.query_x, episode.query_y, config)
     value = _reduce_total(total, episode, config)
-    _check_finite("reptile.loss", params, episode, config, config.inner_steps, None,
-                  [("config.model.loss on the query sets", value)])
+    checks.finite_results("reptile.loss", [("config.model.loss on the query sets", value)],
+                          _explain(params, episode, config, config.inner_steps))
     return value
 
 
 def step(params, state, episode, config, *, batch_indices=None):
-    """One Reptile update, (1) serial or (2) batched as ``config.variant`` says.
-
-    Returns:
-        Step(new φ, None, the task-reduced support loss at φ on the first inner step's batch).
-    """
-    episode = _check(params, config, episode, batch_indices, config.inner_steps)
-    if state is not None:
-        raise TypeError(f"Reptile keeps no state: pass init_state's None; got {type(state).__name__}")
+    """One Reptile update, (1) serial or (2) batched as ``config.variant`` says: Step(new φ, the
+    empty State, the task-reduced support loss at φ on the first inner step's batch)."""
+    episode, batch_indices, _ = _check(params, episode, config, state, True, batch_indices,
+                                       config.inner_steps)
     update = serial_step if config.variant == "serial" else batched_step
     new_params, start_loss = update(params, episode, config, batch_indices)
-    _check_finite("reptile.step (not taken)", params, episode, config, config.inner_steps,
-                  batch_indices, [("the loss", start_loss), ("the new params", new_params)],
-                  config.variant == "serial")
-    return contract.Step(new_params, None, start_loss)
+    checks.finite_results("reptile.step (not taken)",
+                          [("the loss", start_loss), ("the new params", new_params)],
+                          _explain(params, episode, config, config.inner_steps, batch_indices,
+                                   config.variant == "serial"))
+    return contract.Step(new_params, state, start_loss)
 
 
 def adapt(params, episode, config, *, steps=None, batch_indices=None):
     """φ̃_i for every task (leaves (T, ...)) after ``steps`` inner steps (default
     ``config.test_inner_steps``) on its support set, mini-batched by ``batch_indices``."""
     steps = config.test_inner_steps if steps is None else checks.integer("steps", steps, minimum=0)
-    episode = _check(params, config, episode, batch_indices, steps)
+    episode, batch_indices, single = _check(params, episode, config, None, False, batch_indices, steps)
     adapted = _adapt(params, episode, config, steps, batch_indices)
-    _check_finite("reptile.adapt", params, episode, config, steps, batch_indices, [("φ̃", adapted)])
-    return adapted
+    checks.finite_results("reptile.adapt", [("φ̃", adapted)],
+                          _explain(params, episode, config, steps, batch_indices))
+    return trees.take_task(adapted, 0) if single else adapted
 
 
-def predict(params, episode, config, *, steps=None, batch_indices=None):
+def predict(params, episode, config, *, steps=None, batch_indices=None, state=None):
     """f_{φ̃_i}(query_x) for every task: the model's outputs after ``adapt``."""
     steps = config.test_inner_steps if steps is None else checks.integer("steps", steps, minimum=0)
-    episode = _check(params, config, episode, batch_indices, steps)
+    episode, batch_indices, single = _check(params, episode, config, state, False, batch_indices, steps)
     outputs = config.model.apply(_adapt(params, episode, config, steps, batch_indices), episode.query_x)
-    _check_finite("reptile.predict", params, episode, config, steps, batch_indices,
-                  [("config.model.apply on the query sets", outputs)])
-    return outputs
+    checks.finite_results("reptile.predict", [("config.model.apply on the query sets", outputs)],
+                          _explain(params, episode, config, steps, batch_indices))
+    return outputs[0] if single else outputs
 
 
-def _check(params, config, episode=None, batch_indices=None, steps=0):
-    """The door: config, params against init's template, a meta-batch, the mini-batches."""
+def _check(params, episode, config, state=None, step=False, batch_indices=None, steps=0):
+    """The door: the config, params against the model's template, the empty State (``step``),
+    the episode with a task axis (``door.as_meta_batch``), the mini-batches (T, steps, b);
+    returns (episode, batch_indices, whether the episode had no task axis)."""
     checks.instance("config", config, ReptileConfig)
     checks.params(params, checks.model_shapes(config.model))
-    episode = None if episode is None else checks.episode(episode, n_way=config.n_way, task_axis=True)
+    if episode is None:
+        return None, None, False
+    checks.training_state(state, params, {}, step, adam=False)
+    episode, single = door.as_meta_batch(checks.episode(episode, n_way=config.n_way, max_task_axes=1),
+                                         config.n_way)
     if batch_indices is not None:
+        batch_indices = batch_indices[None] if single else batch_indices
         n_tasks, n_support = anp.shape(episode.support_x)[:2]
         checks.indices("batch_indices", batch_indices, n_support, (n_tasks, steps, None))
         checks.integer("the mini-batch size, batch_indices.shape[2]",
                        anp.shape(batch_indices)[2], minimum=1)
-    return episode
+    return episode, batch_indices, single
 
 
-def _check_finite(where, params, episode, config, steps, batch_indices, results, serial=False):
-    """One read: are ``results`` [(name, value)] finite?  If not, recompute U^steps and name the
-    first NaN or inf it makes, else the first of ``results``."""
-    if not checks.all_finite(*(value for _, value in results)):
-        checks.first_non_finite(where, itertools.chain(
-            _quantities(params, episode, config, steps, batch_indices, serial), results))
+def _explain(params, episode, config, steps, batch_indices=None, serial=False):
+    """The failure path: (name, value) of each support loss, gradient and inner update, in the
+    order U^steps makes them: every task at once from φ, or (``serial``) task by task from the
+    φ the last one left."""
+    def quantities(params=params):
+        n_tasks = anp.shape(episode.support_x)[0]
+        for group in ([slice(t, t + 1) for t in range(n_tasks)] if serial else [slice(None)]):
+            of = f" of task {group.start}" if serial else ""
+            loss = "config.model.loss on the support set" + (of if serial else "s, Σ_i,")
+            indices = None if batch_indices is None else batch_indices[group]
+            phi = trees.broadcast_tasks(params, len(range(n_tasks)[group]))
+            for j, (total, grads, phi) in enumerate(_inner_steps(
+                    phi, episode.support_x[group], episode.support_y[group], config, steps, indices), 1):
+                yield f"{loss} at inner step {j}", total
+                yield from ((f"its gradient for {name!r} at inner step {j}{of}", grads[name])
+                            for name in sorted(grads))
+                yield from ((f"the inner update of {name!r} at inner step {j}{of}", phi[name])
+                            for name in sorted(phi))
+            if serial:
+                params = trees.interpolate(params, trees.take_task(phi, 0), config.meta_step_size)
+    return quantities
 
 
-def _quantities(params, episode, config, steps, batch_indices, serial):
-    """(name, value) of each support loss, gradient and inner update, in the order U^steps makes
-    them: every task at once from φ, or (``serial``) task by task from the φ the last one left."""
-    n_tasks = anp.shape(episode.support_x)[0]
-    for group in ([slice(t, t + 1) for t in range(n_tasks)] if serial else [slice(None)]):
-        of = f" of task {group.start}" if serial else ""
-        loss = "config.model.loss on the support set" + (of if serial else "s, Σ_i,")
-        indices = None if batch_indices is None else batch_indices[group]
-        phi = trees.broadcast_tasks(params, len(range(n_tasks)[group]))
-        for j, (total, grads, phi) in enumerate(_inner_steps(
-                phi, episode.support_x[group], episode.support_y[group], config, steps, indices), 1):
-            yield f"{loss} at inner step {j}", total
-            yield from ((f"its gradient for {name!r} at inner step {j}{of}", grads[name])
-                        for name in sorted(grads))
-            yield from ((f"the inner update of {name!r} at inner step {j}{of}", phi[name])
-                        for name in sorted(phi))
-        if serial:
-            params = trees.interpolate(params, trees.take_task(phi, 0), config.meta_step_size)
+def _total_loss(params, x, y, config):
+    """Σ_i L_i of config.model.loss, held to the contract: real floats, one loss per task (T,)."""
+    return anp.sum(checks.model_losses("config.model.loss(params, x, y, reduction)",
+                                       config.model.loss(params, x, y, config.inner_reduction),
+                                       anp.shape(x)[0]))
 
 
 # ----- the paper's update rules (no checks) -----
@@ -221,9 +227,8 @@ def batched_step(params, episode, config, batch_indices=None):
     adapted, start_total = _inner_loop(_per_task(params, episode), episode.support_x,
                                        episode.support_y, config, config.inner_steps, batch_indices)
     differences = {name: adapted[name] - params[name] for name in sorted(params)}  # (T, ...)
-    reduce = anp.mean if config.task_reduction == "mean" else anp.sum
-    new_params = {name: params[name] + config.meta_step_size * reduce(differences[name], axis=0)
-                  for name in sorted(params)}
+    new_params = {name: params[name] + config.meta_step_size * door.reduce_tasks(
+        differences[name], config.task_reduction, axis=0) for name in sorted(params)}
     return new_params, _reduce_total(start_total, episode, config)
 
 
@@ -299,13 +304,6 @@ def _inner_steps(params, support_x, support_y, config, steps, batch_indices=None
                 params, grads, state, lr=config.inner_lr, b1=config.adam_b1,
                 b2=config.adam_b2, eps=config.adam_eps, check=False)
         yield total, grads, params
-
-
-def _total_loss(params, x, y, config):
-    """Σ_i L_i of config.model.loss, held to the contract: real floats, one loss per task (T,)."""
-    return anp.sum(checks.model_losses("config.model.loss(params, x, y, reduction)",
-                                       config.model.loss(params, x, y, config.inner_reduction),
-                                       anp.shape(x)[0]))
 
 
 def _reduce_total(total, episode, config):

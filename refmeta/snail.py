@@ -52,21 +52,18 @@ the order given (the demo shuffles them).  Weights start U(±1/√fan_in), PyTor
 ``attention_init_gain`` g multiplies the attention blocks' query and key weights.  Batch norm
 (``bn_eps`` 1e-5, ``bn_momentum`` 0.1): ``step`` normalises by the statistics of all the images
 of the call and tracks them, state.bn ← (1 − bn_momentum)·state.bn + bn_momentum·(their mean,
-unbiased variance); ``loss`` and ``predict`` use the former (``bn_mode`` "transductive") or
-``bn_state`` ("running").  ``embed``, ``make_sequences``, ``apply``, ``query_logits``,
-``channel_plan`` check nothing.
+unbiased variance), named as f's params ("embed.bn0.mean"); ``loss`` and ``predict`` use the
+former (``bn_mode`` "transductive") or state.bn ("running").
 """
 
-from dataclasses import asdict, dataclass
-from typing import NamedTuple, Optional
+from dataclasses import dataclass
+from typing import Optional
 
 import autograd.numpy as anp
-import numpy as np
-from autograd import value_and_grad
 from autograd.tracer import getval
 
-from refmeta import checks, contract
-from refmeta.nn import layers, losses, models, optimizers, trees
+from refmeta import checks, door
+from refmeta.nn import losses, models, trees
 from refmeta.nn import snail_blocks as blocks
 
 
@@ -97,8 +94,8 @@ class SNAILConfig:
                               ("embedding_dim", 1), ("embedding_filters", 1), ("image_channels", 1),
                               ("image_size", 16)):  # 16: four 2×2 pools
             checks.integer(name, getattr(self, name), minimum=minimum)
-        checks.shots(self.k_shot, self.train_shots)
-        checks.specs("blocks", self.blocks, blocks.BLOCK_FORMS)
+        _check_shots(self.k_shot, self.train_shots)
+        _check_blocks(self.blocks)
         checks.boolean("embedding_linear", self.embedding_linear)
         for name in ("bn_eps", "attention_init_gain"):
             checks.positive(name, getattr(self, name))
@@ -125,16 +122,8 @@ class SNAILConfig:
 
     def conventions(self):
         """Every field, as a JSON-able dict, with the Ks, T_max, dilations and channel plan."""
-        return {**asdict(self), "blocks": [list(b) for b in self.blocks],
-                "train_shots": None if self.train_shots is None else list(self.train_shots),
-                "shots": list(self.shots), "sequence_length": self.sequence_length,
-                "dilations": self.dilations(), "channels": channel_plan(self)}
-
-
-class SNAILState(NamedTuple):
-    """``step``'s state: Adam's moments; f's running statistics {"bn{i}.mean", "bn{i}.var"} (F,)."""
-    adam: optimizers.AdamState
-    bn: dict
+        return door.conventions(self, shots=list(self.shots), sequence_length=self.sequence_length,
+                                dilations=self.dilations(), channels=channel_plan(self))
 
 
 # ----- the model: (4), (1), (3) and (2) -----
@@ -160,9 +149,13 @@ def parameter_count(config):
 
 
 def embed(params, images, config, bn_state=None, return_bn_moments=False):
-    """f (``snail_blocks.embed`` of "embed.*"): images (..., n, C, H, W) -> (..., n, d)."""
-    return blocks.embed(trees.subtree(params, "embed"), images, config.bn_eps, bn_state,
-                        return_bn_moments)
+    """f (``snail_blocks.embed`` of "embed.*"): images (..., n, C, H, W) -> (..., n, d); batch
+    norm by bn_state (state.bn, "embed.bn{i}.mean", ...) or the images' statistics, whose moments
+    ``return_bn_moments`` adds, named likewise."""
+    running = None if bn_state is None else trees.subtree(bn_state, "embed")
+    out = blocks.embed(trees.subtree(params, "embed"), images, config.bn_eps, running,
+                       return_bn_moments)
+    return (out[0], {f"embed.{k}": v for k, v in out[1].items()}) if return_bn_moments else out
 
 
 def make_sequences(support_z, support_y, query_z, config):
@@ -190,14 +183,17 @@ def query_logits(params, support_z, support_y, query_z, config):
     return apply(params, sequence, config, branches=n_query)[..., -n_query:, :]
 
 
-def _predict(params, episode, config, bn_state=None, return_bn_moments=False):
-    """Logits (..., Q, N) at the query step of every query (and the images' BN moments)."""
+def _predict(params, episode, config, bn_state=None, moments=None):
+    """Logits (..., Q, N) at the query step of every query; batch norm by bn_state, or by the
+    images' statistics, whose moments go to the list ``moments`` if given."""
     n = anp.shape(episode.support_x)[-4]                                   # N·K
     images = anp.concatenate([episode.support_x, episode.query_x], axis=-4)
-    out = embed(params, images, config, bn_state, return_bn_moments)
-    z, moments = out if return_bn_moments else (out, None)
-    logits = query_logits(params, z[..., :n, :], episode.support_y, z[..., n:, :], config)
-    return (logits, moments) if return_bn_moments else logits
+    if moments is None:
+        z = embed(params, images, config, bn_state)
+    else:
+        z, found = embed(params, images, config, return_bn_moments=True)
+        moments.append({k: getval(v) for k, v in found.items()})           # bookkeeping only
+    return query_logits(params, z[..., :n, :], episode.support_y, z[..., n:, :], config)
 
 
 def _loss(logits, query_y):
@@ -225,61 +221,87 @@ def init(rng, config):
 
 
 def init_state(params, config):
-    """SNAILState: Adam's zero moments, running means 0 and variances 1, on params' device."""
-    checks.instance("config", config, SNAILConfig)
-    checks.params(params, checks.init_shapes(init, config))
-    like = getval(params["out.w"])
-    bn = {k: np.asarray(v, dtype=like.dtype, like=like)
-          for k, v in models.conv4_bn_state(config.embedding_filters).items()}
-    return SNAILState(optimizers.adam_init(params), bn)
+    """State: Adam's zero moments; f's running statistics {"embed.bn{i}.mean", "embed.bn{i}.var"}
+    (F,), means 0 and variances 1, on params' device."""
+    _check(params, None, config)
+    return door.init_state(params, _bn_statistics(config))
 
 
-def predict(params, episode, config, *, bn_state=None):
+def predict(params, episode, config, *, state=None):
     """Logits at the query step: support_x (..., N·K, C, H, W), K in config.shots, query_x (..., Q,
-    C, H, W) -> (..., Q, N).  bn_state (state.bn): required with bn_mode "running", else refused."""
-    episode = _check_inputs(params, episode, config, bn_state)
-    return _predict(params, episode, config, bn_state)
+    C, H, W) -> (..., Q, N); with bn_mode "running", f normalises by state.bn."""
+    episode = _check(params, episode, config, state)
+    return _predict(params, episode, config, door.running(state, config.bn_mode))
 
 
-def loss(params, episode, config, *, bn_state=None):
+def loss(params, episode, config, *, state=None):
     """(2) on an episode; the arguments as for ``predict``."""
-    episode = _check_inputs(params, episode, config, bn_state)
-    return _loss(_predict(params, episode, config, bn_state), episode.query_y)
+    episode = _check(params, episode, config, state)
+    return _loss(_predict(params, episode, config, door.running(state, config.bn_mode)),
+                 episode.query_y)
 
 
 def step(params, state, episode, config):
-    """One Adam step (meta_lr) on (2) with the batch's statistics in f: Step(params,
-    SNAILState with state.bn tracking those statistics, the loss at the starting params)."""
-    checks.instance("state", state, SNAILState)
-    episode = _check_inputs(params, episode, config, None, state)
-    moments = {}
-
-    def objective(p):
-        logits, found = _predict(p, episode, config, return_bn_moments=True)
-        moments.update({k: getval(v) for k, v in found.items()})           # bookkeeping only
-        return _loss(logits, episode.query_y)
-
-    value, grads = value_and_grad(objective)(params)
-    if not checks.all_finite(value, grads):
-        checks.first_non_finite(f"snail.step (Adam step {state.adam.step + 1}, not taken)",
-                                [("the loss", value), ("the gradient", grads)])
-    params, adam = optimizers.adam_update(params, grads, state.adam, lr=config.meta_lr,
-                                          check=False)
-    bn = layers.update_running(state.bn, moments, config.bn_momentum)
-    return contract.Step(params, SNAILState(adam, bn), value)
+    """One Adam step (meta_lr) on (2) with the batch's statistics in f, tracked in state.bn:
+    Step(params, State, the loss at the starting params)."""
+    episode = _check(params, episode, config, state, step=True)
+    objective = lambda p, moments: _loss(_predict(p, episode, config, None, moments), episode.query_y)
+    return door.step("snail.step", ("the loss", "the gradient"), objective, params, state,
+                     config.meta_lr, momentum=config.bn_momentum)
 
 
-def _check_inputs(params, episode, config, bn_state, state=None):
-    """Every check of an entry point that reads an episode; returns it as an Episode."""
+def _check(params, episode, config, state=None, step=False):
+    """The door: the config, params against init's template, the State (required by ``step``,
+    and by bn_mode "running"), and an episode whose K is one of config.shots and whose images
+    are the net's, returned as ``checks.episode`` gives it."""
     checks.instance("config", config, SNAILConfig)
     checks.params(params, checks.init_shapes(init, config))
-    episode, _ = checks.episode_shots(episode, config.n_way, config.shots)
+    if episode is None:
+        return None
+    checks.training_state(state, params, _bn_statistics(config), step, bn_mode=config.bn_mode)
+    labels = getval(episode[1]) if isinstance(episode, tuple) and len(episode) == 4 else None
+    n_support = anp.shape(labels)[-1] if labels is not None and anp.ndim(labels) >= 1 else 0
+    n, k_shot = config.n_way, n_support // config.n_way                # K read from the size N·K
+    fits = n_support == n * k_shot and k_shot in config.shots
+    episode = checks.episode(episode, n, k_shot if fits else None)
+    if not fits:
+        raise ValueError(f"the support set must hold N·K examples, N = {n} and K in {config.shots}: "
+                         f"{', '.join(str(n * k) for k in config.shots)}; got {n_support}")
     image = (config.image_channels, config.image_size, config.image_size)
     checks.example_shape("support_x", episode.support_x, anp.ndim(episode.support_y) - 1, image)
-    bn_shapes = checks.tree_shapes(models.conv4_bn_state(config.embedding_filters))
-    if state is None:
-        checks.bn_state_for_mode(bn_state, config.bn_mode, bn_shapes)
-    else:                                         # step: the batch's statistics, tracked in state.bn
-        checks.adam_state("state.adam", state.adam, checks.tree_shapes(params))
-        checks.running_stats(state.bn, bn_shapes, "state.bn")
     return episode
+
+
+def _bn_statistics(config):
+    return {f"embed.{k}": v for k, v in models.conv4_bn_state(config.embedding_filters).items()}
+
+
+def _check_shots(k_shot, train_shots):
+    """Exactly one of ``k_shot`` (an integer >= 1) and ``train_shots`` (a strictly increasing
+    tuple of them) is given, the other None."""
+    if (k_shot is None) == (train_shots is None):
+        raise ValueError(f"give k_shot (one K) or train_shots (several), the other None; got "
+                         f"k_shot={k_shot!r} and train_shots={train_shots!r}")
+    if k_shot is not None:
+        return checks.integer("k_shot", k_shot, minimum=1)
+    checks.instance("train_shots", train_shots, tuple)
+    if not train_shots:
+        raise ValueError("train_shots must hold at least one integer; got ()")
+    for j, item in enumerate(train_shots):
+        checks.integer(f"train_shots[{j}]", item, minimum=1)
+    if any(later <= earlier for earlier, later in zip(train_shots, train_shots[1:])):
+        raise ValueError(f"train_shots must be strictly increasing; got {train_shots}")
+
+
+def _check_blocks(specs):
+    """A tuple of block specs ("attention", key_size, value_size) or ("tc", filters), each size an
+    integer >= 1 (``snail_blocks.BLOCK_FORMS``)."""
+    checks.instance("blocks", specs, tuple)
+    forms = blocks.BLOCK_FORMS
+    allowed = " or ".join(f"({kind!r}, {', '.join(sizes)})" for kind, sizes in forms.items())
+    for j, spec in enumerate(specs):
+        kind = spec[0] if isinstance(spec, tuple) and spec and isinstance(spec[0], str) else None
+        if kind not in forms or len(spec) != 1 + len(forms[kind]):
+            raise ValueError(f"blocks[{j}] must be {allowed}; got {spec!r}")
+        for size_name, size in zip(forms[kind], spec[1:]):
+            checks.integer(f"blocks[{j}] {size_name}", size, minimum=1)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from autograd import grad
 
-from refmeta import contract, gradcheck
+from refmeta import checks, contract, gradcheck
 from refmeta.data import tasks
 from refmeta.nn import losses, models, trees
 
@@ -39,7 +39,7 @@ def mlp_loss(activation):
 def regression_episode(dev, rng, n_tasks, n_support, n_query, d_in=1, d_out=1):
     arrays = [rng.uniform(-2, 2, size=(n_tasks, n, d)) for n in (n_support, n_query)
               for d in (d_in, d_out)]
-    return tasks.Episode.validated(*(dev.asarray(a) for a in arrays))
+    return checks.episode(tasks.Episode(*(dev.asarray(a) for a in arrays)))
 
 
 def classification_episode(dev, rng, n_tasks, n_way, n_shot, n_query, image_shape):
@@ -48,8 +48,8 @@ def classification_episode(dev, rng, n_tasks, n_way, n_shot, n_query, image_shap
     query_y = np.tile(np.repeat(np.arange(n_way), n_query), (n_tasks, 1))
     support_x = rng.standard_normal((n_tasks, n_way * n_shot) + image_shape)
     query_x = rng.standard_normal((n_tasks, n_way * n_query) + image_shape)
-    return tasks.Episode.validated(dev.asarray(support_x), dev.asarray(support_y),
-                                   dev.asarray(query_x), dev.asarray(query_y), n_way=n_way)
+    return checks.episode(tasks.Episode(dev.asarray(support_x), dev.asarray(support_y),
+                                        dev.asarray(query_x), dev.asarray(query_y)), n_way=n_way)
 
 
 def max_abs_diff(a, b, dev):

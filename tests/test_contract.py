@@ -1,10 +1,13 @@
 """The one contract, held across all six algorithms at once (docs/architecture.md).
 
-Each algorithm gets a tiny classification config and one episode.  Then, for every algorithm:
+Every algorithm gets a tiny config for the same images and the same episode: a meta-batch of
+two 2-way 1-shot tasks of 16×16 images (and the first task alone).  Then, for every algorithm:
 the public names exist with the documented shape; ``conventions()`` is JSON; ``step`` returns a
-``Step`` whose loss is ``loss`` at the starting params; each entry point copies each label array
-to the host once; and every kind of bad input, at every entry point that reads it, raises
-ValueError or TypeError: never a number, never an IndexError, KeyError or numpy message.
+``Step`` whose loss is ``loss`` at the starting params and whose State carries every piece of
+the state (the optimizer's, the running batch-norm statistics) to the next step; each entry
+point copies each label array to the host once; and every kind of bad input, at every entry
+point that reads it, raises ValueError or TypeError: never a number, never an IndexError,
+KeyError or numpy message.
 """
 
 import dataclasses
@@ -15,65 +18,64 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from refmeta import checks, contract, maml, matching, metanet, protonet, reptile, snail
+from refmeta import contract, maml, matching, metanet, protonet, reptile, snail
+from refmeta.checks import episodes as episode_checks
 from refmeta.nn import losses, models
 
-N_WAY = 2
+N_WAY, SIDE = 2, 16
 
 
-def mlp_classifier():
-    """A 2-input, 2-class tanh MLP with the cross-entropy: MAML's and Reptile's model."""
-    return contract.supervised(functools.partial(models.mlp_init, sizes=(2, 3, N_WAY)),
-                               functools.partial(models.mlp_apply, activation="tanh"),
-                               functools.partial(losses.cross_entropy, check=False),
-                               "mlp 2-3-2 tanh, cross-entropy")
+def conv4_classifier(batch_norm=False):
+    """conv4 max-pool, 2 filters, a 2-class head and the cross-entropy: MAML's and Reptile's
+    model; with ``batch_norm`` its running statistics are kept (a ``contract.BatchNorm``)."""
+    init = functools.partial(models.conv4_init, in_channels=1, n_out=N_WAY, hidden=2,
+                             variant="maxpool", image_size=SIDE)
+    apply = functools.partial(models.conv4_apply, variant="maxpool")
+
+    def apply_bn(params, x, running):
+        if running is not None:
+            return models.conv4_apply(params, x, "maxpool", "running", running), {}
+        return models.conv4_apply(params, x, "maxpool", return_bn_moments=True)
+    kept = contract.BatchNorm(lambda: models.conv4_bn_state(2), apply_bn) if batch_norm else None
+    return contract.supervised(init, apply, functools.partial(losses.cross_entropy, check=False),
+                               "conv4 max-pool 2 filters, 2-way, cross-entropy", kept)
 
 
-def tanh_embedding():
-    return contract.Model(functools.partial(models.mlp_init, sizes=(2, 3)),
-                          functools.partial(models.mlp_apply, activation="tanh"), None,
-                          "tanh layer 2 -> 3")
-
-
-def vectors(rng, lead, n):
-    """x (*lead, n, 2) and class-major labels (*lead, n) with every class present."""
+def images(rng, lead, n):
+    """x (*lead, n, 1, 16, 16) and class-major labels (*lead, n) with every class present."""
     y = np.broadcast_to(np.arange(n) % N_WAY, lead + (n,)).copy()
-    return rng.standard_normal(lead + (n, 2)), y
+    return rng.standard_normal(lead + (n, 1, SIDE, SIDE)), y
 
 
-def images(rng, lead, n, side):
-    y = np.broadcast_to(np.arange(n) % N_WAY, lead + (n,)).copy()
-    return rng.standard_normal(lead + (n, 1, side, side)), y
+def the_episode(rng):
+    """The one episode every algorithm takes: two tasks, 2-way 1-shot, two queries each."""
+    return contract.Episode(*images(rng, (2,), 2), *images(rng, (2,), 2))
 
 
-# name -> (module, config, episode maker (rng) -> host arrays, has Adam state)
+EMBEDDING = protonet.conv4_embedding(hidden=2, image_size=SIDE)
+# name -> (module, config)
 ALGORITHMS = {
-    "maml": (maml, maml.MAMLConfig(model=mlp_classifier(), n_way=N_WAY, inner_steps=2),
-             lambda rng: (*vectors(rng, (2,), 4), *vectors(rng, (2,), 2))),
-    "reptile": (reptile, reptile.ReptileConfig(model=mlp_classifier(), n_way=N_WAY, inner_steps=2,
-                                               test_inner_steps=2, inner_optimizer="sgd"),
-                lambda rng: (*vectors(rng, (2,), 4), *vectors(rng, (2,), 2))),
-    "protonet": (protonet, protonet.ProtoNetConfig(tanh_embedding(), n_way=N_WAY),
-                 lambda rng: (*vectors(rng, (), 4), *vectors(rng, (), 2))),
-    "matching": (matching, matching.MatchingConfig(tanh_embedding(), 3, n_way=N_WAY, fce=True,
-                                                   read_steps=1),
-                 lambda rng: (*vectors(rng, (), 4), *vectors(rng, (), 2))),
+    "maml": (maml, maml.MAMLConfig(model=conv4_classifier(batch_norm=True), n_way=N_WAY,
+                                   inner_steps=1, test_inner_steps=1)),
+    "reptile": (reptile, reptile.ReptileConfig(model=conv4_classifier(), n_way=N_WAY, inner_steps=2,
+                                               test_inner_steps=2, inner_optimizer="sgd")),
+    "protonet": (protonet, protonet.ProtoNetConfig(EMBEDDING, n_way=N_WAY)),
+    "matching": (matching, matching.MatchingConfig(EMBEDDING, 2, n_way=N_WAY, fce=True, read_steps=1)),
     "snail": (snail, snail.SNAILConfig(n_way=N_WAY, k_shot=1, blocks=(("attention", 2, 2), ("tc", 2)),
-                                       embedding_dim=3, embedding_filters=2, image_size=16),
-              lambda rng: (*images(rng, (), 2, 16), *images(rng, (), 2, 16))),
-    "metanet": (metanet, metanet.MetaNetConfig(n_way=N_WAY, hidden=2, n_blocks=3,
-                                               representation_chunks=2),
-                lambda rng: (*images(rng, (), 2, 8), *images(rng, (), 2, 8))),
+                                       embedding_dim=3, embedding_filters=2, image_size=SIDE)),
+    "metanet": (metanet, metanet.MetaNetConfig(n_way=N_WAY, hidden=2, n_blocks=4,
+                                               representation_chunks=2)),
 }
 NAMES = sorted(ALGORITHMS)
+KEEPS_BN = {"maml", "protonet", "matching", "snail"}        # their networks' running statistics
 
 
 def setup(name, dev, host_change=None):
     """(module, config, params, episode) on ``dev``; ``host_change`` edits the host episode first."""
-    module, config, make = ALGORITHMS[name]
+    module, config = ALGORITHMS[name]
     rng = np.random.default_rng(0)
     params = dev.tree(module.init(rng, config))
-    host = contract.Episode(*make(rng))
+    host = the_episode(rng)
     host = host if host_change is None else host_change(host)
     episode = host if not isinstance(host, contract.Episode) else \
         contract.Episode(*(dev.asarray(a) for a in host))
@@ -82,7 +84,7 @@ def setup(name, dev, host_change=None):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_every_algorithm_has_the_one_shape(name):
-    module, config, _ = ALGORITHMS[name]
+    module, config = ALGORITHMS[name]
     for function in ("init", "init_state", "loss", "step", "predict"):
         assert callable(getattr(module, function)), function
     assert (name in ("maml", "reptile")) == hasattr(module, "adapt")
@@ -98,7 +100,7 @@ def test_every_algorithm_has_the_one_shape(name):
 def test_step_returns_a_step_whose_loss_is_loss_at_the_starting_params(name, dev):
     module, config, params, episode = setup(name, dev)
     result = module.step(params, module.init_state(params, config), episode, config)
-    assert isinstance(result, contract.Step)
+    assert isinstance(result, contract.Step) and isinstance(result.state, contract.State)
     assert set(result.params) == set(params)
     if name == "reptile":                   # Reptile's step reports the support loss (its docstring)
         return
@@ -108,12 +110,82 @@ def test_step_returns_a_step_whose_loss_is_loss_at_the_starting_params(name, dev
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_step_carries_every_piece_of_the_state(name, dev):
+    """One State type everywhere: the optimizer's state (Adam's step, m, v; Reptile's None) and
+    the running statistics of every kept batch norm ({} where none are kept).  A second step
+    from the State the first returned differs from one taken from a fresh State, in the params
+    (Adam reads its moments) and in the statistics (tracked from where the first step left them)."""
+    module, config, params, episode = setup(name, dev)
+    state = module.init_state(params, config)
+    assert type(state) is contract.State
+    assert (state.optimizer is None) == (name == "reptile")
+    assert bool(state.bn) == (name in KEEPS_BN)
+    first = module.step(params, state, episode, config)
+    carried = module.step(first.params, first.state, episode, config)
+    fresh = module.step(first.params, module.init_state(first.params, config), episode, config)
+    host = lambda tree: {k: dev.to_host(v) for k, v in tree.items()}
+    if name == "reptile":
+        assert first.state == carried.state == contract.State(None, {})
+        return
+    assert (first.state.optimizer.step, carried.state.optimizer.step, fresh.state.optimizer.step) == (1, 2, 1)
+    for moment in ("m", "v"):
+        assert set(getattr(carried.state.optimizer, moment)) == set(params)
+    assert any(not np.allclose(a, host(fresh.params)[k], rtol=1e-12, atol=0)
+               for k, a in host(carried.params).items())
+    assert set(first.state.bn) == set(carried.state.bn) == set(state.bn)
+    for k, value in first.state.bn.items():
+        assert dev.is_array(value)
+        assert not np.allclose(dev.to_host(value), dev.to_host(state.bn[k]), rtol=1e-12, atol=0), k
+        assert not np.allclose(dev.to_host(carried.state.bn[k]), dev.to_host(fresh.state.bn[k]),
+                               rtol=1e-12, atol=0), k
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_one_task_alone_is_a_meta_batch_of_one(name, dev):
+    """The first task without the task axis: the loss and predictions of a meta-batch of one."""
+    module, config, params, episode = setup(name, dev)
+    one = contract.Episode(*(field[0] for field in episode))
+    batch_of_one = contract.Episode(*(field[:1] for field in episode))
+    np.testing.assert_allclose(float(module.loss(params, one, config)),
+                               float(module.loss(params, batch_of_one, config)), rtol=1e-13)
+    alone, of_one = (dev.to_host(module.predict(params, e, config)) for e in (one, batch_of_one))
+    assert alone.shape == of_one.shape[1:]
+    np.testing.assert_allclose(alone, of_one[0], rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("name", sorted(KEEPS_BN))
+def test_predict_reads_the_running_statistics_where_the_config_says_so(name, dev):
+    """With batch norm in mode "running", ``predict`` needs the State and normalises by state.bn:
+    statistics that differ give different outputs; in "transductive" mode they are not read."""
+    module, config, params, episode = setup(name, dev)
+    running = running_config(name, config)
+    state = module.step(params, module.init_state(params, config), episode, config).state
+    with pytest.raises(ValueError, match="state is required: batch norm in mode 'running'"):
+        module.predict(params, episode, running)
+    tracked = dev.to_host(module.predict(params, episode, running, state=state))
+    moved = state._replace(bn={k: v * 2.0 if k.endswith("var") else v + 0.5 for k, v in state.bn.items()})
+    assert not np.allclose(tracked, dev.to_host(module.predict(params, episode, running, state=moved)))
+    np.testing.assert_array_equal(dev.to_host(module.predict(params, episode, config, state=moved)),
+                                  dev.to_host(module.predict(params, episode, config)))
+
+
+def running_config(name, config):
+    """``config`` with its batch norm in mode "running"."""
+    if name == "snail":
+        return dataclasses.replace(config, bn_mode="running")
+    field = "model" if name == "maml" else "embedding"
+    model = getattr(config, field)
+    return dataclasses.replace(config, **{field: model._replace(
+        batch_norm=model.batch_norm._replace(mode="running"))})
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_each_entry_point_copies_each_label_array_to_the_host_once(name, dev, monkeypatch):
     module, config, params, episode = setup(name, dev)
     state = module.init_state(params, config)
     calls = []
-    original = checks.labels
-    monkeypatch.setattr(checks, "labels", lambda *a, **k: calls.append(a[0]) or original(*a, **k))
+    original = episode_checks.labels
+    monkeypatch.setattr(episode_checks, "labels", lambda *a, **k: calls.append(a[0]) or original(*a, **k))
     for call in (lambda: module.loss(params, episode, config),
                  lambda: module.predict(params, episode, config),
                  lambda: module.step(params, state, episode, config)):
@@ -205,16 +277,17 @@ def test_a_wrong_config_rng_or_state_is_refused(name, dev):
         module.init(np.random.default_rng(0), other)
     with pytest.raises((ValueError, TypeError)):
         module.step(params, "not a state", episode, config)
-    if name != "reptile":                  # Reptile's state is None; everyone else's is not
-        with pytest.raises((ValueError, TypeError)):
-            module.step(params, None, episode, config)
+    with pytest.raises(TypeError, match="state must be a State; got NoneType"):
+        module.step(params, None, episode, config)
+    with pytest.raises((ValueError, TypeError), match="state.optimizer"):
+        module.step(params, module.init_state(params, config)._replace(optimizer="Adam?"), episode, config)
 
 
 @pytest.mark.parametrize("field, value", [("meta_lr", -1e-3), ("meta_lr", float("nan")),
                                           ("n_way", 1), ("n_way", 2.0), ("n_way", True)])
 @pytest.mark.parametrize("name", NAMES)
 def test_configs_refuse_out_of_range_fields(name, field, value):
-    module, config, _ = ALGORITHMS[name]
+    module, config = ALGORITHMS[name]
     if field == "meta_lr" and name == "reptile":
         field = "meta_step_size"
     with pytest.raises((ValueError, TypeError), match=field):

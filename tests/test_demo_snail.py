@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from refmeta import snail
+from refmeta.contract import State
 from helpers import omniglot_folder
 from refmeta.data import omniglot
 from refmeta.device import backend
@@ -101,7 +102,7 @@ def test_cached_embeddings_score_episodes_exactly_as_embedding_each_episode(data
         return demo.shuffled_support(generator, omniglot.sample_episodes(generator, pool, 3, 5, 1, 2))
 
     running = dataclasses.replace(config, bn_mode="running")
-    direct = backend.to_host(snail.predict(params, draw(images, 7), running, bn_state=bn_state))
+    direct = backend.to_host(snail.predict(params, draw(images, 7), running, state=State(None, bn_state)))
     features = demo.embed_all(params, bn_state, images, config)[:, :, None, :]
     cached = draw(features, 7)
     sequences = snail.make_sequences(cached.support_x[..., 0, 0, :], cached.support_y,

@@ -64,9 +64,9 @@ def test_float32_rates_are_float64_from_then_on():
     as_python = reptile.ReptileConfig(model=tiny_mlp_model(), inner_steps=3,
                                       **{k: float(v) for k, v in given.items()})
     assert as_numpy.adam_b2 == float(np.float32(0.999)) and type(as_numpy.adam_b2) is float
-    params = reptile.init(rng, as_numpy)
-    for name, value in reptile.step(params, None, episode, as_numpy).params.items():
-        np.testing.assert_array_equal(value, reptile.step(params, None, episode, as_python).params[name])
+    params, empty = reptile.init(rng, as_numpy), contract.State(None, {})
+    for name, value in reptile.step(params, empty, episode, as_numpy).params.items():
+        np.testing.assert_array_equal(value, reptile.step(params, empty, episode, as_python).params[name])
 
 
 @pytest.mark.parametrize("make, message", [

@@ -14,6 +14,7 @@ from hypothesis import assume, given, strategies as st
 from helpers import (check_grad_away_from_kinks, classification_episode, max_abs_diff, mlp_loss,
                      regression_episode, tiny_mlp, tiny_mlp_model)
 from refmeta import contract, gradcheck, maml
+from refmeta.contract import State
 from refmeta.data import tasks
 from refmeta.nn import layers, losses, models, optimizers, trees
 
@@ -258,7 +259,48 @@ def test_step_with_adam_lowers_the_meta_loss(dev):
         if i == 0:
             assert float(value) == first  # the loss at the params the step started from
     assert float(maml.loss(params, episode, config)) < 0.9 * first
-    assert state.step == 30
+    assert state.optimizer.step == 30
+
+
+def close(dev, actual, expected, rtol):
+    np.testing.assert_allclose(dev.to_host(actual), expected, rtol=rtol, atol=1e-14)
+
+
+def kept_batch_norm(model, variant="stride", mode="transductive", momentum=0.1):
+    """``model`` (conv4_model's) with its batch norm's running statistics kept."""
+    def apply(params, x, running):
+        if running is not None:
+            return models.conv4_apply(params, x, variant, "running", running), {}
+        return models.conv4_apply(params, x, variant, return_bn_moments=True)
+    return model._replace(batch_norm=contract.BatchNorm(lambda: models.conv4_bn_state(2), apply, mode,
+                                                        momentum))
+
+
+def test_step_tracks_the_query_pass_statistics_and_predict_can_read_them(dev):
+    """A model that keeps its running statistics: state.bn ← (1 − 0.3)·state.bn + 0.3·(the
+    moments of the query pass at θ_i^(k), averaged over tasks), computed here from ``adapt``;
+    in mode "running", predict normalises the query pass at θ_i^(k) by state.bn."""
+    rng = np.random.default_rng(7)
+    config = maml.MAMLConfig(kept_batch_norm(conv4_model(3), momentum=0.3), n_way=3, inner_lr=0.2,
+                             inner_steps=2, test_inner_steps=2)
+    params = dev.tree(maml.init(rng, config))
+    episode = classification_episode(dev, rng, n_tasks=2, n_way=3, n_shot=1, n_query=2,
+                                     image_shape=(1, 8, 8))
+    state = maml.init_state(params, config)
+    assert set(state.bn) == {f"bn{i}.{s}" for i in range(4) for s in ("mean", "var")}
+    result = maml.step(params, state, episode, config)
+    adapted = maml.adapt(params, episode, config)                  # θ_i^(2), (T, ...) leaves
+    _, moments = models.conv4_apply(adapted, episode.query_x, "stride", return_bn_moments=True)
+    for name, value in moments.items():                               # (T, F): one per task
+        initial = 0.0 if name.endswith("mean") else 1.0
+        close(dev, result.state.bn[name], 0.7 * initial + 0.3 * dev.to_host(value).mean(axis=0),
+              rtol=1e-12)
+    running = dataclasses.replace(config, model=kept_batch_norm(conv4_model(3), mode="running"))
+    expected = models.conv4_apply(adapted, episode.query_x, "stride", "running", result.state.bn)
+    close(dev, maml.predict(params, episode, running, state=result.state), dev.to_host(expected),
+          rtol=1e-12)
+    with pytest.raises(ValueError, match="state is required"):
+        maml.predict(params, episode, running)
 
 
 def test_adapt_and_predict_take_test_inner_steps_by_default(dev):
@@ -297,7 +339,7 @@ def _setup(dev, n_tasks=2):
 
 def _every_entry(params, episode, config):
     """Each public entry point that takes (params, episode, config), as a zero-argument call."""
-    state = optimizers.adam_init(params) if isinstance(params, dict) and params else None
+    state = State(optimizers.adam_init(params), {}) if isinstance(params, dict) and params else None
     return [lambda: maml.loss(params, episode, config),
             lambda: maml.meta_gradient(params, episode, config),
             lambda: maml.step(params, state, episode, config),
@@ -367,7 +409,8 @@ def test_empty_sets_and_zero_tasks_are_refused(dev):
              (episode._replace(query_x=episode.query_x[:, :0], query_y=episode.query_y[:, :0]),
               "query set is empty"),
              (tasks.Episode(*(a[:0] for a in episode)), r"holds no task \(T = 0\)"),
-             (tasks.Episode(*(a[0] for a in episode)), "meta-batch")]
+             (tasks.Episode(*(a[None] for a in episode)), r"expected one task, support_x \(n, \.\.\.\), "
+                                                             r"or a meta-batch with one task axis")]
     for bad, message in cases:
         for call in _every_entry(params, bad, config):
             with pytest.raises(ValueError, match=message):
@@ -399,8 +442,10 @@ def test_bad_arguments_to_init_step_adapt_and_predict_are_refused(dev):
         maml.init(np.random.default_rng(0), {"inner_lr": 0.1})
     with pytest.raises(TypeError, match="config must be a MAMLConfig"):
         maml.loss(params, episode, None)
-    with pytest.raises(TypeError, match="state must be Adam's state"):
+    with pytest.raises(TypeError, match="state must be a State; got NoneType"):
         maml.step(params, None, episode, config)
+    with pytest.raises(TypeError, match="state.optimizer must be Adam's state"):
+        maml.step(params, State(None, {}), episode, config)
     for steps, error in ((-1, ValueError), (1.5, TypeError), ("3", TypeError)):
         with pytest.raises(error, match="steps must be an integer >= 0"):
             maml.adapt(params, episode, config, steps=steps)

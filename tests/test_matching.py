@@ -1,5 +1,6 @@
 """Matching Networks and the LSTM cell: independent references, finite differences, identities."""
 
+import dataclasses
 import math
 
 import autograd
@@ -10,8 +11,8 @@ import pytest
 from hypothesis import assume, given, strategies as st
 
 from helpers import check_grad_away_from_kinks
-from refmeta import gradcheck, matching, protonet
-from refmeta.contract import Episode, Model, Step
+from refmeta import checks, gradcheck, matching, protonet
+from refmeta.contract import Episode, Model, State, Step
 from refmeta.nn import layers, optimizers
 
 seeds = st.integers(0, 2**32 - 1)
@@ -94,9 +95,9 @@ def fce_params(rng, d, scale=0.5):
 def episode(dev, rng, n_way, k_shot, n_query, d_in=3, n_tasks=None):
     lead = () if n_tasks is None else (n_tasks,)
     ys = [np.broadcast_to(np.repeat(np.arange(n_way), n), lead + (n_way * n,)).copy() for n in (k_shot, n_query)]
-    return Episode.validated(dev.asarray(rng.standard_normal(lead + (n_way * k_shot, d_in))), dev.asarray(ys[0]),
-                             dev.asarray(rng.standard_normal(lead + (n_way * n_query, d_in))), dev.asarray(ys[1]),
-                             n_way=n_way)
+    support_x, query_x = (rng.standard_normal(lead + (n_way * n, d_in)) for n in (k_shot, n_query))
+    return checks.episode(Episode(dev.asarray(support_x), dev.asarray(ys[0]), dev.asarray(query_x),
+                                  dev.asarray(ys[1])), n_way=n_way)
 
 
 def model_params(dev, rng, cfg):
@@ -289,8 +290,9 @@ def test_loss_gradient_through_the_conv_embedding(dev, seed, fce):
                  read_steps=2)
     params = dev.tree(matching.init(rng, cfg))
     ys = np.repeat(np.arange(3), 2)
-    ep = Episode.validated(dev.asarray(rng.standard_normal((6, 1, 16, 16))), dev.asarray(ys),
-                           dev.asarray(rng.standard_normal((3, 1, 16, 16))), dev.asarray(np.arange(3)), n_way=3)
+    ep = checks.episode(Episode(dev.asarray(rng.standard_normal((6, 1, 16, 16))), dev.asarray(ys),
+                                dev.asarray(rng.standard_normal((3, 1, 16, 16))), dev.asarray(np.arange(3))),
+                        n_way=3)
     f = lambda p: matching.loss(p, ep, cfg)
     assume(check_grad_away_from_kinks(f, params, rng, n_directions=2) > 0)
 
@@ -330,19 +332,46 @@ def test_init_names_and_conventions():
     assert set(matching.init(rng, default)) == {f"embed.{k}" for k in protonet.init(rng, protonet.ProtoNetConfig())}
 
 
+def test_step_tracks_f_and_g_statistics_each_from_its_own_pass(dev):
+    """Two networks (share_embedding False): state.bn holds "g.bn{i}.*" and "f.bn{i}.*", tracked
+    from the support pass through g′ and the query pass through f′, as the embedding's own
+    ``batch_norm.apply`` gives their moments; with bn_mode "running" predict reads them."""
+    rng = np.random.default_rng(6)
+    embedding = protonet.conv4_embedding(hidden=2, image_size=16, bn_momentum=0.25)
+    cfg = config(embedding=embedding, embedding_dim=2, share_embedding=False, n_way=2)
+    params = dev.tree(matching.init(rng, cfg))
+    ep = Episode(dev.asarray(rng.random((4, 1, 16, 16))), dev.asarray(np.array([0, 1, 0, 1])),
+                 dev.asarray(rng.random((2, 1, 16, 16))), dev.asarray(np.array([1, 0])))
+    state = matching.init_state(params, cfg)
+    assert set(state.bn) == {f"{net}.bn{i}.{s}" for net in "fg" for i in range(4) for s in ("mean", "var")}
+    tracked = matching.step(params, state, ep, cfg).state.bn
+    for net, x in (("g", ep.support_x), ("f", ep.query_x)):
+        _, moments = embedding.batch_norm.apply({k[2:]: v for k, v in params.items() if k.startswith(net)},
+                                                x, None)
+        for name, value in moments.items():
+            close(dev, tracked[f"{net}.{name}"], 0.75 * dev.to_host(state.bn[f"{net}.{name}"])
+                  + 0.25 * dev.to_host(value), rtol=1e-13)
+    running = dataclasses.replace(cfg, embedding=embedding._replace(
+        batch_norm=embedding.batch_norm._replace(mode="running")))
+    assert "momentum 0.25" in embedding.name
+    log_p = matching.predict(params, ep, running, state=State(None, tracked))
+    assert log_p.shape == (2, 2) and np.all(np.isfinite(dev.to_host(log_p)))
+
+
 def test_step_is_one_adam_step_of_meta_lr_on_the_loss(dev):
     rng = np.random.default_rng(2)
     cfg = config(fce=True, read_steps=2, learn_attention_scale=True, meta_lr=0.02)
     params = model_params(dev, rng, cfg)
     ep = episode(dev, rng, 3, 2, 2, n_tasks=2)
     state = matching.init_state(params, cfg)
-    assert state.step == 0 and set(state.m) == set(params)
+    assert state.optimizer.step == 0 and set(state.optimizer.m) == set(params) and state.bn == {}
     result = matching.step(params, state, ep, cfg)
-    assert isinstance(result, Step) and dev.is_array(result.loss) and result.state.step == 1
+    assert isinstance(result, Step) and dev.is_array(result.loss) and result.state.optimizer.step == 1
     # the step differentiates the unchecked loss, here the public one: the same operations, so
     # equal to rounding at most
     np.testing.assert_allclose(float(result.loss), float(matching.loss(params, ep, cfg)), rtol=1e-13)
-    expected, _ = optimizers.adam_update(params, autograd.grad(matching.loss)(params, ep, cfg), state, lr=0.02)
+    expected, _ = optimizers.adam_update(params, autograd.grad(matching.loss)(params, ep, cfg),
+                                         state.optimizer, lr=0.02)
     for name in params:
         close(dev, result.params[name], dev.to_host(expected[name]), rtol=1e-13, atol=1e-15)
     assert float(matching.loss(result.params, ep, cfg)) < float(result.loss)
@@ -414,8 +443,9 @@ def test_a_missing_or_extra_params_key_is_named(dev, setup):
         matching.loss(params, ep, config(n_way=2, fce=True, read_steps=1))
     with pytest.raises(ValueError, match=r"params\['attention.log_scale'\] must have shape \(\); got \(1,\)"):
         matching.loss(dict(params, **{matching.LOG_SCALE: dev.asarray(np.zeros(1))}), ep, cfg)
-    with pytest.raises(ValueError, match=r"state.v do not match the model: missing \['attention.log_scale'\]"):
-        matching.step(params, optimizers.AdamState(0, params, without_scale), ep, cfg)
+    with pytest.raises(ValueError, match=r"state.optimizer.v do not match the model: missing "
+                                         r"\['attention.log_scale'\]"):
+        matching.step(params, State(optimizers.AdamState(0, params, without_scale), {}), ep, cfg)
 
 
 def test_negative_learning_rates_and_out_of_range_settings_are_refused(dev, setup):
@@ -465,5 +495,5 @@ def test_unknown_names_and_wrong_kinds_are_refused(setup):
         matching.predict(params, ep, protonet.ProtoNetConfig())
     with pytest.raises(TypeError, match="rng must be a Generator; got RandomState"):
         matching.init(np.random.RandomState(0), cfg)
-    with pytest.raises(TypeError, match=r"state must be Adam's state \(step, m, v\); got dict"):
+    with pytest.raises(TypeError, match=r"state must be a State; got dict"):
         matching.step(params, {}, ep, cfg)

@@ -304,13 +304,13 @@ def test_step_is_adam_on_the_clipped_gradient_and_returns_the_starting_loss(dev)
     gradient = grad(metanet.loss)(params, episode, config)
     assert np.sqrt(float(trees.vdot(gradient, gradient))) > 1e-3          # the clip is active
     clipped = optimizers.clip_by_global_norm(gradient, 1e-3)
-    expected, expected_state = optimizers.adam_update(params, clipped, state, lr=0.05)
+    expected, expected_state = optimizers.adam_update(params, clipped, state.optimizer, lr=0.05)
     # grad vs value_and_grad with and without the door's checks: the same arithmetic, but held to
     # a tight tolerance rather than bits, as two call paths
     for k in params:
         np.testing.assert_allclose(dev.to_host(result.params[k]), dev.to_host(expected[k]), rtol=1e-13,
                                    atol=1e-16)
-    assert result.state.step == expected_state.step == 1
+    assert result.state.optimizer.step == expected_state.step == 1 and result.state.bn == {}
     np.testing.assert_allclose(float(result.loss), float(metanet.loss(params, episode, config)), rtol=1e-13)
     g = dev.tree({"a": np.array([3.0, 4.0]), "b": np.array([12.0])})
     np.testing.assert_allclose(dev.to_host(optimizers.clip_by_global_norm(g, 6.5)["a"]), [1.5, 2.0],
@@ -367,7 +367,7 @@ def test_the_authors_five_ceil_blocks_take_28_to_1_and_train(dev):
     state, first = metanet.init_state(params, config), float(metanet.loss(params, episode, config))
     result = metanet.step(params, state, episode, config)
     assert float(result.loss) == pytest.approx(first, rel=1e-13)      # the loss at the params given
-    assert result.state.step == 1 and set(result.params) == set(params)
+    assert result.state.optimizer.step == 1 and set(result.params) == set(params)
     for n_blocks, rounding, sides in ((5, "floor", "32..63"), (4, "ceil", "9..16")):   # 28 fits neither
         other = dataclasses.replace(config, n_blocks=n_blocks, pool_rounding=rounding)
         with pytest.raises(ValueError, match=rf"H and W in {sides} to end at 1×1 after n_blocks={n_blocks} "
@@ -433,7 +433,8 @@ def call(entry, dev, episode=lambda e: e, params=lambda p: p, config=lambda c: c
     ``config`` (step gets a valid Adam state)."""
     good, ep, cfg = tiny(dev, np.random.default_rng(12))
     if entry == "step":
-        return metanet.step(params(good), optimizers.adam_init(good), episode(ep), config(cfg))
+        return metanet.step(params(good), contract.State(optimizers.adam_init(good), {}), episode(ep),
+                            config(cfg))
     return getattr(metanet, entry)(params(good), episode(ep), config(cfg), **entry_kwargs)
 
 
@@ -493,10 +494,28 @@ def test_a_query_set_with_a_task_axis_is_refused(dev, entry):
         call(entry, dev, episode=lambda e: e._replace(query_x=e.query_x[None], query_y=e.query_y[None]))
 
 
-@pytest.mark.parametrize("entry", ENTRIES)
-def test_a_meta_batch_is_refused_meta_networks_take_one_task(dev, entry):
-    with pytest.raises(ValueError, match=r"expected one task, support_x \(n, ...\) without a task axis"):
-        call(entry, dev, episode=lambda e: contract.Episode(*(a[None] for a in e)))
+def test_a_meta_batch_is_its_tasks_one_after_another(dev):
+    """A task axis: predict stacks each task's logits, loss is the mean of the tasks' losses, and
+    meta_info takes the task axis too; episode_outputs takes one task, and two task axes no one."""
+    params, ep, config = tiny(dev, np.random.default_rng(12))
+    other = contract.Episode(ep.support_x[::-1], ep.support_y[::-1], ep.query_x[::-1], ep.query_y[::-1])
+    batch = contract.Episode(*(anp.stack([a, b]) for a, b in zip(ep, other)))
+    logits = dev.to_host(metanet.predict(params, batch, config))
+    for t, task in enumerate((ep, other)):
+        np.testing.assert_allclose(logits[t], dev.to_host(metanet.predict(params, task, config)), rtol=1e-13)
+    np.testing.assert_allclose(float(metanet.loss(params, batch, config)), np.mean(
+        [float(metanet.loss(params, task, config)) for task in (ep, other)]), rtol=1e-13)
+    infos = [metanet.meta_information(params, task.support_x, task.support_y, config) for task in (ep, other)]
+    stacked = {level: {k: anp.stack([info[level][k] for info in infos]) for k in infos[0][level]}
+               for level in infos[0]}
+    np.testing.assert_allclose(dev.to_host(metanet.predict(params, batch, config, meta_info=stacked)),
+                               logits, rtol=1e-13)
+    with pytest.raises(ValueError, match=r"expected one task, support_x \(n, ...\); got support_x \(2, 3,"):
+        metanet.episode_outputs(params, batch, config)
+    two_axes = contract.Episode(*(a[None] for a in batch))
+    for entry in ("loss", "predict", "step"):
+        with pytest.raises(ValueError, match=r"or a meta-batch with one task axis, \(T, n, ...\); got"):
+            call(entry, dev, episode=lambda e: two_axes)
 
 
 @pytest.mark.parametrize("entry", ENTRIES)
@@ -560,11 +579,13 @@ def test_a_config_of_another_type_is_refused(dev, entry):
 
 def test_step_refuses_a_state_that_is_not_adams_for_these_params(dev):
     params, episode, config = tiny(dev, np.random.default_rng(12))
-    with pytest.raises(TypeError, match=r"state must be Adam's state \(step, m, v\)"):
+    with pytest.raises(TypeError, match=r"state must be a State; got NoneType"):
         metanet.step(params, None, episode, config)
+    with pytest.raises(TypeError, match=r"state.optimizer must be Adam's state \(step, m, v\)"):
+        metanet.step(params, contract.State(None, {}), episode, config)
     other = optimizers.adam_init({k: v for k, v in params.items() if k != "d.conv.b"})
-    with pytest.raises(ValueError, match=r"state.m do not match the model: missing \['d.conv.b'\]"):
-        metanet.step(params, other, episode, config)
+    with pytest.raises(ValueError, match=r"state.optimizer.m do not match the model: missing \['d.conv.b'\]"):
+        metanet.step(params, contract.State(other, {}), episode, config)
 
 
 def test_init_and_init_state_refuse_a_bad_rng_config_or_params(dev):

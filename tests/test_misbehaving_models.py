@@ -17,7 +17,8 @@ import autograd.numpy as anp
 import numpy as np
 import pytest
 
-from refmeta import checks, contract, maml, matching, protonet, reptile
+from refmeta import contract, maml, matching, protonet, reptile
+from refmeta.checks import results as result_checks
 from refmeta.nn import losses, models
 
 
@@ -224,9 +225,9 @@ def test_protonet_step_names_the_nan_gradient_of_the_euclidean_distance_at_zero(
 def test_the_success_path_reads_finiteness_once_per_call(algorithm, monkeypatch):
     module, config = configs(maml.SINUSOID_MLP, inner_steps=2, test_inner_steps=2)[algorithm]
     params = module.init(np.random.default_rng(0), config)
-    reads, original = [], checks.all_finite
-    monkeypatch.setattr(checks, "all_finite", lambda *a: reads.append(1) or original(*a))
-    monkeypatch.setattr(checks, "first_non_finite", lambda *a: pytest.fail("a failure path ran"))
+    reads, original = [], result_checks.all_finite
+    monkeypatch.setattr(result_checks, "all_finite", lambda *a: reads.append(1) or original(*a))
+    monkeypatch.setattr(result_checks, "first_non_finite", lambda *a: pytest.fail("a failure path ran"))
     rng = np.random.default_rng(1)
     episode = contract.Episode(*(rng.standard_normal((2, 3, 1)) for _ in range(4)))
     for name, call in entry_points(module, params, episode, config).items():
@@ -256,13 +257,15 @@ def test_an_adapted_model_stays_exactly_what_the_trajectory_ends_with(dev):
 
 
 @pytest.mark.parametrize("name, message", [
-    ("maml", "the meta-gradient for 'dense0.b' holds nan at [0]"),
-    ("protonet", "the loss J is nan"), ("matching", "the loss J is nan"),
+    ("maml", "config.model.loss on the support sets at inner step 1 holds nan at [0]"),
+    ("protonet", "config.embedding.apply on the support set holds nan at [0, 0, 0]"),
+    ("matching", "g′, config.embedding.apply on the support set holds nan at [0, 0, 0]"),
     ("snail", "the loss is nan"), ("metanet", "the loss is nan"),
 ])
 def test_a_diverging_run_stops_at_the_step_that_makes_nan(name, message, dev):
-    """meta_lr 1e300: Adam's first step moves every param by ~1e300, and the second step's loss
-    or gradient overflows.  That step is refused, named, and not taken."""
+    """meta_lr 1e300: Adam's first step moves every param by ~1e300, and the second step's
+    support pass (the conv nets' first NaN) or loss overflows.  That step is refused, named, and
+    not taken."""
     from test_contract import setup
     module, config, params, episode = setup(name, dev)
     config = dataclasses.replace(config, meta_lr=1e300)

@@ -9,8 +9,8 @@ from autograd import grad
 from hypothesis import assume, given, strategies as st
 
 from helpers import check_grad_away_from_kinks
-from refmeta import gradcheck, matching, protonet
-from refmeta.contract import Episode, Model, Step
+from refmeta import checks, gradcheck, matching, protonet
+from refmeta.contract import Episode, Model, State, Step
 from refmeta.data import omniglot
 from refmeta.nn import optimizers
 
@@ -41,10 +41,10 @@ def episode(dev, rng, n_way, k_shot, n_query, x_shape, n_tasks=None):
     lead = () if n_tasks is None else (n_tasks,)
     support_y, query_y = (np.broadcast_to(np.repeat(np.arange(n_way), n), lead + (n_way * n,)).copy()
                           for n in (k_shot, n_query))
-    return Episode.validated(dev.asarray(rng.standard_normal(lead + (n_way * k_shot,) + x_shape)),
-                             dev.asarray(support_y),
-                             dev.asarray(rng.standard_normal(lead + (n_way * n_query,) + x_shape)),
-                             dev.asarray(query_y), n_way=n_way)
+    return checks.episode(Episode(dev.asarray(rng.standard_normal(lead + (n_way * k_shot,) + x_shape)),
+                                  dev.asarray(support_y),
+                                  dev.asarray(rng.standard_normal(lead + (n_way * n_query,) + x_shape)),
+                                  dev.asarray(query_y)), n_way=n_way)
 
 
 def close(dev, actual, expected, rtol=1e-12, atol=1e-14):
@@ -188,13 +188,15 @@ def test_step_is_one_adam_step_of_meta_lr_on_the_loss(dev):
     params = dev.tree(protonet.init(rng, cfg))
     ep = episode(dev, rng, 3, 2, 2, (3,), n_tasks=2)
     state = protonet.init_state(params, cfg)
-    assert state.step == 0 and all(not np.any(dev.to_host(m)) for m in state.m.values())
+    assert state.optimizer.step == 0 and all(not np.any(dev.to_host(m)) for m in state.optimizer.m.values())
+    assert state.bn == {}                                     # this embedding has no batch norm
     result = protonet.step(params, state, ep, cfg)
-    assert isinstance(result, Step) and dev.is_array(result.loss) and result.state.step == 1
+    assert isinstance(result, Step) and dev.is_array(result.loss) and result.state.optimizer.step == 1
     # the step differentiates the unchecked loss, here the public one: the same operations, so
     # equal to rounding at most
     np.testing.assert_allclose(float(result.loss), float(protonet.loss(params, ep, cfg)), rtol=1e-13)
-    expected, _ = optimizers.adam_update(params, grad(protonet.loss)(params, ep, cfg), state, lr=0.05)
+    expected, _ = optimizers.adam_update(params, grad(protonet.loss)(params, ep, cfg), state.optimizer,
+                                         lr=0.05)
     for name in params:
         close(dev, result.params[name], dev.to_host(expected[name]), rtol=1e-13, atol=1e-15)
     assert float(protonet.loss(result.params, ep, cfg)) < float(result.loss)
@@ -229,15 +231,48 @@ def test_conv4_embedding_is_64_dimensional_on_28_by_28_and_named(dev):
 
 
 def test_running_batch_norm_uses_the_given_statistics(dev):
-    """bn_mode "running" with zero means and unit variances: batch norm is x/√(1 + ε)·scale + offset."""
+    """bn_mode "running" with zero means and unit variances: batch norm is x/√(1 + ε)·scale + offset,
+    as ``models.conv4_apply`` computes it; predict reads them from the State."""
     from refmeta.nn import models
     rng = np.random.default_rng(4)
-    state = dev.tree(models.conv4_bn_state(2))
-    running = protonet.conv4_embedding(hidden=2, image_size=16, bn_mode="running", bn_state=state)
+    running = protonet.conv4_embedding(hidden=2, image_size=16, bn_mode="running")
     params = dev.tree(running.init(rng))
+    stats = dev.tree(models.conv4_bn_state(2))
     x = dev.asarray(rng.random((3, 1, 16, 16)))
-    expected = models.conv4_apply(params, x, variant="maxpool", bn_mode="running", bn_state=state, bn_eps=1e-5)
-    close(dev, running.apply(params, x), dev.to_host(expected), rtol=0, atol=0)   # the same path
+    expected = models.conv4_apply(params, x, variant="maxpool", bn_mode="running", bn_state=stats, bn_eps=1e-5)
+    z, moments = running.batch_norm.apply(params, x, stats)
+    close(dev, z, dev.to_host(expected), rtol=0, atol=0)                # the same path
+    assert moments == {} and running.batch_norm.mode == "running" and running.batch_norm.momentum == 0.1
+    cfg = protonet.ProtoNetConfig(running, n_way=2)
+    ep = Episode(x[:2], dev.asarray(np.array([0, 1])), x[2:], dev.asarray(np.array([1])))
+    state = protonet.init_state(params, cfg)
+    assert set(state.bn) == {f"bn{i}.{s}" for i in range(4) for s in ("mean", "var")}
+    z_all = models.conv4_apply(params, x, variant="maxpool", bn_mode="running", bn_state=state.bn, bn_eps=1e-5)
+    close(dev, protonet.predict(params, ep, cfg, state=state),
+          dev.to_host(protonet.log_probabilities(z_all[:2], ep.support_y, z_all[2:], 2)), rtol=1e-13)
+
+
+def test_step_tracks_the_batch_statistics_of_its_pass_as_pytorch_does(dev):
+    """state.bn ← 0.9·state.bn + 0.1·(the unbiased moments of the joint support-and-query pass),
+    against the moments ``layers.batch_moments`` gives of each block's input, computed here."""
+    from refmeta.nn import layers
+    rng = np.random.default_rng(5)
+    cfg = protonet.ProtoNetConfig(protonet.conv4_embedding(hidden=2, image_size=16), n_way=2)
+    params = dev.tree(protonet.init(rng, cfg))
+    ep = Episode(dev.asarray(rng.random((2, 4, 1, 16, 16))), dev.asarray(np.array([[0, 1, 0, 1]] * 2)),
+                 dev.asarray(rng.random((2, 2, 1, 16, 16))), dev.asarray(np.array([[0, 1]] * 2)))
+    state = protonet.init_state(params, cfg)
+    tracked = protonet.step(params, state, ep, cfg).state.bn
+    x = np.concatenate([dev.to_host(ep.support_x), dev.to_host(ep.query_x)], axis=1)
+    host = {k: dev.to_host(v) for k, v in params.items()}
+    for i in range(4):                                       # conv, batch norm, max-pool, relu
+        x = layers.conv2d(x, host[f"conv{i}.w"], host[f"conv{i}.b"])
+        mean, var = layers.batch_moments(x, 2, unbiased=True)              # (T, F): per task
+        for stat, value in (("mean", mean), ("var", var)):
+            initial = 0.0 if stat == "mean" else 1.0
+            close(dev, tracked[f"bn{i}.{stat}"], 0.9 * initial + 0.1 * value.mean(axis=0), rtol=1e-12)
+        x = layers.relu(layers.max_pool_2x2(layers.batch_norm(
+            x, host[f"bn{i}.offset"], host[f"bn{i}.scale"], eps=1e-5, spatial_dims=2)))
 
 
 # ----- bad input, at the entry points -----
@@ -317,8 +352,8 @@ def test_a_missing_or_extra_params_key_is_named(dev, setup):
         protonet.predict(dict(params, c=params["b"]), ep, cfg)
     with pytest.raises(ValueError, match=r"params\['w'\] must have shape \(3, 4\); got \(4, 3\)"):
         protonet.loss(dict(params, w=dev.asarray(np.zeros((4, 3)))), ep, cfg)
-    with pytest.raises(ValueError, match=r"state.m do not match the model: missing \['b'\]"):
-        protonet.step(params, optimizers.adam_init({"w": params["w"]}), ep, cfg)
+    with pytest.raises(ValueError, match=r"state.optimizer.m do not match the model: missing \['b'\]"):
+        protonet.step(params, State(optimizers.adam_init({"w": params["w"]}), {}), ep, cfg)
 
 
 def test_negative_learning_rates_and_out_of_range_settings_are_refused():
@@ -334,8 +369,8 @@ def test_negative_learning_rates_and_out_of_range_settings_are_refused():
         protonet.ProtoNetConfig(joint_embedding=1)
     with pytest.raises(ValueError, match="bn_eps must be a finite number > 0; got 0"):
         protonet.conv4_embedding(bn_eps=0)
-    with pytest.raises(ValueError, match="bn_state is needed by bn_mode 'running' and only by it"):
-        protonet.conv4_embedding(bn_mode="running")
+    with pytest.raises(ValueError, match=r"bn_momentum must be a finite number in \[0, 1\]; got 1.5"):
+        protonet.conv4_embedding(bn_momentum=1.5)
 
 
 def test_init_sizes_of_zero_negative_or_not_integers_are_refused():
@@ -361,8 +396,10 @@ def test_unknown_names_and_wrong_kinds_are_refused(setup):
         protonet.loss(params, ep, matching.MatchingConfig())
     with pytest.raises(TypeError, match="rng must be a Generator; got int"):
         protonet.init(0, cfg)
-    with pytest.raises(TypeError, match=r"state must be Adam's state \(step, m, v\); got NoneType"):
+    with pytest.raises(TypeError, match=r"state must be a State; got NoneType"):
         protonet.step(params, None, ep, cfg)
+    with pytest.raises(TypeError, match=r"state.optimizer must be Adam's state \(step, m, v\); got NoneType"):
+        protonet.step(params, State(None, {}), ep, cfg)
 
 
 def test_bad_input_changes_nothing(dev, setup):
@@ -373,7 +410,7 @@ def test_bad_input_changes_nothing(dev, setup):
         protonet.step(params, state, with_array(dev, ep, "query_y", lambda y: y + 1), cfg)
     for name in snapshot:
         np.testing.assert_array_equal(dev.to_host(params[name]), snapshot[name])
-    assert state.step == 0
+    assert state.optimizer.step == 0
 
 
 def test_the_omniglot_sampler_refuses_too_few_classes_or_drawings():

@@ -14,6 +14,8 @@ from helpers import max_abs_diff, mlp_loss, regression_episode, tiny_mlp, tiny_m
 from refmeta import contract, gradcheck, reptile
 from refmeta.nn import losses, models, trees
 
+EMPTY = contract.State(None, {})                 # Reptile's state: its update keeps none
+
 seeds = st.integers(0, 2**32 - 1)
 loss_fn = mlp_loss("tanh")
 MODEL = tiny_mlp_model()
@@ -29,7 +31,7 @@ def setup(dev, seed, n_tasks=2, n_support=5):
 
 
 def step_params(params, episode, config, batch_indices=None):
-    return reptile.step(params, None, episode, config, batch_indices=batch_indices).params
+    return reptile.step(params, EMPTY, episode, config, batch_indices=batch_indices).params
 
 
 @pytest.mark.equation("reptile", "(2)")
@@ -60,8 +62,8 @@ def test_one_sgd_step_is_a_joint_training_step(dev, seed, inner_lr, meta_step_si
 def test_sum_and_mean_over_tasks_differ_by_the_task_count(dev, seed, n_tasks, optimizer):
     _, params, episode = setup(dev, seed, n_tasks)
     common = dict(inner_lr=0.05, inner_steps=2, inner_optimizer=optimizer, meta_step_size=0.3)
-    summed = reptile.step(params, None, episode, config_with(task_reduction="sum", **common))
-    meaned = reptile.step(params, None, episode, config_with(task_reduction="mean", **common))
+    summed = reptile.step(params, EMPTY, episode, config_with(task_reduction="sum", **common))
+    meaned = reptile.step(params, EMPTY, episode, config_with(task_reduction="mean", **common))
     assert max_abs_diff(trees.subtract(summed.params, params),
                         trees.scale(trees.subtract(meaned.params, params), n_tasks), dev) < 1e-13
     # the reported losses follow the same task reduction (the same sum, divided by T or not)
@@ -90,7 +92,7 @@ def test_step_reports_the_support_loss_at_the_starting_params(dev, seed, variant
     rng, params, episode = setup(dev, seed, n_tasks=3, n_support=5)
     config = config_with(inner_lr=0.05, inner_steps=inner_steps, variant=variant)
     batches = reptile.sample_inner_batches(rng, 3, 5, inner_steps, batch_size)
-    result = reptile.step(params, None, episode, config, batch_indices=dev.asarray(batches))
+    result = reptile.step(params, EMPTY, episode, config, batch_indices=dev.asarray(batches))
     task_params = trees.broadcast_tasks(params, 3)
     if inner_steps:
         x = np.stack([dev.to_host(episode.support_x)[t, batches[t, 0]] for t in range(3)])
@@ -101,7 +103,7 @@ def test_step_reports_the_support_loss_at_the_starting_params(dev, seed, variant
     expected = float(dev.to_host(anp.mean(expected)))
     # Σ_i L_i / T (the step) against mean_i L_i (here): the same numbers summed in another order
     assert abs(float(dev.to_host(result.loss)) - expected) <= 1e-13 * abs(expected)
-    assert result.state is None
+    assert result.state == EMPTY
 
 
 def reference_adam(params, x, y, inner_lr, b1, b2, eps, steps, batches):
@@ -170,7 +172,7 @@ def test_init_and_conventions():
     config = config_with()
     params = reptile.init(np.random.default_rng(0), config)
     assert sorted(params) == sorted(tiny_mlp(np.random.default_rng(0)))
-    assert reptile.init_state(params, config) is None
+    assert reptile.init_state(params, config) == EMPTY == contract.State(optimizer=None, bn={})
     conventions = config.conventions()
     assert conventions["model"] == MODEL.name and conventions["test_inner_steps"] == 50
     assert "reset for every task" in conventions["inner_optimizer_state"]
@@ -198,7 +200,7 @@ def test_inner_gradient_matches_finite_differences(dev):
 # ----- bad input at the public entry points -----
 def _every_entry(params, episode, config):
     return [lambda: reptile.loss(params, episode, config),
-            lambda: reptile.step(params, None, episode, config),
+            lambda: reptile.step(params, EMPTY, episode, config),
             lambda: reptile.adapt(params, episode, config),
             lambda: reptile.predict(params, episode, config)]
 
@@ -277,7 +279,7 @@ def test_labels_outside_0_to_n_minus_1_or_not_integers_are_refused(dev):
 def test_bad_batch_indices_state_and_steps_are_refused(dev):
     _, params, episode = setup(dev, 0, n_tasks=2, n_support=4)
     config = config_with(inner_steps=2)
-    step = lambda batches: reptile.step(params, None, episode, config, batch_indices=batches)
+    step = lambda batches: reptile.step(params, EMPTY, episode, config, batch_indices=batches)
     with pytest.raises(ValueError, match=r"batch_indices must have shape \(2, 2, any\)"):
         step(dev.asarray(np.zeros((2, 3, 1), int)))
     with pytest.raises(ValueError, match="0..3"):
@@ -290,8 +292,18 @@ def test_bad_batch_indices_state_and_steps_are_refused(dev):
         step(dev.asarray(np.zeros((2, 2, 0), int)))
     with pytest.raises(ValueError, match=r"\(2, 50, any\)"):  # adapt takes test_inner_steps batches
         reptile.adapt(params, episode, config, batch_indices=dev.asarray(np.zeros((2, 2, 1), int)))
-    with pytest.raises(TypeError, match="keeps no state"):
+    with pytest.raises(TypeError, match="state must be a State; got dict"):
         reptile.step(params, {"step": 0}, episode, config)
+    with pytest.raises(TypeError, match="state must be a State; got NoneType"):
+        reptile.step(params, None, episode, config)
+    with pytest.raises(TypeError, match=r"state.optimizer must be None \(this update keeps no optimizer"):
+        reptile.step(params, contract.State(0, {}), episode, config)
+    with pytest.raises(ValueError, match=r"state.bn must be \{\}: no batch-norm statistics are kept"):
+        reptile.step(params, contract.State(None, {"bn0.mean": np.zeros(2)}), episode, config)
+    one = contract.Episode(*(field[0] for field in episode))          # one task: batch indices (k, b)
+    alone = reptile.adapt(params, one, config, steps=2, batch_indices=dev.asarray(np.zeros((2, 1), int)))
+    first = reptile.adapt(params, episode, config, steps=2, batch_indices=dev.asarray(np.zeros((2, 2, 1), int)))
+    np.testing.assert_allclose(dev.to_host(alone["dense0.w"]), dev.to_host(first["dense0.w"])[0], rtol=1e-13)
     for steps, error in ((-1, ValueError), (0.5, TypeError)):
         with pytest.raises(error, match="steps must be an integer >= 0"):
             reptile.adapt(params, episode, config, steps=steps)

@@ -14,9 +14,10 @@ from hypothesis import assume, given, strategies as st
 
 from helpers import check_grad_away_from_kinks
 
-from refmeta import gradcheck, snail
+from refmeta import checks, gradcheck, snail
 from refmeta.nn import snail_blocks as blocks
 from refmeta.data.tasks import Episode
+from refmeta.contract import State
 
 seeds = st.integers(0, 2**32 - 1)
 TINY = snail.SNAILConfig(n_way=3, k_shot=1, blocks=(("attention", 3, 2), ("tc", 2), ("attention", 2, 3)),
@@ -278,7 +279,7 @@ def test_loss_step_and_predict_take_episodes_of_every_k_and_one_model_learns_the
             before = float(snail.loss(params, episode, config))
             params, state, loss = snail.step(params, state, episode, config)
             assert float(loss) == pytest.approx(before, rel=1e-13)
-    assert state.adam.step == 20 * len(episodes)
+    assert state.optimizer.step == 20 * len(episodes)
     for k, episode in episodes.items():
         assert float(snail.loss(params, episode, config)) < 0.25 * first[k], k
 
@@ -513,8 +514,8 @@ def tiny_episode(dev, rng, n_tasks, n_query):
     support_y = np.stack([rng.permutation(np.repeat(np.arange(TINY.n_way), TINY.k_shot)) for _ in range(n_tasks)])
     query_y = rng.integers(0, TINY.n_way, (n_tasks, n_query))
     images = lambda n: rng.random((n_tasks, n, 1, 16, 16))
-    return Episode.validated(dev.asarray(images(n_support)), dev.asarray(support_y),
-                             dev.asarray(images(n_query)), dev.asarray(query_y), n_way=TINY.n_way)
+    return checks.episode(Episode(dev.asarray(images(n_support)), dev.asarray(support_y),
+                                  dev.asarray(images(n_query)), dev.asarray(query_y)), n_way=TINY.n_way)
 
 
 # ----- sequences, loss, predict, training -----
@@ -558,11 +559,11 @@ def test_loss_is_the_query_step_cross_entropy(dev):
 def test_init_state_starts_on_the_params_device_and_dtype(dev):
     params = {k: dev.asarray(v.astype(np.float32)) for k, v in snail.init(np.random.default_rng(0), TINY).items()}
     state = snail.init_state(params, TINY)
-    assert isinstance(state, snail.SNAILState) and state.adam.step == 0
-    assert set(state.bn) == {f"bn{i}.{s}" for i in range(4) for s in ("mean", "var")}
+    assert isinstance(state, State) and state.optimizer.step == 0
+    assert set(state.bn) == {f"embed.bn{i}.{s}" for i in range(4) for s in ("mean", "var")}
     assert all(dev.is_array(v) and v.dtype == np.float32 for v in state.bn.values())
-    close(dev, state.bn["bn2.mean"], np.zeros(2))
-    close(dev, state.bn["bn2.var"], np.ones(2))
+    close(dev, state.bn["embed.bn2.mean"], np.zeros(2))
+    close(dev, state.bn["embed.bn2.var"], np.ones(2))
 
 
 def test_step_fits_a_fixed_batch_and_tracks_running_statistics(dev):
@@ -576,8 +577,8 @@ def test_step_fits_a_fixed_batch_and_tracks_running_statistics(dev):
     first = float(snail.loss(params, episode, config))
     params, state, loss = snail.step(params, state, episode, config)
     assert float(loss) == pytest.approx(first, rel=1e-12)
-    assert state.adam.step == 1
-    for name in ("bn0.mean", "bn3.var"):                                  # r ← 0.75 r + 0.25 batch
+    assert state.optimizer.step == 1
+    for name in ("embed.bn0.mean", "embed.bn3.var"):                      # r ← 0.75 r + 0.25 batch
         initial = 0.0 if name.endswith("mean") else 1.0
         close(dev, state.bn[name], 0.75 * initial + 0.25 * dev.to_host(moments[name]))
     for _ in range(30):
@@ -603,13 +604,13 @@ def test_running_mode_embeds_every_image_on_its_own(dev):
     episode = tiny_episode(dev, rng, n_tasks=3, n_query=2)
     state = snail.init_state(params, config)
     _, state, _ = snail.step(params, state, episode, config)               # statistics of a batch
-    logits = dev.to_host(snail.predict(params, episode, config, bn_state=state.bn))
+    logits = dev.to_host(snail.predict(params, episode, config, state=state))
     assert logits.shape == (3, 2, TINY.n_way)
     for t in range(3):
         alone = Episode(*(field[t] for field in episode))
         # One task through the same layers as the meta-batch: agreement to rounding.
-        close(dev, snail.predict(params, alone, config, bn_state=state.bn), logits[t], rtol=1e-13, atol=1e-14)
-    loss = float(snail.loss(params, episode, config, bn_state=state.bn))
+        close(dev, snail.predict(params, alone, config, state=state), logits[t], rtol=1e-13, atol=1e-14)
+    loss = float(snail.loss(params, episode, config, state=state))
     labels = dev.to_host(episode.query_y)
     log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     assert loss == pytest.approx(-np.take_along_axis(log_probs, labels[..., None], -1).mean(), rel=1e-12)
@@ -753,44 +754,49 @@ def test_params_with_a_missing_an_extra_or_a_misshapen_key_or_none_are_refused(d
         snail.init_state(list(params.values()), TINY)
 
 
-def test_running_mode_needs_bn_state_and_transductive_mode_refuses_it(dev, good):
+def test_running_mode_needs_the_state_and_transductive_mode_does_not_read_it(dev, good):
     params, episode, state = good
     running = dataclasses.replace(TINY, bn_mode="running")
-    with pytest.raises(ValueError, match="bn_state .* required with bn_mode 'running'.*got bn_mode "
-                                         "'running' and bn_state None"):
+    with pytest.raises(ValueError, match="state is required: batch norm in mode 'running' normalises by "
+                                         "state.bn"):
         snail.predict(params, episode, running)
-    with pytest.raises(ValueError, match="refused with 'transductive'; got bn_mode 'transductive' and "
-                                         "bn_state given"):
-        snail.loss(params, episode, TINY, bn_state=state.bn)
-    snail.predict(params, episode, running, bn_state=state.bn)
+    far = state._replace(bn={k: v + 3.0 for k, v in state.bn.items()})
+    close(dev, snail.loss(params, episode, TINY, state=far), dev.to_host(snail.loss(params, episode, TINY)),
+          rtol=0, atol=0)                                                  # the same path: not read
+    assert not np.allclose(dev.to_host(snail.predict(params, episode, running, state=far)),
+                           dev.to_host(snail.predict(params, episode, running, state=state)))
 
 
 def test_bad_running_statistics_are_refused(dev, good):
     params, episode, state = good
     running = dataclasses.replace(TINY, bn_mode="running")
-    negative = {**state.bn, "bn1.var": dev.asarray(-np.ones(2))}
-    with pytest.raises(ValueError, match=re.escape("bn_state['bn1.var'] must be >= 0 everywhere")):
-        snail.predict(params, episode, running, bn_state=negative)
-    with pytest.raises(ValueError, match=re.escape("bn_state['bn0.mean'] contains NaN or inf")):
-        snail.loss(params, episode, running, bn_state={**state.bn, "bn0.mean": dev.asarray(np.full(2, np.nan))})
-    with pytest.raises(ValueError, match=r"bn_state do not match the model: missing \['bn3.var'\]"):
-        snail.predict(params, episode, running, bn_state={k: v for k, v in state.bn.items() if k != "bn3.var"})
-    with pytest.raises(ValueError, match=re.escape("state.bn['bn2.var'] must be >= 0 everywhere")):
-        snail.step(params, state._replace(bn={**state.bn, "bn2.var": dev.asarray(-np.ones(2))}), episode, TINY)
+    negative = state._replace(bn={**state.bn, "embed.bn1.var": dev.asarray(-np.ones(2))})
+    with pytest.raises(ValueError, match=re.escape("state.bn['embed.bn1.var'] must be >= 0 everywhere")):
+        snail.predict(params, episode, running, state=negative)
+    nan = state._replace(bn={**state.bn, "embed.bn0.mean": dev.asarray(np.full(2, np.nan))})
+    with pytest.raises(ValueError, match=re.escape("state.bn['embed.bn0.mean'] contains NaN or inf")):
+        snail.loss(params, episode, running, state=nan)
+    missing = state._replace(bn={k: v for k, v in state.bn.items() if k != "embed.bn3.var"})
+    with pytest.raises(ValueError, match=r"state.bn do not match the model: missing \['embed.bn3.var'\]"):
+        snail.predict(params, episode, running, state=missing)
+    with pytest.raises(ValueError, match=re.escape("state.bn['embed.bn2.var'] must be >= 0 everywhere")):
+        snail.step(params, state._replace(bn={**state.bn, "embed.bn2.var": dev.asarray(-np.ones(2))}),
+                   episode, TINY)
 
 
 def test_a_bad_training_state_is_refused(dev, good):
     params, episode, state = good
-    with pytest.raises(TypeError, match="state must be a SNAILState; got AdamState"):
-        snail.step(params, state.adam, episode, TINY)
-    for value, message in ((np.zeros((5, 3)), "state.adam.m['out.w'] must have shape (16, 3); got (5, 3)"),
-                           (np.full((16, 3), np.nan), "state.adam.m['out.w'] contains NaN or inf")):
-        m = {**state.adam.m, "out.w": dev.asarray(value)}
+    with pytest.raises(TypeError, match="state must be a State; got AdamState"):
+        snail.step(params, state.optimizer, episode, TINY)
+    adam = state.optimizer
+    for value, message in ((np.zeros((5, 3)), "state.optimizer.m['out.w'] must have shape (16, 3); got (5, 3)"),
+                           (np.full((16, 3), np.nan), "state.optimizer.m['out.w'] contains NaN or inf")):
+        m = {**adam.m, "out.w": dev.asarray(value)}
         with pytest.raises(ValueError, match=re.escape(message)):
-            snail.step(params, state._replace(adam=state.adam._replace(m=m)), episode, TINY)
-    v = {**state.adam.v, "out.b": dev.asarray(-np.ones(3))}
-    with pytest.raises(ValueError, match=re.escape("state.adam.v['out.b'] must be >= 0 everywhere")):
-        snail.step(params, state._replace(adam=state.adam._replace(v=v)), episode, TINY)
+            snail.step(params, state._replace(optimizer=adam._replace(m=m)), episode, TINY)
+    v = {**adam.v, "out.b": dev.asarray(-np.ones(3))}
+    with pytest.raises(ValueError, match=re.escape("state.optimizer.v['out.b'] must be >= 0 everywhere")):
+        snail.step(params, state._replace(optimizer=adam._replace(v=v)), episode, TINY)
 
 
 def test_the_wrong_config_or_rng_kind_is_refused(dev, good):

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+from refmeta import checks
 from refmeta.data import tasks
 
 
@@ -45,26 +46,26 @@ def test_bad_family_is_refused(family, message):
 
 def test_episode_validation(dev):
     x, y = dev.asarray(np.zeros((2, 5, 1))), dev.asarray(np.zeros((2, 5, 1)))
-    tasks.Episode.validated(x, y, x, y)
+    checks.episode(tasks.Episode(x, y, x, y))
     with pytest.raises(ValueError, match="NaN or inf"):
-        tasks.Episode.validated(dev.asarray(np.full((2, 5, 1), np.nan)), y, x, y)
+        checks.episode(tasks.Episode(dev.asarray(np.full((2, 5, 1), np.nan)), y, x, y))
     with pytest.raises(ValueError, match="NaN or inf"):
-        tasks.Episode.validated(x, dev.asarray(np.full((2, 5, 1), np.inf)), x, y)
+        checks.episode(tasks.Episode(x, dev.asarray(np.full((2, 5, 1), np.inf)), x, y))
     with pytest.raises(ValueError, match="disagree"):
-        tasks.Episode.validated(x, y, dev.asarray(np.zeros((3, 5, 1))), dev.asarray(np.zeros((3, 5, 1))))
+        checks.episode(tasks.Episode(x, y, dev.asarray(np.zeros((3, 5, 1))), dev.asarray(np.zeros((3, 5, 1)))))
     with pytest.raises(ValueError, match="same"):
-        tasks.Episode.validated(x, dev.asarray(np.zeros((2, 4, 1))), x, y)
+        checks.episode(tasks.Episode(x, dev.asarray(np.zeros((2, 4, 1))), x, y))
     with pytest.raises(TypeError, match="array"):
-        tasks.Episode.validated([[0.0]], y, x, y)
+        checks.episode(tasks.Episode([[0.0]], y, x, y))
 
 
 def test_classification_labels_are_checked(dev):
     images = dev.asarray(np.zeros((1, 4, 1, 3, 3)))
     good = dev.asarray(np.array([[0, 1, 2, 0]]))
-    tasks.Episode.validated(images, good, images, good, n_way=3)
+    checks.episode(tasks.Episode(images, good, images, good), n_way=3)
     with pytest.raises(ValueError, match=r"0\.\.2 \(n_way=3\); got values from 0 to 7"):
-        tasks.Episode.validated(images, dev.asarray(np.array([[0, 1, 7, 0]])), images, good, n_way=3)
+        checks.episode(tasks.Episode(images, dev.asarray(np.array([[0, 1, 7, 0]])), images, good), n_way=3)
     with pytest.raises(TypeError, match="integers"):
-        tasks.Episode.validated(images, dev.asarray(np.zeros((1, 4))), images, good, n_way=3)
+        checks.episode(tasks.Episode(images, dev.asarray(np.zeros((1, 4))), images, good), n_way=3)
     with pytest.raises(ValueError, match="labels"):
-        tasks.Episode.validated(images, dev.asarray(np.zeros((1, 3), dtype=int)), images, good, n_way=3)
+        checks.episode(tasks.Episode(images, dev.asarray(np.zeros((1, 3), dtype=int)), images, good), n_way=3)

@@ -365,8 +365,9 @@ def _to_episode(host_arrays, n_way, dtype):
     if np.dtype(dtype) not in (np.float32, np.float64):
         raise ValueError(f"dtype must be float32 or float64; got {dtype!r}")
     support_x, support_y, query_x, query_y = host_arrays
-    return Episode.validated(backend.asarray(support_x, dtype), backend.asarray(support_y, dtype=None),
-                             backend.asarray(query_x, dtype), backend.asarray(query_y, dtype=None), n_way=n_way)
+    return checks.episode(Episode(backend.asarray(support_x, dtype), backend.asarray(support_y, dtype=None),
+                                  backend.asarray(query_x, dtype), backend.asarray(query_y, dtype=None)),
+                          n_way=n_way)
 
 
 def sample_episode(rng, images, n_way, k_shot, n_query, dtype=np.float64):

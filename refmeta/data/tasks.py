@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from refmeta import checks
 from refmeta.contract import Episode
 from refmeta.device import backend
 
@@ -64,7 +65,7 @@ def sinusoid_episode(rng, family, amplitudes, phases, n_support, n_query):
     for n in (n_support, n_query):
         x = rng.uniform(*family.x_range, size=(t, n, 1))
         arrays += [x, sinusoid(x, amplitudes, phases, family.phase_sign)]
-    return Episode.validated(*(backend.asarray(a) for a in arrays))
+    return checks.episode(Episode(*(backend.asarray(a) for a in arrays)))
 
 
 def sample_sinusoid_episode(rng, family, n_tasks, n_support, n_query):
