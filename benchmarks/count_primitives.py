@@ -19,7 +19,8 @@ For one call of each workload's public function (its door's input checks include
     Python calls     every function call cProfile sees in one more call (Python and C), the
                      interpreter work around those primitives.
 
-The counts depend on the code and the library versions only, never on the load.
+The counts depend on the code and the library versions only, never on the load (the Python
+calls move by a few from run to run, with the interpreter's caches).
 ``counting()`` patches autograd's ``find_top_boxed_args`` and ``VJPNode.__init__`` while it is
 open and restores them after; tests/test_bench.py checks it on toys counted by hand.
 """
