@@ -45,15 +45,17 @@ import bench_workloads as w  # noqa: E402
 
 # (part, the functions whose time is that part's, as "module:name")
 PARTS = [
-    ("batch norm: standardize and its VJP", ["refmeta.nn.layers:_standardize",
-                                             "refmeta.nn.layers:_standardize_vjp"]),
-    ("matrix products and their adjoints", ["refmeta.nn.layers:_matmul", "refmeta.nn.layers:_matmul_nt",
-                                            "refmeta.nn.layers:_matmul_tn", "refmeta.nn.layers:_sum_to"]),
-    ("max-pool: max, argmax, scatter, gather", ["refmeta.nn.conv:max_pool", "refmeta.nn.conv:window_argmax",
-                                                "refmeta.nn.conv:pool_scatter", "refmeta.nn.conv:pool_gather"]),
+    ("batch norm: transductive, channel affine, dot", [
+        "refmeta.nn.norm:transductive", "refmeta.nn.norm:channel_affine", "refmeta.nn.norm:channel_dot"]),
+    ("matrix products: convolutions, dense", [
+        "refmeta.nn.conv:conv3x3", "refmeta.nn.conv:conv3x3_transpose", "refmeta.nn.conv:conv3x3_weight_grad",
+        "refmeta.nn.conv:_correlate", "refmeta.nn.layers:_dense", "refmeta.nn.layers:_matmul",
+        "refmeta.nn.layers:_matmul_nt", "refmeta.nn.layers:_matmul_tn"]),
+    ("max-pool: max, choice, scatter, gather", ["refmeta.nn.pool:max_pool", "refmeta.nn.pool:window_choice",
+                                                "refmeta.nn.pool:pool_scatter", "refmeta.nn.pool:pool_gather"]),
     ("im2col and col2im", ["refmeta.nn.conv:im2col", "refmeta.nn.conv:col2im"]),
-    ("per-channel params: spread, sum_channels", ["refmeta.nn.conv:spread_channels",
-                                                  "refmeta.nn.conv:sum_channels"]),
+    ("per-channel params and sums", ["refmeta.nn.conv:spread_channels", "refmeta.nn.conv:sum_channels",
+                                     "refmeta.nn.conv:sum_to"]),
 ]
 WORKLOADS = {"conv4": "conv4 max-pool forward + backward, 80 images",
              "protonet": "ProtoNet 5-way 1-shot episode, forward + backward",

@@ -13,7 +13,7 @@ import pytest
 
 from refmeta import cases
 from refmeta.cases import meta_networks, parts, wellposed
-from refmeta.nn import conv, kinks, layers
+from refmeta.nn import kinks, layers, models, pool
 
 ALL = list(cases.CASES)
 
@@ -104,13 +104,17 @@ def _relu_with_derivative_one_at_zero(x):
     return x * (x >= 0)
 
 
-def _last_maximum(x, y):
-    """window_argmax, but ties go to the last maximum of the window."""
-    views = conv._window_views(x)
-    choice = np.zeros(y.shape, dtype=np.int8, like=y)
-    for k in (0, 1, 2, 3):
-        choice = choice + (views[k] == y) * (k - choice)
-    return choice
+def _ties_to_the_second(first, second):
+    """pool.second_wins, but a tie goes to the second of a pair: the last maximum of a window."""
+    return second >= first
+
+
+def _swap_the_kink_conventions(monkeypatch):
+    """relu′(0) = 1 instead of 0 (in layers and in the models built from its names), max-pool
+    ties to the last maximum instead of the first."""
+    for module in (layers, models):
+        monkeypatch.setattr(module, "relu", _relu_with_derivative_one_at_zero)
+    monkeypatch.setattr(pool, "second_wins", _ties_to_the_second)
 
 
 @pytest.mark.parametrize("case_id", [c for c in ALL if not c.startswith("reptile")])
@@ -118,22 +122,29 @@ def test_the_exact_zeros_the_margins_leave_out_decide_nothing(case_id, built, mo
     """A ReLU input that is exactly 0 and a max-pool window of zeros are left out of the margins:
     with relu′(0) = 1 instead of 0 and ties sent to the last maximum, every output is the same."""
     recipe, case, tolerances, _ = built[case_id]
-    monkeypatch.setattr(layers, "relu", _relu_with_derivative_one_at_zero)
-    monkeypatch.setattr(conv, "window_argmax", _last_maximum)
+    _swap_the_kink_conventions(monkeypatch)
     changes = wellposed.changes(case["outputs"], recipe.outputs({k: a.value for k, a in recipe.inputs.items()}),
                                 tolerances)
     assert max(fraction for _, fraction in changes.values()) <= 1 / wellposed.SPREAD_FACTOR
 
 
-def test_the_two_conventions_swapped_above_do_change_a_computation_on_a_kink():
-    """The swaps of the test above are real: on inputs at the kink they change the gradient."""
+def test_the_two_conventions_swapped_above_do_change_a_computation_on_a_kink(monkeypatch):
+    """The swaps of the test above are real: on inputs at the kink they change the gradient, of
+    the layers and of the conv4 net the cases use."""
     from autograd import grad
     import autograd.numpy as anp
     x = np.zeros((1, 1, 2, 2))
-    assert grad(lambda z: anp.sum(layers.relu(z)))(x).sum() == 0
-    assert grad(lambda z: anp.sum(_relu_with_derivative_one_at_zero(z)))(x).sum() == 4
-    y = conv.max_pool(x)
-    assert conv.window_argmax(x, y).item() == 0 and _last_maximum(x, y).item() == 3
+    relu_sum = lambda z: anp.sum(layers.relu(z))
+    pool_grad = lambda: grad(lambda z: anp.sum(layers.max_pool_2x2(z)))(x)
+    embed = lambda p: anp.sum(models.conv4_apply(p, np.ones((2, 1, 16, 16)), "maxpool"))
+    params = models.conv4_init(np.random.default_rng(0), 1, None, 2, "maxpool", "both", 16)
+    params["bn3.offset"], params["bn3.scale"] = np.zeros(2), np.zeros(2)   # last ReLU inputs all 0
+    assert grad(relu_sum)(x).sum() == 0 and pool_grad()[0, 0, 0, 0] == 1
+    before = grad(embed)(params)["bn3.offset"]
+    _swap_the_kink_conventions(monkeypatch)
+    assert grad(relu_sum)(x).sum() == 4 and pool_grad()[0, 0, 1, 1] == 1
+    np.testing.assert_array_equal(before, 0)
+    np.testing.assert_array_equal(grad(embed)(params)["bn3.offset"], 2)      # 2 images, 1×1 each
 
 
 # ----- the MetaNet design that broke the property, and the margins that catch it -----

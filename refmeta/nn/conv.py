@@ -1,53 +1,70 @@
-"""The spatial primitives under ``layers.conv2d`` and ``layers.max_pool_2x2``.
+"""The 3×3 convolution under ``layers.conv2d`` as three primitives closed under adjoints, and the
+per-channel spread and sum under every bias, batch-norm scale and offset.
 
-Each primitive works on raw arrays (NumPy, CuPy or ``refmeta.device.strict.StrictArray``)
-and is linear (max_pool: once the window choice is fixed).  Its adjoint (VJP)
-is again one of these primitives, so autograd differentiates through them to
-any order, as second-order MAML needs:
+    conv3x3(x, w, b, s)                 y = w ⋆ x + b          (..., n, C, H, W) -> (..., n, F, H', W')
+    conv3x3_transpose(g, w, s, x_shape) x̄ = (w ⋆)ᵀ g           (..., n, F, H', W') -> x_shape
+    conv3x3_weight_grad(x, g, s, w_shape)  w̄ = Σ_{m,p,q} g ⊗ the patches of x    -> w_shape (..., F, C, 3, 3)
+    spread_channels(p, shape, channel)  p (..., C) -> a broadcast view (..., n, C, *spatial)
+    sum_channels(g, p_shape, channel)   g (..., n, C, *spatial) -> (..., C), one reduction
 
-    im2col  : x (..., n, C, H, W) -> cols (..., C·3·3, n·H'·W')     adjoint col2im
-    col2im  : cols -> x                                            adjoint im2col
-    max_pool     : x (..., n, C, H, W) -> y (..., n, C, H//2, W//2) adjoint pool_scatter
-    pool_gather  : x -> y, the entries ``choice`` names           adjoint pool_scatter
-    pool_scatter : y -> x                                          adjoint pool_gather
-    spread_channels : p (..., C) -> a broadcast view (..., n, C, *spatial)   adjoint sum_channels
-    sum_channels    : g (..., n, C, *spatial) -> (..., C), one reduction     adjoint spread_channels
+The convolution is PyTorch's (cross-correlation, zero padding 1 on every side, stride s ∈ {1, 2},
+H' = (H + 2 − 3) // s + 1):
 
-im2col uses a 3×3 window with one pixel of zero padding on every side
-(PyTorch ``padding=1``) and stride s ∈ {1, 2}; ``H' = (H + 2 − 3) // s + 1``:
+    y[m, f, p, q] = Σ_{c,i,j} w[f, c, i, j] · x[m, c, s·p + i − 1, s·q + j − 1] + b[f]   (0 outside x)
 
-    cols[..., (c, i, j), (m, p, q)] = x[..., m, c, s·p + i − 1, s·q + j − 1]   (0 outside x)
+It is linear in x and in w, so its VJPs are the two adjoints, x̄ = (w ⋆)ᵀ ḡ and w̄, and those are
+bilinear in the same pairs.  The VJP of each of the three primitives is again one of them:
 
-Rows run over (c, i, j) in C order, so ``w.reshape(F, C·9) @ cols`` is the
-convolution with an OIHW kernel; columns run over (m, p, q) so that product is a
-single matrix product per leading index.  The patch array is filled by nine
-strided slice copies, one per kernel offset (i, j).
+    conv3x3:              x̄ = conv3x3_transpose(ḡ, w)        w̄ = conv3x3_weight_grad(x, ḡ)
+    conv3x3_transpose:    ḡ̄ = conv3x3(h̄, w)                  w̄ = conv3x3_weight_grad(h̄, g)
+    conv3x3_weight_grad:  x̄ = conv3x3_transpose(g, V̄)        ḡ̄ = conv3x3(x, V̄)
 
-max_pool takes the maximum of every 2×2 window (stride 2; rows and columns past
-the last whole window, for odd H or W, are dropped).  Its adjoint sends the
-gradient to one element per window, the *first* maximum in row-major order (as
-PyTorch does; autograd's ``max`` would split ties): ``window_argmax`` names it
-(0..3 in row-major window order) and pool_scatter / pool_gather, which are
-linear in their array argument and adjoint to each other, route through it.
+(from ⟨V, w̄(x, g)⟩ = ⟨w ⋆ x, g⟩|_{w=V} = ⟨x, (V ⋆)ᵀ g⟩), so autograd differentiates through them
+to any order, as second-order MAML needs; b̄ = sum_channels(ḡ).  Leading (task) axes broadcast as
+in a matrix product, and each result is summed back to the shape of the argument it belongs to.
 
-spread_channels / sum_channels carry a per-channel parameter (a bias, a batch-norm offset
-or scale) across the example and spatial axes.  autograd's own broadcasting would sum the
-gradient back one axis per reduction pass (n, then H, then W); sum_channels does it in one.
+Each is computed as matrix products over the patch array of im2col, rows (c, i, j) in C order,
+columns (m, p, q), so that ``w.reshape(F, C·9) @ patches`` is the convolution:
 
-Inside the primitives only operators and methods, ``numpy.maximum``, basic slicing,
-``x[...] = y`` / ``+=`` on basic slices and ``numpy.zeros(..., like=x)`` are used
-(never ``numpy.add.at``), so the arrays never leave their device.
+    patches[..., (c, i, j), (m, p, q)] = x[..., m, c, s·p + i − 1, s·q + j − 1]      (..., C·9, n·H'·W')
+
+    y  = w_mat @ patches                      (..., F, C·9) @ (..., C·9, n·H'·W')
+    w̄  = ḡ_mat @ patchesᵀ                     (..., F, n·H'·W') @ (..., n·H'·W', C·9)
+    x̄  = w̃ ⋆ ḡ  at stride 1,  w̃[c, f, i, j] = w[f, c, 2 − i, 2 − j]  (flipped, C ↔ F)
+    x̄  = col2im(w_matᵀ @ ḡ_mat)  at stride 2  (the strided windows do not tile the image)
+
+The patch array is filled by nine strided slice copies, one per kernel offset (i, j); col2im is
+its adjoint (nine strided slice additions).  At stride 1 the adjoint in x is itself a
+convolution, one product with F·9 inner terms, where w_matᵀ @ ḡ_mat would have F and leave
+nine times the image to scatter back.  The patches are made a chunk of images at a time
+(about ``CHUNK_BYTES``) and multiplied while they are still in the cache; none is kept:
+``conv3x3_weight_grad`` makes the patches of x again, which costs less than keeping a patch
+array nine times the size of x from the forward pass to the backward pass.
+
+Layout.  Each product writes (..., F, n, H', W') and is returned as its view (..., n, F, H', W'):
+the data stays channel-major, which is the layout im2col reads and the products write, so
+consecutive layers pass their arrays on without a copy (``refmeta.nn.pool`` and
+``refmeta.nn.norm`` keep the layout of their inputs).
+
+spread_channels / sum_channels carry a per-channel parameter across the example and spatial
+axes.  autograd's own broadcasting would sum the gradient back one axis per reduction pass
+(n, then H, then W); sum_channels does it in one.
+
+Inside the primitives only operators and methods, ``numpy.matmul`` (with ``out=`` a slice of a
+new array), basic slicing, ``x[...] = y`` / ``+=`` on basic slices and ``numpy.empty/zeros(...,
+like=x)`` are used (never ``numpy.add.at``), so the arrays never leave their device.
 """
 
+import autograd.numpy as anp
 import numpy as np
 from autograd.extend import defvjp, primitive
-from autograd.tracer import getval
 
-__all__ = ["im2col", "col2im", "max_pool", "pool_gather", "pool_scatter", "window_argmax",
-           "conv_out_size", "spread_channels", "sum_channels"]
+__all__ = ["conv3x3", "conv3x3_transpose", "conv3x3_weight_grad", "im2col", "col2im",
+           "conv_out_size", "spread_channels", "sum_channels", "sum_to", "in_place"]
 
 KERNEL = 3
 PAD = 1
+CHUNK_BYTES = 4 << 20      # a patch array of about this size is made and used at once
 
 
 def conv_out_size(size, stride):
@@ -55,11 +72,30 @@ def conv_out_size(size, stride):
     return (size + 2 * PAD - KERNEL) // stride + 1
 
 
+def in_place(ufunc, y, term):
+    """ufunc(y, term) written into y, a raw array the caller made, where the result has y's shape;
+    a new array where term broadcasts y to more axes."""
+    if np.broadcast_shapes(y.shape, term.shape) == y.shape:
+        return ufunc(y, term, out=y)
+    return ufunc(y, term)
+
+
+def sum_to(g, shape):
+    """g summed over the axes it was broadcast along (extra leading ones, size-1 ones), in anp:
+    raw arrays and autograd boxes alike."""
+    if anp.shape(g) == tuple(shape):
+        return g
+    extra = anp.ndim(g) - len(shape)
+    axes = tuple(range(extra)) + tuple(extra + i for i, size in enumerate(shape)
+                                       if size == 1 and anp.shape(g)[extra + i] != 1)
+    return anp.reshape(anp.sum(g, axis=axes), shape)
+
+
+# ----- im2col and col2im: raw arrays -----
 def _offset_slices(kernel_offset, size, out_size, stride):
     """(output slice, input slice) of the positions where offset ``kernel_offset`` hits x.
 
-    Output p reads input s·p + k − 1, which must lie in [0, size − 1].
-    Returns None when no output position does.
+    Output p reads input s·p + k − 1, which must lie in [0, size − 1].  None when none does.
     """
     first = max(0, -(-(PAD - kernel_offset) // stride))            # ceil((1 − k) / s)
     last = min(out_size - 1, (size - 1 + PAD - kernel_offset) // stride)
@@ -70,29 +106,35 @@ def _offset_slices(kernel_offset, size, out_size, stride):
 
 
 def _offsets(height, width, stride):
-    """Yield (i, j, out rows, out cols, in rows, in cols) for the nine kernel offsets."""
+    """Yield (i, j, out rows, out cols, in rows, in cols) for the nine kernel offsets; the slices
+    are None where the offset reads only padding."""
     out_h, out_w = conv_out_size(height, stride), conv_out_size(width, stride)
     for i in range(KERNEL):
-        rows = _offset_slices(i, height, out_h, stride)
+        rows = _offset_slices(i, height, out_h, stride) or (None, None)
         for j in range(KERNEL):
-            cols = _offset_slices(j, width, out_w, stride)
-            if rows is not None and cols is not None:
-                yield i, j, rows[0], cols[0], rows[1], cols[1]
+            cols = _offset_slices(j, width, out_w, stride) or (None, None)
+            yield i, j, rows[0], cols[0], rows[1], cols[1]
 
 
-@primitive
 def im2col(x, stride):
     """x (..., n, C, H, W) -> patches (..., C·9, n·H'·W'); see the module docstring."""
     *lead, n, channels, height, width = x.shape
     out_h, out_w = conv_out_size(height, stride), conv_out_size(width, stride)
-    patches = np.zeros((*lead, channels, KERNEL, KERNEL, n, out_h, out_w), dtype=x.dtype, like=x)
+    patches = np.empty((*lead, channels, KERNEL, KERNEL, n, out_h, out_w), dtype=x.dtype, like=x)
     x_cn = x.swapaxes(-4, -3)                                   # (..., C, n, H, W), a view
     for i, j, out_rows, out_cols, in_rows, in_cols in _offsets(height, width, stride):
-        patches[..., i, j, :, out_rows, out_cols] = x_cn[..., in_rows, in_cols]
+        block = patches[..., i, j, :, :, :]                     # (..., C, n, H', W'), a view
+        if out_rows is None or out_cols is None:
+            block[...] = 0                                      # this offset reads padding only
+            continue
+        block[..., out_rows, out_cols] = x_cn[..., in_rows, in_cols]
+        for edge in (slice(0, out_rows.start), slice(out_rows.stop, out_h)):
+            block[..., edge, :] = 0                             # the padding rows and columns
+        for edge in (slice(0, out_cols.start), slice(out_cols.stop, out_w)):
+            block[..., out_rows, edge] = 0
     return patches.reshape(*lead, channels * KERNEL * KERNEL, n * out_h * out_w)
 
 
-@primitive
 def col2im(patches, x_shape, stride):
     """The adjoint of im2col: sums every patch entry back onto the pixel it came from."""
     *lead, n, channels, height, width = x_shape
@@ -100,67 +142,92 @@ def col2im(patches, x_shape, stride):
     patches = patches.reshape(*lead, channels, KERNEL, KERNEL, n, out_h, out_w)
     x_cn = np.zeros((*lead, channels, n, height, width), dtype=patches.dtype, like=patches)
     for i, j, out_rows, out_cols, in_rows, in_cols in _offsets(height, width, stride):
-        x_cn[..., in_rows, in_cols] += patches[..., i, j, :, out_rows, out_cols]
+        if out_rows is not None and out_cols is not None:
+            x_cn[..., in_rows, in_cols] += patches[..., i, j, :, out_rows, out_cols]
     return x_cn.swapaxes(-4, -3)                                # (..., n, C, H, W)
 
 
-defvjp(im2col, lambda ans, x, stride: lambda g: col2im(g, x.shape, stride))
-defvjp(col2im, lambda ans, patches, x_shape, stride: lambda g: im2col(g, stride))
+def _channels_first(y):
+    """(..., n, F, H', W') -> (..., F, n·H'·W'): a view when y is channel-major, else a copy."""
+    *lead, n, filters, height, width = y.shape
+    return y.swapaxes(-4, -3).reshape(*lead, filters, n * height * width)
 
 
-def _window_slices(shape):
-    """Index tuples of the four (..., H//2, W//2) strided sub-grids, in row-major window order."""
-    height, width = 2 * (shape[-2] // 2), 2 * (shape[-1] // 2)
-    return [(Ellipsis, slice(i, height, 2), slice(j, width, 2)) for i in range(2) for j in range(2)]
+def _image_chunks(x_shape, stride, itemsize):
+    """Ranges of images whose patch array takes about CHUNK_BYTES: each is made and multiplied
+    while it is still in the cache."""
+    *_, n, channels, height, width = x_shape
+    per_image = channels * KERNEL * KERNEL * conv_out_size(height, stride) * conv_out_size(width, stride)
+    size = max(1, CHUNK_BYTES // max(per_image * itemsize, 1))
+    return [(start, min(start + size, n)) for start in range(0, n, size)]
 
 
-def _window_views(x):
-    return [x[index] for index in _window_slices(x.shape)]
+def _correlate(x, w, stride):
+    """w ⋆ x, raw: x (..., n, C, H, W), w (..., F, C, 3, 3) -> (..., n, F, H', W'), channel-major;
+    one product of the kernel (..., F, C·9) with each chunk's patches (..., C·9, n_chunk·H'·W')."""
+    *_, n, _, height, width = x.shape
+    out_h, out_w = conv_out_size(height, stride), conv_out_size(width, stride)
+    kernel = w.reshape(*w.shape[:-3], -1)                       # (..., F, C·9)
+    lead = np.broadcast_shapes(x.shape[:-4], w.shape[:-4])
+    out = np.empty(lead + (w.shape[-4], n, out_h, out_w), dtype=np.result_type(x, w), like=x)
+    columns = out.reshape(*lead, w.shape[-4], n * out_h * out_w)    # (..., F, n·H'·W'), a view
+    for start, stop in _image_chunks(x.shape, stride, out.dtype.itemsize):
+        np.matmul(kernel, im2col(x[..., start:stop, :, :, :], stride),
+                  out=columns[..., start * out_h * out_w:stop * out_h * out_w])
+    return out.swapaxes(-4, -3)                                 # (..., n, F, H', W')
+
+
+# ----- the three convolution primitives -----
+@primitive
+def conv3x3(x, w, b, stride):
+    """y = w ⋆ x + b (..., n, F, H', W'); b (..., F) or None."""
+    y = _correlate(x, w, stride)
+    return y if b is None else in_place(np.add, y, b[..., None, :, None, None])
 
 
 @primitive
-def max_pool(x):
-    """y[..., p, q] = max of the 2×2 window (p, q) of x (..., H, W); y (..., H // 2, W // 2)."""
-    views = _window_views(x)
-    y = np.maximum(views[0], views[1])
-    return np.maximum(y, np.maximum(views[2], views[3]))
-
-
-def window_argmax(x, y):
-    """Index 0..3 (row-major) of the first window element of x equal to its max y (raw arrays)."""
-    views = _window_views(x)
-    choice = np.zeros(y.shape, dtype=np.int8, like=y)
-    for k in (3, 2, 1, 0):                                  # the last match written wins
-        hit = views[k] == y
-        choice = choice + hit * (k - choice)
-    return choice
-
-
-@primitive
-def pool_gather(x, choice):
-    """y[..., p, q] = x at the window position ``choice[..., p, q]`` of window (p, q)."""
-    views = _window_views(x)
-    y = views[0] * (choice == 0)
-    for k, view in enumerate(views[1:], start=1):
-        y += view * (choice == k)
-    return y
+def conv3x3_transpose(g, w, stride, x_shape):
+    """x̄ = (w ⋆)ᵀ g: g (..., n, F, H', W') -> x_shape (..., n, C, H, W)."""
+    if stride == 1:                                             # w̃ ⋆ g, w̃ = w flipped, C ↔ F
+        return sum_to(_correlate(g, w[..., ::-1, ::-1].swapaxes(-4, -3), 1), x_shape)
+    kernel_t = w.reshape(*w.shape[:-3], -1).swapaxes(-1, -2)    # (..., C·9, F)
+    lead = np.broadcast_shapes(g.shape[:-4], w.shape[:-4])
+    n, channels, height, width = x_shape[-4:]
+    x_bar = np.empty(lead + (channels, n, height, width), dtype=np.result_type(g, w),
+                     like=g).swapaxes(-4, -3)                   # (..., n, C, H, W), channel-major
+    for start, stop in _image_chunks(x_shape, stride, x_bar.dtype.itemsize):   # col2im(w_matᵀ g)
+        columns = np.matmul(kernel_t, _channels_first(g[..., start:stop, :, :, :]))
+        chunk_shape = lead + (stop - start,) + tuple(x_shape[-3:])
+        x_bar[..., start:stop, :, :, :] = col2im(columns, chunk_shape, stride)
+    return sum_to(x_bar, x_shape)
 
 
 @primitive
-def pool_scatter(y, choice, x_shape):
-    """The adjoint of pool_gather: puts y[..., p, q] at the chosen position, zeros elsewhere."""
-    x = np.zeros(x_shape, dtype=y.dtype, like=y)
-    for k, index in enumerate(_window_slices(x_shape)):
-        x[index] = y * (choice == k)
-    return x
+def conv3x3_weight_grad(x, g, stride, w_shape):
+    """w̄[f, c, i, j] = Σ_{m,p,q} g[m, f, p, q] · x[m, c, s·p + i − 1, s·q + j − 1]: x (..., n, C,
+    H, W), g (..., n, F, H', W') -> w_shape (..., F, C, 3, 3).  The patches of x are made again
+    here, chunk by chunk, rather than kept from the forward pass."""
+    total = 0
+    for start, stop in _image_chunks(x.shape, stride, x.dtype.itemsize):
+        patches = im2col(x[..., start:stop, :, :, :], stride)    # (..., C·9, n_chunk·H'·W')
+        total = total + np.matmul(_channels_first(g[..., start:stop, :, :, :]),
+                                  patches.swapaxes(-1, -2))      # (..., F, C·9)
+    return sum_to(total, tuple(w_shape[:-4]) + total.shape[-2:]).reshape(w_shape)
 
 
-defvjp(max_pool, lambda ans, x: lambda g: pool_scatter(
-    g, window_argmax(getval(x), getval(ans)), x.shape))
-defvjp(pool_gather, lambda ans, x, choice: lambda g: pool_scatter(g, choice, x.shape))
-defvjp(pool_scatter, lambda ans, y, choice, x_shape: lambda g: pool_gather(g, choice))
+defvjp(conv3x3,
+       lambda ans, x, w, b, stride: lambda g: conv3x3_transpose(g, w, stride, anp.shape(x)),
+       lambda ans, x, w, b, stride: lambda g: conv3x3_weight_grad(x, g, stride, anp.shape(w)),
+       lambda ans, x, w, b, stride: lambda g: sum_channels(g, anp.shape(b), -3))
+defvjp(conv3x3_transpose,
+       lambda ans, g, w, stride, x_shape: lambda h: sum_to(conv3x3(h, w, None, stride), anp.shape(g)),
+       lambda ans, g, w, stride, x_shape: lambda h: conv3x3_weight_grad(h, g, stride, anp.shape(w)))
+defvjp(conv3x3_weight_grad,
+       lambda ans, x, g, stride, w_shape: lambda v: conv3x3_transpose(g, v, stride, anp.shape(x)),
+       lambda ans, x, g, stride, w_shape: lambda v: sum_to(conv3x3(x, v, None, stride), anp.shape(g)))
 
 
+# ----- per-channel parameters -----
 def _channel_view_shape(p_shape, channel):
     """p (..., C) as (..., 1, C, 1, …): the example axis and -1 - channel spatial axes of size 1."""
     return tuple(p_shape[:-1]) + (1, p_shape[-1]) + (1,) * (-1 - channel)
