@@ -300,3 +300,24 @@ def test_the_readme_example_of_the_one_shape_runs():
     namespace = {}
     exec(compile(example, "README.md", "exec"), namespace)
     assert namespace["log_p"].shape == (5, 5) and np.isfinite(float(namespace["loss"]))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_float32_step_stays_float32(name, dev):
+    """The Omniglot demos train in float32: a step from float32 params and images returns float32
+    params, statistics, optimizer moments and loss, on every device (a float64 constant anywhere
+    in a layer, a loss or a VJP would promote them, and the demos would run in float64)."""
+    module, config, params, episode = setup(name, dev)
+    in32 = lambda a: dev.asarray(dev.to_host(a).astype(np.float32))
+    params = {k: in32(v) for k, v in params.items()}
+    episode = contract.Episode(in32(episode.support_x), episode.support_y, in32(episode.query_x),
+                               episode.query_y)
+    state = module.init_state(params, config)
+    for _ in range(2):                                       # the second step reads the first's State
+        params, state, loss = module.step(params, state, episode, config)
+    arrays = {"loss": loss, **params, **{f"state.bn {k}": v for k, v in state.bn.items()}}
+    if state.optimizer is not None:
+        arrays.update({f"Adam {m} {k}": v for m in ("m", "v")
+                       for k, v in getattr(state.optimizer, m).items()})
+    for what, array in arrays.items():
+        assert dev.is_array(array) and array.dtype == np.float32, (what, type(array), array.dtype)

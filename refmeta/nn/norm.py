@@ -134,22 +134,32 @@ def transductive(x, scale, offset, channel, eps):
 
 
 def _transductive_vjp(argnums, ans, args, kwargs):
-    x, scale, offset, channel, eps = args
-    mean, inv_std = ans[1], ans[2]
-    shape, count = anp.shape(x), _count(anp.shape(x), channel)
+    x, scale, offset, channel, _ = args
+    mean, inv_std, shape = ans[1], ans[2], anp.shape(x)            # y itself is not kept
 
-    def vjp(g):
-        g_y, g_mean, g_inv_std = g
+    def vjp(g):                                                     # g: (ḡ for y, μ, s)
+        g_y = g[0]
         centred = x - spread_channels(mean, shape, channel)                         # x − μ
-        r1 = sum_channels(g_y, _statistics_shape(shape, channel), channel)         # Σ ḡ
+        r1 = sum_channels(g_y, _statistics_shape(anp.shape(g_y), channel), channel)  # Σ ḡ
         r2 = channel_dot(g_y, centred, channel) * inv_std                          # Σ ḡ x̂
         gain = inv_std if scale is None else inv_std * scale                       # γ s
-        x_hat_coefficient = -gain * r2 / count - inv_std * inv_std * g_inv_std / count
-        grads = {0: lambda: sum_to(channel_affine(g_y, gain, g_mean / count - gain * r1 / count,
-                                                  channel, centred, x_hat_coefficient * inv_std), shape),
-                 1: lambda: sum_to(r2, anp.shape(scale)), 2: lambda: sum_to(r1, anp.shape(offset))}
+        grads = {1: lambda: sum_to(r2, anp.shape(scale)), 2: lambda: sum_to(r1, anp.shape(offset))}
+        grads[0] = lambda: _input_grad(g, centred, r1, r2, gain, inv_std, shape, channel)
         return tuple(grads[argnum]() for argnum in argnums)
     return vjp
+
+
+def _input_grad(g, centred, r1, r2, gain, inv_std, shape, channel):
+    """x̄ = γ s ḡ + (x − μ)·b + k: the terms from y, then from μ (ḡ_μ / m) and s (−s³ ḡ_s / m)."""
+    g_y, g_mean, g_inv_std = g[0], g[1], g[2]
+    count = _count(shape, channel)
+    b, k = -gain * r2 * inv_std / count, -gain * r1 / count
+    b_stats, k_stats = -inv_std ** 3 * g_inv_std / count, g_mean / count
+    if anp.shape(g_y) == shape:
+        return channel_affine(g_y, gain, k + k_stats, channel, centred, b + b_stats)
+    # y has task axes x lacks (the scale or offset has them): μ and s are x's, not per task
+    return (sum_to(channel_affine(g_y, gain, k, channel, centred, b), shape)
+            + channel_affine(centred, b_stats, k_stats, channel))
 
 
 defvjp_argnums(transductive, _transductive_vjp)
