@@ -48,9 +48,11 @@ Conventions (all in ``MAMLConfig``, all recorded by ``MAMLConfig.conventions``):
 Vectorisation.  The meta-batch carries a leading task axis T.  ``loss`` gives every
 parameter that axis (``trees.broadcast_tasks``) and runs all tasks through one call
 of the model.  Because Σ_i L_i^S(θ_i) couples no two tasks, its gradient with respect
-to the task-batched params is every task's own gradient, so (1) is one ``grad`` call
+to the task-batched params is every task's own gradient, so (1) is one gradient call
 for the whole meta-batch.  ``looped`` wraps a one-task loss into the same interface
-for models that cannot batch.
+for models that cannot batch.  Gradients with respect to the params tree are
+``trees.grad``: autograd's ``grad`` with each leaf traced as a variable of its own,
+which spares the second derivative a dozen recorded dict operations per leaf.
 
 One task alone, support_x (n, ...), is a meta-batch of T = 1; ``adapt`` and ``predict`` then
 return it without the task axis.  ``adapt`` and ``predict`` keep only the current θ_i^(j), so
@@ -69,7 +71,6 @@ from dataclasses import dataclass
 from typing import Optional
 
 import autograd.numpy as anp
-from autograd import grad
 from autograd.tracer import getval
 
 from refmeta import checks, contract, door
@@ -145,7 +146,7 @@ def loss(params, episode, config, *, state=None):
 def meta_gradient(params, episode, config):
     """∇_θ of (2): exact (3) through all k steps, or FOMAML's if config.first_order."""
     episode, _ = _check(params, episode, config)
-    grads = grad(_loss)(params, episode, config)
+    grads = trees.grad(_loss)(params, episode, config)
     checks.finite_results("maml.meta_gradient", [(f"the meta-gradient for {name!r}", grads[name])
                                                  for name in sorted(grads)],
                           _explain(params, episode, config, config.inner_steps, "loss"))
@@ -240,7 +241,7 @@ def inner_update(params, support_x, support_y, config):
     """
     total_support_loss = lambda p: anp.sum(_task_losses(p, support_x, support_y,
                                                         config.inner_reduction, config))
-    grads = grad(total_support_loss)(params)
+    grads = trees.grad(total_support_loss)(params)
     if config.first_order:
         grads = {name: getval(g) for name, g in grads.items()}  # ∇L_i^S held constant
     return {name: params[name] - config.inner_lr * grads[name] if _adapts(name, config)

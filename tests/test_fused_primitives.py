@@ -1,4 +1,4 @@
-"""The fused primitives with written-out VJPs: conv's three convolutions, pool's max-pool, scatter
+"""The fused primitives with written-out VJPs: conv's convolutions, pool's max-pool, scatter
 and gather, norm's transductive batch norm, channel_affine and channel_dot, and the dense and ReLU
 primitives of layers.
 
@@ -58,6 +58,9 @@ def test_the_transpose_and_the_weight_gradient_are_the_adjoints(dev, seed, leadi
     reference = inner(y, host["g"])
     assert inner(host["x"], x_bar) == pytest.approx(reference, rel=1e-12, abs=1e-12)
     assert inner(host["w"], w_bar) == pytest.approx(reference, rel=1e-12, abs=1e-12)
+    both = [dev.to_host(a) for a in conv.conv3x3_grads(g, x, w, stride)]     # the two at once
+    np.testing.assert_allclose(both[0], x_bar, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(both[1], w_bar, rtol=1e-12, atol=1e-12)
 
 
 @given(seed=seeds, leading=LEADING, sizes=SIZES, stride=st.sampled_from([1, 2]))
@@ -76,17 +79,27 @@ def test_convolution_derivatives_match_finite_differences(dev, seed, leading, si
                                                                                w_shape))),
                            {k: tree[k] for k in "xg"}, rng)
 
+    def both(t):
+        x_bar, w_bar = conv.conv3x3_grads(t["g"], t["x"], t["w"], stride)
+        return anp.sum(anp.sin(x_bar)) + anp.sum(anp.cos(w_bar))
+    first_and_second_order(both, {k: tree[k] for k in "gxw"}, rng)
 
-def test_a_transposed_convolution_without_the_flip_fails_the_check(dev, monkeypatch):
+
+@pytest.mark.parametrize("wrt", ["x", "x and w"])
+def test_a_transposed_convolution_without_the_flip_fails_the_check(dev, monkeypatch, wrt):
     """The adjoint of a correlation is the correlation with the kernel flipped; forget the flip
-    (swap the channel axes only) and the gradient in x is wrong."""
+    (swap the channel axes only) and the gradient in x is wrong: in conv3x3_transpose (x alone
+    differentiated) and in conv3x3_grads (x and w together)."""
     rng = np.random.default_rng(0)
     host = conv_tree(rng, ((), ()), (2, 2, 3, 4, 5), 1)
-    tree = dev.tree({k: host[k] for k in "xwb"})
-    f = lambda t: anp.sum(anp.sin(conv.conv3x3(t["x"], t["w"], t["b"], 1)))
+    tree = dev.tree({k: host[k] for k in (["x"] if wrt == "x" else ["x", "w"])})
+    w = dev.asarray(host["w"])
+    f = lambda t: anp.sum(anp.sin(conv.conv3x3(t["x"], t.get("w", w), None, 1)))
     gradcheck.check_grad(f, tree, rng=rng)
     unflipped = lambda g, w, stride, x_shape: conv._correlate(g, w.swapaxes(-4, -3), 1)
     monkeypatch.setattr(conv, "conv3x3_transpose", unflipped)
+    monkeypatch.setattr(conv, "conv3x3_grads", lambda g, x, w, stride: (
+        unflipped(g, w, stride, x.shape), conv.conv3x3_weight_grad(x, g, stride, w.shape)))
     with pytest.raises(gradcheck.GradientCheckError):
         gradcheck.check_grad(f, tree, rng=rng)
 

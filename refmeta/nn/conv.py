@@ -57,9 +57,9 @@ like=x)`` are used (never ``numpy.add.at``), so the arrays never leave their dev
 
 import autograd.numpy as anp
 import numpy as np
-from autograd.extend import defvjp, primitive
+from autograd.extend import defvjp, defvjp_argnums, primitive
 
-__all__ = ["conv3x3", "conv3x3_transpose", "conv3x3_weight_grad", "im2col", "col2im",
+__all__ = ["conv3x3", "conv3x3_transpose", "conv3x3_weight_grad", "conv3x3_grads", "im2col", "col2im",
            "conv_out_size", "spread_channels", "sum_channels", "sum_to", "in_place"]
 
 KERNEL = 3
@@ -215,10 +215,62 @@ def conv3x3_weight_grad(x, g, stride, w_shape):
     return sum_to(total, tuple(w_shape[:-4]) + total.shape[-2:]).reshape(w_shape)
 
 
-defvjp(conv3x3,
-       lambda ans, x, w, b, stride: lambda g: conv3x3_transpose(g, w, stride, anp.shape(x)),
-       lambda ans, x, w, b, stride: lambda g: conv3x3_weight_grad(x, g, stride, anp.shape(w)),
-       lambda ans, x, w, b, stride: lambda g: sum_channels(g, anp.shape(b), -3))
+@primitive
+def conv3x3_grads(g, x, w, stride):
+    """(x̄, w̄) = (conv3x3_transpose(g, w), conv3x3_weight_grad(x, g)), the VJP of y = w ⋆ x in
+    both arguments at once.  At stride 1 the two share the patches of g: x̄ = w̃_mat @ patches(g),
+    and w̄[f, c, i, j] = (x_mat @ patches(g)ᵀ)[c, (f, 2 − i, 2 − j)] (w̄'s sum, with p + i − 1
+    renamed p)."""
+    if stride != 1:
+        return (conv3x3_transpose.fun(g, w, stride, x.shape),
+                conv3x3_weight_grad.fun(x, g, stride, w.shape))
+    *_, n, filters, height, width = g.shape
+    channels = x.shape[-3]
+    flipped = w[..., ::-1, ::-1].swapaxes(-4, -3)               # w̃ (..., C, F, 3, 3)
+    kernel = flipped.reshape(*flipped.shape[:-3], -1)           # (..., C, F·9)
+    lead = np.broadcast_shapes(g.shape[:-4], w.shape[:-4])
+    x_bar = np.empty(lead + (channels, n, height, width), dtype=np.result_type(g, w), like=g)
+    columns = x_bar.reshape(*lead, channels, n * height * width)
+    total = 0
+    for start, stop in _image_chunks(g.shape, 1, x_bar.dtype.itemsize):
+        patches = im2col(g[..., start:stop, :, :, :], 1)        # (..., F·9, n_chunk·H·W)
+        np.matmul(kernel, patches, out=columns[..., start * height * width:stop * height * width])
+        total = total + np.matmul(_channels_first(x[..., start:stop, :, :, :]),
+                                  patches.swapaxes(-1, -2))      # (..., C, F·9)
+    w_bar = total.reshape(*total.shape[:-1], filters, KERNEL, KERNEL)[..., ::-1, ::-1].swapaxes(-4, -3)
+    return sum_to(x_bar.swapaxes(-4, -3), x.shape), sum_to(w_bar, w.shape)
+
+
+def _conv3x3_vjp(argnums, ans, args, kwargs):
+    x, w, b, stride = args
+
+    def vjp(g):
+        grads = {2: lambda: sum_channels(g, anp.shape(b), -3)}
+        if 0 in argnums and 1 in argnums:                       # both from one pass over ḡ
+            both = conv3x3_grads(g, x, w, stride)
+            grads[0], grads[1] = (lambda: both[0]), (lambda: both[1])
+        else:
+            grads[0] = lambda: conv3x3_transpose(g, w, stride, anp.shape(x))
+            grads[1] = lambda: conv3x3_weight_grad(x, g, stride, anp.shape(w))
+        return tuple(grads[argnum]() for argnum in argnums)
+    return vjp
+
+
+def _conv3x3_grads_vjp(argnums, ans, args, kwargs):
+    g, x, w, stride = args
+
+    def vjp(h):                                                 # h: (h̄ for x̄, V̄ for w̄)
+        h_x, h_w = h[0], h[1]
+        grads = {0: lambda: sum_to(conv3x3(h_x, w, None, stride) + conv3x3(x, h_w, None, stride),
+                                   anp.shape(g)),
+                 1: lambda: conv3x3_transpose(g, h_w, stride, anp.shape(x)),
+                 2: lambda: conv3x3_weight_grad(h_x, g, stride, anp.shape(w))}
+        return tuple(grads[argnum]() for argnum in argnums)
+    return vjp
+
+
+defvjp_argnums(conv3x3, _conv3x3_vjp)
+defvjp_argnums(conv3x3_grads, _conv3x3_grads_vjp)
 defvjp(conv3x3_transpose,
        lambda ans, g, w, stride, x_shape: lambda h: sum_to(conv3x3(h, w, None, stride), anp.shape(g)),
        lambda ans, g, w, stride, x_shape: lambda h: conv3x3_weight_grad(h, g, stride, anp.shape(w)))

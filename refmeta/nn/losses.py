@@ -58,7 +58,7 @@ def mse(pred, target, reduction="mean", check=True):
         if anp.ndim(pred) < 2 or anp.shape(pred) != anp.shape(target):
             raise ValueError(f"mse: expected pred and target (..., n, d) of one shape; "
                              f"got pred {anp.shape(pred)} and target {anp.shape(target)}")
-    return reduce(anp.mean((pred - target) ** 2, axis=-1), reduction)
+    return reduce(anp.mean(anp.square(pred - target), axis=-1), reduction)
 
 
 def log_softmax(logits, axis=-1):

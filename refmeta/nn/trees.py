@@ -11,6 +11,7 @@ deterministic.  Names follow openai/supervised-reptile's ``variables.py``:
     interpolate(a, b, t)    a + t (b - a)        (Reptile's update)
     flatten(a)              one 1-D vector, and the function that undoes it
     subtree(a, prefix)      the leaves "prefix.<name>", renamed "<name>"
+    grad(f)(a, ...)         ∇_a f(a, ...), a tree: autograd's ``grad``, each leaf its own variable
 
 Trees combined leaf-wise must have the same keys and shapes; a mismatch raises ValueError
 naming the key.  ``flatten``, ``mean`` and ``sum_trees`` refuse an empty tree / an empty list;
@@ -19,12 +20,15 @@ a weight (``scale``'s s, ``interpolate``'s t) must be a real number, or a 0-d ar
 """
 
 import autograd.numpy as anp
-from autograd.tracer import getval
+from autograd.core import VJPNode, add_outgrads, vspace
+from autograd.tracer import getval, isbox, new_box, trace_stack
+from autograd.util import toposort
 
 from refmeta import checks
 
 __all__ = ["add", "subtract", "scale", "interpolate", "mean", "vdot", "zeros_like",
-           "map_tree", "check_same_keys", "flatten", "broadcast_tasks", "take_task", "subtree"]
+           "map_tree", "check_same_keys", "flatten", "broadcast_tasks", "take_task", "subtree",
+           "grad"]
 
 
 def check_same_keys(a, b):
@@ -103,8 +107,8 @@ def broadcast_tasks(params, n_tasks):
     meta-gradient of a sum over tasks.
     """
     checks.integer("n_tasks", n_tasks, minimum=1)
-    return {name: anp.broadcast_to(params[name][None], (n_tasks,) + anp.shape(params[name]))
-            for name in sorted(params)}
+    leaves = ((name, params[name]) for name in sorted(params))   # each leaf read once
+    return {name: anp.broadcast_to(leaf, (n_tasks,) + anp.shape(leaf)) for name, leaf in leaves}
 
 
 def take_task(params, t):
@@ -151,3 +155,41 @@ def subtree(params, prefix):
     ``subtree({"g.W": W, "f.W": V}, "g")`` is ``{"W": W}``.
     """
     return {name[len(prefix) + 1:]: v for name, v in params.items() if name.startswith(prefix + ".")}
+
+
+def grad(fun):
+    """∇ of ``fun(tree, *args)``, a real scalar, with respect to the tree: ``autograd.grad``, with
+    every leaf traced as a variable of its own.
+
+    autograd traces a dict as one boxed container: reading a leaf is a recorded operation, and
+    the gradient is assembled into a new dict one leaf at a time, a dozen recorded operations per
+    leaf that a second derivative (MAML's) differentiates again.  Here each leaf gets its own box
+    and root, ``fun`` reads plain dict entries, and one backward pass (autograd's, over the same
+    VJPs) keeps each leaf's gradient where it arrives.  It nests in ``autograd.grad`` and in
+    itself to any order; a leaf ``fun`` does not read gets zeros.
+    """
+    def gradient(tree, *args, **kwargs):
+        with trace_stack.new_trace() as trace:
+            roots = {name: VJPNode.new_root() for name in tree}
+            out = fun({name: new_box(leaf, trace, roots[name]) for name, leaf in tree.items()},
+                      *args, **kwargs)
+        found = _backward(out, trace, set(roots.values())) if isbox(out) and out._trace == trace else {}
+        return {name: found[root] if root in found else vspace(tree[name]).zeros()
+                for name, root in roots.items()}
+    return gradient
+
+
+def _backward(out, trace, roots):
+    """{root: gradient} by one backward pass from the scalar ``out`` (autograd's backward_pass,
+    which returns the gradient of one root only)."""
+    if vspace(out._value).size != 1:
+        raise TypeError(f"trees.grad needs a real scalar function; got shape {anp.shape(out._value)}")
+    outgrads, found = {out._node: (vspace(out._value).ones(), False)}, {}
+    for node in toposort(out._node):
+        outgrad = outgrads.pop(node)[0]
+        if node in roots:
+            found[node] = outgrad
+            continue
+        for parent, ingrad in zip(node.parents, node.vjp(outgrad)):
+            outgrads[parent] = add_outgrads(outgrads.get(parent), ingrad)
+    return found
