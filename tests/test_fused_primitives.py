@@ -198,20 +198,40 @@ def test_transductive_batch_norm_derivatives_match_finite_differences(dev, seed,
     np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)
 
 
-@given(seed=seeds, spatial=st.sampled_from([0, 2]), leading=LEADING, extra=st.booleans())
-def test_channel_affine_and_dot_derivatives_match_finite_differences(dev, seed, spatial, leading, extra):
+@given(seed=seeds, spatial=st.sampled_from([0, 2]), leading=LEADING, extra=st.booleans(),
+       centred=st.booleans(), chunk=st.sampled_from([1, 2 << 20]))
+def test_channel_affine_and_dot_match_numpy_and_finite_differences(dev, seed, spatial, leading, extra,
+                                                                   centred, chunk):
+    """a x + b (e − c) + k and Σ u (v − c), with and without the center c, made in blocks of one
+    channel or all at once; values against numpy, derivatives to second order in every argument."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(norm, "CHUNK_BYTES", chunk)
+        _check_channel_affine_and_dot(dev, seed, spatial, leading, extra, centred)
+
+
+def _check_channel_affine_and_dot(dev, seed, spatial, leading, extra, centred):
     rng = np.random.default_rng(seed)
     channel = -1 - spatial
     lead_x, lead_p = leading
     shape = lead_x + (3, 2) + (2, 3)[:spatial]
-    tree = dev.tree({"x": rng.standard_normal(shape), "e": rng.standard_normal(shape),
-                     "a": rng.standard_normal(lead_p + (2,)), "b": rng.standard_normal(lead_p + (2,)),
-                     "k": rng.standard_normal(lead_p + (2,))})
-    f = lambda t: anp.sum(anp.sin(norm.channel_affine(t["x"], t["a"], t["k"], channel,
-                                                      t["e"] if extra else None, t["b"] if extra else None)))
-    first_and_second_order(f, tree, rng)
-    h = lambda t: anp.sum(anp.cos(norm.channel_dot(t["x"], t["e"] * t["e"], channel)))
-    first_and_second_order(h, {k: tree[k] for k in "xe"}, rng)
+    host = {"x": rng.standard_normal(shape), "e": rng.standard_normal(shape),
+            "a": rng.standard_normal(lead_p + (2,)), "b": rng.standard_normal(lead_p + (2,)),
+            "k": rng.standard_normal(lead_p + (2,)), "c": rng.standard_normal(lead_p + (2,))}
+    tree = dev.tree(host)
+    c = (lambda t: t["c"]) if centred else (lambda t: None)
+    affine = lambda t: norm.channel_affine(t["x"], t["a"], t["k"], channel, t["e"] if extra else None,
+                                           t["b"] if extra else None, c(t) if extra else None)
+    view = lambda p: p.reshape(p.shape[:-1] + (1, 2) + (1,) * spatial)
+    minus_c = (lambda v: v - view(host["c"])) if centred else (lambda v: v)
+    expected = host["x"] * view(host["a"]) + view(host["k"]) + (minus_c(host["e"]) * view(host["b"])
+                                                                if extra else 0)
+    np.testing.assert_allclose(dev.to_host(affine(tree)), expected, rtol=1e-13, atol=1e-13)
+    first_and_second_order(lambda t: anp.sum(anp.sin(affine(t))), tree, rng)
+    dot = lambda t: norm.channel_dot(t["x"], t["e"] * t["e"], channel, c(t))
+    axes = (-2 - spatial,) + tuple(range(-spatial, 0))           # n and the spatial axes
+    expected = np.sum(host["x"] * minus_c(host["e"] ** 2), axis=axes)
+    np.testing.assert_allclose(dev.to_host(dot(tree)), expected, rtol=1e-13, atol=1e-13)
+    first_and_second_order(lambda t: anp.sum(anp.cos(dot(t))), {k: tree[k] for k in "xec"}, rng)
 
 
 def test_batch_norm_with_its_statistics_held_constant_fails_the_check(dev, monkeypatch):

@@ -48,6 +48,7 @@ __all__ = ["batch_norm", "batch_moments", "update_running", "transductive", "cha
            "channel_dot", "BN_MODES"]
 
 BN_MODES = ("transductive", "running")
+CHUNK_BYTES = 2 << 20      # the size of the blocks in which a temporary array is made
 _DOT = {-1: "...nc,...nc->...c", -3: "...nchw,...nchw->...c"}    # channel axis -> einsum
 
 
@@ -79,28 +80,63 @@ def _statistics_shape(x_shape, channel):
 
 
 # ----- the primitives -----
+def _channel_chunks(shape, channel, itemsize):
+    """Index tuples of consecutive blocks of channels, about CHUNK_BYTES of x each: a temporary
+    made per block stays in the cache (in a channel-major array each block is contiguous)."""
+    per_channel = int(np.prod(shape, dtype=np.int64)) // max(shape[channel], 1) * itemsize
+    size = max(1, CHUNK_BYTES // max(per_channel, 1))
+    tail = (slice(None),) * (-1 - channel)
+    return [(Ellipsis, slice(start, start + size)) + tail for start in range(0, shape[channel], size)]
+
+
+def _minus(v, center, channel):
+    """v − c along the channel axis, raw; v itself where c is None."""
+    return v if center is None else v - _spread(center, channel)
+
+
 @primitive
-def channel_dot(u, v, channel):
-    """Σ u·v over the example and spatial axes: (..., n, C, *spatial) twice -> (..., C)."""
-    return np.einsum(_DOT[channel], u, v)
+def channel_dot(u, v, channel, center=None):
+    """Σ u·(v − c) over the example and spatial axes: u, v (..., n, C, *spatial), the center c
+    (..., C) or None -> (..., C).  v − c is made a block of channels at a time."""
+    if center is None:
+        return np.einsum(_DOT[channel], u, v)
+    lead = np.broadcast_shapes(u.shape[:channel - 1], v.shape[:channel - 1], center.shape[:-1])
+    out = np.empty(lead + (v.shape[channel],), dtype=np.result_type(u, v, center), like=v)
+    view = _spread(center, channel)
+    for block in _channel_chunks(v.shape, channel, out.dtype.itemsize):
+        out[..., block[1]] = np.einsum(_DOT[channel], u[block], v[block] - view[block])
+    return out
 
 
-def _dot_vjp(other, mine, channel):
-    shape = np.broadcast_shapes(anp.shape(other), anp.shape(mine))
-    return lambda g: sum_to(other * spread_channels(g, shape, channel), anp.shape(mine))
+def _statistics_sum(h, channel):
+    return sum_channels(h, _statistics_shape(anp.shape(h), channel), channel)
 
 
-defvjp(channel_dot, lambda ans, u, v, channel: _dot_vjp(v, u, channel),
-       lambda ans, u, v, channel: _dot_vjp(u, v, channel))
+defvjp(channel_dot,
+       lambda ans, u, v, channel, c=None: lambda g: sum_to(
+           channel_affine(v, g, None if c is None else -g * c, channel), anp.shape(u)),
+       lambda ans, u, v, channel, c=None: lambda g: sum_to(channel_affine(u, g, None, channel),
+                                                           anp.shape(v)),
+       None,
+       lambda ans, u, v, channel, c=None: lambda g: sum_to(-g * _statistics_sum(u, channel),
+                                                           anp.shape(c)))
 
 
 @primitive
-def channel_affine(x, scale, offset, channel, extra=None, extra_scale=None):
-    """a x + b e + k: scale a, offset k, extra_scale b (..., C) or None, along the channel axis;
-    x and the extra term e (or None) (..., n, C, *spatial)."""
+def channel_affine(x, scale, offset, channel, extra=None, extra_scale=None, extra_center=None):
+    """a x + b (e − c) + k: scale a, offset k, extra_scale b and extra_center c (..., C) or None,
+    along the channel axis; x and the extra term e (or None) (..., n, C, *spatial).  The extra
+    term is added a block of channels at a time."""
     y = x * _spread(scale, channel) if scale is not None else x.copy()     # a new array
     if extra is not None:
-        y = in_place(np.add, y, extra * _spread(extra_scale, channel))
+        b = _spread(extra_scale, channel)
+        term_shape = np.broadcast_shapes(extra.shape, b.shape)
+        if np.broadcast_shapes(y.shape, term_shape) != y.shape:
+            y = y + _minus(extra, extra_center, channel) * b
+        else:
+            center = None if extra_center is None else _spread(extra_center, channel)
+            for block in _channel_chunks(term_shape, channel, y.dtype.itemsize):
+                y[block] += (extra[block] - (0 if center is None else center[block])) * b[block]
     return y if offset is None else in_place(np.add, y, _spread(offset, channel))
 
 
@@ -110,14 +146,17 @@ def _scaled(h, shape, scale, channel):
 
 
 defvjp(channel_affine,
-       lambda ans, x, a, k, channel, e=None, b=None: lambda h: _scaled(h, anp.shape(x), a, channel),
-       lambda ans, x, a, k, channel, e=None, b=None: lambda h: sum_to(channel_dot(h, x, channel),
-                                                                      anp.shape(a)),
-       lambda ans, x, a, k, channel, e=None, b=None: lambda h: sum_channels(h, anp.shape(k), channel),
+       lambda ans, x, a, k, channel, e=None, b=None, c=None: lambda h: _scaled(h, anp.shape(x), a, channel),
+       lambda ans, x, a, k, channel, e=None, b=None, c=None: lambda h: sum_to(channel_dot(h, x, channel),
+                                                                              anp.shape(a)),
+       lambda ans, x, a, k, channel, e=None, b=None, c=None: lambda h: sum_channels(h, anp.shape(k),
+                                                                                    channel),
        None,
-       lambda ans, x, a, k, channel, e=None, b=None: lambda h: _scaled(h, anp.shape(e), b, channel),
-       lambda ans, x, a, k, channel, e=None, b=None: lambda h: sum_to(channel_dot(h, e, channel),
-                                                                      anp.shape(b)))
+       lambda ans, x, a, k, channel, e=None, b=None, c=None: lambda h: _scaled(h, anp.shape(e), b, channel),
+       lambda ans, x, a, k, channel, e=None, b=None, c=None: lambda h: sum_to(
+           channel_dot(h, e, channel, c), anp.shape(b)),
+       lambda ans, x, a, k, channel, e=None, b=None, c=None: lambda h: sum_to(
+           -b * _statistics_sum(h, channel), anp.shape(c)))
 
 
 @primitive
@@ -135,29 +174,30 @@ def transductive(x, scale, offset, channel, eps):
 
 def _transductive_vjp(argnums, ans, args, kwargs):
     x, scale, offset, channel, _ = args
-    mean, inv_std, shape = ans[1], ans[2], anp.shape(x)            # y itself is not kept
+    mean, inv_std = ans[1], ans[2]                                  # y itself is not kept
 
     def vjp(g):                                                     # g: (ḡ for y, μ, s)
         g_y = g[0]
-        centred = x - spread_channels(mean, shape, channel)                         # x − μ
-        r1 = sum_channels(g_y, _statistics_shape(anp.shape(g_y), channel), channel)  # Σ ḡ
-        r2 = channel_dot(g_y, centred, channel) * inv_std                          # Σ ḡ x̂
+        r1 = _statistics_sum(g_y, channel)                                          # Σ ḡ
+        r2 = channel_dot(g_y, x, channel, mean) * inv_std                          # Σ ḡ x̂
         gain = inv_std if scale is None else inv_std * scale                       # γ s
         grads = {1: lambda: sum_to(r2, anp.shape(scale)), 2: lambda: sum_to(r1, anp.shape(offset))}
-        grads[0] = lambda: _input_grad(g, centred, r1, r2, gain, inv_std, shape, channel)
+        grads[0] = lambda: _input_grad(g, x, mean, r1, r2, gain, inv_std, channel)
         return tuple(grads[argnum]() for argnum in argnums)
     return vjp
 
 
-def _input_grad(g, centred, r1, r2, gain, inv_std, shape, channel):
+def _input_grad(g, x, mean, r1, r2, gain, inv_std, channel):
     """x̄ = γ s ḡ + (x − μ)·b + k: the terms from y, then from μ (ḡ_μ / m) and s (−s³ ḡ_s / m)."""
     g_y, g_mean, g_inv_std = g[0], g[1], g[2]
+    shape = anp.shape(x)
     count = _count(shape, channel)
     b, k = -gain * r2 * inv_std / count, -gain * r1 / count
     b_stats, k_stats = -inv_std ** 3 * g_inv_std / count, g_mean / count
     if anp.shape(g_y) == shape:
-        return channel_affine(g_y, gain, k + k_stats, channel, centred, b + b_stats)
+        return channel_affine(g_y, gain, k + k_stats, channel, x, b + b_stats, mean)
     # y has task axes x lacks (the scale or offset has them): μ and s are x's, not per task
+    centred = x - spread_channels(mean, shape, channel)
     return (sum_to(channel_affine(g_y, gain, k, channel, centred, b), shape)
             + channel_affine(centred, b_stats, k_stats, channel))
 
