@@ -49,7 +49,7 @@ PARTS = [
         "refmeta.nn.norm:transductive", "refmeta.nn.norm:channel_affine", "refmeta.nn.norm:channel_dot"]),
     ("matrix products: convolutions, dense", [
         "refmeta.nn.conv:conv3x3", "refmeta.nn.conv:conv3x3_transpose", "refmeta.nn.conv:conv3x3_weight_grad",
-        "refmeta.nn.conv:_correlate", "refmeta.nn.layers:_dense", "refmeta.nn.layers:_matmul",
+        "refmeta.nn.conv:conv3x3_grads", "refmeta.nn.conv:_correlate", "refmeta.nn.layers:_dense", "refmeta.nn.layers:_matmul",
         "refmeta.nn.layers:_matmul_nt", "refmeta.nn.layers:_matmul_tn"]),
     ("max-pool: max, choice, scatter, gather", ["refmeta.nn.pool:max_pool", "refmeta.nn.pool:window_choice",
                                                 "refmeta.nn.pool:pool_scatter", "refmeta.nn.pool:pool_gather"]),

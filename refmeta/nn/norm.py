@@ -17,20 +17,22 @@ The transductive mode is one primitive, and the running mode one ``channel_affin
         R₁ = Σ ḡ,  R₂ = Σ ḡ x̂  (over the n and spatial axes)
         γ̄ = R₂,  β̄ = R₁
         x̄ = γ s (ḡ − R₁/m − x̂ R₂/m)  +  ḡ_μ / m  −  x̂ s² ḡ_s / m           (ḡ_μ, ḡ_s: for μ, s)
-    channel_affine(x, a, k, e, b) = a x + b e + k          a, b, k (..., C) along the channel axis
-        x̄ = a ḡ,  ē = b ḡ,  ā = Σ ḡ x,  b̄ = Σ ḡ e,  k̄ = Σ ḡ
-    channel_dot(u, v) = Σ u v over the n and spatial axes                      (..., C)
-        ū = v ḡ,  v̄ = u ḡ
+    channel_affine(x, a, k, e, b, c) = a x + b (e − c) + k     a, b, c, k (..., C), along the channel axis
+        x̄ = a ḡ,  ē = b ḡ,  ā = Σ ḡ x,  b̄ = Σ ḡ (e − c),  c̄ = −b Σ ḡ,  k̄ = Σ ḡ
+    channel_dot(u, v, c) = Σ u (v − c) over the n and spatial axes            (..., C)
+        ū = (v − c) ḡ,  v̄ = u ḡ,  c̄ = −ḡ Σ u
 
 Each VJP is built from these primitives and ``refmeta.nn.conv``'s spread_channels and
 sum_channels, which have theirs, so autograd differentiates batch norm to any order (second-order
 MAML through the inner loop).  ``transductive`` returns μ and s beside y so that its VJP has
 them; the layer reads y through ``_output``, which sends μ and s zero gradients of their (C-sized)
-shapes (autograd's own indexing of the triple would build a zero array of y's size).  Its VJP
-recomputes x − μ from x rather than keeping x̂: a forward pass keeps what it kept before (x).
-Its forward pass works on raw arrays in place: one pass for μ, one for x − μ, one reduction
-for σ², two in-place passes for γ s and β; the backward pass: two reductions, x − μ, and the
-three terms of x̄ in one ``channel_affine``.
+shapes (autograd's own indexing of the triple would build a zero array of y's size).
+
+Passes over x.  The forward pass: one reduction for μ, x − μ into a new array, one reduction
+for σ², then γ s and β applied in place.  The backward pass: Σ ḡ, Σ ḡ (x − μ) with the center μ,
+and x̄ = γ s ḡ + b (x − μ) + k in one ``channel_affine`` with the center μ.  A center is
+subtracted a block of channels at a time (``CHUNK_BYTES``), so neither x − μ nor b (x − μ) is
+ever a whole temporary array: the VJP keeps x (which the forward pass reads anyway), not x̂.
 
 Checks.  ``batch_norm`` and ``batch_moments`` are public doors: by default they refuse NaN or
 inf, an unknown mode, ε ≤ 0 and a "running" mode without statistics; ``models.conv4_apply``
