@@ -51,7 +51,7 @@ PARTS = [
         "refmeta.nn.conv:conv3x3", "refmeta.nn.conv:conv3x3_transpose", "refmeta.nn.conv:conv3x3_weight_grad",
         "refmeta.nn.conv:conv3x3_grads", "refmeta.nn.conv:_correlate", "refmeta.nn.layers:_dense", "refmeta.nn.layers:_matmul",
         "refmeta.nn.layers:_matmul_nt", "refmeta.nn.layers:_matmul_tn"]),
-    ("max-pool: max, choice, scatter, gather", ["refmeta.nn.pool:max_pool", "refmeta.nn.pool:window_choice",
+    ("max-pool: max, choice, scatter, gather", ["refmeta.nn.pool:max_pool", "refmeta.nn.pool:pooled",
                                                 "refmeta.nn.pool:pool_scatter", "refmeta.nn.pool:pool_gather"]),
     ("im2col and col2im", ["refmeta.nn.conv:im2col", "refmeta.nn.conv:col2im"]),
     ("per-channel params and sums", ["refmeta.nn.conv:spread_channels", "refmeta.nn.conv:sum_channels",

@@ -130,7 +130,7 @@ def test_scatter_and_gather_are_adjoints_and_the_pool_is_a_gather(dev, seed, lea
     g = rng.standard_normal(leading + (height // 2, width // 2))
     choice = pool.window_choice(dev.asarray(x))
     gathered = dev.to_host(pool.pool_gather(dev.asarray(x), choice))
-    np.testing.assert_array_equal(gathered, dev.to_host(pool.max_pool(dev.asarray(x))))
+    np.testing.assert_array_equal(gathered, dev.to_host(pool.max_pool(dev.asarray(x))[0]))
     scattered = dev.to_host(pool.pool_scatter(dev.asarray(g), choice, x.shape))
     assert inner(x, scattered) == pytest.approx(inner(gathered, g), rel=1e-12, abs=1e-12)
     assert np.count_nonzero(scattered) == np.count_nonzero(g)           # one entry per window
@@ -144,25 +144,22 @@ def test_pool_derivatives_match_finite_differences(dev, seed, height, width):
     x = rng.standard_normal((2, 2, height, width))
     choice = pool.window_choice(dev.asarray(x))
     g = dev.asarray(rng.standard_normal((2, 2, height // 2, width // 2)))
-    first_and_second_order(lambda v: anp.sum(anp.sin(pool.max_pool(v * v))), dev.asarray(x), rng)
+    first_and_second_order(lambda v: anp.sum(anp.sin(pool.pooled(pool.max_pool(v * v)))), dev.asarray(x), rng)
     first_and_second_order(lambda v: anp.sum(anp.sin(pool.pool_scatter(v * v, choice, x.shape))), g, rng)
     first_and_second_order(lambda v: anp.sum(anp.sin(pool.pool_gather(v * v, choice))), dev.asarray(x), rng)
 
 
-def test_a_row_choice_from_the_wrong_column_fails_the_check(dev, monkeypatch):
-    """The row halving must compare the rows' column maxima; comparing the first columns only
-    sends the gradient to the wrong entry wherever the second column holds a window's maximum."""
+def test_a_choice_compared_the_wrong_way_round_fails_the_check(dev, monkeypatch):
+    """The picks must name each pair's larger entry; compared the wrong way round they name the
+    smaller, the pooled values stay right (they are maxima) and the gradient goes astray."""
     rng = np.random.default_rng(2)
     x = dev.asarray(rng.standard_normal((2, 3, 6, 6)))
     weights = dev.asarray(np.arange(9.0).reshape(3, 3))
-    f = lambda v: anp.sum(anp.sin(pool.max_pool(v)) * weights)
+    f = lambda v: anp.sum(anp.sin(pool.pooled(pool.max_pool(v))) * weights)
     gradcheck.check_grad(f, x, rng=rng)
-
-    def first_columns_only(x_raw):
-        left, right = pool._halves(x_raw, -1)
-        top, bottom = pool._halves(left, -2)                # the rows' first columns, not their maxima
-        return pool.second_wins(left, right), pool.second_wins(top, bottom)
-    monkeypatch.setattr(pool, "window_choice", first_columns_only)
+    monkeypatch.setattr(pool, "second_wins", lambda first, second: second < first)
+    maxima = dev.to_host(x).reshape(2, 3, 3, 2, 3, 2).max(axis=(3, 5))
+    np.testing.assert_array_equal(dev.to_host(pool.max_pool(x)[0]), maxima)
     with pytest.raises(gradcheck.GradientCheckError):
         gradcheck.check_grad(f, x, rng=rng)
 

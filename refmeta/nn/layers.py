@@ -161,7 +161,7 @@ def max_pool_2x2(x, rounding="floor"):
     kinks.max_pool(x, rounding)         # a case builder records the margin; otherwise nothing
     if rounding == "ceil":
         x = _repeat_odd_edges(x)
-    return pool.max_pool(x)
+    return pool.pooled(pool.max_pool(x))
 
 
 def _repeat_odd_edges(x):

@@ -1,8 +1,9 @@
 """The 2×2 max-pool under ``layers.max_pool_2x2``: three primitives closed under adjoints.
 
-    max_pool(x)                     y (..., H//2, W//2), the maximum of every 2×2 window of x (..., H, W)
-    pool_scatter(y, choice, shape)  y put back at the chosen position of each window, zeros elsewhere
-    pool_gather(x, choice)          the entry of x at the chosen position of each window
+    max_pool(x) -> (y, right, lower)   y (..., H//2, W//2), the maximum of every 2×2 window of
+                                       x (..., H, W), and the window's choice (below)
+    pool_scatter(y, choice, shape)     y put back at the chosen position of each window, zeros elsewhere
+    pool_gather(x, choice)             the entry of x at the chosen position of each window
 
 Windows have stride 2; a last row or column past the last whole window (odd H or W) is dropped.
 A window is pooled in two halvings, its two columns first, then its two rows:
@@ -17,6 +18,9 @@ window therefore goes to one entry, the *first* maximum in row-major order (the 
 the maximum, its first column holding it), as in PyTorch; autograd's ``max`` would split ties.
 Tests swap ``second_wins`` for ``≥`` (the last maximum) to show that no reference case hinges on a
 tie (docs/reference-cases.md).
+
+The forward pass makes the choice on its way to y and returns it beside y; the layer reads y
+through ``pooled``, whose VJP sends the choice zero gradients (it is boolean, and constant).
 
 VJPs.  The pool is linear once the choice is fixed, and the choice is constant wherever the
 derivative exists, so
@@ -35,11 +39,12 @@ layout of the one it comes from (``empty_like`` keeps the order of the axes in m
 channel-major array (see ``refmeta.nn.conv``) stays channel-major through the pool and back.
 """
 
+import autograd.numpy as anp
 import numpy as np
 from autograd.extend import defvjp, primitive
 from autograd.tracer import getval
 
-__all__ = ["max_pool", "pool_scatter", "pool_gather", "window_choice", "second_wins"]
+__all__ = ["max_pool", "pooled", "pool_scatter", "pool_gather", "window_choice", "second_wins"]
 
 
 def second_wins(first, second):
@@ -58,17 +63,28 @@ def _halves(x, axis):
 
 @primitive
 def max_pool(x):
-    """y[..., p, q] = max of the 2×2 window (p, q) of x (..., H, W); y (..., H // 2, W // 2)."""
-    columns = np.maximum(*_halves(x, -1))                       # (..., H, W//2)
-    return np.maximum(*_halves(columns, -2))                    # (..., H//2, W//2)
+    """(y, right, lower): y[..., p, q] = max of the 2×2 window (p, q) of x (..., H, W), y (..., H // 2,
+    W // 2), and the picks of the two halvings, which the VJP reads (``pooled`` passes y on)."""
+    left, right = _halves(x, -1)
+    pick_right = second_wins(left, right)
+    top, bottom = _halves(np.maximum(left, right), -2)          # each row's pair maximum
+    return np.maximum(top, bottom), pick_right, second_wins(top, bottom)
 
 
 def window_choice(x):
     """(right (..., H, W//2), lower (..., H//2, W//2)): the picks of the two halvings (raw arrays)."""
-    left, right = _halves(x, -1)
-    pick_right = second_wins(left, right)
-    top, bottom = _halves(np.maximum(left, right), -2)
-    return pick_right, second_wins(top, bottom)
+    return max_pool.fun(x)[1:]
+
+
+@primitive
+def pooled(triple):
+    """y of max_pool's (y, right, lower)."""
+    return triple[0]
+
+
+def _pooled_vjp(ans, triple):
+    zeros = anp.zeros_like(triple[1]), anp.zeros_like(triple[2])      # the picks: no gradient
+    return lambda g: (g,) + zeros
 
 
 @primitive
@@ -99,7 +115,8 @@ def pool_gather(x, choice):
     return np.where(lower, *reversed(_halves(columns, -2)))
 
 
-defvjp(max_pool, lambda ans, x: (lambda choice, shape: lambda g: pool_scatter(g, choice, shape))(
-    window_choice(getval(x)), x.shape))
+defvjp(max_pool, lambda ans, x: (lambda choice, shape: lambda g: pool_scatter(g[0], choice, shape))(
+    (getval(ans[1]), getval(ans[2])), x.shape))
+defvjp(pooled, _pooled_vjp)
 defvjp(pool_gather, lambda ans, x, choice: lambda g: pool_scatter(g, choice, x.shape))
 defvjp(pool_scatter, lambda ans, y, choice, x_shape: lambda g: pool_gather(g, choice))
