@@ -58,7 +58,10 @@ def mse(pred, target, reduction="mean", check=True):
         if anp.ndim(pred) < 2 or anp.shape(pred) != anp.shape(target):
             raise ValueError(f"mse: expected pred and target (..., n, d) of one shape; "
                              f"got pred {anp.shape(pred)} and target {anp.shape(target)}")
-    return reduce(anp.mean(anp.square(pred - target), axis=-1), reduction)
+    squared = anp.square(pred - target)                                  # (..., n, d)
+    if reduction == "mean":                         # (1/n) Σ_i (1/d) Σ_j in one reduction
+        return anp.mean(squared, axis=(-2, -1))
+    return reduce(anp.mean(squared, axis=-1), reduction)
 
 
 def log_softmax(logits, axis=-1):
