@@ -149,7 +149,8 @@ def embedder(algorithm, config, params, state):
 def embed_images(embed, images, dtype, chunk=256):
     """images (..., H, W) host -> (..., d) host embeddings by ``embed`` (``embedder``)."""
     flat = images.reshape((-1, 1) + images.shape[-2:])
-    parts = [backend.to_host(embed(backend.asarray(flat[i:i + chunk], dtype))) for i in range(0, len(flat), chunk)]
+    parts = [backend.to_host(embed(backend.asarray(flat[i:i + chunk], dtype)))
+             for i in range(0, len(flat), chunk)]
     return np.concatenate(parts).reshape(images.shape[:-2] + (-1,))
 
 
@@ -211,9 +212,9 @@ def run(algorithm, args):
 
     def check(params, state):              # the same 5-way 1-shot held-out episodes every time
         embed = embedder(algorithm, config, params, state)
-        accuracy = episode_accuracies(algorithm, config, params, embed_images(embed, test_chars.images, args.dtype),
-                                      np.random.default_rng(args.eval_seed + 1), size["curve_episodes"], 5, 1,
-                                      args.eval_query)
+        z = embed_images(embed, test_chars.images, args.dtype)
+        accuracy = episode_accuracies(algorithm, config, params, z, np.random.default_rng(args.eval_seed + 1),
+                                      size["curve_episodes"], 5, 1, args.eval_query)
         return {"heldout_5w1s": 100 * float(np.mean(accuracy)),
                 "lake_error": lake_error(algorithm, config, params, embed, runs, args.dtype).mean}
 
@@ -221,7 +222,8 @@ def run(algorithm, args):
         step, params, algorithm.module.init_state(params, config),
         train.Plan(size["episodes"], size["curve_every"], 60 * size["max_train_minutes"], algorithm.name,
                    train.lower(("--lr", args.lr)), "episode", "held-out check"),
-        check, schedule=lambda progress: {"meta_lr": train.halved_every(args.lr, args.lr_halve_every, progress)})
+        check, schedule=lambda progress: {"meta_lr": train.halved_every(args.lr, args.lr_halve_every,
+                                                                         progress)})
     eval_start = time.perf_counter()
     embed = embedder(algorithm, config, trained.params, trained.state)
     z = embed_images(embed, test_chars.images, args.dtype)                 # (n_chars, 20, d)

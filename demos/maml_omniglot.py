@@ -27,9 +27,10 @@ The protocol this demo shares with ``reptile_omniglot`` (functions below):
     data       images_background_small1 + small2 (242 characters), split by character 80/20
                (``fewshot_omniglot.load_data``: the metric demos' split, seed ``--seed``); the
                training characters with their 90/180/270° rotations as classes
-    training   float32 (``--dtype``); at most ``--iterations`` or ``--max-train-minutes``; every
-               ``--curve-every`` iterations the held-out N-way 1-shot accuracy on a fixed set
-               of ``--curve-episodes`` episodes (transductive) for the learning curve
+    training   the algorithm's ``step`` through ``train.train``; float32 (``--dtype``); at most
+               ``--iterations`` or ``--max-train-minutes``; at iteration 0, every
+               ``--curve-every`` iterations and at the end the held-out N-way 1-shot accuracy on
+               a fixed set of ``--curve-episodes`` episodes (transductive) for the learning curve
     test       ``--eval-episodes`` (600) N-way K-shot episodes of held-out characters, K = 1
                and 5, ``--eval-query`` queries per class (default 1, the authors' 1-shot
                protocol), from ``--eval-seed``; the final parameters; accuracy: mean over

@@ -115,9 +115,9 @@ def train_both(args, sizes, config, data):
     check = lambda params, state: {"validation": validation_criterion(params, data["validation"], config)}
     plan = train.Plan(sizes["iterations"], sizes["validate_every"], what="MAML",
                       lower=train.lower(("--inner-lr", args.inner_lr), ("--meta-lr", args.meta_lr)))
-    runs = {"maml": train.train(lambda params, state: maml.step(params, state, data["maml_batches"](), config),
-                                data["init"], maml.init_state(data["init"], config), plan, check,
-                                select=CHECKPOINT)}
+    runs = {"maml": train.train(
+        lambda params, state: maml.step(params, state, data["maml_batches"](), config),
+        data["init"], maml.init_state(data["init"], config), plan, check, select=CHECKPOINT)}
     pretrain = replace(config, inner_steps=0)
     plan = plan._replace(iterations=sizes["pretrain_iterations"], what="pretrained",
                          lower=train.lower(("--meta-lr", args.meta_lr)))

@@ -133,8 +133,8 @@ def run(args):
 
     predict = reptile_predict(config, args.test_batch_size)
     trained = train.train(step, params, reptile.init_state(params, config),
-                          protocol.plan(size, "Reptile", train.lower(("--inner-lr", args.inner_lr),
-                                                                     ("--meta-step-size", args.meta_step_size))),
+                          protocol.plan(size, "Reptile", train.lower(
+                              ("--inner-lr", args.inner_lr), ("--meta-step-size", args.meta_step_size))),
                           protocol.heldout_check(predict, test_chars, args, size),
                           schedule=lambda progress: {"meta_step_size": train.linear(
                               args.meta_step_size, args.meta_step_size_final, progress)})

@@ -156,17 +156,18 @@ def train_network(config, data, sizes, args, rng, name, before=None):
     once ``before``, the run before it, was stopped by a signal."""
     def step(params, state, meta_step_size):
         amplitude, phase = tasks.sample_sinusoid_tasks(rng, FAMILY, 1)
-        batches = (reptile.sample_inner_batches(rng, 1, len(GRID), config.inner_steps, args.inner_batch_size)
-                   if name == "reptile" else None)
+        batches = (reptile.sample_inner_batches(rng, 1, len(GRID), config.inner_steps,
+                                                args.inner_batch_size) if name == "reptile" else None)
         return reptile.step(params, state, grid_episode(amplitude, phase),
                             replace(config, meta_step_size=meta_step_size), batch_indices=batches)
 
     def check(params, state):
         mse = task_mse_by_steps(params, data["validation"], config, (1, config.test_inner_steps))
-        return dict(zip(("validation_1_step", "validation_test_steps"), (float(np.mean(m)) for m in mse.values())))
+        return dict(zip(("validation_1_step", "validation_test_steps"),
+                        (float(np.mean(m)) for m in mse.values())))
 
-    plan = train.Plan(sizes["iterations"], sizes["validate_every"], what=NAMES[name],
-                      lower=train.lower(("--inner-lr", config.inner_lr), ("--meta-step-size", args.meta_step_size)))
+    lower = train.lower(("--inner-lr", config.inner_lr), ("--meta-step-size", args.meta_step_size))
+    plan = train.Plan(sizes["iterations"], sizes["validate_every"], what=NAMES[name], lower=lower)
     return train.train(step, data["init"], reptile.init_state(data["init"], config),
                        plan if before is None else train.unless_stopped(plan, before), check,
                        schedule=lambda progress: {"meta_step_size": train.linear(

@@ -186,9 +186,10 @@ def test_the_schedule_reaches_each_step_and_the_curve_records_the_last_steps_val
     step = Recorder()
     _, trained = run(train.Plan(10, 5), step,
                      schedule=lambda progress: {"meta_lr": train.linear(0.01, 0.0, progress)})
-    assert [given["meta_lr"] for given in step.given] == pytest.approx([0.01 * (1 - i / 10) for i in range(10)],
-                                                                        rel=1e-12)
-    assert trained.curve["meta_lr"] == pytest.approx([0.01, 0.01 * (1 - 4 / 10), 0.01 * (1 - 9 / 10)], rel=1e-12)
+    given = [values["meta_lr"] for values in step.given]
+    np.testing.assert_allclose(given, [0.01 * (1 - i / 10) for i in range(10)], rtol=1e-12)
+    np.testing.assert_allclose(trained.curve["meta_lr"], [0.01, 0.01 * (1 - 4 / 10), 0.01 * (1 - 9 / 10)],
+                               rtol=1e-12)
     halved = [train.halved_every(1e-3, 2, train.Progress(i, 0.0)) for i in range(5)]
     assert halved == [1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4]
     assert {train.halved_every(1e-3, 0, train.Progress(i, 0.0)) for i in (0, 1000, 10 ** 6)} == {1e-3}
