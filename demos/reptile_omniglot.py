@@ -48,7 +48,7 @@ import numpy as np
 from refmeta import reptile
 from refmeta.data import omniglot
 from refmeta.device import backend
-from refmeta.demos import divergence, maml_omniglot as protocol, options
+from refmeta.demos import maml_omniglot as protocol, options, train
 
 PAPER = {"citation": "Nichol, Achiam & Schulman 2018, their Omniglot results (full background set), "
                      "Reptile with transduction, as also quoted in Rajeswaran et al. 2019 (iMAML)",
@@ -122,33 +122,32 @@ def run(args):
     params = protocol.to_device(reptile.init(init_rng, config), args.dtype)
     n_support = args.train_way * args.train_shot
 
-    def update(params, state, fraction_done):
-        epsilon = args.meta_step_size + (args.meta_step_size_final - args.meta_step_size) * fraction_done
+    def step(params, state, meta_step_size):
         episode = omniglot.sample_episodes(train_rng, train_chars.images, size["meta_batch_size"],
                                            args.train_way, args.train_shot, 1,   # the query: unused
                                            dtype=args.dtype)
         batches = reptile.sample_inner_batches(train_rng, size["meta_batch_size"], n_support,
                                                config.inner_steps, args.inner_batch_size)
-        step = reptile.step(params, state, episode, replace(config, meta_step_size=epsilon),
+        return reptile.step(params, state, episode, replace(config, meta_step_size=meta_step_size),
                             batch_indices=backend.asarray(batches, dtype=None))
-        return step, {"meta_step_size": epsilon}
 
     predict = reptile_predict(config, args.test_batch_size)
-    training = protocol.train(update, params, reptile.init_state(params, config), size,
-                              protocol.heldout_check(predict, test_chars, args, size), "Reptile",
-                              divergence.lower(("--inner-lr", args.inner_lr),
-                                               ("--meta-step-size", args.meta_step_size)),
-                              {"meta_step_size": args.meta_step_size})
-    results, lake, timing = protocol.test_and_lake(predict, training[0], test_chars, runs, args, size)
+    trained = train.train(step, params, reptile.init_state(params, config),
+                          protocol.plan(size, "Reptile", train.lower(
+                              ("--inner-lr", args.inner_lr), ("--meta-step-size", args.meta_step_size))),
+                          protocol.heldout_check(predict, test_chars, args, size),
+                          schedule=lambda progress: {"meta_step_size": train.linear(
+                              args.meta_step_size, args.meta_step_size_final, progress)})
+    results, lake, timing = protocol.test_and_lake(predict, trained.params, test_chars, runs, args, size)
     report = protocol.build_report("reptile-omniglot", args, size, config,
                                    protocol.describe_network(args.train_way, size["hidden"], "both"),
-                                   training, results, lake, timing, PAPER,
+                                   trained, results, lake, timing, PAPER,
                                    protocol.data_summary(train_chars, test_chars, runs))
     report["meta_step_size_schedule"] = {
         "rule": "ε = ε_0 + (ε_final − ε_0) · f, f = max(iteration / iterations, "
                 "training seconds / (60 · max_train_minutes)), evaluated before each iteration",
         "initial": args.meta_step_size, "final": args.meta_step_size_final,
-        "at_last_iteration": training[1]["meta_step_size"][-1] if training[2] else None,
+        "at_last_iteration": trained.curve["meta_step_size"][-1] if trained.iterations else None,
         "by_curve_point": "learning_curve.meta_step_size"}
     return protocol.finish(report, args, start, "batched, Adam β1 = 0", PAPER["transductive"],
                            "Reptile on Omniglot")
