@@ -6,7 +6,6 @@ The Omniglot zips are found by ``helpers.omniglot_folder``.  Bad-input cases use
 import argparse
 import json
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
