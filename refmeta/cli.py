@@ -35,7 +35,8 @@ Errors are one line on stderr, never a traceback; a reader of stdout that goes a
                                    (130 after Ctrl-C, 143 after SIGTERM; every case left is whole)
     refmeta verify: MESSAGE        exit status 2 when nothing can be compared or the --json
                                    report cannot be written, 1 when verification fails
-                                   (``refmeta.cases.verify``)
+                                   (``refmeta.cases.verify``); 130 after Ctrl-C, 143 after
+                                   SIGTERM, and no partial report is left
     refmeta data fetch: MESSAGE    a file that cannot be fetched, checked or written; exit
                                    status 1 (130 after Ctrl-C, 143 after SIGTERM); no partial
                                    or unchecked file is left (``refmeta.data.fetch``)
@@ -257,7 +258,13 @@ def _add_verify_command(subparsers):
 
 def _verify_main(case, theirs, partial=False, json_report=None):
     from refmeta.cases import verify
-    return verify.main(case, theirs, partial=partial, json_path=json_report)
+    try:
+        with sigterm_raises():
+            return verify.main(case, theirs, partial=partial, json_path=json_report)
+    except (KeyboardInterrupt, Terminated) as stop:
+        what = "interrupted" if isinstance(stop, KeyboardInterrupt) else "terminated"
+        print(f"refmeta verify: {what}; no partial report was left", file=sys.stderr)
+        return EXIT_INTERRUPTED if isinstance(stop, KeyboardInterrupt) else EXIT_TERMINATED
 
 
 def _add_read_command(subparsers):
