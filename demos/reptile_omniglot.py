@@ -22,10 +22,12 @@ Model and algorithm (the paper's Omniglot hyperparameters and the authors' code)
     outer      batched Reptile (Algorithm 2): φ ← φ + ε · mean_i (φ̃_i − φ) over a meta-batch of
                5 tasks; ε annealed linearly from 1 to 0 (``--meta-step-size``,
                ``--meta-step-size-final``): ε = ε_0 + (ε_final − ε_0) · f with f the fraction of
-               training done, f = max(iteration / --iterations, time / --max-train-minutes),
-               so ε reaches 0 at whichever limit comes first (the authors anneal over their
-               100 000 iterations; ours stop at the time budget).  With --iterations small
-               enough that the budget never binds, the schedule and the run are deterministic
+               training done, f = max(iteration / --iterations, the steps' time / the
+               --max-train-minutes the held-out checks leave them), so ε reaches 0 at
+               whichever limit comes first (the authors anneal over their 100 000 iterations;
+               ours stop at the time budget).  f is 0 at the first step, and with --iterations
+               small enough that the steps keep ahead of the budget's pace (each under its
+               share), f = iteration / --iterations: the schedule and the run are deterministic
     test       50 Adam steps (same settings) on mini-batches of 5 of the support set, from φ
                with fresh moments, then two predictions of each query (the authors' two modes):
                transductive    all of a task's queries through the network together, batch
@@ -144,8 +146,8 @@ def run(args):
                                    trained, results, lake, timing, PAPER,
                                    protocol.data_summary(train_chars, test_chars, runs))
     report["meta_step_size_schedule"] = {
-        "rule": "ε = ε_0 + (ε_final − ε_0) · f, f = max(iteration / iterations, "
-                "training seconds / (60 · max_train_minutes)), evaluated before each iteration",
+        "rule": "ε = ε_0 + (ε_final − ε_0) · f, f = max(iteration / iterations, seconds in steps / "
+                "(60 · max_train_minutes − seconds in held-out checks)), evaluated before each iteration",
         "initial": args.meta_step_size, "final": args.meta_step_size_final,
         "at_last_iteration": trained.curve["meta_step_size"][-1] if trained.iterations else None,
         "by_curve_point": "learning_curve.meta_step_size"}

@@ -17,7 +17,8 @@ The loop owns what every demo's run needs around the step:
 - the learning curve: at iteration 0, every ``plan.check_every`` iterations and where training
   stops, the mean training loss since the last point (NaN at 0), check's values, the scheduled
   values of the last step and the seconds since training began;
-- the time budget ``plan.max_seconds``, checks included: no step begins after it;
+- the time budget ``plan.max_seconds``, checks included: no step begins after it; the
+  schedule's fraction of training done (``Progress``) counts the steps' seconds against it;
 - the best checkpoint: the params and State at the curve point whose check value is best (the
   first of equals; NaN is never best), chosen on the validation check;
 - SIGINT and SIGTERM: the first ends training after the step in progress, as the budget does,
@@ -71,7 +72,12 @@ class Plan(NamedTuple):
 
 class Progress(NamedTuple):
     """Where training is as a step begins: ``iteration`` steps taken, and the ``fraction`` of
-    training done, min(1, max(iteration / iterations, seconds / max_seconds))."""
+    training done, min(1, max(iteration / iterations, the budget's fraction)).  The budget's
+    fraction is the seconds the steps have taken, of the budget the checks have left them:
+    step seconds / (max_seconds − check seconds).  It is 0 at the first step, however long the
+    check at iteration 0 took, and the fraction is iteration / iterations exactly as long as
+    the steps keep ahead of the budget's pace (each taking less than its share of it): such a
+    run's schedule, and the run, do not depend on the clock."""
     iteration: int
     fraction: float
 
@@ -136,12 +142,12 @@ def train(step, params, state, plan, check, schedule=None, select=None):
                 stopped = _signal_name(signals) or ("time budget" if seconds > plan.max_seconds else None)
                 if stopped:
                     break
-                values = schedule(Progress(iteration, min(1.0, max(iteration / plan.iterations,
-                                                                   seconds / plan.max_seconds))))
+                values = schedule(Progress(iteration, run.fraction()))
+                started = time.perf_counter()
                 with _watch(iteration + 1, plan, "training"):
                     params, state, loss = step(params, state, **values)
                     _finite(loss, params)
-                run.took(loss)
+                run.took(loss, time.perf_counter() - started)
                 if run.done % plan.check_every == 0 or run.done == plan.iterations:
                     run.point(params, state, values, bar)
             else:
@@ -160,17 +166,25 @@ def train(step, params, state, plan, check, schedule=None, select=None):
 
 class _Run:
     """What the loop keeps as it goes: steps done, the window of their losses, the curve, the
-    best checkpoint, the clock."""
+    best checkpoint, the clock (the seconds of the steps and of the checks apart)."""
 
     def __init__(self, plan, check, select):
         self.plan, self.check, self.select, self.begin = plan, check, select, time.perf_counter()
-        self.done, self.window, self.curve, self.best, self.check_seconds = 0, [], {}, None, 0.0
+        self.done, self.window, self.curve, self.best = 0, [], {}, None
+        self.step_seconds = self.check_seconds = 0.0
 
     def seconds(self):
         return time.perf_counter() - self.begin
 
-    def took(self, loss):
+    def fraction(self):
+        """Progress.fraction before the next step: of the iterations, or of the budget."""
+        left = self.plan.max_seconds - self.check_seconds          # the budget the checks left
+        budget = self.step_seconds / left if left > 0 else 1.0
+        return min(1.0, max(self.done / self.plan.iterations, budget))
+
+    def took(self, loss, seconds):
         self.done += 1
+        self.step_seconds += seconds
         self.window.append(float(loss))
 
     def point(self, params, state, values, bar):

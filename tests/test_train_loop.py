@@ -97,6 +97,36 @@ def test_no_step_begins_after_the_time_budget(monkeypatch):
                                rtol=1e-15)
 
 
+def test_the_fraction_is_the_iterations_while_the_steps_keep_ahead_of_the_budget(monkeypatch):
+    """Reptile's ε on Omniglot: a slow held-out check (100 s here, at iterations 0, 4 and 8) does
+    not count toward the fraction, so the first step's is 0 and every step's is iteration / 10
+    exactly, as long as the steps (1 s each) keep ahead of the budget's pace: a schedule that
+    does not depend on the clock."""
+    clock = types.SimpleNamespace(now=0.0)
+    monkeypatch.setattr(train, "time", types.SimpleNamespace(perf_counter=lambda: clock.now))
+
+    def tick():
+        clock.now += 1.0
+
+    def slow_check(params, state):
+        clock.now += 100.0
+        return validation(params, state)
+    seen = []
+    step = Recorder(at={n: tick for n in range(1, 100)})
+    _, trained = run(train.Plan(10, 4, max_seconds=400.0), step, slow_check,
+                     schedule=lambda progress: seen.append(progress) or {})
+    assert trained.stopped == "iterations" and trained.curve["iteration"] == [0, 4, 8, 10]
+    assert [p.fraction for p in seen[1:]] == [i / 10 for i in range(10)]
+    # a budget the steps fall behind: of the 400 s, the checks at 0 and 4 left 200 to the steps
+    clock.now, seen[:] = 0.0, []
+    step = Recorder(at={n: (lambda: setattr(clock, "now", clock.now + 40.0)) for n in range(1, 100)})
+    _, trained = run(train.Plan(10, 4, max_seconds=400.0), step, slow_check,
+                     schedule=lambda progress: seen.append(progress) or {})
+    assert trained.stopped == "time budget" and trained.iterations == 6    # began at 100…400 s
+    np.testing.assert_allclose([p.fraction for p in seen[1:]], [0, 40 / 300, 80 / 300, 120 / 300,
+                                                                160 / 200, 1.0], rtol=1e-15)
+
+
 def test_the_best_checkpoint_is_chosen_on_the_validation_check_not_the_last_or_the_loss():
     scripted = {0: 5.0, 2: 3.0, 4: 4.0, 6: 3.0, 8: math.nan, 10: 3.5}
     step = Recorder()
