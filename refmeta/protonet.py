@@ -155,9 +155,7 @@ def loss_from_embeddings(z_support, support_y, z_query, query_y, n_way, distance
 # ----- the entry points: each checks its inputs once -----
 def init(rng, config):
     """The embedding's host params, f_φ's φ."""
-    checks.generator(rng)
-    checks.instance("config", config, ProtoNetConfig)
-    return checks.model_params("config.embedding.init(rng)", config.embedding.init(rng))
+    return door.init_params(rng, config, ProtoNetConfig, "embedding")
 
 
 def init_state(params, config):

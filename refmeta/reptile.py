@@ -111,9 +111,7 @@ class ReptileConfig:
 # ----- the front door: checks once, then the math below -----
 def init(rng, config):
     """φ from ``config.model.init``: a dict of host float64 arrays."""
-    checks.generator(rng)
-    checks.instance("config", config, ReptileConfig)
-    return checks.model_params("config.model.init(rng)", config.model.init(rng))
+    return door.init_params(rng, config, ReptileConfig)
 
 
 def init_state(params, config):
