@@ -45,7 +45,9 @@ Tasks are vectorised like MAML's: params get a leading task axis and one ``grad`
 serves every task, since Σ_i L_i couples no two tasks.  One task alone, support_x (n, ...),
 is a meta-batch of T = 1 (``batch_indices`` (k, b) then), and ``adapt`` and ``predict`` return
 it without the task axis.  The training state is empty, State(None, {}): the update keeps
-none.  A non-finite result is named as MAML's is, with the task in a serial step.  ``adapt``
+none, and a model that declares running batch-norm statistics (``contract.Model.batch_norm``)
+is refused, as no pass of (1) or (2) is the one to track them from; a batch norm in the model
+normalises by the batch at hand, as in the authors' code.  A non-finite result is named as MAML's is, with the task in a serial step.  ``adapt``
 and ``predict`` keep only the current φ^(j); ``adapt_trajectory`` keeps all.
 """
 
@@ -88,7 +90,7 @@ class ReptileConfig:
 
     def __post_init__(self):
         checks.plain_fields(self)
-        checks.model_with_loss("model", self.model, "Reptile")
+        checks.model_with_loss("model", self.model, "Reptile", keeps_statistics=False)
         if self.n_way is not None:
             checks.integer("n_way", self.n_way, minimum=2)
         for name in ("inner_lr", "meta_step_size"):

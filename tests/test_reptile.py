@@ -3,6 +3,7 @@ checks at its public entry points."""
 
 import dataclasses
 import math
+import re
 
 import autograd.numpy as anp
 import numpy as np
@@ -222,6 +223,21 @@ def test_bad_config_is_refused(bad, message):
         reptile.ReptileConfig("mlp")
     with pytest.raises(ValueError, match="no loss"):
         reptile.ReptileConfig(contract.Model(None, None))
+
+
+def test_a_model_that_declares_running_batch_norm_statistics_is_refused():
+    """Reptile keeps no running statistics (its State is State(None, {})): the conv4 classifier
+    whose statistics MAML tracks is refused, naming the contract; the same network without
+    ``batch_norm`` (batch norm on the batch at hand, the authors') is taken."""
+    from test_contract import conv4_classifier
+    with pytest.raises(ValueError, match=re.escape(
+            "model 'conv4 max-pool 2 filters, 2-way, cross-entropy' declares running batch-norm "
+            "statistics (model.batch_norm, a contract.BatchNorm), which Reptile does not keep: its "
+            "State is State(None, {}); give the Model batch_norm=None")):
+        reptile.ReptileConfig(model=conv4_classifier(batch_norm=True), n_way=2)
+    config = reptile.ReptileConfig(model=conv4_classifier(), n_way=2)
+    params = reptile.init(np.random.default_rng(0), config)
+    assert reptile.init_state(params, config) == contract.State(None, {})
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf])

@@ -125,12 +125,18 @@ def scalar(name, value):
     raise TypeError(f"{name} must be a real number; got {_given(raw)}")
 
 
-def model_with_loss(name, model, algorithm):
-    """A ``contract.Model`` that has a loss (MAML's and Reptile's network; an embedding has none)."""
+def model_with_loss(name, model, algorithm, keeps_statistics=True):
+    """A ``contract.Model`` that has a loss (MAML's and Reptile's network; an embedding has none);
+    without ``keeps_statistics`` (Reptile), one that declares no running batch-norm statistics."""
     instance(name, model, Model)
     if model.loss is None:
         raise ValueError(f"{name} {model.name!r} has no loss (an embedding?); {algorithm} needs "
                          f"{name}.loss(params, x, y, reduction)")
+    if not keeps_statistics and model.batch_norm is not None:
+        raise ValueError(f"{name} {model.name!r} declares running batch-norm statistics ({name}."
+                         f"batch_norm, a contract.BatchNorm), which {algorithm} does not keep: its "
+                         "State is State(None, {}); give the Model batch_norm=None, and a batch norm "
+                         "in its apply normalises by the statistics of the batch at hand")
     return model
 
 
