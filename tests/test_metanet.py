@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import sys
 
 import autograd.numpy as anp
 import numpy as np
@@ -670,5 +671,6 @@ def test_agrees_with_an_independent_pytorch_implementation():
     config, params, data = bench.metanet_data(seed=5)
     ours = bench.refmeta_metanet(config, params, data)()
     names = sorted(ours)
-    bench.check_same(ours, bench.torch_metanet(torch, config, params, data)(), names, "PyTorch")
+    check_same = sys.modules["bench_compare"].check_same           # bench.py put benchmarks/ on sys.path
+    check_same(ours, bench.torch_metanet(torch, config, params, data)(), names, "PyTorch")
     assert max(np.abs(ours[k]).max() for k in names if k.startswith("m.dense")) > 0
