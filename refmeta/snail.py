@@ -183,9 +183,9 @@ def query_logits(params, support_z, support_y, query_z, config):
     return apply(params, sequence, config, branches=n_query)[..., -n_query:, :]
 
 
-def _predict(params, episode, config, bn_state=None, moments=None):
-    """Logits (..., Q, N) at the query step of every query; batch norm by bn_state, or by the
-    images' statistics, whose moments go to the list ``moments`` if given."""
+def _embeddings(params, episode, config, bn_state=None, moments=None):
+    """f of every image in one call, (support (..., N·K, d), queries (..., Q, d)); batch norm by
+    bn_state, or by the images' statistics, whose moments go to the list ``moments`` if given."""
     n = anp.shape(episode.support_x)[-4]                                   # N·K
     images = anp.concatenate([episode.support_x, episode.query_x], axis=-4)
     if moments is None:
@@ -193,7 +193,13 @@ def _predict(params, episode, config, bn_state=None, moments=None):
     else:
         z, found = embed(params, images, config, return_bn_moments=True)
         moments.append({k: getval(v) for k, v in found.items()})           # bookkeeping only
-    return query_logits(params, z[..., :n, :], episode.support_y, z[..., n:, :], config)
+    return z[..., :n, :], z[..., n:, :]
+
+
+def _predict(params, episode, config, bn_state=None, moments=None):
+    """Logits (..., Q, N) at the query step of every query (``_embeddings``' arguments)."""
+    support_z, query_z = _embeddings(params, episode, config, bn_state, moments)
+    return query_logits(params, support_z, episode.support_y, query_z, config)
 
 
 def _loss(logits, query_y):
@@ -231,14 +237,20 @@ def predict(params, episode, config, *, state=None):
     """Logits at the query step: support_x (..., N·K, C, H, W), K in config.shots, query_x (..., Q,
     C, H, W) -> (..., Q, N); with bn_mode "running", f normalises by state.bn."""
     episode = _check(params, episode, config, state)
-    return _predict(params, episode, config, door.running(state, config.bn_mode))
+    running = door.running(state, config.bn_mode)
+    logits = _predict(params, episode, config, running)
+    checks.finite_results("snail.predict", [("the logits", logits)],
+                          _explain(params, episode, config, running))
+    return logits
 
 
 def loss(params, episode, config, *, state=None):
     """(2) on an episode; the arguments as for ``predict``."""
     episode = _check(params, episode, config, state)
-    return _loss(_predict(params, episode, config, door.running(state, config.bn_mode)),
-                 episode.query_y)
+    running = door.running(state, config.bn_mode)
+    value = _loss(_predict(params, episode, config, running), episode.query_y)
+    checks.finite_results("snail.loss", [("the loss", value)], _explain(params, episode, config, running))
+    return value
 
 
 def step(params, state, episode, config):
@@ -247,7 +259,18 @@ def step(params, state, episode, config):
     episode = _check(params, episode, config, state, step=True)
     objective = lambda p, moments: _loss(_predict(p, episode, config, None, moments), episode.query_y)
     return door.step("snail.step", ("the loss", "the gradient"), objective, params, state,
-                     config.meta_lr, momentum=config.bn_momentum)
+                     config.meta_lr, _explain(params, episode, config), config.bn_momentum)
+
+
+def _explain(params, episode, config, running=None):
+    """The failure path: f's embeddings, then the logits at the query steps, recomputed."""
+    def quantities():
+        support_z, query_z = _embeddings(params, episode, config, running)
+        yield "f(support_x), the support embeddings", support_z
+        yield "f(query_x), the query embeddings", query_z
+        yield "the logits at the query steps", query_logits(params, support_z, episode.support_y,
+                                                            query_z, config)
+    return quantities
 
 
 def _check(params, episode, config, state=None, step=False):
