@@ -15,8 +15,8 @@ Model and algorithm (the paper's Omniglot hyperparameters and the authors' code)
                flattens it (256 features), and TensorFlow's 'SAME' padding at stride 2 pads
                (0, 1) where ours pads (1, 1)
     inner loop 5 steps of Adam (lr 1e-3, β1 = 0, β2 = 0.999) on mini-batches of 10 drawn from
-               the task's N × 10 training drawings (``reptile.sample_inner_batches``: shuffle,
-               cut, reshuffle when used up, as the authors' code); Adam's moments start at
+               the task's N × 10 training drawings (``inner_batches.sample_inner_batches``:
+               shuffle, cut, reshuffle when used up, as the authors' code); Adam's moments start at
                zero for every task (their code carries them over: ``ReptileConfig``'s recorded
                convention); batch norm uses each mini-batch's statistics
     outer      batched Reptile (Algorithm 2): φ ← φ + ε · mean_i (φ̃_i − φ) over a meta-batch of
@@ -48,7 +48,7 @@ import autograd.numpy as anp
 import numpy as np
 
 from refmeta import reptile
-from refmeta.data import omniglot
+from refmeta.data import inner_batches, omniglot
 from refmeta.device import backend
 from refmeta.demos import maml_omniglot as protocol, options, train
 
@@ -93,8 +93,8 @@ def reptile_predict(config, batch_size):
     then both modes on the same adapted parameters."""
     def predict(params, episode, rng):
         n_tasks, n_support = np.shape(episode.support_y)
-        batches = reptile.sample_inner_batches(rng, n_tasks, n_support, config.test_inner_steps,
-                                               min(batch_size, n_support))
+        batches = inner_batches.sample_inner_batches(rng, n_tasks, n_support, config.test_inner_steps,
+                                                     min(batch_size, n_support))
         adapted = reptile.adapt(params, episode, config, batch_indices=backend.asarray(batches, dtype=None))
         group = max(1, 50 // np.shape(episode.query_y)[1])  # tasks per call: bounds (T, Q, S + 1, …)
         alone = [predict_one_query_at_a_time(
@@ -128,8 +128,8 @@ def run(args):
         episode = omniglot.sample_episodes(train_rng, train_chars.images, size["meta_batch_size"],
                                            args.train_way, args.train_shot, 1,   # the query: unused
                                            dtype=args.dtype)
-        batches = reptile.sample_inner_batches(train_rng, size["meta_batch_size"], n_support,
-                                               config.inner_steps, args.inner_batch_size)
+        batches = inner_batches.sample_inner_batches(train_rng, size["meta_batch_size"], n_support,
+                                                     config.inner_steps, args.inner_batch_size)
         return reptile.step(params, state, episode, replace(config, meta_step_size=meta_step_size),
                             batch_indices=backend.asarray(batches, dtype=None))
 

@@ -8,7 +8,8 @@ Setup (the paper's sine-wave demonstration, with the settings of the authors' pu
                used ReLU: ``--activation relu``), MSE, PyTorch's default init, computed by
                ``fused_mlp.FusedMLP`` (the same function and gradient as ``models.mlp_apply``)
     Reptile    serial (Algorithm 1), one task per iteration: one epoch of plain SGD, α = 0.02,
-               over the 50 points in 5 shuffled mini-batches of 10 (``reptile.sample_inner_batches``),
+               over the 50 points in 5 shuffled mini-batches of 10
+               (``inner_batches.sample_inner_batches``),
                then φ ← φ + ε_i (φ̃ − φ) with ε annealed linearly to 0 over N = 30 000 iterations:
                    ε_i = ε_0 + (ε_final − ε_0) · i / N,   i = 0 … N − 1,   ε_0 = 0.1, ε_final = 0
     joint      the same loop with k = 1 inner step on all 50 points.  By the identity of Section 5
@@ -39,7 +40,7 @@ from dataclasses import replace
 import numpy as np
 
 from refmeta import checks, reptile
-from refmeta.data import tasks
+from refmeta.data import inner_batches, tasks
 from refmeta.device import backend
 from refmeta.fast import fused_mlp
 from refmeta.nn import models, trees
@@ -156,8 +157,9 @@ def train_network(config, data, sizes, args, rng, name, before=None):
     once ``before``, the run before it, was stopped by a signal."""
     def step(params, state, meta_step_size):
         amplitude, phase = tasks.sample_sinusoid_tasks(rng, FAMILY, 1)
-        batches = (reptile.sample_inner_batches(rng, 1, len(GRID), config.inner_steps,
-                                                args.inner_batch_size) if name == "reptile" else None)
+        batches = (inner_batches.sample_inner_batches(rng, 1, len(GRID), config.inner_steps,
+                                                      args.inner_batch_size)
+                   if name == "reptile" else None)
         return reptile.step(params, state, grid_episode(amplitude, phase),
                             replace(config, meta_step_size=meta_step_size), batch_indices=batches)
 
@@ -204,7 +206,8 @@ def build_report(args, sizes, configs, runs, results, steps):
             "model_implementation": "refmeta.fast.fused_mlp.FusedMLP (flat params 'mlp.flat')",
             "tasks": FAMILY.describe(), "inputs": "the 50 points of numpy.linspace(-5, 5, 50)",
             "inner_batches": {"reptile": f"{args.inner_steps} steps on mini-batches of "
-                                         f"{args.inner_batch_size} (reptile.sample_inner_batches)",
+                                         f"{args.inner_batch_size} (refmeta.data.inner_batches."
+                                         "sample_inner_batches)",
                               "joint_training": "1 step on all 50 points"},
             "meta_step_size_schedule": {"rule": SCHEDULE, "initial": args.meta_step_size,
                                         "final": args.meta_step_size_final,
