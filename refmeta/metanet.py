@@ -203,8 +203,7 @@ def predict(params, episode, config, *, meta_info=None, state=None):
 
 
 def loss(params, episode, config, *, meta_info=None, state=None):
-    """L_train of one episode, the query cross-entropy summed or averaged as configured; of a
-    meta-batch, its mean over the tasks."""
+    """L_train, the query cross-entropy summed or averaged as configured; a meta-batch's task mean."""
     episode, meta_info, _ = _check(params, episode, config, state, meta_info=meta_info)
     value = _loss(params, episode, config, meta_info)
     checks.finite_results("metanet.loss", [("the loss L_train", value)],
@@ -234,14 +233,12 @@ def _loss(params, episode, config, meta_info=None):
 
 
 def _explain(params, episode, config, meta_info=None):
-    """The failure path: each task's intermediates, recomputed in the order Algorithm 1 makes
-    them and named as ``episode_outputs`` names them."""
+    """The failure path: each task's intermediates, in order, as ``episode_outputs`` names them."""
     def quantities():
         for t in range(anp.shape(episode.support_x)[0]):
             out = _outputs(params, *_task(episode, meta_info, t), config)
-            gradients = out.pop("meta_info")                   # (3), (10)
-            yield from ((f"in task {t}, meta_info[{level!r}]", gradients[level]) for level in gradients)
-            yield from ((f"in task {t}, {name}", value) for name, value in out.items())
+            named = {f"meta_info[{level!r}]": g for level, g in out.pop("meta_info").items()}
+            yield from ((f"in task {t}, {name}", value) for name, value in {**named, **out}.items())
     return quantities
 
 
