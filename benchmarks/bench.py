@@ -57,7 +57,7 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 import bench_machine  # noqa: E402
-from bench_compare import Variant, check_same, compare  # noqa: E402, F401 (check_same: tests use it)
+from bench_compare import Variant, compare  # noqa: E402
 from bench_workloads import (HIDDEN, IMAGE, K_QUERY, K_SHOT, K_SUPPORT, METANET_HIDDEN,  # noqa: E402
                              METANET_QUERIES, METANET_WAY, N_QUERY_PER_CLASS, N_TASKS, N_WAY,
                              SIZES, SNAIL_EPISODES, SNAIL_QUERIES, conv4_data, in_dtype,

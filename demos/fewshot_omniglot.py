@@ -1,41 +1,44 @@
 """What the ProtoNet and Matching Net Omniglot demos share: data, training, evaluation, report.
 
-Not a demo itself: ``protonet_omniglot`` and ``matching_omniglot`` each pass a ``Model``.
+Not a demo itself: ``protonet_omniglot`` and ``matching_omniglot`` each pass an ``Algorithm``.
 
 Data.  images_background_small1.zip + small2.zip (merged: 242 characters of 8 alphabets,
 20 drawings each, 28×28) are split *by character* (seeded): ``test_fraction`` of the characters
 are held out.  The training characters get their 90/180/270° rotations as new classes.  Lake's
 20 official runs (all_runs.zip) come from the evaluation alphabets, never seen in training.
 
-Training.  Episodes of train_way classes × (train_shot + train_query) drawings through the
-conv4 max-pool net in one call (transductive batch norm, as the authors' code); Adam, lr halved
-every ``lr_halve_every`` episodes (ProtoNets, Section 3.1).  Running BN statistics are kept
-(momentum 0.1, unbiased variance, as PyTorch) for evaluation.
+Training (``train.train``, the algorithm's ``step``).  Episodes of train_way classes ×
+(train_shot + train_query) drawings through the conv4 max-pool net in one call, on the batch's
+statistics (as the authors' code), which ``step`` tracks as running statistics (momentum 0.1,
+unbiased variance, as PyTorch) for evaluation; Adam, lr halved every ``lr_halve_every``
+episodes (ProtoNets, Section 3.1).  The learning curve: at episode 0, every ``curve_every``
+episodes and at the end, 5-way 1-shot accuracy on ``curve_episodes`` held-out episodes (the
+same ones each time) and Lake's error.  The final parameters are tested: the curve is drawn on
+the held-out characters, so choosing a checkpoint by it would choose on the test set.
 
-Evaluation (BN in running mode).  Every held-out image is embedded once; 600 episodes per
-setting (5-way 1-shot, 5-way 5-shot, 20-way 1-shot; 15 queries per class) are scored from
-those cached embeddings, a task axis at a time, which gives the numbers per-episode
-re-embedding would, much faster.  Accuracy: mean over episodes ± 1.96·std/√600 (sample std).  Lake's runs:
-each run's 20 training drawings are a 20-way 1-shot support set; the error is by
-``lake_runs.evaluate_runs`` (argmax of log p over the 20 classes).
+Evaluation (BN in running mode: the embedding's bn_mode).  Every held-out image is embedded
+once; 600 episodes per setting (5-way 1-shot, 5-way 5-shot, 20-way 1-shot; 15 queries per
+class) are scored from those cached embeddings, a task axis at a time, which gives the numbers
+per-episode re-embedding would, much faster.  Accuracy: mean over episodes ± 1.96·std/√600
+(sample std).  Lake's runs: each run's 20 training drawings are a 20-way 1-shot support set;
+the error is by ``lake_runs.evaluate_runs`` (argmax of log p over the 20 classes).
 """
 
 import os
 import platform
 import time
+from dataclasses import replace
 from pathlib import Path
+from types import ModuleType
 from typing import Callable, NamedTuple
 
-import autograd.numpy as anp
 import numpy as np
-from autograd import grad_and_aux
-from autograd.tracer import getval
 
+from refmeta import protonet
 from refmeta.data import lake_runs, omniglot
 from refmeta.device import backend
-from refmeta.nn import layers, models, optimizers
-from refmeta.demos import divergence, files, options
-from refmeta.progress import progress
+from refmeta.nn import trees
+from refmeta.demos import files, options, train
 
 EVAL_SETTINGS = ((5, 1), (5, 5), (20, 1))
 BN_EPS, BN_MOMENTUM = 1e-5, 0.1
@@ -48,18 +51,22 @@ FAST = {"episodes": 10, "max_train_minutes": 1.0, "hidden": 8, "eval_episodes": 
         "curve_every": 5, "curve_episodes": 20}
 
 
-class Model(NamedTuple):
-    """What a demo supplies: its algorithm's Config and init, and the algorithm's equations on
-    conv4 embeddings z_* (..., n, d), with a task axis or not.  ``run`` sets ``config``."""
+class Algorithm(NamedTuple):
+    """What a metric demo supplies: its algorithm module (``init``, ``init_state``, ``step``)
+    and Config, and the algorithm's log p(y | x) on cached embeddings z (..., n, d)."""
     name: str
-    configure: Callable       # (hidden, n_way, meta_lr) -> the algorithm's Config
-    init: Callable            # (rng, config) -> host params: the algorithm's init
-    conv_params: Callable     # params -> the conv4 net's params
-    loss: Callable            # (params, z_support, support_y, z_query, query_y, config) -> scalar
+    module: ModuleType        # protonet or matching
+    configure: Callable       # (hidden, n_way, meta_lr) -> the Config, its embedding ``embedding(hidden)``
+    net: str                  # the embedding's prefix in params and state.bn ("embed"), or "" for none
     log_probs: Callable       # (params, z_support, support_y, z_query, n_way, config) -> (..., n_q, N)
     paper: dict               # "5-way 1-shot" -> published accuracy %
     learned: Callable = lambda params: {}   # params -> learned hyperparameters worth reporting
-    config: object = None     # configure(hidden, train_way, lr), recorded by its conventions()
+
+
+def embedding(hidden):
+    """The conv4 max-pool embedding both demos train: batch norm eps BN_EPS, its running
+    statistics kept with momentum BN_MOMENTUM and read at evaluation (bn_mode "running")."""
+    return protonet.conv4_embedding(hidden, bn_mode="running", bn_eps=BN_EPS, bn_momentum=BN_MOMENTUM)
 
 
 def add_arguments(parser, name):
@@ -106,16 +113,16 @@ def check_args(args, size):
     options.check_out_folder(args.out, ("results.json", "learning_curve.png"))
 
 
-def check_data(args, train, test):
+def check_data(args, train_chars, test_chars):
     """options.UsageError unless the training and test episodes the options ask for fit the data."""
-    drawings = test.images.shape[1]
+    drawings = test_chars.images.shape[1]
     options.check_needs(
-        (f"--train-way {args.train_way}", args.train_way, len(train.names), "training classes"),
+        (f"--train-way {args.train_way}", args.train_way, len(train_chars.names), "training classes"),
         (f"--train-shot {args.train_shot} + --train-query {args.train_query}",
          args.train_shot + args.train_query, drawings, "drawings per class"),
         (f"--eval-query {args.eval_query}: 5-shot episodes need 5 + {args.eval_query}",
          max(k for _, k in EVAL_SETTINGS) + args.eval_query, drawings, "drawings per class"),
-        ("the 20-way test episodes", max(n for n, _ in EVAL_SETTINGS), len(test.names),
+        ("the 20-way test episodes", max(n for n, _ in EVAL_SETTINGS), len(test_chars.names),
          "held-out characters (raise --test-fraction)"))
 
 
@@ -126,28 +133,23 @@ def load_data(args, rng):
     cache = args.cache or os.path.join(args.out, "cache")
     with options.input_errors():
         merged = omniglot.merge_characters(*(omniglot.load_characters(folder / z, 28, cache) for z in ZIPS))
-        train, test = omniglot.split_characters(merged, rng, (1 - args.test_fraction, args.test_fraction))
+        train_chars, test_chars = omniglot.split_characters(merged, rng, (1 - args.test_fraction,
+                                                                          args.test_fraction))
         runs = lake_runs.load_lake_runs(folder / "all_runs.zip", 28)
-    return omniglot.with_rotations(train), test, runs
+    return omniglot.with_rotations(train_chars), test_chars, runs
 
 
-def objective(params, episode, model):
-    """The episode loss from one joint pass (support then query), and the BN batch moments."""
-    n_support = episode.support_x.shape[0]
-    x = anp.concatenate([episode.support_x, episode.query_x])
-    z, moments = models.conv4_apply(model.conv_params(params), x, variant="maxpool", bn_eps=BN_EPS,
-                                    return_bn_moments=True)
-    loss = model.loss(params, z[:n_support], episode.support_y, z[n_support:], episode.query_y, model.config)
-    return loss, (getval(loss), {name: getval(value) for name, value in moments.items()})
+def embedder(algorithm, config, params, state):
+    """f_φ as evaluation runs it, x (n, 1, H, W) -> (n, d): batch norm by the running statistics."""
+    pick = (lambda tree: trees.subtree(tree, algorithm.net)) if algorithm.net else (lambda tree: tree)
+    net, running = pick(params), pick(state.bn)
+    return lambda x: config.embedding.batch_norm.apply(net, x, running)[0]
 
 
-def embed_images(model, params, bn_state, images, chunk=256):
-    """images (..., H, W) host -> (..., d) host embeddings, BN in running mode."""
+def embed_images(embed, images, dtype, chunk=256):
+    """images (..., H, W) host -> (..., d) host embeddings by ``embed`` (``embedder``)."""
     flat = images.reshape((-1, 1) + images.shape[-2:])
-    dtype = model.conv_params(params)["conv0.w"].dtype
-    parts = [backend.to_host(models.conv4_apply(model.conv_params(params), backend.asarray(flat[i:i + chunk], dtype),
-                                                variant="maxpool", bn_mode="running",
-                                                bn_state=bn_state, bn_eps=BN_EPS))
+    parts = [backend.to_host(embed(backend.asarray(flat[i:i + chunk], dtype)))
              for i in range(0, len(flat), chunk)]
     return np.concatenate(parts).reshape(images.shape[:-2] + (-1,))
 
@@ -160,7 +162,7 @@ def draw_episodes(rng, n_classes, n_drawings, n_tasks, n_way, k_shot, n_query):
     return classes, drawings
 
 
-def episode_accuracies(model, params, z, rng, n_tasks, n_way, k_shot, n_query, chunk=25):
+def episode_accuracies(algorithm, config, params, z, rng, n_tasks, n_way, k_shot, n_query, chunk=25):
     """Accuracy of each of n_tasks episodes scored from cached embeddings z (n_classes, n_drawings, d)."""
     classes, drawings = draw_episodes(rng, *z.shape[:2], n_tasks, n_way, k_shot, n_query)
     picked = z[classes[..., None], drawings]                               # (T, N, K+Q, d)
@@ -169,20 +171,20 @@ def episode_accuracies(model, params, z, rng, n_tasks, n_way, k_shot, n_query, c
     support_y, query_y = (np.tile(np.repeat(np.arange(n_way), n), (n_tasks, 1)) for n in (k_shot, n_query))
     accuracies = []
     for t in range(0, n_tasks, chunk):
-        log_p = model.log_probs(params, *(backend.asarray(a, dtype=None) for a in (
-            z_support[t:t + chunk], support_y[t:t + chunk], z_query[t:t + chunk])), n_way, model.config)
+        log_p = algorithm.log_probs(params, *(backend.asarray(a, dtype=None) for a in (
+            z_support[t:t + chunk], support_y[t:t + chunk], z_query[t:t + chunk])), n_way, config)
         predicted = np.argmax(backend.to_host(log_p), axis=-1)
         accuracies.append(np.mean(predicted == query_y[t:t + chunk], axis=-1))
     return np.concatenate(accuracies)
 
 
-def lake_error(model, params, bn_state, runs):
+def lake_error(algorithm, config, params, embed, runs, dtype):
     """Lake's protocol on the 20 runs: each run a 20-way 1-shot episode of its training drawings."""
     def score(test_images, train_images):
-        z_test, z_train = (embed_images(model, params, bn_state, im) for im in (test_images, train_images))
+        z_test, z_train = (embed_images(embed, images, dtype) for images in (test_images, train_images))
         labels = np.arange(len(train_images))
-        return model.log_probs(params, *(backend.asarray(a, dtype=None) for a in (z_train, labels, z_test)),
-                               len(train_images), model.config)
+        return algorithm.log_probs(params, *(backend.asarray(a, dtype=None) for a in (z_train, labels, z_test)),
+                                   len(train_images), config)
     return lake_runs.evaluate_runs(runs, score, kind="score")
 
 
@@ -191,73 +193,58 @@ def summarise(accuracies):
     return {"mean": 100 * mean, "n_episodes": len(accuracies), "ci95": 100 * ci95}
 
 
-def train(model, args, size, train_chars, test_chars, runs, rng):
-    """Adam on training episodes; returns (params, bn_state, curve, episodes done, seconds)."""
-    params = {k: backend.asarray(v, args.dtype) for k, v in model.init(rng, model.config).items()}
-    bn_state = {k: backend.asarray(v, args.dtype) for k, v in models.conv4_bn_state(size["hidden"]).items()}
-    state, curve, window = optimizers.adam_init(params), {"episode": [], "train_loss": [],
-                                                          "heldout_5w1s": [], "lake_error": []}, []
-    start, done = time.perf_counter(), 0
-    step = grad_and_aux(lambda p, episode: objective(p, episode, model))
-    bar = progress(range(size["episodes"]), total=size["episodes"], desc=f"{model.name} training")
-    for episode_index in bar:
-        episode = omniglot.sample_episode(rng, train_chars.images, args.train_way, args.train_shot,
-                                          args.train_query, dtype=args.dtype)
-        with divergence.watch(episode_index + 1, divergence.lower(("--lr", args.lr)),
-                              f"{model.name} training"):
-            grads, (loss, moments) = step(params, episode)
-            lr = args.lr * 0.5 ** (episode_index // args.lr_halve_every)
-            params, state = optimizers.adam_update(params, grads, state, lr=lr)
-            divergence.check(loss, params)
-        bn_state = layers.update_running(bn_state, moments, BN_MOMENTUM)
-        window.append(float(loss))
-        done = episode_index + 1
-        out_of_time = time.perf_counter() - start > 60 * size["max_train_minutes"]
-        if done % size["curve_every"] == 0 or done == size["episodes"] or out_of_time:
-            check_rng = np.random.default_rng(args.eval_seed + 1)  # the same check every time
-            z = embed_images(model, params, bn_state, test_chars.images)
-            accuracy = episode_accuracies(model, params, z, check_rng, size["curve_episodes"], 5, 1,
-                                          args.eval_query)
-            for key, value in (("episode", done), ("train_loss", float(np.mean(window))),
-                               ("heldout_5w1s", 100 * float(np.mean(accuracy))),
-                               ("lake_error", lake_error(model, params, bn_state, runs).mean)):
-                curve[key].append(value)
-            window = []
-            bar.set_postfix(loss=f"{curve['train_loss'][-1]:.3f}", heldout=f"{curve['heldout_5w1s'][-1]:.1f}%",
-                            lake=f"{curve['lake_error'][-1]:.1f}%")
-        if out_of_time:
-            break
-    if hasattr(bar, "close"):
-        bar.close()
-    return params, bn_state, curve, done, time.perf_counter() - start
-
-
-def run(model, args):
-    """Train, evaluate, print the tables, write results.json (and learning_curve.png)."""
+def run(algorithm, args):
+    """Train through ``train.train``, evaluate, print the tables, write results.json (and
+    learning_curve.png)."""
     start, size = time.perf_counter(), options.sizes(args, FULL, FAST)
     load_at_start = os.getloadavg()
     check_args(args, size)
-    model = model._replace(config=model.configure(size["hidden"], args.train_way, args.lr))
+    config = algorithm.configure(size["hidden"], args.train_way, args.lr)
     train_chars, test_chars, runs = load_data(args, np.random.default_rng(args.seed))
     check_data(args, train_chars, test_chars)
-    params, bn_state, curve, done, train_seconds = train(
-        model, args, size, train_chars, test_chars, runs, np.random.default_rng([args.seed, 1]))
+    rng = np.random.default_rng([args.seed, 1])                            # init, then the episodes
+    params = {k: backend.asarray(v, args.dtype) for k, v in algorithm.module.init(rng, config).items()}
+
+    def step(params, state, meta_lr):
+        episode = omniglot.sample_episode(rng, train_chars.images, args.train_way, args.train_shot,
+                                          args.train_query, dtype=args.dtype)
+        return algorithm.module.step(params, state, episode, replace(config, meta_lr=meta_lr))
+
+    def check(params, state):              # the same 5-way 1-shot held-out episodes every time
+        embed = embedder(algorithm, config, params, state)
+        z = embed_images(embed, test_chars.images, args.dtype)
+        accuracy = episode_accuracies(algorithm, config, params, z, np.random.default_rng(args.eval_seed + 1),
+                                      size["curve_episodes"], 5, 1, args.eval_query)
+        return {"heldout_5w1s": 100 * float(np.mean(accuracy)),
+                "lake_error": lake_error(algorithm, config, params, embed, runs, args.dtype).mean}
+
+    trained = train.train(
+        step, params, algorithm.module.init_state(params, config),
+        train.Plan(size["episodes"], size["curve_every"], 60 * size["max_train_minutes"], algorithm.name,
+                   train.lower(("--lr", args.lr)), "episode", "held-out check"),
+        check, schedule=lambda progress: {"meta_lr": train.halved_every(args.lr, args.lr_halve_every,
+                                                                         progress)})
     eval_start = time.perf_counter()
-    z = embed_images(model, params, bn_state, test_chars.images)           # (n_chars, 20, d)
+    embed = embedder(algorithm, config, trained.params, trained.state)
+    z = embed_images(embed, test_chars.images, args.dtype)                 # (n_chars, 20, d)
     eval_rng = np.random.default_rng(args.eval_seed)
     results = {f"{n}-way {k}-shot": summarise(episode_accuracies(
-        model, params, z, eval_rng, size["eval_episodes"], n, k, args.eval_query)) for n, k in EVAL_SETTINGS}
-    lake = lake_error(model, params, bn_state, runs)
+        algorithm, config, trained.params, z, eval_rng, size["eval_episodes"], n, k, args.eval_query))
+        for n, k in EVAL_SETTINGS}
+    lake = lake_error(algorithm, config, trained.params, embed, runs, args.dtype)
     report = {
-        "model": model.name, "conventions": model.config.conventions(),
+        "model": algorithm.name, "conventions": config.conventions(),
         "config": {**vars(args), **size, "bn_eps": BN_EPS, "bn_momentum": BN_MOMENTUM,
-                   "eval": "BN running mode, cached embeddings, held-out characters, no rotations"},
+                   "eval": "BN running mode, cached embeddings, held-out characters, no rotations",
+                   "tested_params": "the final ones (no checkpoint selection)"},
         "data": {"train_classes": len(train_chars.names), "train_characters": len(train_chars.names) // 4,
                  "heldout_characters": len(test_chars.names), "lake_runs": len(runs)},
         "results": results,
         "lake_runs": {"error": lake.mean, "per_run": lake.per_run.tolist(), "references": LAKE},
-        "learned": model.learned(params), "paper_full_data": model.paper, "learning_curve": curve,
-        "timing": {"episodes_done": done, "train_seconds": train_seconds,
+        "learned": algorithm.learned(trained.params), "paper_full_data": algorithm.paper,
+        "learning_curve": trained.curve,
+        "timing": {"episodes_done": trained.iterations, "train_seconds": trained.seconds,
+                   "curve_check_seconds": trained.check_seconds, "stopped": trained.stopped,
                    "eval_seconds": time.perf_counter() - eval_start},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                     "loadavg_start": load_at_start, "loadavg_end": os.getloadavg()},
@@ -265,7 +252,7 @@ def run(model, args):
     report["table"] = format_table(report)
     print(report["table"])
     if not args.no_plots:
-        report["figure"] = save_figure(args.out, model.name, curve)
+        report["figure"] = save_figure(args.out, algorithm.name, trained.curve)
     files.save_results(args.out, report, start)
     return report
 

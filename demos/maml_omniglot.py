@@ -27,9 +27,10 @@ The protocol this demo shares with ``reptile_omniglot`` (functions below):
     data       images_background_small1 + small2 (242 characters), split by character 80/20
                (``fewshot_omniglot.load_data``: the metric demos' split, seed ``--seed``); the
                training characters with their 90/180/270° rotations as classes
-    training   float32 (``--dtype``); at most ``--iterations`` or ``--max-train-minutes``; every
-               ``--curve-every`` iterations the held-out N-way 1-shot accuracy on a fixed set
-               of ``--curve-episodes`` episodes (transductive) for the learning curve
+    training   the algorithm's ``step`` through ``train.train``; float32 (``--dtype``); at most
+               ``--iterations`` or ``--max-train-minutes``; at iteration 0, every
+               ``--curve-every`` iterations and at the end the held-out N-way 1-shot accuracy on
+               a fixed set of ``--curve-episodes`` episodes (transductive) for the learning curve
     test       ``--eval-episodes`` (600) N-way K-shot episodes of held-out characters, K = 1
                and 5, ``--eval-query`` queries per class (default 1, the authors' 1-shot
                protocol), from ``--eval-seed``; the final parameters; accuracy: mean over
@@ -53,8 +54,7 @@ from refmeta import checks, contract, maml
 from refmeta.data import lake_runs, omniglot
 from refmeta.device import backend
 from refmeta.nn import losses, models
-from refmeta.demos import divergence, files, fewshot_omniglot, options
-from refmeta.progress import progress
+from refmeta.demos import files, fewshot_omniglot, options, train
 
 BN_EPS = 1e-3
 SHOTS = (1, 5)
@@ -143,50 +143,11 @@ def to_device(host_params, dtype):
     return {name: backend.asarray(value, dtype) for name, value in host_params.items()}
 
 
-def train(update, params, state, size, check, desc, lower, initial_extras=None):
-    """Meta-train until ``size["iterations"]`` or ``size["max_train_minutes"]``.
-
-    update(params, state, fraction_done) -> (Step, extras): one meta-iteration; fraction_done =
-        min(1, max(iterations done / iterations, training time / budget)) (Reptile anneals ε by it).
-    check(params) -> (held-out accuracy %, held-out query loss), run at iteration 0, every
-        ``curve_every`` and at the end.
-    lower: the options to lower should training diverge (``divergence.lower``).
-    initial_extras: the extras' values at iteration 0 (the curve records them at every point).
-    Returns (params, curve, iterations done, training seconds, of which checking seconds).
-    """
-    curve = {"iteration": [], "train_loss": [], "heldout_accuracy": [], "heldout_loss": [], "seconds": []}
-    window, begin, budget, done, checking = [], time.perf_counter(), 60 * size["max_train_minutes"], 0, 0.0
-
-    def record(train_loss, extras):
-        nonlocal checking
-        check_start = time.perf_counter()
-        with divergence.watch(done, lower, f"{desc} held-out check"):    # adaptation on held-out tasks
-            accuracy, heldout_loss = check(params)
-        checking += time.perf_counter() - check_start
-        values = {"iteration": done, "train_loss": train_loss, "heldout_accuracy": accuracy,
-                  "heldout_loss": heldout_loss, "seconds": time.perf_counter() - begin, **extras}
-        for key, value in values.items():
-            curve.setdefault(key, []).append(value)
-        return accuracy
-
-    record(float("nan"), initial_extras or {})
-    bar = progress(range(size["iterations"]), total=size["iterations"], desc=desc)
-    for iteration in bar:
-        fraction = max(iteration / size["iterations"], (time.perf_counter() - begin) / budget)
-        with divergence.watch(iteration + 1, lower, f"{desc} training"):
-            (params, state, loss), extras = update(params, state, min(fraction, 1.0))
-            divergence.check(loss, params)
-        window.append(loss)
-        done = iteration + 1
-        out_of_time = time.perf_counter() - begin > budget
-        if done % size["curve_every"] == 0 or done == size["iterations"] or out_of_time:
-            train_loss, window = float(np.mean([float(w) for w in window])), []
-            accuracy = record(train_loss, extras)
-            bar.set_postfix(loss=f"{train_loss:.3f}", heldout=f"{accuracy:.1f}%")
-        if out_of_time:
-            break
-    bar.close()
-    return params, curve, done, time.perf_counter() - begin, checking
+def plan(size, what, lower):
+    """train.Plan of both demos: ``iterations`` at most, ``max_train_minutes``, a held-out check
+    every ``curve_every`` iterations; ``lower``: the options to lower should training diverge."""
+    return train.Plan(size["iterations"], size["curve_every"], 60 * size["max_train_minutes"], what,
+                      lower, "iteration", "held-out check")
 
 
 def episode_batch(images, classes, drawings, k_shot, dtype):
@@ -225,13 +186,13 @@ def evaluate(predict, params, characters, rng, n_episodes, n_way, k_shot, n_quer
 
 
 def heldout_check(predict, characters, args, size):
-    """check(params) for ``train``: (mean accuracy %, mean query cross-entropy) of the first mode on
-    the same ``curve_episodes`` N-way 1-shot episodes every time (seed eval_seed + 1)."""
-    def check(params):
+    """check(params, state) for ``train.train``: the mean accuracy % and query cross-entropy of the
+    first mode on the same ``curve_episodes`` N-way 1-shot episodes every time (seed eval_seed + 1)."""
+    def check(params, state):
         scores = evaluate(predict, params, characters, np.random.default_rng(args.eval_seed + 1),
                           size["curve_episodes"], args.train_way, 1, args.eval_query, args.dtype)
         accuracy, loss = next(iter(scores.values()))
-        return 100 * float(np.mean(accuracy)), float(np.mean(loss))
+        return {"heldout_accuracy": 100 * float(np.mean(accuracy)), "heldout_loss": float(np.mean(loss))}
     return check
 
 
@@ -273,20 +234,19 @@ def lake_score(predict, params, mode, args):
     return score
 
 
-def build_report(name, args, size, config, model, training, results, lake, timing, paper, data):
+def build_report(name, args, size, config, model, trained, results, lake, timing, paper, data):
     """Everything needed to rerun and check the numbers, as a JSON-able dict."""
-    params, curve, done, train_seconds, check_seconds = training
-    minutes = (train_seconds - check_seconds) / 60
+    minutes = (trained.seconds - trained.check_seconds) / 60
     return {
         "demo": name, "paper": paper, "conventions": config.conventions(), "model": model,
         "config": {**vars(args), **size, "bn_eps": BN_EPS, "shots_at_test": list(SHOTS),
                    "tested_params": "the final ones (no checkpoint selection)",
                    "ci95": "1.96 * std(ddof=1) / sqrt(n) over episodes (options.mean_and_ci95)"},
         "data": data, "results": results, "lake_runs": lake, "lake_references": fewshot_omniglot.LAKE,
-        "learning_curve": curve,
-        "timing": {"iterations_done": done, "train_seconds": train_seconds,
-                   "heldout_check_seconds": check_seconds,
-                   "iterations_per_minute": done / minutes if minutes > 0 else None, **timing},
+        "learning_curve": trained.curve,
+        "timing": {"iterations_done": trained.iterations, "train_seconds": trained.seconds,
+                   "heldout_check_seconds": trained.check_seconds, "stopped": trained.stopped,
+                   "iterations_per_minute": trained.iterations / minutes if minutes > 0 else None, **timing},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                     "python": platform.python_version(), "numpy": np.__version__,
                     "backend": backend.current(), "loadavg_end": os.getloadavg()},
@@ -399,20 +359,21 @@ def run(args):
     init_rng, train_rng = np.random.default_rng([args.seed, 1]).spawn(2)
     params = to_device(maml.init(init_rng, config), args.dtype)
 
-    def update(params, state, fraction_done):
+    def step(params, state):
         episode = omniglot.sample_episodes(train_rng, train_chars.images, size["meta_batch_size"],
                                            args.train_way, args.train_shot, args.train_query,
                                            dtype=args.dtype)
-        return maml.step(params, state, episode, config), {}
+        return maml.step(params, state, episode, config)
 
     predict = maml_predict(config)
     order = "first order" if args.first_order else "second order"
-    training = train(update, params, maml.init_state(params, config), size,
-                     heldout_check(predict, test_chars, args, size), f"MAML ({order})",
-                     divergence.lower(("--inner-lr", args.inner_lr), ("--meta-lr", args.meta_lr)))
-    results, lake, timing = test_and_lake(predict, training[0], test_chars, runs, args, size)
+    trained = train.train(step, params, maml.init_state(params, config),
+                          plan(size, f"MAML ({order})", train.lower(("--inner-lr", args.inner_lr),
+                                                                    ("--meta-lr", args.meta_lr))),
+                          heldout_check(predict, test_chars, args, size))
+    results, lake, timing = test_and_lake(predict, trained.params, test_chars, runs, args, size)
     report = build_report("maml-omniglot", args, size, config,
-                          describe_network(args.train_way, size["hidden"], "offset"), training, results,
+                          describe_network(args.train_way, size["hidden"], "offset"), trained, results,
                           lake, timing, PAPER, data_summary(train_chars, test_chars, runs))
     report["order"] = order
     return finish(report, args, start, order, PAPER[order], f"MAML on Omniglot ({order})")

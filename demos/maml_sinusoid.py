@@ -6,7 +6,9 @@ Setup (the paper's Section 5.1 and Appendix C; ``tasks.SinusoidFamily`` defaults
     MAML       K = 10 support + 10 query points per task, one inner step, α = 0.01,
                second order, Adam at β = 1e-3, meta-batch 25, task_reduction "mean"
     pretrained the same MLP trained by Adam (1e-3) on ordinary regression over the
-               same batches (25 tasks × 20 points, every task mixed in), the paper's baseline
+               same batches (25 tasks × 20 points, every task mixed in), the paper's baseline:
+               ``maml.step`` with no inner step and every point as the query set, since (2)
+               at k = 0 is that regression loss
 
 Test protocol (600 tasks from their own seed, never seen in training): every task has
 K = 10 support points, whose first 5 are its K = 5 support set, and 100 fresh query
@@ -21,7 +23,7 @@ the baseline at the α of BASELINE_LR_GRID that scores best on the validation ta
 Checkpoint.  Past ~50k iterations a few K = 5 tasks diverge under repeated steps of
 0.01 (seen in an independent PyTorch reproduction), so every ``--validate-every``
 iterations both networks are scored on validation tasks (separate from the test tasks)
-and the best is kept.  Criterion: the K = 5 validation MSE averaged over 1, 5 and 10
+and the best is kept (``train.train``'s select); MAML's last parameters are tested too.  Criterion: the K = 5 validation MSE averaged over 1, 5 and 10
 steps (the three numbers the paper reports); any diverged validation task makes it +inf.
 """
 
@@ -32,14 +34,12 @@ from dataclasses import replace
 
 import autograd.numpy as anp
 import numpy as np
-from autograd import value_and_grad
 
 from refmeta import maml
 from refmeta.data import tasks
 from refmeta.device import backend
-from refmeta.nn import models, optimizers, trees
-from refmeta.demos import divergence, files, options
-from refmeta.progress import progress
+from refmeta.nn import models, trees
+from refmeta.demos import files, options, train
 
 LAYER_SIZES = (1, 40, 40, 1)
 TEST_SHOTS = (5, 10)
@@ -49,6 +49,7 @@ VALIDATION_SHOTS = 5
 DIVERGED_MSE = 1e3
 BASELINE_LR_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 CRITERION = "mean K=5 validation MSE averaged over 1, 5 and 10 steps (+inf if any task diverges)"
+CHECKPOINT = ("validation", "min")      # train.train's select: the CRITERION, smallest first
 PAPER = {"maml": {"K=5": {"1": 0.67, "5": 0.38, "10": 0.35}},
          "pretrained": {"K=5": {"1": 2.41, "5": 2.23, "10": 2.19}}}
 FULL = {"iterations": 50000, "pretrain_iterations": 50000, "test_tasks": 600,
@@ -94,15 +95,10 @@ def run(args):
                              task_reduction="mean", meta_lr=args.meta_lr)
     family = tasks.SinusoidFamily()
     data = make_data(args, sizes, family)
-    meta_lr = ("--meta-lr", args.meta_lr)
-    runs = {"maml": train(maml_step, data["init"], data["maml_batches"], sizes["iterations"],
-                          data["validation"], config, sizes["validate_every"], "MAML",
-                          divergence.lower(("--inner-lr", args.inner_lr), meta_lr)),
-            "pretrained": train(pretrain_step, data["init"], data["pretrain_batches"],
-                                sizes["pretrain_iterations"], data["validation"], config,
-                                sizes["validate_every"], "pretrained", divergence.lower(meta_lr))}
-    results = evaluate_all(runs, data, config)
-    report = build_report(args, sizes, config, family, runs, results)
+    runs = train_both(args, sizes, config, data)
+    tuning = tune_inner_lr(runs["pretrained"].best.params, data["validation"], config)
+    results = evaluate_all(runs, data, config, tuning[0])
+    report = build_report(args, sizes, config, family, runs, tuning, results)
     report["table"] = format_table(report)
     print(report["table"])
     os.makedirs(args.out, exist_ok=True)
@@ -110,6 +106,26 @@ def run(args):
         report["figures"] = save_figures(args.out, runs, data, family, config)
     files.save_results(args.out, report, start)
     return report
+
+
+def train_both(args, sizes, config, data):
+    """{"maml", "pretrained": train.Trained}, each keeping its best validation checkpoint; the
+    baseline is ``maml.step`` with no inner step on every point of its batches, and trains
+    nothing once MAML's training was stopped by a signal."""
+    check = lambda params, state: {"validation": validation_criterion(params, data["validation"], config)}
+    plan = train.Plan(sizes["iterations"], sizes["validate_every"], what="MAML",
+                      lower=train.lower(("--inner-lr", args.inner_lr), ("--meta-lr", args.meta_lr)))
+    runs = {"maml": train.train(
+        lambda params, state: maml.step(params, state, data["maml_batches"](), config),
+        data["init"], maml.init_state(data["init"], config), plan, check, select=CHECKPOINT)}
+    pretrain = replace(config, inner_steps=0)
+    plan = plan._replace(iterations=sizes["pretrain_iterations"], what="pretrained",
+                         lower=train.lower(("--meta-lr", args.meta_lr)))
+    runs["pretrained"] = train.train(
+        lambda params, state: maml.step(params, state, every_point(data["pretrain_batches"]()), pretrain),
+        data["init"], maml.init_state(data["init"], pretrain), train.unless_stopped(plan, runs["maml"]),
+        check, select=CHECKPOINT)
+    return runs
 
 
 def memory_needs(args, sizes):
@@ -150,72 +166,21 @@ def _batch_stream(rng, family, args):
                                                  args.n_support, args.n_query)
 
 
-def evaluate_all(runs, data, config):
+def evaluate_all(runs, data, config, tuned_lr):
     """Test results of MAML (selected and last checkpoints) and the baseline (α and tuned α)."""
-    pretrained = runs["pretrained"]
-    tuned_lr, pretrained["tuned_inner_lr_scores"] = tune_inner_lr(
-        pretrained["best_params"], data["validation"], config)
-    pretrained["tuned_inner_lr"] = tuned_lr
-    return {"maml": evaluate(runs["maml"]["best_params"], data["test_set"], config),
-            "maml_final": evaluate(runs["maml"]["final_params"], data["test_set"], config),
-            "pretrained": evaluate(pretrained["best_params"], data["test_set"], config),
-            "pretrained_tuned_lr": evaluate(pretrained["best_params"], data["test_set"],
+    pretrained = runs["pretrained"].best.params
+    return {"maml": evaluate(runs["maml"].best.params, data["test_set"], config),
+            "maml_final": evaluate(runs["maml"].params, data["test_set"], config),
+            "pretrained": evaluate(pretrained, data["test_set"], config),
+            "pretrained_tuned_lr": evaluate(pretrained, data["test_set"],
                                             replace(config, inner_lr=tuned_lr))}
 
 
-def maml_step(params, opt_state, episode, config):
-    """One meta-step of MAML (Algorithm 2): Adam on the mean post-update query loss."""
-    return maml.step(params, opt_state, episode, config)
-
-
-def pretrain_step(params, opt_state, episode, config):
-    """One Adam step of ordinary regression on every point of the batch, tasks mixed."""
-    x = anp.concatenate([episode.support_x, episode.query_x], axis=1)  # (T, K + n_query, 1)
-    y = anp.concatenate([episode.support_y, episode.query_y], axis=1)
-    loss, grads = value_and_grad(lambda p: anp.mean(config.model.loss(p, x, y, "mean")))(params)
-    new_params, adam = optimizers.adam_update(params, grads, opt_state.optimizer, lr=config.meta_lr)
-    return new_params, opt_state._replace(optimizer=adam), loss
-
-
-def train(step, params, next_batch, iterations, validation, config, validate_every, desc, lower):
-    """Run ``step`` ``iterations`` times, validating every ``validate_every``; keep the best.
-    NaN or inf raises divergence.Diverged, naming the options ``lower`` (``divergence.lower``).
-
-    Returns:
-        {"best_params", "best_iteration", "best_criterion", "final_params", "curve",
-         "train_seconds", "validation_seconds"}; curve holds per-window mean training
-        loss and the validation criterion, by iteration (iteration 0 is the init).
-    """
-    state = {"best_params": params, "best_iteration": 0, "validation_seconds": 0.0,
-             "curve": {"iteration": [], "train_loss": [], "validation": []}}
-    state["best_criterion"] = _validate(state, params, 0, float("nan"), validation, config)
-    opt_state, window, start = maml.init_state(params, config), [], time.perf_counter()
-    bar = progress(range(1, iterations + 1), total=iterations, desc=desc)
-    for iteration in bar:
-        with divergence.watch(iteration, lower, f"{desc} training"):
-            params, opt_state, loss = step(params, opt_state, next_batch(), config)
-            divergence.check(loss, params)
-        window.append(loss)
-        if iteration % validate_every == 0 or iteration == iterations:
-            train_loss, window = float(np.mean([float(w) for w in window])), []
-            criterion = _validate(state, params, iteration, train_loss, validation, config)
-            bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{criterion:.3f}",
-                            best=f"{state['best_criterion']:.3f}@{state['best_iteration']}")
-    state.update(final_params=params, train_seconds=time.perf_counter() - start)
-    return state
-
-
-def _validate(state, params, iteration, train_loss, validation, config):
-    """Score ``params`` on the validation tasks, log it, keep it if best; return the criterion."""
-    start = time.perf_counter()
-    criterion = validation_criterion(params, validation, config)
-    state["validation_seconds"] += time.perf_counter() - start
-    for key, value in (("iteration", iteration), ("train_loss", train_loss),
-                       ("validation", criterion)):
-        state["curve"][key].append(value)
-    if iteration == 0 or criterion < state["best_criterion"]:
-        state.update(best_params=params, best_iteration=iteration, best_criterion=criterion)
-    return criterion
+def every_point(episode):
+    """The batch with all its points, support and query, as the query set: what the pretrained
+    network regresses on (``maml.step`` with inner_steps 0 descends the query loss at θ)."""
+    return episode._replace(query_x=anp.concatenate([episode.support_x, episode.query_x], axis=1),
+                            query_y=anp.concatenate([episode.support_y, episode.query_y], axis=1))
 
 
 def validation_criterion(params, validation, config):
@@ -274,15 +239,12 @@ def _diverged(mse):
     return ~np.isfinite(mse) | (mse > DIVERGED_MSE)
 
 
-def build_report(args, sizes, config, family, runs, results):
+def build_report(args, sizes, config, family, runs, tuning, results):
     """Everything needed to rerun and check the numbers, as a JSON-able dict."""
-    timing = {}
-    for name, r in runs.items():
-        iterations = sizes["iterations" if name == "maml" else "pretrain_iterations"]
-        timing[f"{name}_train_seconds"] = r["train_seconds"]
-        timing[f"{name}_validation_seconds"] = r["validation_seconds"]
-        step_seconds = r["train_seconds"] - r["validation_seconds"]
-        timing[f"{name}_seconds_per_iteration"] = step_seconds / max(iterations, 1)
+    timing = {f"{name}_{key}": value for name, r in runs.items() for key, value in (
+        ("train_seconds", r.seconds), ("validation_seconds", r.check_seconds),
+        ("seconds_per_iteration", (r.seconds - r.check_seconds) / max(r.iterations, 1)),
+        ("iterations_done", r.iterations), ("stopped", r.stopped))}
     return {
         "demo": "maml-sinusoid",
         "paper": {"citation": "Finn, Abbeel & Levine 2017, Model-Agnostic Meta-Learning for Fast "
@@ -303,19 +265,17 @@ def build_report(args, sizes, config, family, runs, results):
         "seeds": {"seed": args.seed, "eval_seed": args.eval_seed,
                   "streams": "default_rng(seed).spawn(4): init, MAML batches, pretrain batches, "
                              "validation tasks; default_rng(eval_seed): test tasks"},
-        "checkpoints": {name: {"selected_iteration": r["best_iteration"],
-                               "selected_validation_criterion": r["best_criterion"]}
+        "checkpoints": {name: {"selected_iteration": r.best.iteration,
+                               "selected_validation_criterion": r.best.value}
                         for name, r in runs.items()},
-        "pretrained_tuned_inner_lr": {"selected": runs["pretrained"]["tuned_inner_lr"],
-                                      "validation_criterion_by_lr": {
-                                          str(lr): v for lr, v in
-                                          runs["pretrained"]["tuned_inner_lr_scores"].items()}},
+        "pretrained_tuned_inner_lr": {"selected": tuning[0], "validation_criterion_by_lr": {
+            str(lr): v for lr, v in tuning[1].items()}},
         "timing": timing,
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version(), "numpy": np.__version__,
                     "backend": backend.current()},
         "results": results,
-        "learning_curves": {name: r["curve"] for name, r in runs.items()},
+        "learning_curves": {name: r.curve for name, r in runs.items()},
     }
 
 
@@ -331,7 +291,7 @@ def format_table(report):
             ("ours", f"pretrained, α={alpha}", "pretrained"),
             ("ours", f"pretrained, tuned α={tuned}", "pretrained_tuned_lr"),
             ("paper", "pretrained, tuned step", "pretrained"),
-            ("ours", f"MAML (last, iteration {config['iterations']})", "maml_final")]
+            ("ours", f"MAML (last, iteration {report['timing']['maml_iterations_done']})", "maml_final")]
     if tuned == alpha:  # the tuned row would repeat the one above it
         rows = [row for row in rows if row[2] != "pretrained_tuned_lr"]
     ours = [row for row in rows if row[0] == "ours"]
@@ -408,7 +368,7 @@ def _plot_adaptation(fig, runs, test_tasks, episode, family, config, path):
     last = max(TEST_STEPS)
     labels = {0: "before adaptation", 1: "after 1 step", last: f"after {last} steps"}
     for ax, name in zip(fig.subplots(1, 2, sharey=True), ("maml", "pretrained")):
-        trajectory = maml.adapt_trajectory(trees.broadcast_tasks(runs[name]["best_params"], 1),
+        trajectory = maml.adapt_trajectory(trees.broadcast_tasks(runs[name].best.params, 1),
                                            support_x, support_y, config, last)
         ax.plot(grid, truth, color="red", label="ground truth")
         for (steps, label), style in zip(labels.items(), (":", "--", "-")):
@@ -428,7 +388,7 @@ def _plot_learning_curves(fig, runs, path):
     loss_ax, validation_ax = fig.subplots(1, 2)
     names = {"maml": "MAML meta-loss", "pretrained": "pretrained, regression loss"}
     for name, r in runs.items():
-        curve = r["curve"]
+        curve = r.curve
         validation = [v if np.isfinite(v) else np.nan for v in curve["validation"]]
         line, = loss_ax.plot(curve["iteration"][1:], curve["train_loss"][1:], label=names[name])
         validation_ax.plot(curve["iteration"], validation, color=line.get_color(), label=name)
@@ -436,7 +396,7 @@ def _plot_learning_curves(fig, runs, path):
         if diverged:  # the criterion is +inf there: mark it at the top
             validation_ax.plot(diverged, [np.nanmax(validation)] * len(diverged), "x",
                                color=line.get_color(), label=f"{name}: a task diverged")
-        validation_ax.axvline(r["best_iteration"], linestyle=":", color=line.get_color())
+        validation_ax.axvline(r.best.iteration, linestyle=":", color=line.get_color())
     loss_ax.set(yscale="log", xlabel="iteration", title="training loss, mean over each window")
     validation_ax.set(yscale="log", xlabel="iteration",
                       title="validation: K=5 MSE, mean of 1/5/10 steps\n(dotted: selected)")

@@ -24,26 +24,22 @@ import argparse
 
 import numpy as np
 
-from refmeta import matching, protonet
+from refmeta import matching
 from refmeta.device import backend
-from refmeta.nn import trees
 from refmeta.demos import fewshot_omniglot as common, options
 
 PAPER = {"5-way 1-shot": 98.1, "5-way 5-shot": 98.9, "20-way 1-shot": 93.8, "20-way 5-shot": 98.5}
 
 
-def model(args):
+def algorithm(args):
     """The Matching Network the options ask for; conv4 max-pool on 28×28 gives d = hidden."""
-    return common.Model(
-        name="matching" + ("-fce" if args.fce else ""),
+    return common.Algorithm(
+        name="matching" + ("-fce" if args.fce else ""), module=matching,
         configure=lambda hidden, n_way, meta_lr: matching.MatchingConfig(
-            protonet.conv4_embedding(hidden), embedding_dim=hidden, n_way=n_way, fce=args.fce,
+            common.embedding(hidden), embedding_dim=hidden, n_way=n_way, fce=args.fce,
             read_steps=args.read_steps, attention_scale=args.attention_scale,
             learn_attention_scale=args.learn_attention_scale, meta_lr=meta_lr),
-        init=matching.init,
-        conv_params=lambda params: trees.subtree(params, "embed"),
-        loss=lambda params, z_s, y_s, z_q, y_q, config: matching.loss_from_embeddings(
-            params, z_s, y_s, z_q, y_q, config.n_way, config),
+        net="embed",
         log_probs=lambda params, z_s, y_s, z_q, n_way, config: matching.log_probabilities(
             params, z_s, y_s, z_q, n_way, config),
         paper=PAPER,
@@ -67,7 +63,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    return common.run(model(args), args)
+    return common.run(algorithm(args), args)
 
 
 def main(argv=None):

@@ -16,9 +16,10 @@ MetaNetPartial idea; it is the main lever on CPU time.
 
 Training.  ``--train-way``-way 1-shot episodes with ``--train-query`` queries per class, one
 episode per Adam step on L_train (sum over queries), gradient-norm clipping at 10, until
-``--episodes`` or ``--max-train-minutes``.  Every ``--curve-every`` episodes the model is
-scored on ``--curve-episodes`` 5-way 1-shot held-out episodes (a separate seed): the
-learning curve.  No checkpoint is selected: the final model is the one tested.
+``--episodes`` or ``--max-train-minutes`` (``metanet.step`` through ``train.train``).  At
+episode 0, every ``--curve-every`` episodes and at the end the model is scored on
+``--curve-episodes`` 5-way 1-shot held-out episodes (a separate seed): the learning curve.
+No checkpoint is selected: the final model is the one tested.
 
 Test.  600 5-way 1-shot and 600 20-way 1-shot episodes on the held-out characters
 (``--eval-query`` queries per class), accuracy mean ± 1.96·std/√600 (sample std) over episodes.  A model
@@ -50,8 +51,7 @@ from refmeta import contract, metanet
 from refmeta.nn import metanet_parts
 from refmeta.data import lake_runs, omniglot
 from refmeta.device import backend
-from refmeta.demos import divergence, files, options
-from refmeta.progress import progress
+from refmeta.demos import files, options, train
 
 ZIPS = ("images_background_small1.zip", "images_background_small2.zip")
 PAPER = {"5-way 1-shot": 98.95, "20-way 1-shot": 97.00}
@@ -102,16 +102,16 @@ def run(args):
     size = options.sizes(args, FULL, FAST)
     config = make_config(args, size)
     rng = np.random.default_rng(args.seed)
-    train, test, runs = load_data(args, rng)
+    train_chars, test_chars, runs = load_data(args, rng)
     params = {k: backend.asarray(v, args.dtype) for k, v in metanet.init(rng, config).items()}
-    params, curve, timing = train_model(params, train, test, config, args, size, rng)
-    results = evaluate(params, test, runs, config, args, size)
-    report = build_report(args, size, config, curve, results, timing, len(train.names), len(test.names))
+    trained = train_model(params, train_chars, test_chars, config, args, size, rng)
+    results = evaluate(trained.params, test_chars, runs, config, args, size)
+    report = build_report(args, size, config, trained, results, len(train_chars.names), len(test_chars.names))
     report["table"] = format_table(report)
     print(report["table"])
     os.makedirs(args.out, exist_ok=True)
     if not args.no_plots:
-        report["figures"] = save_figure(args.out, curve)
+        report["figures"] = save_figure(args.out, trained.curve)
     files.save_results(args.out, report, start)
     return report
 
@@ -148,56 +148,42 @@ def load_data(args, rng):
     cache = args.cache or os.path.join(args.out, "cache")
     with options.input_errors():
         merged = omniglot.merge_characters(*(omniglot.load_characters(folder / z, 28, cache) for z in ZIPS))
-        train, test = omniglot.split_characters(merged, rng, (1 - args.test_fraction, args.test_fraction))
+        train_chars, test_chars = omniglot.split_characters(merged, rng, (1 - args.test_fraction,
+                                                                          args.test_fraction))
         runs = lake_runs.load_lake_runs(folder / "all_runs.zip", 28)
-    drawings, test_way = test.images.shape[1], 20 if args.train_way >= 20 else 5
+    drawings, test_way = test_chars.images.shape[1], 20 if args.train_way >= 20 else 5
     options.check_needs(
-        (f"--train-way {args.train_way}", args.train_way, len(train.names) * 4, "training classes"),
-        (f"the {test_way}-way test episodes", test_way, len(test.names),
+        (f"--train-way {args.train_way}", args.train_way, len(train_chars.names) * 4, "training classes"),
+        (f"the {test_way}-way test episodes", test_way, len(test_chars.names),
          "held-out characters (raise --test-fraction)"),
         (f"1 shot + --train-query {args.train_query}", 1 + args.train_query, drawings, "drawings per class"),
         (f"1 shot + --eval-query {args.eval_query}", 1 + args.eval_query, drawings, "drawings per class"))
-    return omniglot.with_rotations(train), test, runs
+    return omniglot.with_rotations(train_chars), test_chars, runs
 
 
-def train_model(params, train, test, config, args, size, rng):
-    """Adam on one episode at a time; returns (params, learning curve, timing)."""
-    state, start, checking = metanet.init_state(params, config), time.perf_counter(), 0.0
-    curve = {"episode": [], "seconds": [], "train_loss": [], "heldout_5way": []}
-    window = []
-    bar = progress(range(size["episodes"]), total=size["episodes"], desc="MetaNet meta-train")
-    for done in (episode_number + 1 for episode_number in bar):
-        episode = omniglot.sample_episode(rng, train.images, args.train_way, 1, args.train_query,
+def train_model(params, train_chars, test_chars, config, args, size, rng):
+    """``metanet.step`` on one episode at a time (``train.train``); the curve's training loss is
+    the mean cross-entropy per query, its check 5-way accuracy on the same held-out episodes."""
+    queries = args.train_way * args.train_query
+
+    def step(params, state):
+        episode = omniglot.sample_episode(rng, train_chars.images, args.train_way, 1, args.train_query,
                                           dtype=args.dtype)
-        with divergence.watch(done, divergence.lower(("--lr", args.lr)), "MetaNet training"):
-            params, state, loss = metanet.step(params, state, episode, config)
-            divergence.check(loss, params)
-        window.append(float(loss) / (args.train_way * args.train_query))   # mean CE per query
-        last = done == size["episodes"] or _out_of_time(start, size)
-        if done % size["curve_every"] == 0 or last:
-            check_start = time.perf_counter()
-            accuracies = episode_accuracies(params, test, config, 5, size["curve_episodes"],
-                                            args.eval_query, np.random.default_rng(args.eval_seed + 1))
-            checking += time.perf_counter() - check_start
-            curve["episode"].append(done)
-            curve["seconds"].append(time.perf_counter() - start)
-            curve["train_loss"].append(float(np.mean(window)))
-            curve["heldout_5way"].append(float(np.mean(accuracies)))
-            window = []
-            bar.set_postfix(loss=f"{curve['train_loss'][-1]:.3f}", heldout=f"{curve['heldout_5way'][-1]:.3f}")
-        if last or _out_of_time(start, size):   # (a check may have used up the last seconds)
-            break
-    total = time.perf_counter() - start
-    return params, curve, {"train_seconds": total, "curve_check_seconds": checking,
-                           "seconds_per_episode": (total - checking) / max(curve["episode"][-1], 1)}
+        taken = metanet.step(params, state, episode, config)
+        return taken._replace(loss=float(taken.loss) / queries)         # L_train sums over the queries
+
+    def check(params, state):
+        return {"heldout_5way": float(np.mean(episode_accuracies(
+            params, test_chars, config, 5, size["curve_episodes"], args.eval_query,
+            np.random.default_rng(args.eval_seed + 1))))}
+
+    plan = train.Plan(size["episodes"], size["curve_every"], 60 * size["max_train_minutes"], "MetaNet",
+                      train.lower(("--lr", args.lr)), "episode", "held-out check")
+    return train.train(step, params, metanet.init_state(params, config), plan, check)
 
 
 def _dtype(params):
     return next(iter(params.values())).dtype
-
-
-def _out_of_time(start, size):
-    return time.perf_counter() - start > 60 * size["max_train_minutes"]
 
 
 def episode_accuracies(params, characters, config, n_way, n_episodes, n_query, rng):
@@ -244,8 +230,8 @@ def lake_score(params, config):
         images(test_images), labels(np.zeros(len(test_images), dtype=np.int64))), config)
 
 
-def build_report(args, size, config, curve, results, timing, n_train_classes, n_test_characters):
-    episodes = curve["episode"][-1]
+def build_report(args, size, config, trained, results, n_train_classes, n_test_characters):
+    episodes, seconds = trained.iterations, trained.seconds
     return {
         "demo": "metanet-omniglot",
         "paper": {"citation": "Munkhdalai & Yu 2017, Meta Networks, ICML, Section 4.1 (Omniglot), Table 1",
@@ -264,13 +250,15 @@ def build_report(args, size, config, curve, results, timing, n_train_classes, n_
         "seeds": {"seed": args.seed, "eval_seed": args.eval_seed,
                   "streams": "default_rng(seed): split, init, training episodes; default_rng(eval_seed): "
                              "test episodes; default_rng(eval_seed + 1): learning-curve episodes"},
-        "timing": {**timing, "eval_seconds": results["eval_seconds"]},
+        "timing": {"train_seconds": seconds, "curve_check_seconds": trained.check_seconds,
+                   "seconds_per_episode": (seconds - trained.check_seconds) / max(episodes, 1),
+                   "stopped": trained.stopped, "eval_seconds": results["eval_seconds"]},
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version(), "numpy": np.__version__,
                     "backend": backend.current(), "load_average_at_end": list(os.getloadavg())},
         "results": {k: v for k, v in results.items() if k != "eval_seconds"},
         "lake_reference_errors": LAKE,
-        "learning_curve": curve,
+        "learning_curve": trained.curve,
     }
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from refmeta import checks, disk
 from refmeta.data import fetch
-from refmeta.demos import divergence
+from refmeta.demos import train
 
 EXIT_USAGE = 2  # argparse's status for a bad command line
 
@@ -202,7 +202,7 @@ def parser(prog, description):
 def main(description, add_arguments, run, argv=None):
     """Parse argv with the demo's options (its module docstring as the help) and run it.
     A UsageError is printed as one line, ``PROG: error: MESSAGE``, and exits with status 2;
-    training that diverged (``divergence.Diverged``) as ``PROG: MESSAGE``, status 1."""
+    training that diverged (``train.Diverged``) as ``PROG: MESSAGE``, status 1."""
     demo_parser = parser(None, description)
     add_arguments(demo_parser)
     try:
@@ -210,6 +210,6 @@ def main(description, add_arguments, run, argv=None):
     except UsageError as error:
         print(f"{demo_parser.prog}: error: {error}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE) from None
-    except divergence.Diverged as error:
+    except train.Diverged as error:
         print(f"{demo_parser.prog}: {error}", file=sys.stderr)
-        raise SystemExit(divergence.EXIT_DIVERGED) from None
+        raise SystemExit(train.EXIT_DIVERGED) from None

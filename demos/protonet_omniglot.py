@@ -4,7 +4,7 @@ Trains a ProtoNet (conv4 with max-pool, squared Euclidean distance) on the two s
 background sets, split by character, and reports 5-way 1-shot, 5-way 5-shot and 20-way 1-shot
 accuracy on held-out characters (600 episodes, 95% CI) and the error on Lake's 20 official
 one-shot runs next to MHD's 38.8% and people's 4.5%.  ``demos/fewshot_omniglot.py`` holds the
-protocol (data split, training loop, cached-embedding evaluation).
+protocol (data split, training through ``protonet.step``, cached-embedding evaluation).
 
 Default training: 60-way 1-shot episodes with 1 query per class (the paper trains 60-way
 with 5 queries; in 12 minutes here one query did as well: docs/demo-metric-omniglot.md), Adam
@@ -20,15 +20,12 @@ from refmeta.demos import fewshot_omniglot as common, options
 PAPER = {"5-way 1-shot": 98.8, "5-way 5-shot": 99.7, "20-way 1-shot": 96.0, "20-way 5-shot": 98.9}
 
 
-def model():
-    return common.Model(
-        name="protonet",
+def algorithm():
+    return common.Algorithm(
+        name="protonet", module=protonet,
         configure=lambda hidden, n_way, meta_lr: protonet.ProtoNetConfig(
-            protonet.conv4_embedding(hidden), n_way=n_way, meta_lr=meta_lr),
-        init=protonet.init,
-        conv_params=lambda params: params,
-        loss=lambda params, z_s, y_s, z_q, y_q, config: protonet.loss_from_embeddings(
-            z_s, y_s, z_q, y_q, config.n_way, config.distance),
+            common.embedding(hidden), n_way=n_way, meta_lr=meta_lr),
+        net="",
         log_probs=lambda params, z_s, y_s, z_q, n_way, config: protonet.log_probabilities(
             z_s, y_s, z_q, n_way, config.distance),
         paper=PAPER)
@@ -39,7 +36,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    return common.run(model(), args)
+    return common.run(algorithm(), args)
 
 
 def main(argv=None):

@@ -15,17 +15,19 @@ Model and algorithm (the paper's Omniglot hyperparameters and the authors' code)
                flattens it (256 features), and TensorFlow's 'SAME' padding at stride 2 pads
                (0, 1) where ours pads (1, 1)
     inner loop 5 steps of Adam (lr 1e-3, β1 = 0, β2 = 0.999) on mini-batches of 10 drawn from
-               the task's N × 10 training drawings (``reptile.sample_inner_batches``: shuffle,
-               cut, reshuffle when used up, as the authors' code); Adam's moments start at
+               the task's N × 10 training drawings (``inner_batches.sample_inner_batches``:
+               shuffle, cut, reshuffle when used up, as the authors' code); Adam's moments start at
                zero for every task (their code carries them over: ``ReptileConfig``'s recorded
                convention); batch norm uses each mini-batch's statistics
     outer      batched Reptile (Algorithm 2): φ ← φ + ε · mean_i (φ̃_i − φ) over a meta-batch of
                5 tasks; ε annealed linearly from 1 to 0 (``--meta-step-size``,
                ``--meta-step-size-final``): ε = ε_0 + (ε_final − ε_0) · f with f the fraction of
-               training done, f = max(iteration / --iterations, time / --max-train-minutes),
-               so ε reaches 0 at whichever limit comes first (the authors anneal over their
-               100 000 iterations; ours stop at the time budget).  With --iterations small
-               enough that the budget never binds, the schedule and the run are deterministic
+               training done, f = max(iteration / --iterations, the steps' time / the
+               --max-train-minutes the held-out checks leave them), so ε reaches 0 at
+               whichever limit comes first (the authors anneal over their 100 000 iterations;
+               ours stop at the time budget).  f is 0 at the first step, and with --iterations
+               small enough that the steps keep ahead of the budget's pace (each under its
+               share), f = iteration / --iterations: the schedule and the run are deterministic
     test       50 Adam steps (same settings) on mini-batches of 5 of the support set, from φ
                with fresh moments, then two predictions of each query (the authors' two modes):
                transductive    all of a task's queries through the network together, batch
@@ -46,9 +48,9 @@ import autograd.numpy as anp
 import numpy as np
 
 from refmeta import reptile
-from refmeta.data import omniglot
+from refmeta.data import inner_batches, omniglot
 from refmeta.device import backend
-from refmeta.demos import divergence, maml_omniglot as protocol, options
+from refmeta.demos import maml_omniglot as protocol, options, train
 
 PAPER = {"citation": "Nichol, Achiam & Schulman 2018, their Omniglot results (full background set), "
                      "Reptile with transduction, as also quoted in Rajeswaran et al. 2019 (iMAML)",
@@ -91,8 +93,8 @@ def reptile_predict(config, batch_size):
     then both modes on the same adapted parameters."""
     def predict(params, episode, rng):
         n_tasks, n_support = np.shape(episode.support_y)
-        batches = reptile.sample_inner_batches(rng, n_tasks, n_support, config.test_inner_steps,
-                                               min(batch_size, n_support))
+        batches = inner_batches.sample_inner_batches(rng, n_tasks, n_support, config.test_inner_steps,
+                                                     min(batch_size, n_support))
         adapted = reptile.adapt(params, episode, config, batch_indices=backend.asarray(batches, dtype=None))
         group = max(1, 50 // np.shape(episode.query_y)[1])  # tasks per call: bounds (T, Q, S + 1, …)
         alone = [predict_one_query_at_a_time(
@@ -122,33 +124,32 @@ def run(args):
     params = protocol.to_device(reptile.init(init_rng, config), args.dtype)
     n_support = args.train_way * args.train_shot
 
-    def update(params, state, fraction_done):
-        epsilon = args.meta_step_size + (args.meta_step_size_final - args.meta_step_size) * fraction_done
+    def step(params, state, meta_step_size):
         episode = omniglot.sample_episodes(train_rng, train_chars.images, size["meta_batch_size"],
                                            args.train_way, args.train_shot, 1,   # the query: unused
                                            dtype=args.dtype)
-        batches = reptile.sample_inner_batches(train_rng, size["meta_batch_size"], n_support,
-                                               config.inner_steps, args.inner_batch_size)
-        step = reptile.step(params, state, episode, replace(config, meta_step_size=epsilon),
+        batches = inner_batches.sample_inner_batches(train_rng, size["meta_batch_size"], n_support,
+                                                     config.inner_steps, args.inner_batch_size)
+        return reptile.step(params, state, episode, replace(config, meta_step_size=meta_step_size),
                             batch_indices=backend.asarray(batches, dtype=None))
-        return step, {"meta_step_size": epsilon}
 
     predict = reptile_predict(config, args.test_batch_size)
-    training = protocol.train(update, params, reptile.init_state(params, config), size,
-                              protocol.heldout_check(predict, test_chars, args, size), "Reptile",
-                              divergence.lower(("--inner-lr", args.inner_lr),
-                                               ("--meta-step-size", args.meta_step_size)),
-                              {"meta_step_size": args.meta_step_size})
-    results, lake, timing = protocol.test_and_lake(predict, training[0], test_chars, runs, args, size)
+    trained = train.train(step, params, reptile.init_state(params, config),
+                          protocol.plan(size, "Reptile", train.lower(
+                              ("--inner-lr", args.inner_lr), ("--meta-step-size", args.meta_step_size))),
+                          protocol.heldout_check(predict, test_chars, args, size),
+                          schedule=lambda progress: {"meta_step_size": train.linear(
+                              args.meta_step_size, args.meta_step_size_final, progress)})
+    results, lake, timing = protocol.test_and_lake(predict, trained.params, test_chars, runs, args, size)
     report = protocol.build_report("reptile-omniglot", args, size, config,
                                    protocol.describe_network(args.train_way, size["hidden"], "both"),
-                                   training, results, lake, timing, PAPER,
+                                   trained, results, lake, timing, PAPER,
                                    protocol.data_summary(train_chars, test_chars, runs))
     report["meta_step_size_schedule"] = {
-        "rule": "ε = ε_0 + (ε_final − ε_0) · f, f = max(iteration / iterations, "
-                "training seconds / (60 · max_train_minutes)), evaluated before each iteration",
+        "rule": "ε = ε_0 + (ε_final − ε_0) · f, f = max(iteration / iterations, seconds in steps / "
+                "(60 · max_train_minutes − seconds in held-out checks)), evaluated before each iteration",
         "initial": args.meta_step_size, "final": args.meta_step_size_final,
-        "at_last_iteration": training[1]["meta_step_size"][-1] if training[2] else None,
+        "at_last_iteration": trained.curve["meta_step_size"][-1] if trained.iterations else None,
         "by_curve_point": "learning_curve.meta_step_size"}
     return protocol.finish(report, args, start, "batched, Adam β1 = 0", PAPER["transductive"],
                            "Reptile on Omniglot")

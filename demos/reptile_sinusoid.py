@@ -8,7 +8,8 @@ Setup (the paper's sine-wave demonstration, with the settings of the authors' pu
                used ReLU: ``--activation relu``), MSE, PyTorch's default init, computed by
                ``fused_mlp.FusedMLP`` (the same function and gradient as ``models.mlp_apply``)
     Reptile    serial (Algorithm 1), one task per iteration: one epoch of plain SGD, α = 0.02,
-               over the 50 points in 5 shuffled mini-batches of 10 (``reptile.sample_inner_batches``),
+               over the 50 points in 5 shuffled mini-batches of 10
+               (``inner_batches.sample_inner_batches``),
                then φ ← φ + ε_i (φ̃ − φ) with ε annealed linearly to 0 over N = 30 000 iterations:
                    ε_i = ε_0 + (ε_final − ε_0) · i / N,   i = 0 … N − 1,   ε_0 = 0.1, ε_final = 0
     joint      the same loop with k = 1 inner step on all 50 points.  By the identity of Section 5
@@ -39,12 +40,11 @@ from dataclasses import replace
 import numpy as np
 
 from refmeta import checks, reptile
-from refmeta.data import tasks
+from refmeta.data import inner_batches, tasks
 from refmeta.device import backend
 from refmeta.fast import fused_mlp
 from refmeta.nn import models, trees
-from refmeta.demos import divergence, files, maml_sinusoid, options
-from refmeta.progress import progress
+from refmeta.demos import files, maml_sinusoid, options, train
 
 LAYER_SIZES = (1, 64, 64, 1)
 GRID = np.linspace(-5.0, 5.0, 50)[:, None]          # (50, 1): every task's inputs
@@ -97,12 +97,12 @@ def run(args):
                                    task_reduction="mean", variant="serial")
     configs = {"reptile": config, "joint": replace(config, inner_steps=1)}
     data = make_data(args, sizes, network)
-    runs = {name: train(configs[name], data, sizes, args, rng, NAMES[name],
-                        batch_size=args.inner_batch_size if name == "reptile" else None)
-            for name, rng in zip(configs, data["train_rngs"])}
+    runs = {}
+    for name, rng in zip(configs, data["train_rngs"]):
+        runs[name] = train_network(configs[name], data, sizes, args, rng, name, runs.get("reptile"))
     steps = sorted({0, 1, args.test_steps})
     results = {name: {str(s): maml_sinusoid.summarise(mse) for s, mse in
-                      task_mse_by_steps(r["params"], data["test"], config, steps).items()}
+                      task_mse_by_steps(r.params, data["test"], config, steps).items()}
                for name, r in runs.items()}
     report = build_report(args, sizes, configs, runs, results, steps)
     report["table"] = format_table(report)
@@ -148,54 +148,32 @@ def draw_tasks(rng, n_tasks, shots):
     return (amplitudes, phases), grid_episode(amplitudes, phases, rows)
 
 
-def meta_step_size(args, iteration, iterations):
-    """ε_i of SCHEDULE at iteration i (0-based) of N."""
-    return args.meta_step_size + (args.meta_step_size_final - args.meta_step_size) * iteration / iterations
-
-
-def train(config, data, sizes, args, rng, desc, batch_size):
-    """``reptile.step`` once per task for N iterations, ε annealed by SCHEDULE.
-
-    batch_size: points per inner mini-batch, or None for every step on all 50 points.
-    Returns {"params" (final), "curve", "train_seconds", "validation_seconds"}; the curve
-    holds, per validation window, the mean training loss (the support loss at φ on the first
-    inner batch), ε at the window's last iteration, and the validation MSE after 1 and
-    ``test_inner_steps`` steps.
-    """
-    params, iterations = data["init"], sizes["iterations"]
-    curve = {"iteration": [], "train_loss": [], "meta_step_size": [], "validation_1_step": [],
-             "validation_test_steps": []}
-    result = {"curve": curve, "validation_seconds": 0.0}
-
-    def validate(iteration, train_loss, epsilon):
-        begin = time.perf_counter()
-        mse = task_mse_by_steps(params, data["validation"], config, (1, config.test_inner_steps))
-        result["validation_seconds"] += time.perf_counter() - begin
-        values = (iteration, train_loss, epsilon, *(float(np.mean(m)) for m in mse.values()))
-        for key, value in zip(curve, values):
-            curve[key].append(value)
-
-    validate(0, float("nan"), meta_step_size(args, 0, iterations))
-    window, begin = [], time.perf_counter()
-    lower = divergence.lower(("--inner-lr", config.inner_lr), ("--meta-step-size", args.meta_step_size))
-    bar, state = progress(range(iterations), total=iterations, desc=desc), reptile.init_state(params, config)
-    for iteration in bar:
+def train_network(config, data, sizes, args, rng, name, before=None):
+    """``reptile.step`` once per task (``train.train``), ε annealed by SCHEDULE: train.Trained,
+    the final params tested.  Reptile ("reptile") takes mini-batches of ``--inner-batch-size``,
+    joint training every step on all 50 points.  The curve holds, per validation window, the mean
+    training loss (the support loss at φ on the first inner batch), ε at the window's last
+    iteration, and the validation MSE after 1 and ``test_inner_steps`` steps.  Nothing is trained
+    once ``before``, the run before it, was stopped by a signal."""
+    def step(params, state, meta_step_size):
         amplitude, phase = tasks.sample_sinusoid_tasks(rng, FAMILY, 1)
-        batches = (None if batch_size is None else
-                   reptile.sample_inner_batches(rng, 1, len(GRID), config.inner_steps, batch_size))
-        epsilon = meta_step_size(args, iteration, iterations)
-        with divergence.watch(iteration + 1, lower, f"{desc} training"):
-            params, state, loss = reptile.step(params, state, grid_episode(amplitude, phase),
-                                           replace(config, meta_step_size=epsilon), batch_indices=batches)
-            divergence.check(loss, params)
-        window.append(loss)
-        if (iteration + 1) % sizes["validate_every"] == 0 or iteration + 1 == iterations:
-            train_loss, window = float(np.mean([float(w) for w in window])), []
-            validate(iteration + 1, train_loss, epsilon)
-            bar.set_postfix(loss=f"{train_loss:.3f}", eps=f"{epsilon:.4f}",
-                            val=f"{curve['validation_test_steps'][-1]:.3f}")
-    result.update(params=params, train_seconds=time.perf_counter() - begin)
-    return result
+        batches = (inner_batches.sample_inner_batches(rng, 1, len(GRID), config.inner_steps,
+                                                      args.inner_batch_size)
+                   if name == "reptile" else None)
+        return reptile.step(params, state, grid_episode(amplitude, phase),
+                            replace(config, meta_step_size=meta_step_size), batch_indices=batches)
+
+    def check(params, state):
+        mse = task_mse_by_steps(params, data["validation"], config, (1, config.test_inner_steps))
+        return dict(zip(("validation_1_step", "validation_test_steps"),
+                        (float(np.mean(m)) for m in mse.values())))
+
+    lower = train.lower(("--inner-lr", config.inner_lr), ("--meta-step-size", args.meta_step_size))
+    plan = train.Plan(sizes["iterations"], sizes["validate_every"], what=NAMES[name], lower=lower)
+    return train.train(step, data["init"], reptile.init_state(data["init"], config),
+                       plan if before is None else train.unless_stopped(plan, before), check,
+                       schedule=lambda progress: {"meta_step_size": train.linear(
+                           args.meta_step_size, args.meta_step_size_final, progress)})
 
 
 def task_mse_by_steps(params, episode, config, steps, chunk=100):
@@ -228,7 +206,8 @@ def build_report(args, sizes, configs, runs, results, steps):
             "model_implementation": "refmeta.fast.fused_mlp.FusedMLP (flat params 'mlp.flat')",
             "tasks": FAMILY.describe(), "inputs": "the 50 points of numpy.linspace(-5, 5, 50)",
             "inner_batches": {"reptile": f"{args.inner_steps} steps on mini-batches of "
-                                         f"{args.inner_batch_size} (reptile.sample_inner_batches)",
+                                         f"{args.inner_batch_size} (refmeta.data.inner_batches."
+                                         "sample_inner_batches)",
                               "joint_training": "1 step on all 50 points"},
             "meta_step_size_schedule": {"rule": SCHEDULE, "initial": args.meta_step_size,
                                         "final": args.meta_step_size_final,
@@ -241,14 +220,15 @@ def build_report(args, sizes, configs, runs, results, steps):
         "seeds": {"seed": args.seed, "eval_seed": args.eval_seed,
                   "streams": "default_rng(seed).spawn(4): init, Reptile tasks and batches, joint "
                              "training tasks, validation tasks; default_rng(eval_seed): test tasks"},
-        "timing": {**{f"{name}_train_seconds": r["train_seconds"] for name, r in runs.items()},
-                   **{f"{name}_seconds_per_iteration": (r["train_seconds"] - r["validation_seconds"])
-                      / sizes["iterations"] for name, r in runs.items()}},
+        "timing": {f"{name}_{key}": value for name, r in runs.items() for key, value in (
+            ("train_seconds", r.seconds), ("validation_seconds", r.check_seconds),
+            ("seconds_per_iteration", (r.seconds - r.check_seconds) / max(r.iterations, 1)),
+            ("iterations_done", r.iterations), ("stopped", r.stopped))},
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version(), "numpy": np.__version__,
                     "loadavg": os.getloadavg()},
         "results": results,
-        "learning_curves": {name: r["curve"] for name, r in runs.items()},
+        "learning_curves": {name: r.curve for name, r in runs.items()},
     }
 
 
@@ -308,7 +288,7 @@ def plot_adaptation(fig, runs, test_tasks_drawn, episode, config, test_steps):
     support_x, support_y = episode.support_x[:1], episode.support_y[:1]     # (1, K, 1)
     steps = [s for s in FIGURE_STEPS if s <= test_steps] + ([test_steps] * (test_steps not in FIGURE_STEPS))
     for ax, (name, r) in zip(fig.subplots(1, 2, sharey=True), runs.items()):
-        trajectory = reptile.adapt_trajectory(trees.broadcast_tasks(r["params"], 1), support_x,
+        trajectory = reptile.adapt_trajectory(trees.broadcast_tasks(r.params, 1), support_x,
                                               support_y, config, steps=max(steps))
         ax.plot(grid, truth, color="black", linestyle=":", label="true")
         for s in steps:
@@ -328,7 +308,7 @@ def plot_learning_curves(fig, runs):
     """Training loss per window, validation MSE after 1 and test steps, and the ε schedule."""
     loss_ax, validation_ax, schedule_ax = fig.subplots(1, 3)
     for name, r in runs.items():
-        curve = r["curve"]
+        curve = r.curve
         line, = loss_ax.plot(curve["iteration"][1:], curve["train_loss"][1:], label=NAMES[name])
         for key, style in (("validation_1_step", "--"), ("validation_test_steps", "-")):
             steps = "1 step" if key.endswith("1_step") else "all test steps"

@@ -47,8 +47,7 @@ import numpy as np
 from refmeta import snail
 from refmeta.data import lake_runs, omniglot
 from refmeta.device import backend
-from refmeta.demos import divergence, files, options
-from refmeta.progress import progress
+from refmeta.demos import files, options, train
 
 PAPER = {"5-way 1-shot": 99.07, "5-way 5-shot": 99.78, "20-way 1-shot": 97.64,
          "20-way 5-shot": 99.36}
@@ -107,23 +106,23 @@ def run(args):
     data = load_data(args, sizes)
     init_rng, train_rng, validation_rng = np.random.default_rng(args.seed).spawn(3)
     params = {k: backend.asarray(v, args.dtype) for k, v in snail.init(init_rng, config).items()}
-    state = train(params, data, config, args, sizes, train_rng, validation_rng)
+    trained = train_snail(params, data, config, args, sizes, train_rng, validation_rng)
+    best = trained.best
     test_start = time.perf_counter()
     test = {f"{config.n_way}-way {k}-shot": summarise(evaluate(
-        state["best_params"], state["best_bn"], data["test"], config, np.random.default_rng(args.eval_seed),
+        best.params, best.state.bn, data["test"], config, np.random.default_rng(args.eval_seed),
         sizes["test_episodes"], args.test_queries, k)) for k in args.test_shots}
     results = {"test": test, "test_seconds": time.perf_counter() - test_start}
     if sizes["lake_runs"]:
         lake_start = time.perf_counter()
-        results["lake"] = lake_error(state["best_params"], state["best_bn"], data["lake_runs"],
-                                     config)
+        results["lake"] = lake_error(best.params, best.state.bn, data["lake_runs"], config)
         results["lake"]["seconds"] = time.perf_counter() - lake_start
-    report = build_report(args, sizes, config, data, state, results)
+    report = build_report(args, sizes, config, data, trained, results)
     report["table"] = format_table(report)
     print(report["table"])
     os.makedirs(args.out, exist_ok=True)
     if not args.no_plots:
-        report["figures"] = save_figure(args.out, state["curve"])
+        report["figures"] = save_figure(args.out, trained.curve)
     files.save_results(args.out, report, start)
     return report
 
@@ -191,68 +190,38 @@ def shuffled_support(rng, episode):
                             support_y=episode.support_y[rows, order])
 
 
-def train(params, data, config, args, sizes, rng, validation_rng):
-    """``snail.step`` on the query loss; validate every ``validate_every`` steps, keep the best."""
-    snail_state = snail.init_state(params, config)
+def train_snail(params, data, config, args, sizes, rng, validation_rng):
+    """``snail.step`` on the query loss (``train.train``), the step size halved every
+    ``--lr-halve-every`` iterations; every ``validate_every`` steps the validation accuracy for
+    each tested K on the same episodes, and the checkpoint with the best mean kept."""
     validation_seed = int(validation_rng.integers(2**32))
-    state = {"curve": {"iteration": [], "train_loss": [], "validation_accuracy": [],
-                       "validation_accuracy_by_shot": {str(k): [] for k in args.test_shots}},
-             "best_accuracy": -1.0, "validation_seconds": 0.0}
 
-    def validate(iteration, train_loss):
-        begin = time.perf_counter()
-        by_shot = {str(k): float(np.mean(evaluate(params, snail_state.bn, data["validation"], config,
-                                                  np.random.default_rng(validation_seed),
-                                                  sizes["validation_episodes"], 1, k)))
-                   for k in args.test_shots}
-        accuracy = float(np.mean(list(by_shot.values())))                # selects the checkpoint
-        state["validation_seconds"] += time.perf_counter() - begin
-        for key, value in zip(state["curve"], (iteration, train_loss, accuracy)):
-            state["curve"][key].append(value)
-        for k, value in by_shot.items():
-            state["curve"]["validation_accuracy_by_shot"][k].append(value)
-        if accuracy > state["best_accuracy"]:
-            state.update(best_accuracy=accuracy, best_iteration=iteration, best_params=params,
-                         best_bn=snail_state.bn)
-        return accuracy
-
-    validate(0, float("nan"))
-    window, begin = [], time.perf_counter()
-    bar = progress(range(1, sizes["iterations"] + 1), total=sizes["iterations"], desc="SNAIL")
-    for iteration in bar:
+    def step(params, state, meta_lr):
         k_shot = draw_shots(rng, config.shots)
         episode = shuffled_support(rng, omniglot.sample_episodes(
             rng, data["train"].images, sizes["meta_batch_size"], config.n_way, k_shot,
             args.n_query, dtype=args.dtype))
-        config = dataclasses.replace(config, meta_lr=step_size(args, iteration))
-        with divergence.watch(iteration, divergence.lower(("--lr", args.lr)), "SNAIL training"):
-            params, snail_state, loss = snail.step(params, snail_state, episode, config)
-            divergence.check(loss, params)
-        window.append(float(loss))
-        out_of_time = time.perf_counter() - begin > 60 * sizes["max_train_minutes"]
-        if iteration % sizes["validate_every"] == 0 or iteration == sizes["iterations"] or out_of_time:
-            train_loss, window = float(np.mean(window)), []
-            accuracy = validate(iteration, train_loss)
-            bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{accuracy:.3f}",
-                            best=f"{state['best_accuracy']:.3f}@{state['best_iteration']}")
-        if out_of_time:
-            break
-    if hasattr(bar, "close"):
-        bar.close()
-    state.update(final_params=params, train_seconds=time.perf_counter() - begin,
-                 iterations_done=state["curve"]["iteration"][-1])
-    return state
+        return snail.step(params, state, episode, dataclasses.replace(config, meta_lr=meta_lr))
+
+    def check(params, state):
+        by_shot = {str(k): float(np.mean(evaluate(params, state.bn, data["validation"], config,
+                                                  np.random.default_rng(validation_seed),
+                                                  sizes["validation_episodes"], 1, k)))
+                   for k in args.test_shots}
+        return {"validation_accuracy": float(np.mean(list(by_shot.values()))),   # selects the checkpoint
+                "validation_accuracy_by_shot": by_shot}
+
+    plan = train.Plan(sizes["iterations"], sizes["validate_every"], 60 * sizes["max_train_minutes"],
+                      "SNAIL", train.lower(("--lr", args.lr)))
+    return train.train(step, params, snail.init_state(params, config), plan, check,
+                       schedule=lambda progress: {"meta_lr": train.halved_every(args.lr, args.lr_halve_every,
+                                                                                progress)},
+                       select=("validation_accuracy", "max"))
 
 
 def draw_shots(rng, shots):
     """This step's K, uniform over ``shots`` (one K: no draw, so fixed-K runs use the rng as before)."""
     return shots[0] if len(shots) == 1 else int(shots[rng.integers(len(shots))])
-
-
-def step_size(args, iteration):
-    """Adam's step size at iteration 1, 2, …: lr, halved every lr_halve_every iterations (0: never)."""
-    halvings = (iteration - 1) // args.lr_halve_every if args.lr_halve_every else 0
-    return args.lr * 0.5 ** halvings
 
 
 def embed_all(params, bn_state, images, config, chunk=200):
@@ -346,16 +315,15 @@ def summarise(accuracies):
     return {"n_episodes": len(accuracies), "accuracy": 100 * mean, "ci95": 100 * ci95}
 
 
-def build_report(args, sizes, config, data, state, results):
-    steps = max(state["iterations_done"], 1)
-    train_seconds = state["train_seconds"]
+def build_report(args, sizes, config, data, trained, results):
+    train_seconds, check_seconds = trained.seconds, trained.check_seconds
     return {
         "demo": "snail-omniglot",
         "paper": {"citation": "Mishra, Rohaninejad, Chen & Abbeel 2018, A Simple Neural Attentive "
                               "Meta-Learner (ICLR), Table 1", "omniglot_accuracy": PAPER,
                   "note": "the paper trains on the full background set (1200 characters + "
                           "rotations); this demo on the small sets"},
-        "config": {"snail": config.conventions(), **sizes, "iterations_done": state["iterations_done"],
+        "config": {"snail": config.conventions(), **sizes, "iterations_done": trained.iterations,
                    "dtype": args.dtype, "lr": args.lr, "lr_halve_every": args.lr_halve_every,
                    "optimizer": "Adam", "train_shots": list(args.train_shots),
                    "test_shots": list(args.test_shots),
@@ -372,16 +340,17 @@ def build_report(args, sizes, config, data, state, results):
                    "fast": args.fast},
         "seeds": {"seed": args.seed, "split_seed": args.split_seed, "eval_seed": args.eval_seed,
                   "streams": "default_rng(seed).spawn(3): init, training episodes, validation"},
-        "checkpoint": {"iteration": state["best_iteration"],
-                       "validation_accuracy": 100 * state["best_accuracy"]},
-        "timing": {"train_seconds": train_seconds, "validation_seconds": state["validation_seconds"],
-                   "seconds_per_iteration": (train_seconds - state["validation_seconds"]) / steps,
+        "checkpoint": {"iteration": trained.best.iteration,
+                       "validation_accuracy": 100 * trained.best.value},
+        "timing": {"train_seconds": train_seconds, "validation_seconds": check_seconds,
+                   "seconds_per_iteration": (train_seconds - check_seconds) / max(trained.iterations, 1),
+                   "stopped": trained.stopped,
                    "test_seconds": results["test_seconds"],
                    "load_average_at_end": list(os.getloadavg())},
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                     "numpy": np.__version__, "backend": backend.current()},
         "results": {k: v for k, v in results.items() if k != "test_seconds"},
-        "learning_curve": state["curve"],
+        "learning_curve": trained.curve,
     }
 
 

@@ -16,8 +16,9 @@ and chooses the backend (``refmeta.device.backend``, from REFMETA_BACKEND).
 """
 
 from refmeta.device import autograd_patches as _autograd_patches
-from refmeta.device import backend as _backend  # chooses the backend (REFMETA_BACKEND) at import
+from refmeta.device import backend as _backend
 
+_backend.use_environment()                        # REFMETA_BACKEND, or numpy
 _autograd_patches.install_autograd_patches()
 
 __version__ = "0.1.0"

@@ -26,14 +26,17 @@ Errors are one line on stderr, never a traceback; a reader of stdout that goes a
                                    output folder (``refmeta.demos.options.UsageError``);
                                    exit status 2, found before any training
     refmeta demo NAME: MESSAGE     training diverged: the step, what became NaN or inf, the
-                                   options to lower (``refmeta.demos.divergence``); exit status
-                                   1 (130 after Ctrl-C, 143 after SIGTERM; every file written
-                                   is whole)
+                                   options to lower (``refmeta.demos.train``); exit status 1.
+                                   Ctrl-C or SIGTERM: the first during training ends training
+                                   there, in one line, and the demo tests and writes what it
+                                   trained; one after that stops it: 130 after Ctrl-C, 143
+                                   after SIGTERM, every file written whole
     refmeta cases export: MESSAGE  a case that cannot be written; exit status 1
                                    (130 after Ctrl-C, 143 after SIGTERM; every case left is whole)
     refmeta verify: MESSAGE        exit status 2 when nothing can be compared or the --json
                                    report cannot be written, 1 when verification fails
-                                   (``refmeta.cases.verify``)
+                                   (``refmeta.cases.verify``); 130 after Ctrl-C, 143 after
+                                   SIGTERM, and no partial report is left
     refmeta data fetch: MESSAGE    a file that cannot be fetched, checked or written; exit
                                    status 1 (130 after Ctrl-C, 143 after SIGTERM); no partial
                                    or unchecked file is left (``refmeta.data.fetch``)
@@ -50,7 +53,7 @@ import sys
 import threading
 
 from refmeta.data import fetch
-from refmeta.demos import divergence, options
+from refmeta.demos import options, train
 
 # name -> module; `refmeta demo NAME` imports the module only when it runs.
 DEMOS = {
@@ -125,9 +128,9 @@ def _run_demo_command(args):
     try:
         with sigterm_raises():
             run_demo(args.name, args.demo_args)
-    except divergence.Diverged as error:
+    except train.Diverged as error:
         print(f"refmeta demo {args.name}: {error}", file=sys.stderr)
-        return divergence.EXIT_DIVERGED
+        return train.EXIT_DIVERGED
     except (KeyboardInterrupt, Terminated) as stop:
         what = "interrupted" if isinstance(stop, KeyboardInterrupt) else "terminated"
         print(f"refmeta demo {args.name}: {what}; the files written are whole", file=sys.stderr)
@@ -255,7 +258,13 @@ def _add_verify_command(subparsers):
 
 def _verify_main(case, theirs, partial=False, json_report=None):
     from refmeta.cases import verify
-    return verify.main(case, theirs, partial=partial, json_path=json_report)
+    try:
+        with sigterm_raises():
+            return verify.main(case, theirs, partial=partial, json_path=json_report)
+    except (KeyboardInterrupt, Terminated) as stop:
+        what = "interrupted" if isinstance(stop, KeyboardInterrupt) else "terminated"
+        print(f"refmeta verify: {what}; no partial report was left", file=sys.stderr)
+        return EXIT_INTERRUPTED if isinstance(stop, KeyboardInterrupt) else EXIT_TERMINATED
 
 
 def _add_read_command(subparsers):

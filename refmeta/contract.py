@@ -75,7 +75,8 @@ class Model(NamedTuple):
     loss(params, x, y, reduction) -> one loss per leading (task) index, reduced over the
     examples as ``refmeta.nn.losses`` does; None for an embedding, which has no loss.
     ``name`` is what the algorithms' ``conventions()`` record; ``batch_norm`` (a BatchNorm)
-    where the network's running batch-norm statistics are to be kept, else None.
+    where the network's running batch-norm statistics are to be kept, else None (Reptile, which
+    keeps none, refuses a Model that has one).
     """
     init: Callable
     apply: Callable

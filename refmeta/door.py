@@ -1,5 +1,7 @@
 """What the six algorithms' front doors share, so that each module keeps only its own.
 
+    init_params(rng, config, kind, network)   the init door of an algorithm whose network is a
+                                     Model: ``config.<network>.init(rng)`` held to the contract
     conventions(config, **extra)     every field of a Config as JSON-able data, then ``extra``
     reduce_tasks(losses, reduction)  the task reduction: mean or sum of per-task losses
     example_reductions(n_way)        the choices of MAML's and Reptile's inner reduction
@@ -12,7 +14,9 @@
 
 These hold no equation of a paper and check none of their inputs: each module's door checks
 them (``refmeta.checks``) before it calls these; ``step`` reads once that its loss and gradient
-are finite, as every door reads its results.
+are finite, as every door reads its results.  ``init_params`` is a whole door, the same in the
+modules whose network is a user's Model (MAML, Reptile, ProtoNet): it checks the rng and the
+config, and holds what the Model's ``init`` returns to the contract.
 """
 
 import dataclasses
@@ -25,6 +29,14 @@ from autograd.tracer import getval
 from refmeta import checks
 from refmeta.contract import TASK_REDUCTIONS, Episode, Model, State, Step
 from refmeta.nn import optimizers
+
+
+def init_params(rng, config, kind, network="model"):
+    """The params ``config.<network>.init(rng)`` makes (a ``contract.Model``'s), checked to be a
+    dict of floating-point arrays, after ``rng`` (a Generator) and ``config`` (a ``kind``)."""
+    checks.generator(rng)
+    checks.instance("config", config, kind)
+    return checks.model_params(f"config.{network}.init(rng)", getattr(config, network).init(rng))
 
 
 def conventions(config, **extra):

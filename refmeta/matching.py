@@ -61,7 +61,7 @@ from autograd.tracer import getval
 from refmeta import checks, door
 from refmeta.contract import TASK_REDUCTIONS, Model
 from refmeta.nn import layers, losses, trees
-from refmeta.protonet import DISTANCES, conv4_embedding, pairwise_distance
+from refmeta.protonet import DISTANCES, conv4_embedding, distance_matrix
 
 ATTENTION_H0 = ("embedding", "zeros")
 LOG_SCALE = "attention.log_scale"
@@ -160,12 +160,12 @@ def full_context_embeddings(params, g_prime, f_prime, config):
 
 def attention(f, g, distance="cosine", scale=1.0):
     """(A): a(x̂, x_i) = softmax_i(−s·d(f(x̂), g(x_i))), (..., n_q, n_s); rows sum to 1."""
-    return anp.exp(losses.log_softmax(-scale * pairwise_distance(f, g, distance)))
+    return anp.exp(losses.log_softmax(-scale * distance_matrix(f, g, distance)))
 
 
 def class_log_probabilities(f, g, support_y, n_way, distance="cosine", scale=1.0):
     """(L): log p(y = k | x̂, S) = L_k − log Σ_k′ exp L_k′ from per-class logsumexps, (..., n_q, N)."""
-    scores = -scale * pairwise_distance(f, g, distance)[..., :, None, :]   # (..., n_q, 1, n_s)
+    scores = -scale * distance_matrix(f, g, distance)[..., :, None, :]   # (..., n_q, 1, n_s)
     one_hot = losses.one_hot(support_y, n_way, g, check=False)             # (..., n_s, N)
     in_class = anp.swapaxes(one_hot, -1, -2)[..., None, :, :] > 0          # (..., 1, N, n_s)
     class_max = np.where(in_class, getval(scores), -np.inf).max(axis=-1, keepdims=True)  # a constant

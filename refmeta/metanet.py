@@ -196,16 +196,19 @@ def episode_outputs(params, episode, config, *, meta_info=None):
 def predict(params, episode, config, *, meta_info=None, state=None):
     """Logits (L, n_way) of the queries of one episode (11), (T, L, n_way) of a meta-batch."""
     episode, meta_info, single = _check(params, episode, config, state, meta_info=meta_info)
-    logits = anp.stack([_outputs(params, *_task(episode, meta_info, t), config)["logits"]
-                        for t in range(anp.shape(episode.support_x)[0])])
+    logits = _logits(params, episode, config, meta_info)
+    checks.finite_results("metanet.predict", [("the logits", logits)],
+                          _explain(params, episode, config, meta_info))
     return logits[0] if single else logits
 
 
 def loss(params, episode, config, *, meta_info=None, state=None):
-    """L_train of one episode, the query cross-entropy summed or averaged as configured; of a
-    meta-batch, its mean over the tasks."""
+    """L_train, the query cross-entropy summed or averaged as configured; a meta-batch's task mean."""
     episode, meta_info, _ = _check(params, episode, config, state, meta_info=meta_info)
-    return _loss(params, episode, config, meta_info)
+    value = _loss(params, episode, config, meta_info)
+    checks.finite_results("metanet.loss", [("the loss L_train", value)],
+                          _explain(params, episode, config, meta_info))
+    return value
 
 
 def step(params, state, episode, config):
@@ -214,18 +217,29 @@ def step(params, state, episode, config):
     episode, _, _ = _check(params, episode, config, state, step=True)
     return door.step("metanet.step", ("the loss", "the gradient"),
                      lambda p, moments: _loss(p, episode, config), params, state, config.meta_lr,
-                     clip_norm=config.grad_clip_norm)
+                     _explain(params, episode, config), clip_norm=config.grad_clip_norm)
+
+
+def _logits(params, episode, config, meta_info=None):
+    """(11) for every task, one task after another: (T, L, n_way)."""
+    return anp.stack([_outputs(params, *_task(episode, meta_info, t), config)["logits"]
+                      for t in range(anp.shape(episode.support_x)[0])])
 
 
 def _loss(params, episode, config, meta_info=None):
-    """The mean over the tasks of L_train, one task after another."""
-    return anp.mean(anp.stack([_task_loss(params, *_task(episode, meta_info, t), config)
-                               for t in range(anp.shape(episode.support_x)[0])]))
+    """The mean over the tasks of L_train, each task's query cross-entropy (T,)."""
+    return anp.mean(losses.cross_entropy(_logits(params, episode, config, meta_info),
+                                         episode.query_y, config.query_reduction, check=False))
 
 
-def _task_loss(params, episode, meta_info, config):
-    logits = _outputs(params, episode, meta_info, config)["logits"]          # (L, n_way)
-    return losses.cross_entropy(logits, episode.query_y, config.query_reduction, check=False)
+def _explain(params, episode, config, meta_info=None):
+    """The failure path: each task's intermediates, in order, as ``episode_outputs`` names them."""
+    def quantities():
+        for t in range(anp.shape(episode.support_x)[0]):
+            out = _outputs(params, *_task(episode, meta_info, t), config)
+            named = {f"meta_info[{level!r}]": g for level, g in out.pop("meta_info").items()}
+            yield from ((f"in task {t}, {name}", value) for name, value in {**named, **out}.items())
+    return quantities
 
 
 def _task(episode, meta_info, t):

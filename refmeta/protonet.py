@@ -124,9 +124,8 @@ def prototypes(z_support, support_y, n_way):
     return sums / anp.sum(one_hot, axis=-2)[..., None]
 
 
-def pairwise_distance(z, c, distance="sqeuclidean"):
+def distance_matrix(z, c, distance="sqeuclidean"):
     """d(z_i, c_j) for z (..., m, d) and c (..., n, d) -> (..., m, n); see the module docstring."""
-    checks.choice("distance", distance, DISTANCES)
     if distance == "cosine":
         return 1.0 - anp.matmul(normalize(z), anp.swapaxes(normalize(c), -1, -2))
     difference = z[..., :, None, :] - c[..., None, :, :]                    # (..., m, n, d)
@@ -143,22 +142,20 @@ def normalize(z, eps=1e-12):
 
 def log_probabilities(z_support, support_y, z_query, n_way, distance="sqeuclidean"):
     """(2) in logs: log p(y = k | x) for every query, (..., n_q, N)."""
-    return losses.log_softmax(-pairwise_distance(z_query, prototypes(z_support, support_y, n_way),
-                                                 distance))
+    return losses.log_softmax(-distance_matrix(z_query, prototypes(z_support, support_y, n_way),
+                                               distance))
 
 
 def loss_from_embeddings(z_support, support_y, z_query, query_y, n_way, distance="sqeuclidean"):
     """(3) for every task: the mean over queries of −log p(y | x), shape (...)."""
-    logits = -pairwise_distance(z_query, prototypes(z_support, support_y, n_way), distance)
+    logits = -distance_matrix(z_query, prototypes(z_support, support_y, n_way), distance)
     return losses.cross_entropy(logits, query_y, "mean", check=False)       # log_softmax inside
 
 
 # ----- the entry points: each checks its inputs once -----
 def init(rng, config):
     """The embedding's host params, f_φ's φ."""
-    checks.generator(rng)
-    checks.instance("config", config, ProtoNetConfig)
-    return checks.model_params("config.embedding.init(rng)", config.embedding.init(rng))
+    return door.init_params(rng, config, ProtoNetConfig, "embedding")
 
 
 def init_state(params, config):
@@ -197,6 +194,18 @@ def predict(params, episode, config, *, state=None):
     checks.finite_results("protonet.predict", [("log p(y | x)", log_p)],
                           _explain(params, episode, config, running))
     return log_p
+
+
+def pairwise_distance(z, c, distance="sqeuclidean"):
+    """d(z_i, c_j) (``distance_matrix``), its inputs checked: z (..., m, d) and c (..., n, d)
+    finite floats with the same d, ``distance`` one of DISTANCES -> (..., m, n)."""
+    checks.choice("distance", distance, DISTANCES)
+    checks.finite("z", z)
+    checks.finite("c", c)
+    if anp.ndim(z) < 2 or anp.ndim(c) < 2 or anp.shape(z)[-1] != anp.shape(c)[-1]:
+        raise ValueError(f"z and c must be (..., m, d) and (..., n, d) with the same d; got "
+                         f"{anp.shape(z)} and {anp.shape(c)}")
+    return distance_matrix(z, c, distance)
 
 
 def accuracy(log_probs, query_y):

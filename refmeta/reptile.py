@@ -26,8 +26,8 @@ is −ε α ∇L_i(φ): a step of joint training on the task's loss.
 Inner loop.  U_i^k is k steps of SGD or of Adam (the paper's Omniglot setup:
 Adam with β1 = 0, lr 1e-3, 5 steps on mini-batches of 10; 50 steps at evaluation)
 on task i's support set.  Mini-batches are explicit inputs, ``batch_indices``
-(T, k, b), so the random draws are part of the data; ``sample_inner_batches`` draws
-them the way the authors' code does (shuffle, cut into batches, reshuffle when used
+(T, k, b), so the random draws are part of the data; ``refmeta.data.inner_batches``
+draws them the way the authors' code does (shuffle, cut into batches, reshuffle when used
 up).  ``batch_indices=None`` takes every step on the whole support set.
 
 Reptile descends no objective of its own.  ``loss`` reports the query loss after k
@@ -45,7 +45,9 @@ Tasks are vectorised like MAML's: params get a leading task axis and one ``grad`
 serves every task, since Σ_i L_i couples no two tasks.  One task alone, support_x (n, ...),
 is a meta-batch of T = 1 (``batch_indices`` (k, b) then), and ``adapt`` and ``predict`` return
 it without the task axis.  The training state is empty, State(None, {}): the update keeps
-none.  A non-finite result is named as MAML's is, with the task in a serial step.  ``adapt``
+none, and a model that declares running batch-norm statistics (``contract.Model.batch_norm``)
+is refused, as no pass of (1) or (2) is the one to track them from; a batch norm in the model
+normalises by the batch at hand, as in the authors' code.  A non-finite result is named as MAML's is, with the task in a serial step.  ``adapt``
 and ``predict`` keep only the current φ^(j); ``adapt_trajectory`` keeps all.
 """
 
@@ -53,10 +55,10 @@ from dataclasses import dataclass
 from typing import Optional
 
 import autograd.numpy as anp
-import numpy as np
 from autograd import value_and_grad
 
 from refmeta import checks, contract, door
+from refmeta.data.inner_batches import mini_batch
 from refmeta.nn import optimizers, trees
 
 INNER_OPTIMIZERS = ("sgd", "adam")
@@ -88,7 +90,7 @@ class ReptileConfig:
 
     def __post_init__(self):
         checks.plain_fields(self)
-        checks.model_with_loss("model", self.model, "Reptile")
+        checks.model_with_loss("model", self.model, "Reptile", keeps_statistics=False)
         if self.n_way is not None:
             checks.integer("n_way", self.n_way, minimum=2)
         for name in ("inner_lr", "meta_step_size"):
@@ -111,9 +113,7 @@ class ReptileConfig:
 # ----- the front door: checks once, then the math below -----
 def init(rng, config):
     """φ from ``config.model.init``: a dict of host float64 arrays."""
-    checks.generator(rng)
-    checks.instance("config", config, ReptileConfig)
-    return checks.model_params("config.model.init(rng)", config.model.init(rng))
+    return door.init_params(rng, config, ReptileConfig)
 
 
 def init_state(params, config):
@@ -235,7 +235,7 @@ def batched_step(params, episode, config, batch_indices=None):
 def serial_step(params, episode, config, batch_indices=None):
     """Algorithm 1, update (1), applied to the meta-batch's tasks one after another.
     Returns (new φ, the task-reduced loss at the starting φ of the first inner step's batch)."""
-    x, y = _mini_batch(episode.support_x, episode.support_y,
+    x, y = mini_batch(episode.support_x, episode.support_y,
                        batch_indices if config.inner_steps else None, 0)   # the first batch
     start_loss = _reduce_total(_total_loss(_per_task(params, episode), x, y, config), episode, config)
     for t in range(anp.shape(episode.support_x)[0]):
@@ -253,28 +253,6 @@ def adapt_trajectory(params, support_x, support_y, config, steps=None, batch_ind
     ``batch_indices`` (T, steps, b) (None: the whole support set at every step)."""
     steps = config.inner_steps if steps is None else steps
     return _inner_loop(params, support_x, support_y, config, steps, batch_indices, keep=True)[0]
-
-
-def sample_inner_batches(rng, n_tasks, n_examples, inner_steps, batch_size):
-    """(n_tasks, inner_steps, batch_size) host indices, as the authors' code draws them.
-
-    Each task's examples are shuffled and cut into consecutive batches; when a
-    batch would run past the end, the examples are reshuffled and cutting restarts.
-    """
-    checks.generator(rng)
-    checks.integer("n_tasks", n_tasks, minimum=1)
-    checks.integer("n_examples", n_examples, minimum=1)
-    checks.integer("inner_steps", inner_steps, minimum=0)
-    checks.integer("batch_size", batch_size, minimum=1, maximum=n_examples)
-    out = np.empty((n_tasks, inner_steps, batch_size), dtype=np.int64)
-    for t in range(n_tasks):
-        order, start = rng.permutation(n_examples), 0
-        for step in range(inner_steps):
-            if start + batch_size > n_examples:
-                order, start = rng.permutation(n_examples), 0
-            out[t, step] = order[start:start + batch_size]
-            start += batch_size
-    return out
 
 
 def _inner_loop(params, support_x, support_y, config, steps, batch_indices=None, keep=False):
@@ -295,7 +273,7 @@ def _inner_steps(params, support_x, support_y, config, steps, batch_indices=None
     The inner optimiser starts fresh (Adam: m = v = 0) for every call, i.e. for every task."""
     state = optimizers.adam_init(params) if config.inner_optimizer == "adam" else None
     for j in range(steps):
-        x, y = _mini_batch(support_x, support_y, batch_indices, j)
+        x, y = mini_batch(support_x, support_y, batch_indices, j)
         total, grads = value_and_grad(_total_loss)(params, x, y, config)
         if config.inner_optimizer == "sgd":
             params = optimizers.sgd_update(params, grads, config.inner_lr, check=False)
@@ -319,11 +297,3 @@ def _adapt(params, episode, config, steps, batch_indices=None):
 
 def _per_task(params, episode):
     return trees.broadcast_tasks(params, anp.shape(episode.support_x)[0])
-
-
-def _mini_batch(x, y, batch_indices, step):
-    if batch_indices is None:
-        return x, y
-    tasks = np.arange(anp.shape(x)[0], like=batch_indices)[:, None]  # (T, 1)
-    rows = batch_indices[:, step]                                     # (T, b)
-    return x[tasks, rows], y[tasks, rows]

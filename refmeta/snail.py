@@ -94,8 +94,14 @@ class SNAILConfig:
                               ("embedding_dim", 1), ("embedding_filters", 1), ("image_channels", 1),
                               ("image_size", 16)):  # 16: four 2×2 pools
             checks.integer(name, getattr(self, name), minimum=minimum)
-        _check_shots(self.k_shot, self.train_shots)
-        _check_blocks(self.blocks)
+        if (self.k_shot is None) == (self.train_shots is None):
+            raise ValueError(f"give k_shot (one K) or train_shots (several), the other None; got "
+                             f"k_shot={self.k_shot!r} and train_shots={self.train_shots!r}")
+        if self.k_shot is not None:
+            checks.integer("k_shot", self.k_shot, minimum=1)
+        else:
+            checks.increasing_integers("train_shots", self.train_shots, minimum=1)
+        checks.specs("blocks", self.blocks, blocks.BLOCK_FORMS)
         checks.boolean("embedding_linear", self.embedding_linear)
         for name in ("bn_eps", "attention_init_gain"):
             checks.positive(name, getattr(self, name))
@@ -129,8 +135,7 @@ class SNAILConfig:
 # ----- the model: (4), (1), (3) and (2) -----
 def channel_plan(config):
     """(4): [C_0, channels after each block]; the output layer reads the last."""
-    return blocks.stack_channels(config.embedding_dim + config.n_way, config.blocks,
-                                 config.sequence_length)
+    return blocks.stack_channels(config.embedding_dim + config.n_way, config.blocks, config.sequence_length)
 
 
 def parameter_count(config):
@@ -183,9 +188,9 @@ def query_logits(params, support_z, support_y, query_z, config):
     return apply(params, sequence, config, branches=n_query)[..., -n_query:, :]
 
 
-def _predict(params, episode, config, bn_state=None, moments=None):
-    """Logits (..., Q, N) at the query step of every query; batch norm by bn_state, or by the
-    images' statistics, whose moments go to the list ``moments`` if given."""
+def _embeddings(params, episode, config, bn_state=None, moments=None):
+    """f of every image in one call, (support (..., N·K, d), queries (..., Q, d)); batch norm by
+    bn_state, or by the images' statistics, whose moments go to the list ``moments`` if given."""
     n = anp.shape(episode.support_x)[-4]                                   # N·K
     images = anp.concatenate([episode.support_x, episode.query_x], axis=-4)
     if moments is None:
@@ -193,7 +198,13 @@ def _predict(params, episode, config, bn_state=None, moments=None):
     else:
         z, found = embed(params, images, config, return_bn_moments=True)
         moments.append({k: getval(v) for k, v in found.items()})           # bookkeeping only
-    return query_logits(params, z[..., :n, :], episode.support_y, z[..., n:, :], config)
+    return z[..., :n, :], z[..., n:, :]
+
+
+def _predict(params, episode, config, bn_state=None, moments=None):
+    """Logits (..., Q, N) at the query step of every query (``_embeddings``' arguments)."""
+    support_z, query_z = _embeddings(params, episode, config, bn_state, moments)
+    return query_logits(params, support_z, episode.support_y, query_z, config)
 
 
 def _loss(logits, query_y):
@@ -221,8 +232,7 @@ def init(rng, config):
 
 
 def init_state(params, config):
-    """State: Adam's zero moments; f's running statistics {"embed.bn{i}.mean", "embed.bn{i}.var"}
-    (F,), means 0 and variances 1, on params' device."""
+    """State: Adam's zero moments; f's running statistics "embed.bn{i}.mean", "….var" (F,): 0, 1."""
     _check(params, None, config)
     return door.init_state(params, _bn_statistics(config))
 
@@ -231,14 +241,20 @@ def predict(params, episode, config, *, state=None):
     """Logits at the query step: support_x (..., N·K, C, H, W), K in config.shots, query_x (..., Q,
     C, H, W) -> (..., Q, N); with bn_mode "running", f normalises by state.bn."""
     episode = _check(params, episode, config, state)
-    return _predict(params, episode, config, door.running(state, config.bn_mode))
+    running = door.running(state, config.bn_mode)
+    logits = _predict(params, episode, config, running)
+    checks.finite_results("snail.predict", [("the logits", logits)],
+                          _explain(params, episode, config, running))
+    return logits
 
 
 def loss(params, episode, config, *, state=None):
     """(2) on an episode; the arguments as for ``predict``."""
     episode = _check(params, episode, config, state)
-    return _loss(_predict(params, episode, config, door.running(state, config.bn_mode)),
-                 episode.query_y)
+    running = door.running(state, config.bn_mode)
+    value = _loss(_predict(params, episode, config, running), episode.query_y)
+    checks.finite_results("snail.loss", [("the loss", value)], _explain(params, episode, config, running))
+    return value
 
 
 def step(params, state, episode, config):
@@ -247,13 +263,21 @@ def step(params, state, episode, config):
     episode = _check(params, episode, config, state, step=True)
     objective = lambda p, moments: _loss(_predict(p, episode, config, None, moments), episode.query_y)
     return door.step("snail.step", ("the loss", "the gradient"), objective, params, state,
-                     config.meta_lr, momentum=config.bn_momentum)
+                     config.meta_lr, _explain(params, episode, config), config.bn_momentum)
+
+
+def _explain(params, episode, config, running=None):
+    """The failure path: f's embeddings recomputed; past them, the results name the NaN."""
+    def quantities():
+        support_z, query_z = _embeddings(params, episode, config, running)
+        yield "f(support_x), the support embeddings", support_z
+        yield "f(query_x), the query embeddings", query_z
+    return quantities
 
 
 def _check(params, episode, config, state=None, step=False):
-    """The door: the config, params against init's template, the State (required by ``step``,
-    and by bn_mode "running"), and an episode whose K is one of config.shots and whose images
-    are the net's, returned as ``checks.episode`` gives it."""
+    """The door: the config, params against init's template, the State (``step``'s, and bn_mode
+    "running"'s), an episode of K in config.shots and the net's images, as checks.episode gives it."""
     checks.instance("config", config, SNAILConfig)
     checks.params(params, checks.init_shapes(init, config))
     if episode is None:
@@ -274,34 +298,3 @@ def _check(params, episode, config, state=None, step=False):
 
 def _bn_statistics(config):
     return {f"embed.{k}": v for k, v in models.conv4_bn_state(config.embedding_filters).items()}
-
-
-def _check_shots(k_shot, train_shots):
-    """Exactly one of ``k_shot`` (an integer >= 1) and ``train_shots`` (a strictly increasing
-    tuple of them) is given, the other None."""
-    if (k_shot is None) == (train_shots is None):
-        raise ValueError(f"give k_shot (one K) or train_shots (several), the other None; got "
-                         f"k_shot={k_shot!r} and train_shots={train_shots!r}")
-    if k_shot is not None:
-        return checks.integer("k_shot", k_shot, minimum=1)
-    checks.instance("train_shots", train_shots, tuple)
-    if not train_shots:
-        raise ValueError("train_shots must hold at least one integer; got ()")
-    for j, item in enumerate(train_shots):
-        checks.integer(f"train_shots[{j}]", item, minimum=1)
-    if any(later <= earlier for earlier, later in zip(train_shots, train_shots[1:])):
-        raise ValueError(f"train_shots must be strictly increasing; got {train_shots}")
-
-
-def _check_blocks(specs):
-    """A tuple of block specs ("attention", key_size, value_size) or ("tc", filters), each size an
-    integer >= 1 (``snail_blocks.BLOCK_FORMS``)."""
-    checks.instance("blocks", specs, tuple)
-    forms = blocks.BLOCK_FORMS
-    allowed = " or ".join(f"({kind!r}, {', '.join(sizes)})" for kind, sizes in forms.items())
-    for j, spec in enumerate(specs):
-        kind = spec[0] if isinstance(spec, tuple) and spec and isinstance(spec[0], str) else None
-        if kind not in forms or len(spec) != 1 + len(forms[kind]):
-            raise ValueError(f"blocks[{j}] must be {allowed}; got {spec!r}")
-        for size_name, size in zip(forms[kind], spec[1:]):
-            checks.integer(f"blocks[{j}] {size_name}", size, minimum=1)

@@ -31,6 +31,12 @@ def bench():
     return module
 
 
+@pytest.fixture(scope="module")
+def check_same(bench):
+    """bench_compare.check_same, as bench.py imports it (benchmarks/ on sys.path)."""
+    return sys.modules["bench_compare"].check_same
+
+
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """One BLAS / OpenMP / PyTorch thread: two threads per library fight on a busy machine."""
@@ -141,22 +147,22 @@ def test_the_targets_are_the_ratios_of_medians_in_one_dtype(bench, capsys):
 
 
 # ----- check_same -----
-def test_check_same_rejects_a_different_gradient(bench):
+def test_check_same_rejects_a_different_gradient(check_same):
     reference = {"w": np.ones(3)}
-    bench.check_same(reference, {"w": np.ones(3) + 1e-12}, ["w"], "close")
+    check_same(reference, {"w": np.ones(3) + 1e-12}, ["w"], "close")
     with pytest.raises(AssertionError):
-        bench.check_same(reference, {"w": np.ones(3) + 1e-6}, ["w"], "far")
+        check_same(reference, {"w": np.ones(3) + 1e-6}, ["w"], "far")
 
 
-def test_check_same_rejects_a_float32_row_computed_in_float64(bench):
+def test_check_same_rejects_a_float32_row_computed_in_float64(check_same):
     reference = {"w": np.ones(3)}
-    bench.check_same(reference, {"w": np.ones(3, np.float32)}, ["w"], "float32", "float32")
+    check_same(reference, {"w": np.ones(3, np.float32)}, ["w"], "float32", "float32")
     with pytest.raises(AssertionError, match="computed in"):
-        bench.check_same(reference, {"w": np.ones(3)}, ["w"], "upcast", "float32")
+        check_same(reference, {"w": np.ones(3)}, ["w"], "upcast", "float32")
 
 
 @pytest.mark.skipif(not HAS_TORCH, reason="needs torch (pip install torch)")
-def test_the_float32_tolerance_passes_pytorch_and_fails_a_porting_mistake(bench):
+def test_the_float32_tolerance_passes_pytorch_and_fails_a_porting_mistake(bench, check_same):
     """PyTorch's float32 ProtoNet passes 1e-3; the same with TensorFlow's batch norm ε (1e-3 for
     PyTorch's 1e-5) fails."""
     import torch
@@ -164,9 +170,9 @@ def test_the_float32_tolerance_passes_pytorch_and_fails_a_porting_mistake(bench)
     reference = bench.refmeta_protonet(*data)()
     names = sorted(reference)
     float32 = tuple(bench.in_dtype(a, "float32") for a in data)
-    bench.check_same(reference, bench.torch_protonet(torch, *float32)(), names, "PyTorch", "float32")
+    check_same(reference, bench.torch_protonet(torch, *float32)(), names, "PyTorch", "float32")
     with pytest.raises(AssertionError):
-        bench.check_same(reference, bench.torch_protonet(torch, *float32, bn_eps=1e-3)(), names,
+        check_same(reference, bench.torch_protonet(torch, *float32, bn_eps=1e-3)(), names,
                          "TF's ε", "float32")
 
 

@@ -12,7 +12,7 @@ import pytest
 from helpers import omniglot_folder
 from refmeta import cli, progress
 from refmeta.data import omniglot
-from refmeta.demos import fewshot_omniglot, maml_sinusoid
+from refmeta.demos import fewshot_omniglot, train
 
 
 def refmeta(*argv):
@@ -116,8 +116,7 @@ def one_line_error(capsys, argv):
 @pytest.fixture
 def no_training(monkeypatch):
     """Training, or reading the Omniglot zips, fails the test: the error must come first."""
-    monkeypatch.setattr(maml_sinusoid, "train", lambda *a, **k: pytest.fail("trained"))
-    monkeypatch.setattr(fewshot_omniglot, "train", lambda *a, **k: pytest.fail("trained"))
+    monkeypatch.setattr(train, "train", lambda *a, **k: pytest.fail("trained"))
     monkeypatch.setattr(omniglot, "load_characters", lambda *a, **k: pytest.fail("read the zips"))
 
 
@@ -221,7 +220,7 @@ def test_an_omniglot_demos_output_folder_is_checked_before_reading_the_data(caps
 
 
 def test_options_that_the_data_cannot_hold_are_one_line_before_training(capsys, tmp_path, monkeypatch):
-    monkeypatch.setattr(fewshot_omniglot, "train", lambda *a, **k: pytest.fail("trained"))
+    monkeypatch.setattr(train, "train", lambda *a, **k: pytest.fail("trained"))
     line = one_line_error(capsys, ["demo", "protonet-omniglot", "--fast", "--data", str(omniglot_folder()),
                                    "--out", str(tmp_path), "--train-way", "5000"])
     assert line == "refmeta: error: --train-way 5000: needs 5000 training classes; the data has 776"
@@ -238,17 +237,17 @@ def test_a_bad_option_is_exactly_one_line_on_stderr_of_the_process(tmp_path):
 
 def test_an_error_inside_training_is_not_hidden(monkeypatch, tmp_path):
     """Only bad input becomes one line; a ValueError from the training code keeps its traceback."""
-    def train(*args, **kwargs):
+    def loop(*args, **kwargs):
         raise ValueError("a bug in the training loop")
-    monkeypatch.setattr(maml_sinusoid, "train", train)
+    monkeypatch.setattr(train, "train", loop)
     with pytest.raises(ValueError, match="a bug in the training loop"):
         cli.main(["demo", "maml-sinusoid", "--fast", "--out", str(tmp_path)])
 
 
 def test_ctrl_c_during_a_demo_exits_130_with_one_line(monkeypatch, tmp_path, capsys):
-    def train(*args, **kwargs):
+    def loop(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(maml_sinusoid, "train", train)
+    monkeypatch.setattr(train, "train", loop)
     assert cli.main(["demo", "maml-sinusoid", "--fast", "--out", str(tmp_path)]) == 130
     assert capsys.readouterr().err.splitlines() == [
         "refmeta demo maml-sinusoid: interrupted; the files written are whole"]

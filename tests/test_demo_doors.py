@@ -7,8 +7,8 @@ import re
 import pytest
 
 from helpers import omniglot_folder
-from refmeta import cli
-from refmeta.demos import fewshot_omniglot, maml_sinusoid
+from refmeta import cli, maml
+from refmeta.demos import maml_sinusoid, train
 
 
 def error_lines(capsys, argv, status):
@@ -20,8 +20,7 @@ def error_lines(capsys, argv, status):
 
 @pytest.fixture
 def no_training(monkeypatch):
-    monkeypatch.setattr(maml_sinusoid, "train", lambda *a, **k: pytest.fail("trained"))
-    monkeypatch.setattr(fewshot_omniglot, "train", lambda *a, **k: pytest.fail("trained"))
+    monkeypatch.setattr(train, "train", lambda *a, **k: pytest.fail("trained"))   # every demo's loop
 
 
 # ----- the output folder's files, before any training -----
@@ -85,6 +84,6 @@ def test_a_diverging_demo_script_exits_1_with_the_same_line(capsys, tmp_path):
 def test_an_error_that_is_no_divergence_keeps_its_traceback(monkeypatch, tmp_path):
     def step(*args):
         raise ValueError("a bug in a step")
-    monkeypatch.setattr(maml_sinusoid, "maml_step", step)
+    monkeypatch.setattr(maml, "step", step)
     with pytest.raises(ValueError, match="a bug in a step"):
         cli.main(["demo", "maml-sinusoid", "--fast", "--no-plots", "--out", str(tmp_path)])

@@ -171,10 +171,3 @@ def test_bad_shots_are_refused_before_any_work(tmp_path, argv, message):
     with pytest.raises(options.UsageError, match=message):
         demo.run(demo_parse(["--fast", "--data", str(tmp_path), "--out", str(tmp_path / "out")] + argv))
     assert not (tmp_path / "out").exists()
-
-
-def test_the_step_size_halves_every_lr_halve_every_iterations():
-    args = argparse.Namespace(lr=1e-3, lr_halve_every=2)
-    assert [demo.step_size(args, i) for i in (1, 2, 3, 4, 5)] == [1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4]
-    constant = argparse.Namespace(lr=1e-3, lr_halve_every=0)
-    assert {demo.step_size(constant, i) for i in (1, 1000, 10 ** 6)} == {1e-3}

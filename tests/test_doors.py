@@ -85,7 +85,7 @@ def test_an_integer_beyond_float_range_is_a_clear_value_error(make, message):
 # ----- unknown choices -----
 @pytest.mark.parametrize("call, name", [
     (lambda: protonet.pairwise_distance(np.ones((2, 3)), np.zeros((2, 3)), distance="l1"), "distance"),
-    (lambda: matching.attention(np.ones((2, 3)), np.zeros((2, 3)), distance="l1"), "distance"),
+    (lambda: matching.MatchingConfig(distance="l1"), "distance"),
     (lambda: metanet_parts.image_sides(3, "round"), "rounding"),
     (lambda: lake_runs.embedding_distance(lambda x: x, metric="bogus"), "metric"),
 ])

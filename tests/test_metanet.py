@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import sys
 
 import autograd.numpy as anp
 import numpy as np
@@ -279,6 +280,116 @@ def test_with_n_way_keeps_the_first_output_units(dev):
     assert narrow["base.out.w"].shape == (3, 3) and narrow["rep.out.w"].shape == (3, 3)
     np.testing.assert_array_equal(dev.to_host(narrow["base.out.w"]), dev.to_host(wide["base.out.w"])[:, :3])
     assert outputs(narrow, episode, config)["logits"].shape == (4, 3)
+
+
+# ----- (B), (2), (9) and (5) written out in plain loops -----
+def conv3x3(x, w):
+    """Cross-correlation with zero padding 1, as by hand: x (C, H, W), w (F, C, 3, 3) -> (F, H, W)."""
+    channels, height, width = x.shape
+    out = np.zeros((w.shape[0], height, width))
+    for f, i, j in np.ndindex(out.shape):
+        for c, a, b in np.ndindex(channels, 3, 3):
+            if 0 <= i + a - 1 < height and 0 <= j + b - 1 < width:
+                out[f, i, j] += w[f, c, a, b] * x[c, i + a - 1, j + b - 1]
+    return out
+
+
+def max_pool(x, rounding):
+    """2×2 windows at stride 2, x (F, H, W): "floor" drops an odd last row or column, "ceil" gives
+    it a window of its own."""
+    size = (lambda s: s // 2) if rounding == "floor" else (lambda s: -(-s // 2))
+    out = np.zeros((x.shape[0], size(x.shape[1]), size(x.shape[2])))
+    for f, i, j in np.ndindex(out.shape):
+        out[f, i, j] = max(x[f, r, c] for r in (2 * i, 2 * i + 1) for c in (2 * j, 2 * j + 1)
+                           if r < x.shape[1] and c < x.shape[2])
+    return out
+
+
+def conv_blocks(net, image, fast, rounding="floor"):
+    """(B) on one image (C, H, W), block after block: h ← pool(φ(conv(h, W)) + φ(conv(h, W*))), the
+    W* term only where ``fast`` holds the block; the 1×1 maps -> (F,)."""
+    h, i = image, 0
+    while f"conv{i}.w" in net:
+        out = np.maximum(conv3x3(h, net[f"conv{i}.w"]), 0)
+        if f"conv{i}.w" in fast:
+            out = out + np.maximum(conv3x3(h, fast[f"conv{i}.w"]), 0)
+        h, i = max_pool(out, rounding), i + 1
+    return h.reshape(-1)
+
+
+def subnet(dev, params, prefix):
+    return {k[len(prefix) + 1:]: dev.to_host(v) for k, v in params.items() if k.startswith(prefix + ".")}
+
+
+@pytest.mark.equation("metanet_parts", "(B)")
+@pytest.mark.parametrize("rounding, side", [("floor", 5), ("ceil", 3)])
+def test_the_conv_blocks_are_formula_b_written_out(dev, rounding, side):
+    """(B) in loops, on small integers, where every sum is exact whatever its order (hence rtol
+    1e-15 between the two paths): one block checked by hand, then two blocks of two filters on
+    two channels, with fast weights shared by the images, one set per image (the read W*_i), and
+    on the top block only."""
+    x = np.array([[[1.0, 2.0], [3.0, 4.0]]])                  # (C, H, W) = (1, 2, 2)
+    w, w_fast = np.zeros((1, 1, 3, 3)), np.zeros((1, 1, 3, 3))
+    w[0, 0, 1, 1], w[0, 0, 2, 2], w_fast[0, 0, 0, 0] = 1.0, -1.0, 2.0
+    # conv(x, W)_ij = x_ij − x_{i+1,j+1} = [[1 − 4, 2], [3, 4]], φ: [[0, 2], [3, 4]];
+    # conv(x, W*)_ij = 2 x_{i−1,j−1} = [[0, 0], [0, 2]]; their sum [[0, 2], [3, 6]] pools to 6
+    by_hand = parts.features(dev.tree({"conv0.w": w}), dev.asarray(x[None]), dev.tree({"conv0.w": w_fast}),
+                             rounding)
+    assert dev.to_host(by_hand).tolist() == [[6.0]] == [conv_blocks({"conv0.w": w}, x, {"conv0.w": w_fast},
+                                                                   rounding).tolist()]
+    rng = np.random.default_rng(16)
+    net = {k: rng.integers(-2, 3, v.shape).astype(float)
+           for k, v in parts.learner_init(rng, in_channels=2, hidden=2, n_blocks=2, n_out=3).items()}
+    images = rng.integers(-3, 4, (4, 2, side, side)).astype(float)            # side → 2 → 1
+    shared = {k: rng.integers(-2, 3, net[k].shape).astype(float) for k in ("conv0.w", "conv1.w")}
+    per_image = {k: rng.integers(-2, 3, (4,) + v.shape).astype(float) for k, v in shared.items()}
+    for fast, x, lead in ((shared, images, ()), ({"conv1.w": shared["conv1.w"]}, images, ()),
+                          (per_image, images[:, None], (0,))):
+        expected = [conv_blocks(net, image, {k: v[n] if lead else v for k, v in fast.items()}, rounding)
+                    for n, image in enumerate(images)]
+        got = dev.to_host(parts.features(dev.tree(net), dev.asarray(x), dev.tree(fast), rounding))
+        np.testing.assert_allclose(got[:, 0] if lead else got, expected, rtol=1e-15, atol=0)
+
+
+@pytest.mark.equation("metanet", "(2)", "(9)")
+def test_the_slow_losses_are_formulas_2_and_9_written_out(dev):
+    """(2): L_t, u's slow head φ(f Q_fc1) Q_out under the mean cross-entropy on chunk t of the
+    support set; (9): L_i, b's on support example i; in loops, against the losses whose
+    gradients are (3) and (10), at rtol 1e-13."""
+    rng = np.random.default_rng(18)
+    params, episode, config = tiny(dev, rng, n_way=4, chunks=2)
+    support_x, support_y = dev.to_host(episode.support_x), dev.to_host(episode.support_y)
+
+    def mean_cross_entropy(net, images, labels):
+        total = 0.0
+        for image, label in zip(images, labels):
+            logits = np.maximum(conv_blocks(net, image, {}) @ net["fc1.w"], 0) @ net["out.w"]
+            total += np.log(np.sum(np.exp(logits))) - logits[label]
+        return total / len(labels)
+    for prefix, groups in (("rep", 2), ("base", 4)):          # T = 2 chunks of 2; N = 4 examples
+        net = subnet(dev, params, prefix)
+        x, y = support_x.reshape((groups, -1) + support_x.shape[1:]), support_y.reshape(groups, -1)
+        got = parts.group_losses(dev.tree(net), dev.asarray(x), dev.asarray(y))
+        np.testing.assert_allclose(dev.to_host(got), [mean_cross_entropy(net, x[g], y[g]) for g in range(groups)],
+                                   rtol=1e-13)
+
+
+@pytest.mark.equation("metanet", "(5)")
+@pytest.mark.equation("metanet_parts", "(B)", "(F)")
+def test_the_representations_are_formula_5_written_out(dev):
+    """(5): R_i = u(Q, Q*, x'_i), each augmented block (here the top one) φ(conv(h, Q)) +
+    φ(conv(h, Q*)), then fc1 taken linearly, h Q_fc1 + h Q*_fc1; in loops with the Q* the
+    episode made (4), for the support set and the queries' r_i alike, at rtol 1e-12."""
+    rng = np.random.default_rng(17)
+    params, episode, config = tiny(dev, rng, n_way=3, n_query=2, fast_conv_blocks=1)
+    out = outputs(params, episode, config)
+    rep, q_star = subnet(dev, params, "rep"), host(dev, out["task_fast_weights"])
+    assert sorted(q_star) == ["conv1.w", "fc1.w"]
+    for name, images in (("support_representations", episode.support_x),
+                         ("query_representations", episode.query_x)):
+        features = [conv_blocks(rep, image, q_star) for image in dev.to_host(images)]
+        expected = [h @ rep["fc1.w"] + h @ q_star["fc1.w"] for h in features]
+        np.testing.assert_allclose(dev.to_host(out[name]), expected, rtol=1e-12)
 
 
 # ----- training -----
@@ -670,5 +781,6 @@ def test_agrees_with_an_independent_pytorch_implementation():
     config, params, data = bench.metanet_data(seed=5)
     ours = bench.refmeta_metanet(config, params, data)()
     names = sorted(ours)
-    bench.check_same(ours, bench.torch_metanet(torch, config, params, data)(), names, "PyTorch")
+    check_same = sys.modules["bench_compare"].check_same           # bench.py put benchmarks/ on sys.path
+    check_same(ours, bench.torch_metanet(torch, config, params, data)(), names, "PyTorch")
     assert max(np.abs(ours[k]).max() for k in names if k.startswith("m.dense")) > 0

@@ -17,7 +17,7 @@ import autograd.numpy as anp
 import numpy as np
 import pytest
 
-from refmeta import contract, maml, matching, protonet, reptile
+from refmeta import checks, contract, maml, matching, protonet, reptile
 from refmeta.checks import results as result_checks
 from refmeta.nn import losses, models
 
@@ -260,7 +260,8 @@ def test_an_adapted_model_stays_exactly_what_the_trajectory_ends_with(dev):
     ("maml", "config.model.loss on the support sets at inner step 1 holds nan at [0]"),
     ("protonet", "config.embedding.apply on the support set holds nan at [0, 0, 0]"),
     ("matching", "g′, config.embedding.apply on the support set holds nan at [0, 0, 0]"),
-    ("snail", "the loss is nan"), ("metanet", "the loss is nan"),
+    ("snail", "f(support_x), the support embeddings holds nan at [0, 0, 0]"),
+    ("metanet", "in task 0, meta_info['task'] ['conv0.w'] holds nan at [0, 0, 0, 0, 0]"),
 ])
 def test_a_diverging_run_stops_at_the_step_that_makes_nan(name, message, dev):
     """meta_lr 1e300: Adam's first step moves every param by ~1e300, and the second step's
@@ -273,3 +274,31 @@ def test_a_diverging_run_stops_at_the_step_that_makes_nan(name, message, dev):
     with np.errstate(all="ignore"), pytest.raises(
             ValueError, match=re.escape(f"{name}.step (Adam step 2, not taken): {message}") + "$"):
         module.step(params, state, episode, config)
+
+
+@pytest.mark.parametrize("name", ["maml", "protonet", "matching", "snail", "metanet"])
+def test_loss_and_predict_name_the_first_nan_of_a_diverged_run(name, dev):
+    """The params a meta_lr of 1e300 leaves after one step: ``loss`` and ``predict`` read their
+    results once, as ``step`` does, and name the first NaN instead of returning it."""
+    from test_contract import setup
+    module, config, params, episode = setup(name, dev)
+    config = dataclasses.replace(config, meta_lr=1e300)
+    params, state, _ = module.step(params, module.init_state(params, config), episode, config)
+    for entry in ("loss", "predict"):
+        with np.errstate(all="ignore"), pytest.raises(checks.NotFinite, match=re.escape(f"{name}.{entry}: ")):
+            getattr(module, entry)(params, episode, config, state=state)
+
+
+@pytest.mark.parametrize("name", ["maml", "reptile", "protonet", "matching", "snail", "metanet"])
+def test_loss_and_predict_read_their_results_once(name, dev, monkeypatch):
+    """The success path of every algorithm's ``loss`` and ``predict``: one finiteness read."""
+    from test_contract import setup
+    module, config, params, episode = setup(name, dev)
+    state = module.init_state(params, config)
+    reads, original = [], result_checks.all_finite
+    monkeypatch.setattr(result_checks, "all_finite", lambda *a: reads.append(1) or original(*a))
+    monkeypatch.setattr(result_checks, "first_non_finite", lambda *a: pytest.fail("a failure path ran"))
+    for entry in ("loss", "predict"):
+        reads.clear()
+        getattr(module, entry)(params, episode, config, state=state)
+        assert reads == [1], entry

@@ -402,6 +402,28 @@ def test_unknown_names_and_wrong_kinds_are_refused(setup):
         protonet.step(params, State(None, {}), ep, cfg)
 
 
+def test_pairwise_distance_checks_its_inputs_then_computes_the_distances(dev):
+    """The public door: the distance's name, finite floats (..., m, d) and (..., n, d), then
+    distance_matrix, the docstring's three distances, here by hand."""
+    z, c = dev.asarray(np.array([[1.0, 0.0], [3.0, 4.0]])), dev.asarray(np.array([[2.0, 0.0], [0.0, 4.0]]))
+    expected = {"sqeuclidean": [[1, 17], [17, 9]], "euclidean": np.sqrt([[1, 17], [17, 9]]),
+                "cosine": [[0, 1], [1 - 6 / 10, 1 - 16 / 20]]}
+    for distance, by_hand in expected.items():
+        np.testing.assert_allclose(dev.to_host(protonet.pairwise_distance(z, c, distance)), by_hand,
+                                   rtol=1e-15, atol=1e-15)
+    for call, error, message in [
+            (lambda: protonet.pairwise_distance(z, c, "l1"), ValueError, "distance must be one of"),
+            (lambda: protonet.pairwise_distance(z * np.nan, c), ValueError, "z contains NaN or inf"),
+            (lambda: protonet.pairwise_distance(z, c / 0.0), ValueError, "c contains NaN or inf"),
+            (lambda: protonet.pairwise_distance(z, dev.asarray(np.ones((2, 3)))), ValueError,
+             r"z and c must be \(\.\.\., m, d\) and \(\.\.\., n, d\) with the same d; got \(2, 2\) and \(2, 3\)"),
+            (lambda: protonet.pairwise_distance(dev.asarray(np.ones(2)), c), ValueError, "with the same d"),
+            (lambda: protonet.pairwise_distance(dev.asarray(np.ones((2, 2), int)), c), TypeError,
+             "z must be a floating-point array; got dtype int64")]:
+        with np.errstate(all="ignore"), pytest.raises(error, match=message):
+            call()
+
+
 def test_bad_input_changes_nothing(dev, setup):
     params, ep, cfg = setup
     snapshot = {k: dev.to_host(v).copy() for k, v in params.items()}

@@ -3,6 +3,7 @@ checks at its public entry points."""
 
 import dataclasses
 import math
+import re
 
 import autograd.numpy as anp
 import numpy as np
@@ -12,6 +13,7 @@ from hypothesis import given, strategies as st
 
 from helpers import max_abs_diff, mlp_loss, regression_episode, tiny_mlp, tiny_mlp_model
 from refmeta import contract, gradcheck, reptile
+from refmeta.data import inner_batches
 from refmeta.nn import losses, models, trees
 
 EMPTY = contract.State(None, {})                 # Reptile's state: its update keeps none
@@ -91,7 +93,7 @@ def test_step_reports_the_support_loss_at_the_starting_params(dev, seed, variant
     set when there is no inner step)."""
     rng, params, episode = setup(dev, seed, n_tasks=3, n_support=5)
     config = config_with(inner_lr=0.05, inner_steps=inner_steps, variant=variant)
-    batches = reptile.sample_inner_batches(rng, 3, 5, inner_steps, batch_size)
+    batches = inner_batches.sample_inner_batches(rng, 3, 5, inner_steps, batch_size)
     result = reptile.step(params, EMPTY, episode, config, batch_indices=dev.asarray(batches))
     task_params = trees.broadcast_tasks(params, 3)
     if inner_steps:
@@ -125,7 +127,7 @@ def reference_adam(params, x, y, inner_lr, b1, b2, eps, steps, batches):
 def test_inner_adam_on_mini_batches_matches_a_written_out_adam(seed, b1, batch_size):
     rng, params, episode = setup(_numpy, seed, n_tasks=2, n_support=5)
     config = config_with(inner_lr=0.01, inner_steps=4, adam_b1=b1)
-    batches = reptile.sample_inner_batches(rng, 2, 5, 4, batch_size)
+    batches = inner_batches.sample_inner_batches(rng, 2, 5, 4, batch_size)
     adapted = reptile.adapt(params, episode, config, steps=4, batch_indices=batches)
     for t in range(2):
         expected = reference_adam(params, episode.support_x[t], episode.support_y[t], 0.01, b1, 0.999,
@@ -145,7 +147,7 @@ _numpy = _Numpy()
 
 def test_mini_batches_on_device_match_host(dev):
     rng, params, episode = setup(dev, 4, n_tasks=2, n_support=6)
-    batches = reptile.sample_inner_batches(rng, 2, 6, 3, 2)
+    batches = inner_batches.sample_inner_batches(rng, 2, 6, 3, 2)
     config = config_with(inner_lr=0.05, inner_steps=3, inner_optimizer="sgd")
     on_device = step_params(params, episode, config, dev.asarray(batches))
     host_params = {k: dev.to_host(v) for k, v in params.items()}
@@ -183,8 +185,8 @@ def test_init_and_conventions():
 @given(seed=seeds, n_examples=st.integers(1, 12), steps=st.integers(1, 6), data=st.data())
 def test_inner_batches_follow_the_shuffle_and_cut_scheme(seed, n_examples, steps, data):
     batch_size = data.draw(st.integers(1, n_examples))
-    first = reptile.sample_inner_batches(np.random.default_rng(seed), 3, n_examples, steps, batch_size)
-    again = reptile.sample_inner_batches(np.random.default_rng(seed), 3, n_examples, steps, batch_size)
+    first = inner_batches.sample_inner_batches(np.random.default_rng(seed), 3, n_examples, steps, batch_size)
+    again = inner_batches.sample_inner_batches(np.random.default_rng(seed), 3, n_examples, steps, batch_size)
     assert first.shape == (3, steps, batch_size) and np.array_equal(first, again)
     assert first.min() >= 0 and first.max() < n_examples
     for batch in first.reshape(-1, batch_size):
@@ -222,6 +224,21 @@ def test_bad_config_is_refused(bad, message):
         reptile.ReptileConfig("mlp")
     with pytest.raises(ValueError, match="no loss"):
         reptile.ReptileConfig(contract.Model(None, None))
+
+
+def test_a_model_that_declares_running_batch_norm_statistics_is_refused():
+    """Reptile keeps no running statistics (its State is State(None, {})): the conv4 classifier
+    whose statistics MAML tracks is refused, naming the contract; the same network without
+    ``batch_norm`` (batch norm on the batch at hand, the authors') is taken."""
+    from test_contract import conv4_classifier
+    with pytest.raises(ValueError, match=re.escape(
+            "model 'conv4 max-pool 2 filters, 2-way, cross-entropy' declares running batch-norm "
+            "statistics (model.batch_norm, a contract.BatchNorm), which Reptile does not keep: its "
+            "State is State(None, {}); give the Model batch_norm=None")):
+        reptile.ReptileConfig(model=conv4_classifier(batch_norm=True), n_way=2)
+    config = reptile.ReptileConfig(model=conv4_classifier(), n_way=2)
+    params = reptile.init(np.random.default_rng(0), config)
+    assert reptile.init_state(params, config) == contract.State(None, {})
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf])
@@ -322,6 +339,6 @@ def test_bad_batch_indices_state_and_steps_are_refused(dev):
 ])
 def test_bad_arguments_to_sample_inner_batches_are_refused(args, error, message):
     with pytest.raises(error, match=message):
-        reptile.sample_inner_batches(np.random.default_rng(0), *args)
+        inner_batches.sample_inner_batches(np.random.default_rng(0), *args)
     with pytest.raises(TypeError, match="rng must be a Generator"):
-        reptile.sample_inner_batches(0, 1, 4, 2, 1)
+        inner_batches.sample_inner_batches(0, 1, 4, 2, 1)

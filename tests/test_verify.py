@@ -641,7 +641,7 @@ def test_partial_compares_only_the_outputs_present(case_dir, tmp_path, capsys):
     assert status == 0 and err == ""
     skipped = [n for n in reference if n not in adapted]
     assert f"not compared (--partial): {', '.join(skipped)}" in out
-    assert out.rstrip().endswith(f"all 6 compared outputs pass (--partial; 15 of 21 not compared)")
+    assert out.rstrip().endswith("all 6 compared outputs pass (--partial; 15 of 21 not compared)")
     status, _, err = run_cli(capsys, [path, theirs])                 # without it: missing outputs
     assert status == 1 and err.count("missing output") == 15
     # one output present and wrong fails; so does an extra array, or none of the case's outputs

@@ -2,7 +2,6 @@
 
 import autograd.numpy as anp
 import numpy as np
-from autograd import value_and_grad
 
 from refmeta import snail
 from refmeta.data import tasks

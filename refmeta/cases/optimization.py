@@ -8,7 +8,7 @@ import numpy as np
 from autograd import value_and_grad
 
 from refmeta import contract, maml, reptile
-from refmeta.data import tasks
+from refmeta.data import inner_batches, tasks
 from refmeta.nn import losses, models, optimizers, trees
 from refmeta.cases.parts import (ADAM_META, CE_LOSS, CONV_BIAS_BEFORE_BN, MSE_LOSS, NOISE_FACTOR,
                                  NOT_APPLICABLE, Array, Recipe, default_tolerance, group_scales, host,
@@ -247,7 +247,7 @@ def reptile_sinusoid_case(mode, seed=0, n_tasks=3, n_support=20, inner_steps=5, 
     family = tasks.SinusoidFamily(phase_range=(0.0, 2 * math.pi), phase_sign=1)
     params = models.mlp_init(rng, sizes)
     amplitude, phase, [(support_x, support_y)] = _sinusoid_data(rng, family, n_tasks, (n_support,))
-    batch_indices = reptile.sample_inner_batches(rng, n_tasks, n_support, inner_steps, batch_size)
+    batch_indices = inner_batches.sample_inner_batches(rng, n_tasks, n_support, inner_steps, batch_size)
     config = reptile.ReptileConfig(_mlp_model(sizes, "tanh"), inner_lr=0.01, inner_steps=inner_steps,
                                    inner_optimizer="adam", adam_b1=0.0, meta_step_size=0.5,
                                    variant=mode)

@@ -125,13 +125,45 @@ def scalar(name, value):
     raise TypeError(f"{name} must be a real number; got {_given(raw)}")
 
 
-def model_with_loss(name, model, algorithm):
-    """A ``contract.Model`` that has a loss (MAML's and Reptile's network; an embedding has none)."""
+def model_with_loss(name, model, algorithm, keeps_statistics=True):
+    """A ``contract.Model`` that has a loss (MAML's and Reptile's network; an embedding has none);
+    without ``keeps_statistics`` (Reptile), one that declares no running batch-norm statistics."""
     instance(name, model, Model)
     if model.loss is None:
         raise ValueError(f"{name} {model.name!r} has no loss (an embedding?); {algorithm} needs "
                          f"{name}.loss(params, x, y, reduction)")
+    if not keeps_statistics and model.batch_norm is not None:
+        raise ValueError(f"{name} {model.name!r} declares running batch-norm statistics ({name}."
+                         f"batch_norm, a contract.BatchNorm), which {algorithm} does not keep: its "
+                         "State is State(None, {}); give the Model batch_norm=None, and a batch norm "
+                         "in its apply normalises by the statistics of the batch at hand")
     return model
+
+
+def increasing_integers(name, value, minimum=None):
+    """A non-empty tuple of integers (each >= ``minimum``), strictly increasing: SNAIL's
+    train_shots.  Returns it as a tuple of ints."""
+    instance(name, value, tuple)
+    if not value:
+        raise ValueError(f"{name} must hold at least one integer; got ()")
+    value = tuple(integer(f"{name}[{j}]", item, minimum) for j, item in enumerate(value))
+    if any(later <= earlier for earlier, later in zip(value, value[1:])):
+        raise ValueError(f"{name} must be strictly increasing; got {value}")
+    return value
+
+
+def specs(name, value, forms):
+    """A tuple of specs (kind, size, ...): each kind a key of ``forms`` ({kind: the names of its
+    sizes}), each size an integer >= 1 (SNAIL's blocks, ``snail_blocks.BLOCK_FORMS``)."""
+    instance(name, value, tuple)
+    allowed = " or ".join(f"({kind!r}, {', '.join(sizes)})" for kind, sizes in forms.items())
+    for j, spec in enumerate(value):
+        kind = spec[0] if isinstance(spec, tuple) and spec and isinstance(spec[0], str) else None
+        if kind not in forms or len(spec) != 1 + len(forms[kind]):
+            raise ValueError(f"{name}[{j}] must be {allowed}; got {spec!r}")
+        for size_name, size in zip(forms[kind], spec[1:]):
+            integer(f"{name}[{j}] {size_name}", size, minimum=1)
+    return value
 
 
 def generator(rng):

@@ -1,6 +1,7 @@
 """Where new data lives: numpy or CuPy.
 
-    use("numpy" | "cupy")     choose the backend; default numpy, or env REFMETA_BACKEND at import
+    use("numpy" | "cupy")     choose the backend; default numpy
+    use_environment()         choose the one REFMETA_BACKEND names (numpy if unset): ``import refmeta``
     current() -> str          the backend's name
     asarray(host, dtype)      host data -> an array of the current backend
     to_host(x)                any array, or a dict / list tree of them -> numpy (explicitly)
@@ -19,7 +20,7 @@ from autograd.tracer import Box
 
 from refmeta.device import autograd_patches
 
-__all__ = ["BACKENDS", "use", "current", "asarray", "to_host", "is_available", "load_cupy"]
+__all__ = ["BACKENDS", "use", "use_environment", "current", "asarray", "to_host", "is_available", "load_cupy"]
 
 BACKENDS = ("numpy", "cupy")
 _state = {"name": "numpy"}
@@ -71,6 +72,12 @@ def use(name):
     _state["name"] = name
 
 
+def use_environment():
+    """Choose the backend the environment variable REFMETA_BACKEND names, numpy if it is unset or
+    empty; ``import refmeta`` calls this once."""
+    use(os.environ.get("REFMETA_BACKEND") or "numpy")
+
+
 def current():
     return _state["name"]
 
@@ -93,5 +100,3 @@ def to_host(x):
         raise TypeError("to_host got an autograd box: read values outside differentiated code")
     return x.get() if autograd_patches.is_registered(type(x)) else x
 
-
-use(os.environ.get("REFMETA_BACKEND") or "numpy")

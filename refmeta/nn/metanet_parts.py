@@ -140,15 +140,20 @@ def slow_logits(params, x, rounding="floor"):
     return base_logits(params, x, None, rounding)
 
 
+def group_losses(net, x, y, rounding="floor"):
+    """The mean cross-entropy of the slow network on every group: x (G, n, C, H, W), y (G, n) ->
+    (G,) (Meta Networks' L_t of u on a chunk, L_i of b on one support example)."""
+    return losses.cross_entropy(slow_logits(net, x, rounding), y, check=False)
+
+
 def group_gradients(net, names, x, y, second_order, rounding="floor"):
-    """∇ of the mean cross-entropy of the slow network on every group, per group: x (G, n, C, H, W),
-    y (G, n) -> {name: (G, ...)} for the layers ``names``, each group on its own broadcast copy of
-    the weights, so one ``grad`` gives every group's exact gradient; constants unless second_order."""
+    """∇ of ``group_losses``, per group: x (G, n, C, H, W), y (G, n) -> {name: (G, ...)} for the
+    layers ``names``, each group on its own broadcast copy of the weights, so one ``grad`` gives
+    every group's exact gradient; constants unless second_order."""
     if not second_order:
         net = {k: getval(v) for k, v in net.items()}
     copies = {k: anp.broadcast_to(net[k][None], anp.shape(x)[:1] + anp.shape(net[k])) for k in names}
-    total = lambda c: anp.sum(losses.cross_entropy(slow_logits({**net, **c}, x, rounding), y, check=False))
-    return grad(total)(copies)
+    return grad(lambda c: anp.sum(group_losses({**net, **c}, x, y, rounding)))(copies)
 
 
 # ----- preprocessing, m and d -----

@@ -13,7 +13,7 @@ import pygments
 from pygments.formatters import HtmlFormatter
 from pygments.lexers import PythonLexer
 
-from refmeta.read import docstring
+from refmeta.read.docstring import CITATION, LABEL, anchor, citations, docstring_blocks
 from refmeta.read.typeset import GAP, columns, dedent, key_values, math, rows
 
 CODE_SPAN = re.compile(r"(``.+?``|`[^`]+`|(?<![\w*])\*\*?\w[^*\n]*?(?<=\w)\*\*?(?![\w*]))")  # and *emphasis*
@@ -34,7 +34,7 @@ def render(page):
                     f'<div class="code">{_code(section.lines, code)}</div></section>')
     css = resources.files("refmeta.read").joinpath("page.css").read_text(encoding="utf-8")
     css += HtmlFormatter(style=STYLE).get_style_defs(".src")
-    nav = " ".join(f'<a href="#{docstring.anchor(label)}">{html.escape(label)}</a>' for label in module.equations)
+    nav = " ".join(f'<a href="#{anchor(label)}">{html.escape(label)}</a>' for label in module.equations)
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f'<title>{page.dotted} · refmeta read</title><style>{css}</style></head><body>'
@@ -76,7 +76,7 @@ def _section_prose(section, page):
         elif section.name in equation.computed_by:
             parts.append(_pointer(equation, equation.computed_by[0]))
     if section.docstring:
-        _, blocks = docstring.docstring_blocks("\n\n" + section.docstring, equations=False)
+        _, blocks = docstring_blocks("\n\n" + section.docstring, equations=False)
         for block in blocks:
             if block.kind == "prose":
                 parts.append(_markdown(block.lines, page))
@@ -101,7 +101,7 @@ def _unique(equations):
 
 
 def _card(equation, page):
-    ids = "".join(f'<span id="{docstring.anchor(label)}"></span>' for label in equation.labels[1:])
+    ids = "".join(f'<span id="{anchor(label)}"></span>' for label in equation.labels[1:])
     trace = page.trace(equation)
     rows = "".join(f"<dt>{name}</dt><dd>{value}</dd>" for name, value in trace)
     return (f'<div class="card" id="{equation.anchor}">{ids}{_equation(equation)}'
@@ -114,7 +114,7 @@ def _pointer(equation, where):
 
 def _equation(equation, where=None):
     body = rows(equation.lines)
-    labels = "".join(f'<a class="no" href="#{docstring.anchor(l)}">{html.escape(l)}</a>' for l in equation.labels)
+    labels = "".join(f'<a class="no" href="#{anchor(l)}">{html.escape(l)}</a>' for l in equation.labels)
     at = f'<a class="at" href="#fn-{html.escape(where)}">at {html.escape(where)} ↓</a>' if where else ""
     note = f'<div class="note">{html.escape(equation.note)}</div>' if equation.note else ""
     return f'<div class="eq"><div class="body">{body}{note}</div><div class="labels">{labels}{at}</div></div>'
@@ -178,15 +178,15 @@ def _link_labels(fragment, page):
     for k, piece in enumerate(pieces):
         if piece.startswith("<") and piece.endswith(">"):
             continue
-        pieces[k] = docstring.CITATION.sub(lambda m: _label_link(m, piece, defined), piece)
+        pieces[k] = CITATION.sub(lambda m: _label_link(m, piece, defined), piece)
     return "".join(pieces)
 
 
 def _label_link(match, text, defined):
-    cited = docstring.citations(text[max(0, match.start() - 24):match.end()], defined)
+    cited = citations(text[max(0, match.start() - 24):match.end()], defined)
     if not cited:
         return match.group()
-    return re.sub(docstring.LABEL, lambda m: f'<a href="#{docstring.anchor(m.group())}">{m.group()}</a>'
+    return re.sub(LABEL, lambda m: f'<a href="#{anchor(m.group())}">{m.group()}</a>'
                   if m.group() in defined else m.group(), match.group())
 
 

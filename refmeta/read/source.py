@@ -12,8 +12,8 @@ to ``checks``, the input checks, or it calls a private function of the module th
 A private function called inside a check's arguments computes what is checked (the
 recomputation that names the first NaN) and is a door too.  Two uses of ``checks`` make no
 door: a check of what a call returned (a user's model held to its contract where the equations
-call it) and a call of a public function that checks its own arguments (a distance that
-refuses an unknown name).
+call it) and a call of a public function that checks its own arguments (a door of its own,
+called by name).
 """
 
 import ast

@@ -20,7 +20,8 @@ import os
 import re
 from dataclasses import dataclass
 
-from refmeta.read import docstring, exports
+from refmeta.read.docstring import citations
+from refmeta.read.exports import EXPORTED
 
 MARKER = "equation"
 PAPER = re.compile(r"(?:[A-Z][\w-]+ (?:et al\. |& [A-Z][\w-]+ )?\d{4},\s*)?"          # "Andrychowicz et al. 2016, "
@@ -143,7 +144,7 @@ def exported(page, built_cases):
 
     ``built_cases`` {case id: the builder's dict}; the patterns are ``exports.EXPORTED[page]``'s.
     """
-    entry = exports.EXPORTED.get(page, f"no entry for {page!r} in refmeta.read.exports.EXPORTED")
+    entry = EXPORTED.get(page, f"no entry for {page!r} in refmeta.read.exports.EXPORTED")
     if isinstance(entry, str):
         return entry
     algorithm, table = entry
@@ -174,7 +175,7 @@ def export_problems(modules, built_cases):
     """Every mismatch between ``exports.EXPORTED``, the pages' equations and the cases."""
     errors = []
     for page, module in sorted(modules.items()):
-        entry = exports.EXPORTED.get(page)
+        entry = EXPORTED.get(page)
         if entry is None:
             errors.append(f"{page}: no entry in refmeta.read.exports.EXPORTED")
             continue
@@ -198,7 +199,7 @@ def export_problems(modules, built_cases):
 
 def _algorithm_page(algorithm, modules):
     """The page whose module's equations a case's meanings cite: the first page of the algorithm."""
-    return next((page for page, entry in exports.EXPORTED.items()
+    return next((page for page, entry in EXPORTED.items()
                  if not isinstance(entry, str) and entry[0] == algorithm and page in modules), None)
 
 
@@ -208,7 +209,7 @@ def _cited_outputs(page, module, table, built_cases, algorithm):
         if case["algorithm"] != algorithm:
             continue
         for name, array in case["outputs"].items():
-            for label in docstring.citations(array.meaning, module.equations):
+            for label in citations(array.meaning, module.equations):
                 carried = table.get(label)
                 hits = {} if isinstance(carried, str) or carried is None else \
                     {n for pattern in carried for names in _matches(pattern, {case_id: [name]}).values()
