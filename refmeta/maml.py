@@ -122,9 +122,7 @@ class MAMLConfig:
 # ----- the front door: checks once, then the math below -----
 def init(rng, config):
     """θ from ``config.model.init``: a dict of host float64 arrays."""
-    checks.generator(rng)
-    checks.instance("config", config, MAMLConfig)
-    return checks.model_params("config.model.init(rng)", config.model.init(rng))
+    return door.init_params(rng, config, MAMLConfig)
 
 
 def init_state(params, config):
