@@ -14,11 +14,15 @@ Model and algorithm (the paper's Omniglot hyperparameters and the authors' code)
                the linear layer (``models.conv4_apply(variant="stride")``, MAML's), theirs
                flattens it (256 features), and TensorFlow's 'SAME' padding at stride 2 pads
                (0, 1) where ours pads (1, 1)
-    inner loop 5 steps of Adam (lr 1e-3, β1 = 0, β2 = 0.999) on mini-batches of 10 drawn from
+    inner loop 5 steps of Adam (lr 3e-3, β1 = 0, β2 = 0.999) on mini-batches of 10 drawn from
                the task's N × 10 training drawings (``inner_batches.sample_inner_batches``:
                shuffle, cut, reshuffle when used up, as the authors' code); Adam's moments start at
                zero for every task (their code carries them over: ``ReptileConfig``'s recorded
-               convention); batch norm uses each mini-batch's statistics
+               convention); batch norm uses each mini-batch's statistics.  One departure from
+               the paper's Appendix A, chosen for the 7-minute budget: Adam's step size 3e-3
+               (theirs 1e-3; ``--inner-lr 0.001``), which after 5 minutes gave 87.6% 5-way 1-shot
+               against 83.8% (100 test episodes; the docs' "Choosing the defaults"); the JSON
+               lists it ("departures_from_authors")
     outer      batched Reptile (Algorithm 2): φ ← φ + ε · mean_i (φ̃_i − φ) over a meta-batch of
                5 tasks; ε annealed linearly from 1 to 0 (``--meta-step-size``,
                ``--meta-step-size-final``): ε = ε_0 + (ε_final − ε_0) · f with f the fraction of
@@ -60,14 +64,15 @@ FULL = {"iterations": 100000, "max_train_minutes": 7.0, "meta_batch_size": 5, "h
         "eval_episodes": 600, "curve_every": 250, "curve_episodes": 20}
 FAST = {"iterations": 8, "max_train_minutes": 1.0, "meta_batch_size": 2, "hidden": 8,
         "eval_episodes": 10, "curve_every": 4, "curve_episodes": 4}
+AUTHORS_INNER_LR = 1e-3            # Appendix A's Adam step size (Omniglot), the authors' code
 
 
 def add_arguments(parser):
     protocol.add_common_arguments(parser, "reptile-omniglot", FULL, FAST)
     add, positive = parser.add_argument, options.integer_at_least(1)
     add("--train-shot", type=positive, default=10, help="drawings per class of a training task (default 10)")
-    add("--inner-lr", type=options.nonnegative_float, default=1e-3,
-        help="inner Adam step size (default 1e-3)")
+    add("--inner-lr", type=options.nonnegative_float, default=3e-3,
+        help="inner Adam step size, at training and test (default 3e-3; the paper's 1e-3)")
     add("--inner-steps", type=positive, default=5, help="inner Adam steps at training (default 5)")
     add("--inner-batch-size", type=positive, default=10, help="inner mini-batch at training (default 10)")
     add("--meta-step-size", type=options.nonnegative_float, default=1.0, help="ε_0 (default 1)")
@@ -145,6 +150,8 @@ def run(args):
                                    protocol.describe_network(args.train_way, size["hidden"], "both"),
                                    trained, results, lake, timing, PAPER,
                                    protocol.data_summary(train_chars, test_chars, runs))
+    report["departures_from_authors"] = ({} if args.inner_lr == AUTHORS_INNER_LR else
+                                         {"inner_lr": {"ours": args.inner_lr, "authors": AUTHORS_INNER_LR}})
     report["meta_step_size_schedule"] = {
         "rule": "ε = ε_0 + (ε_final − ε_0) · f, f = max(iteration / iterations, seconds in steps / "
                 "(60 · max_train_minutes − seconds in held-out checks)), evaluated before each iteration",

@@ -50,7 +50,7 @@ SINUSOID = [("maml-sinusoid", ["--inner-lr", "1e300"], "MAML training",
             ("reptile-sinusoid", ["--inner-lr", "1e300"], "Reptile training",
              "--inner-lr (now 1e+300) or --meta-step-size (now 0.1)")]
 OMNIGLOT = [("maml-omniglot", ["--inner-lr", "1e300"], "MAML (first order) held-out check",
-             "--inner-lr (now 1e+300) or --meta-lr (now 0.001)"),
+             "--inner-lr (now 1e+300) or --meta-lr (now 0.003)"),
             ("reptile-omniglot", ["--inner-lr", "1e300"], "Reptile held-out check",
              "--inner-lr (now 1e+300) or --meta-step-size (now 1)"),
             ("protonet-omniglot", ["--lr", "1e300"], "protonet training", "--lr (now 1e+300)"),

@@ -88,6 +88,8 @@ def test_the_json_holds_the_setup_and_every_reported_number(runs):
                 conventions["test_inner_steps"]) == (0.4, 1, 3)
         assert conventions["first_order"] is True and conventions["inner_reduction"] == "n_way_times_mean"
         assert conventions["adapt_bn"] is False and conventions["meta_lr"] == 0.03
+        assert saved["departures_from_authors"] == {"meta_batch_size": {"ours": 8, "authors": 32},
+                                                    "meta_lr": {"ours": 0.03, "authors": 1e-3}}
     else:
         assert model["bn_affine"] == "both"
         assert (conventions["variant"], conventions["inner_optimizer"],
@@ -95,6 +97,7 @@ def test_the_json_holds_the_setup_and_every_reported_number(runs):
         assert (conventions["inner_steps"], conventions["test_inner_steps"],
                 conventions["inner_lr"]) == (5, 10, 0.01)
         assert saved["config"]["train_shot"] == 10 and saved["config"]["inner_batch_size"] == 10
+        assert saved["departures_from_authors"] == {"inner_lr": {"ours": 0.01, "authors": 1e-3}}
     iterations = int((MAML_SMALL if demo is maml_omniglot else REPTILE_SMALL)[1])
     assert saved["timing"]["iterations_done"] == iterations and saved["timing"]["iterations_per_minute"] > 0
     assert saved["learning_curve"]["iteration"] == [0, iterations // 2, iterations]
@@ -134,8 +137,10 @@ def test_the_output_folder_holds_only_the_results_and_the_figure_is_titled(runs)
 
 def test_a_20_way_maml_model_is_scored_on_lakes_runs(tmp_path_factory, cache):
     _, report = run(maml_omniglot, tmp_path_factory, cache,
-                    ["--train-way", "20", "--iterations", "2", "--eval-episodes", "4", "--no-plots"])
+                    ["--train-way", "20", "--iterations", "2", "--eval-episodes", "4", "--no-plots",
+                     "--meta-batch-size", "32", "--meta-lr", "0.001"])
     assert list(report["results"]["transductive"]) == ["20-way 1-shot", "20-way 5-shot"]
+    assert report["departures_from_authors"] == {}          # the authors' meta-batch size and β
     lake = report["lake_runs"]["transductive"]
     assert len(lake["per_run"]) == 20 and all(error % 5 == 0 for error in lake["per_run"])   # 20 items a run
     assert lake["error"] == pytest.approx(np.mean(lake["per_run"]))
