@@ -48,7 +48,6 @@ Timings mean little on a loaded machine.
 """
 
 import argparse
-import json
 import os
 import sys
 
@@ -57,7 +56,7 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 import bench_machine  # noqa: E402
-from bench_compare import Variant, compare  # noqa: E402
+from bench_compare import Variant, compare, write_json  # noqa: E402
 from bench_workloads import (HIDDEN, IMAGE, K_QUERY, K_SHOT, K_SUPPORT, METANET_HIDDEN,  # noqa: E402
                              METANET_QUERIES, METANET_WAY, N_QUERY_PER_CLASS, N_TASKS, N_WAY,
                              SIZES, SNAIL_EPISODES, SNAIL_QUERIES, conv4_data, in_dtype,
@@ -299,13 +298,7 @@ def main(argv=None):
     print_targets(results)
     results["load_average_end"] = bench_machine.load_average()
     print(f"\nload average {bench_machine.load_text(results['load_average_end'])} at the end")
-    if args.json:
-        try:
-            disk.replace_atomically(args.json, lambda f: json.dump(results, f, indent=1), "w")
-        except (ValueError, OSError) as error:
-            print(f"bench.py: cannot write {args.json}: {error}", file=sys.stderr)
-            return 2
-    return 0
+    return write_json(args.json, results, "bench.py") if args.json else 0
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ one, then a block of back-to-back calls per variant, printed with the machine an
 
     check_same(reference, out, names, label, dtype)   the gradients agree, and are ``dtype``
     compare(title, variants, baseline, repeats, results) -> the table as a dict (JSON)
+    write_json(path, data, script)   the --json file of bench.py and profile_conv4.py
 
 Tolerances (``TOLERANCE``): max |theirs − reference| / max |reference|, the reference being
 refmeta's float64 gradient.  float64: 1e-10.  float32: 1e-3.  float32 rounds at 6e-8; its sums
@@ -11,6 +12,8 @@ reach 7e-5 of the scale with PyTorch's float32 kernels, while a convention that 
 norm's ε, the unbiased variance) is well above 1e-3.
 """
 
+import json
+import sys
 import time
 from collections import namedtuple
 
@@ -81,3 +84,13 @@ def compare(title, variants, baseline, repeats, results, reference=None):
             "tolerance": {d: TOLERANCE[d] for d in dtypes}, "rows": rows}
 
 
+def write_json(path, data, script):
+    """``data`` as JSON at ``path``, whole or not at all even on SIGTERM (``refmeta.disk``); the
+    exit status: 0, or 2 after one line on stderr naming ``script``."""
+    from refmeta import disk
+    try:
+        disk.replace_atomically(path, lambda f: json.dump(data, f, indent=1), "w")
+    except (ValueError, OSError) as error:
+        print(f"{script}: cannot write {path}: {error}", file=sys.stderr)
+        return 2
+    return 0

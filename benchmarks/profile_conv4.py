@@ -31,7 +31,6 @@ reported (tests/test_bench.py fails on it): after renaming a layer function, upd
 import argparse
 import cProfile
 import importlib
-import json
 import os
 import pstats
 import sys
@@ -41,6 +40,7 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 import bench_machine  # noqa: E402
+from bench_compare import write_json  # noqa: E402
 import bench_workloads as w  # noqa: E402
 
 # (part, the functions whose time is that part's, as "module:name")
@@ -183,14 +183,7 @@ def main(argv=None):
     if args.calls < 1 or args.top < 0:
         parser.error(f"--calls must be ≥ 1 and --top ≥ 0; got {args.calls} and {args.top}")
     result = report(args.workload, args.dtype, args.calls, args.top)
-    if args.json:
-        from refmeta import disk
-        try:
-            disk.replace_atomically(args.json, lambda f: json.dump(result, f, indent=1), "w")
-        except (ValueError, OSError) as error:
-            print(f"profile_conv4.py: cannot write {args.json}: {error}", file=sys.stderr)
-            return 2
-    return 0
+    return write_json(args.json, result, "profile_conv4.py") if args.json else 0
 
 
 if __name__ == "__main__":

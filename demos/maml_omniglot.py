@@ -239,6 +239,13 @@ def lake_score(predict, params, mode, args):
     return score
 
 
+def departures(ours, authors):
+    """{name: {"ours": ..., "authors": ...}} for each of ``ours`` that differs from ``authors``:
+    the JSON's departures_from_authors."""
+    return {name: {"ours": value, "authors": authors[name]}
+            for name, value in ours.items() if value != authors[name]}
+
+
 def build_report(name, args, size, config, model, trained, results, lake, timing, paper, data):
     """Everything needed to rerun and check the numbers, as a JSON-able dict."""
     minutes = (trained.seconds - trained.check_seconds) / 60
@@ -382,10 +389,8 @@ def run(args):
                           describe_network(args.train_way, size["hidden"], "offset"), trained, results,
                           lake, timing, PAPER, data_summary(train_chars, test_chars, runs))
     report["order"] = order
-    report["departures_from_authors"] = {
-        name: {"ours": value, "authors": AUTHORS[name]}
-        for name, value in (("meta_batch_size", size["meta_batch_size"]), ("meta_lr", args.meta_lr))
-        if value != AUTHORS[name]}
+    report["departures_from_authors"] = departures(
+        {"meta_batch_size": size["meta_batch_size"], "meta_lr": args.meta_lr}, AUTHORS)
     return finish(report, args, start, order, PAPER[order], f"MAML on Omniglot ({order})")
 
 

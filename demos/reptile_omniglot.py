@@ -64,7 +64,7 @@ FULL = {"iterations": 100000, "max_train_minutes": 7.0, "meta_batch_size": 5, "h
         "eval_episodes": 600, "curve_every": 250, "curve_episodes": 20}
 FAST = {"iterations": 8, "max_train_minutes": 1.0, "meta_batch_size": 2, "hidden": 8,
         "eval_episodes": 10, "curve_every": 4, "curve_episodes": 4}
-AUTHORS_INNER_LR = 1e-3            # Appendix A's Adam step size (Omniglot), the authors' code
+AUTHORS = {"inner_lr": 1e-3}       # Appendix A's Adam step size (Omniglot), the authors' code
 
 
 def add_arguments(parser):
@@ -150,8 +150,7 @@ def run(args):
                                    protocol.describe_network(args.train_way, size["hidden"], "both"),
                                    trained, results, lake, timing, PAPER,
                                    protocol.data_summary(train_chars, test_chars, runs))
-    report["departures_from_authors"] = ({} if args.inner_lr == AUTHORS_INNER_LR else
-                                         {"inner_lr": {"ours": args.inner_lr, "authors": AUTHORS_INNER_LR}})
+    report["departures_from_authors"] = protocol.departures({"inner_lr": args.inner_lr}, AUTHORS)
     report["meta_step_size_schedule"] = {
         "rule": "ε = ε_0 + (ε_final − ε_0) · f, f = max(iteration / iterations, seconds in steps / "
                 "(60 · max_train_minutes − seconds in held-out checks)), evaluated before each iteration",
