@@ -74,7 +74,7 @@ import autograd.numpy as anp
 from autograd.tracer import getval
 
 from refmeta import checks, contract, door
-from refmeta.nn import losses, models, trees
+from refmeta.nn import losses, models, optimizers, trees
 
 SINUSOID_MLP = contract.supervised(functools.partial(models.mlp_init, sizes=(1, 40, 40, 1)),
                                    models.mlp_apply, functools.partial(losses.mse, check=False),
@@ -242,8 +242,8 @@ def inner_update(params, support_x, support_y, config):
     grads = trees.grad(total_support_loss)(params)
     if config.first_order:
         grads = {name: getval(g) for name, g in grads.items()}  # ∇L_i^S held constant
-    return {name: params[name] - config.inner_lr * grads[name] if _adapts(name, config)
-            else params[name] for name in sorted(params)}
+    return {name: optimizers.descend(params[name], grads[name], config.inner_lr)  # θ − α g
+            if _adapts(name, config) else params[name] for name in sorted(params)}
 
 
 def adapt_trajectory(params, support_x, support_y, config, steps=None):

@@ -1,16 +1,20 @@
 """The primitives whose adjoints are one array operation each (written for speed):
-layers._matmul / _matmul_nt / _matmul_tn and conv.spread_channels / sum_channels.
+layers._matmul / _matmul_nt / _matmul_tn, conv.spread_channels / sum_channels, the mean of
+squares under losses.mse (losses.mean_square, _scaled_residual, _residual_dot) and MAML's inner
+step optimizers.descend.
 
 Values against plain numpy, VJPs by the adjoint identity, and Hessian-vector products (which
 differentiate the adjoints themselves) against finite differences, with every broadcasting
 combination of task axes; on numpy and on the strict stand-in."""
 
+import autograd
 import autograd.numpy as anp
 import numpy as np
+import pytest
 from hypothesis import given, strategies as st
 
 from refmeta import gradcheck
-from refmeta.nn import conv, layers
+from refmeta.nn import conv, layers, losses, optimizers
 
 seeds = st.integers(0, 2**32 - 1)
 LEADING = st.sampled_from([((), ()), ((2,), (2,)), ((2,), ()), ((), (2,)), ((3, 2), (2,)),
@@ -75,5 +79,43 @@ def test_dense_with_any_task_axes_has_right_first_and_second_derivatives(dev, se
                   "w": rng.standard_normal(leading[1] + (2, 4)),
                   "b": rng.standard_normal(leading[1] + (4,))})
     f = lambda p: anp.sum(anp.tanh(layers.dense(p["x"], p["w"], p["b"])) ** 2)
+    gradcheck.check_grad(f, x, rng=rng)
+    gradcheck.check_hvp(f, x, rng=rng)
+
+
+@given(seed=seeds, lead=st.sampled_from([(), (2,), (3, 2)]), axes=st.sampled_from([(-2, -1), (-1,)]),
+       n=st.integers(1, 3), d=st.integers(1, 3))
+def test_mean_square_matches_numpy_and_finite_differences_to_third_order(dev, seed, lead, axes, n, d):
+    rng = np.random.default_rng(seed)
+    r = rng.standard_normal(lead + (n, d))
+    np.testing.assert_array_equal(dev.to_host(losses.mean_square(dev.asarray(r), axes)),
+                                  np.mean(np.square(r), axis=axes))
+    x = dev.tree({"r": r, "c": rng.standard_normal(r.shape[:len(r.shape) - len(axes)])})
+    f = lambda t: anp.sum(anp.sin(t["c"] * losses.mean_square(anp.tanh(t["r"]), axes)))
+    gradcheck.check_grad(f, x, rng=rng)
+    gradcheck.check_hvp(f, x, rng=rng)                          # _scaled_residual's VJPs
+    gradient_norm = lambda t: anp.sum(autograd.grad(f)(t)["r"] ** 2)
+    gradcheck.check_hvp(gradient_norm, x, rng=rng)              # _residual_dot's too
+
+
+def test_mean_square_with_a_wrong_count_in_its_vjp_fails_the_check(dev, monkeypatch):
+    rng = np.random.default_rng(0)
+    r = dev.asarray(rng.standard_normal((2, 3, 2)))
+    f = lambda r: anp.sum(anp.sin(losses.mean_square(r, (-2, -1))))
+    gradcheck.check_grad(f, r, rng=np.random.default_rng(1))
+    entries = losses._entries                    # the VJP divides by the last axis alone (d, not n·d)
+    monkeypatch.setattr(losses, "_entries", lambda r, axes: entries(r, axes[-1:]))
+    with pytest.raises(AssertionError):
+        gradcheck.check_grad(f, r, rng=np.random.default_rng(1))
+
+
+@given(seed=seeds, lr=st.floats(0.0, 2.0), broadcast=st.booleans())
+def test_descend_is_theta_minus_lr_g_to_second_order(dev, seed, lr, broadcast):
+    rng = np.random.default_rng(seed)
+    host = {"theta": rng.standard_normal((3,) if broadcast else (2, 3)), "g": rng.standard_normal((2, 3))}
+    x = dev.tree(host)
+    np.testing.assert_array_equal(dev.to_host(optimizers.descend(x["theta"], x["g"], lr)),
+                                  host["theta"] - lr * host["g"])
+    f = lambda t: anp.sum(anp.sin(optimizers.descend(t["theta"], t["g"] ** 2, lr)) ** 2)
     gradcheck.check_grad(f, x, rng=rng)
     gradcheck.check_hvp(f, x, rng=rng)

@@ -32,7 +32,7 @@ def finite(name, x):
     """``x`` must be a floating-point array with no NaN or inf (one reduction on its device);
     NotFinite (a ValueError) otherwise."""
     float_array(name, x)
-    if not bool(anp.all(anp.isfinite(getval(x)))):
+    if not bool(np.all(np.isfinite(getval(x)))):
         raise NotFinite(f"{name} contains NaN or inf")
     return x
 
@@ -47,7 +47,7 @@ def finite_tree(name, tree):
         raise ValueError(f"{name} is an empty tree")
     for leaf in sorted(tree):
         float_array(f"{name}[{leaf!r}]", tree[leaf])
-    every = functools.reduce(lambda a, b: a & b, (anp.all(anp.isfinite(getval(tree[leaf])))
+    every = functools.reduce(lambda a, b: a & b, (np.all(np.isfinite(getval(tree[leaf])))
                                                   for leaf in sorted(tree)))
     if not bool(every):
         for leaf in sorted(tree):
@@ -77,7 +77,7 @@ def indices(name, idx, size, shape):
 def nonnegative_array(name, x):
     """``x`` must be a finite floating-point array with every entry >= 0 (a variance)."""
     finite(name, x)
-    if not bool(anp.all(getval(x) >= 0)):
+    if not bool(np.all(getval(x) >= 0)):
         raise ValueError(f"{name} must be >= 0 everywhere (a variance); got a negative entry")
     return x
 

@@ -95,7 +95,7 @@ def all_finite(*values):
     leaves = [leaf for value in values for leaf in
               (getval(value).values() if isinstance(getval(value), dict) else (value,))]
     return bool(functools.reduce(lambda a, b: a & b,
-                                 (anp.all(anp.isfinite(getval(leaf))) for leaf in leaves)))
+                                 (np.all(np.isfinite(getval(leaf))) for leaf in leaves)))
 
 
 def first_non_finite(where, quantities):

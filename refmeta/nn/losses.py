@@ -22,14 +22,24 @@ per task.
 The log-softmax subtracts the row maximum first, so large logits never
 overflow.
 
+Primitive.  mse's mean of squares is one autograd primitive, ``mean_square(r, axes)`` =
+(1/m) Σ r² over the last one or two axes, with its VJP written out, r̄ = (2/m) ḡ r
+(``_scaled_residual``), and that VJP's in ḡ, (2/m) Σ h r (``_residual_dot``); the three are
+closed under taking adjoints, so they differentiate to any order (MAML differentiates the
+inner loss twice) at one recorded operation where ``square`` and ``mean`` took two, and they
+compute the same floating-point operations in the same order.
+
 Checks.  ``mse``, ``cross_entropy`` and ``one_hot`` are public doors: by default they refuse
 NaN or inf inputs, mismatched shapes, unknown reductions and labels outside 0..C−1 (through
 ``refmeta.checks``).  An algorithm that validated its episode at its own entry calls them with
 ``check=False`` (as SciPy's ``check_finite=False``), so nothing is checked twice.
 """
 
+import math
+
 import autograd.numpy as anp
 import numpy as np
+from autograd.extend import defvjp, primitive
 from autograd.tracer import getval
 
 from refmeta import checks, contract
@@ -58,10 +68,39 @@ def mse(pred, target, reduction="mean", check=True):
         if anp.ndim(pred) < 2 or anp.shape(pred) != anp.shape(target):
             raise ValueError(f"mse: expected pred and target (..., n, d) of one shape; "
                              f"got pred {anp.shape(pred)} and target {anp.shape(target)}")
-    squared = anp.square(pred - target)                                  # (..., n, d)
     if reduction == "mean":                         # (1/n) Σ_i (1/d) Σ_j in one reduction
-        return anp.mean(squared, axis=(-2, -1))
-    return reduce(anp.mean(squared, axis=-1), reduction)
+        return mean_square(pred - target, (-2, -1))
+    return reduce(mean_square(pred - target, (-1,)), reduction)
+
+
+# ----- the mean of squares, one primitive: three closed under adjoints -----
+@primitive
+def mean_square(r, axes):
+    """(1/m) Σ r² over ``axes`` (the last one or two axes of r), m the entries summed."""
+    return np.square(r).mean(axis=axes)
+
+
+@primitive
+def _scaled_residual(r, g, axes):
+    """r̄ = (2/m) ḡ r, ḡ (one per reduced block) spread over ``axes``: mean_square's VJP."""
+    return g.reshape(g.shape + (1,) * len(axes)) / _entries(r, axes) * 2 * r
+
+
+@primitive
+def _residual_dot(h, r, axes):
+    """(2/m) Σ h r over ``axes``: _scaled_residual's VJP in ḡ."""
+    return (h * r).sum(axis=axes) * 2 / _entries(r, axes)
+
+
+def _entries(r, axes):
+    return math.prod(r.shape[axis] for axis in axes)
+
+
+defvjp(mean_square, lambda ans, r, axes: lambda g: _scaled_residual(r, g, axes))
+defvjp(_scaled_residual, lambda ans, r, g, axes: lambda h: _scaled_residual(h, g, axes),
+       lambda ans, r, g, axes: lambda h: _residual_dot(h, r, axes))
+defvjp(_residual_dot, lambda ans, h, r, axes: lambda k: _scaled_residual(r, k, axes),
+       lambda ans, h, r, axes: lambda k: _scaled_residual(h, k, axes))
 
 
 def log_softmax(logits, axis=-1):

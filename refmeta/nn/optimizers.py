@@ -3,7 +3,7 @@
 An optimizer is a pair of pure functions: ``init(params) -> state`` and
 ``update(params, grads, state, ...) -> (params, state)``. Nothing is mutated.
 
-SGD:   θ ← θ − η g
+SGD:   θ ← θ − η g        (one array: ``descend``, one autograd primitive, as MAML's inner step)
 Adam (Kingma & Ba 2015, Algorithm 1), with t counting from 1:
        m ← β1 m + (1 − β1) g
        v ← β2 v + (1 − β2) g²
@@ -21,13 +21,26 @@ import math
 from collections import namedtuple
 
 import autograd.numpy as anp
+from autograd.extend import defvjp, primitive
 
 from refmeta import checks
 from refmeta.nn import trees
+from refmeta.nn.conv import sum_to
 
-__all__ = ["AdamState", "sgd_update", "adam_init", "adam_update", "clip_by_global_norm"]
+__all__ = ["AdamState", "descend", "sgd_update", "adam_init", "adam_update", "clip_by_global_norm"]
 
 AdamState = namedtuple("AdamState", ["step", "m", "v"])
+
+
+@primitive
+def descend(theta, grad, lr):
+    """θ − lr · g for one array, as one recorded operation (a product and a difference would be
+    two): MAML's inner step, which its meta-gradient differentiates through."""
+    return theta - lr * grad
+
+
+defvjp(descend, lambda ans, theta, grad, lr: lambda h: sum_to(h, anp.shape(theta)),
+       lambda ans, theta, grad, lr: lambda h: sum_to(-lr * h, anp.shape(grad)))
 
 
 def sgd_update(params, grads, lr, check=True):
