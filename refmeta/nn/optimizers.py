@@ -44,10 +44,10 @@ defvjp(descend, lambda ans, theta, grad, lr: lambda h: sum_to(h, anp.shape(theta
 
 
 def sgd_update(params, grads, lr, check=True):
-    """One step of plain gradient descent: θ − lr · g."""
+    """One step of plain gradient descent: θ − lr · g, ``descend`` on every leaf."""
     if check:
         checks.nonnegative("lr", lr)
-    return trees.subtract(params, trees.scale(grads, lr))
+    return trees.map_tree(lambda theta, g: descend(theta, g, lr), params, grads)
 
 
 def adam_init(params):
