@@ -281,3 +281,58 @@ def test_the_profile_counts_a_nested_call_once_in_the_callees_part():
     assert seconds["inner"] == pytest.approx(cumulative["_inner"], rel=1e-12)
     assert seconds["outer"] == pytest.approx(cumulative["_outer"] - cumulative["_inner"], rel=1e-9)
     assert 0 < seconds["other"] < total
+
+
+# ----- the floors -----
+class _RecordingNumpy:
+    """numpy, but every matmul records its operands' shapes (patched into refmeta.nn.conv)."""
+
+    def __init__(self):
+        self.shapes = []
+
+    def matmul(self, a, b, **kwargs):
+        self.shapes.append((a.shape, b.shape))
+        return np.matmul(a, b, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_the_floor_makes_the_products_the_conv4_pass_makes(monkeypatch, dtype):
+    from refmeta.nn import conv
+    floors, workloads = load("floors"), sys.modules["bench_workloads"]
+    recording = _RecordingNumpy()
+    monkeypatch.setattr(conv, "np", recording)
+    data = tuple(workloads.in_dtype(a, dtype) for a in workloads.metric_data())
+    workloads.refmeta_conv4_pass(*data)()
+    listed = floors.conv4_products(np.dtype(dtype).itemsize)
+    assert sorted(recording.shapes) == sorted(listed)
+    assert len(listed) > 4 * 3                                  # chunked: several per product
+
+
+def test_the_evaluation_timer_sees_every_evaluation_and_restores_autograd():
+    floors, count_primitives = load("floors"), load("count_primitives")
+    workloads = sys.modules["bench_workloads"]
+    gradient = workloads.refmeta_sinusoid(*workloads.sinusoid_data())
+    before = [(wrapper, cell.cell_contents) for wrapper, cell in floors._primitive_wrappers()]
+    seconds, evaluations = floors.evaluation_time(gradient, 2)
+    assert evaluations == count_primitives.count(gradient).evaluations > 0
+    assert seconds > 0
+    with pytest.raises(ZeroDivisionError):
+        with floors.timing_evaluations():
+            1 / 0
+    assert all(wrapper.__closure__ is not None and wrapper.fun is raw
+               and any(c.cell_contents is raw for c in wrapper.__closure__) for wrapper, raw in before)
+
+
+def test_the_floors_run_and_write_json(tmp_path, capsys):
+    floors = load("floors")
+    sys.modules["bench_compare"].PAUSE_S = 0.0
+    out = tmp_path / "floors.json"
+    assert floors.main(["--repeats", "1", "--json", str(out)]) == 0
+    written = json.loads(out.read_text())
+    assert [row["dtype"] for row in written["conv4"]["rows"]] == ["float64", "float32"]
+    assert written["sinusoid"]["row"]["evaluations"] > 0
+    printed = capsys.readouterr().out
+    assert "products alone" in printed and "inside the raw bodies" in printed and "load average" in printed
