@@ -56,7 +56,7 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 import bench_machine  # noqa: E402
-from bench_compare import Variant, compare, write_json  # noqa: E402
+from bench_compare import Variant, compare, json_path_problem, write_json  # noqa: E402
 from bench_workloads import (HIDDEN, IMAGE, K_QUERY, K_SHOT, K_SUPPORT, METANET_HIDDEN,  # noqa: E402
                              METANET_QUERIES, METANET_WAY, N_QUERY_PER_CLASS, N_TASKS, N_WAY,
                              SIZES, SNAIL_EPISODES, SNAIL_QUERIES, conv4_data, in_dtype,
@@ -274,9 +274,7 @@ def main(argv=None):
     parser.add_argument("--default-malloc", action="store_true",
                         help="leave glibc's malloc thresholds as they are (see keep_freed_memory)")
     args = parser.parse_args(argv)
-    from refmeta import disk           # the JSON is written whole or not at all, even on SIGTERM
-    problem = args.json and (disk.write_problem(args.json) or (
-        None if os.path.isdir(os.path.dirname(os.path.abspath(args.json))) else "is in a folder that does not exist"))
+    problem = args.json and json_path_problem(args.json)    # before measuring, not after
     if problem:
         print(f"bench.py: cannot write {args.json}: it {problem}", file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ norm's ε, the unbiased variance) is well above 1e-3.
 """
 
 import json
+import os
 import sys
 import time
 from collections import namedtuple
@@ -82,6 +83,13 @@ def compare(title, variants, baseline, repeats, results, reference=None):
           "float64 one to " + ", ".join(f"{TOLERANCE[d]:g} of its scale in {d}" for d in dtypes))
     return {"title": title, "baseline": baseline, "machine": machine, "load_average_end": end,
             "tolerance": {d: TOLERANCE[d] for d in dtypes}, "rows": rows}
+
+
+def json_path_problem(path):
+    """Why ``path`` cannot take write_json's output (None if it can): checked before measuring."""
+    from refmeta import disk
+    return disk.write_problem(path) or (
+        None if os.path.isdir(os.path.dirname(os.path.abspath(path))) else "is in a folder that does not exist")
 
 
 def write_json(path, data, script):

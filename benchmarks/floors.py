@@ -38,7 +38,7 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 import bench_machine  # noqa: E402
-from bench_compare import timed, write_json  # noqa: E402
+from bench_compare import json_path_problem, timed, write_json  # noqa: E402
 from bench_workloads import (HIDDEN, IMAGE, K_SHOT, N_QUERY_PER_CLASS, N_WAY, in_dtype,  # noqa: E402
                              metric_data, refmeta_conv4_pass, refmeta_sinusoid,
                              refmeta_sinusoid_fused, sinusoid_data)
@@ -137,18 +137,23 @@ def _primitive_wrappers():
 @contextlib.contextmanager
 def timing_evaluations():
     """Yields [seconds, evaluations]: the time spent inside the raw function of every primitive
-    (autograd's and refmeta's) called while the block runs, and how many such calls."""
-    total = [0.0, 0]
+    (autograd's and refmeta's) called while the block runs, and how many such calls.  A raw
+    function that calls a primitive on raw arrays counts that call as an evaluation, and its
+    time once, in its own."""
+    total, inside = [0.0, 0], [False]
     wrappers = _primitive_wrappers()
 
     def timed_raw(raw):
         def run(*args, **kwargs):
-            start = time.perf_counter()
+            total[1] += 1
+            if inside[0]:                           # called from another raw body: timed there
+                return raw(*args, **kwargs)
+            inside[0], start = True, time.perf_counter()
             try:
                 return raw(*args, **kwargs)
             finally:
+                inside[0] = False
                 total[0] += time.perf_counter() - start
-                total[1] += 1
         return run
 
     saved = [cell.cell_contents for _, cell in wrappers]
@@ -216,6 +221,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1; got {args.repeats}")
+    problem = args.json and json_path_problem(args.json)    # before measuring, not after
+    if problem:
+        print(f"floors.py: cannot write {args.json}: it {problem}", file=sys.stderr)
+        return 2
     from bench import keep_freed_memory
     results = {"malloc": keep_freed_memory()}
     results["machine"] = bench_machine.describe(results["malloc"])

@@ -336,3 +336,27 @@ def test_the_floors_run_and_write_json(tmp_path, capsys):
     assert written["sinusoid"]["row"]["evaluations"] > 0
     printed = capsys.readouterr().out
     assert "products alone" in printed and "inside the raw bodies" in printed and "load average" in printed
+
+
+def test_the_evaluation_timer_counts_a_nested_evaluations_time_once():
+    """A raw body that calls another primitive: two evaluations, and no more time inside the
+    raw bodies than the calls took in all (counted twice, it would be about twice as much)."""
+    import time
+    from autograd.extend import primitive
+    floors = load("floors")
+    inner = primitive(lambda x: time.sleep(0.02) or x)
+    outer = primitive(lambda x: inner(x) + 0)
+    start = time.perf_counter()
+    with floors.timing_evaluations() as total:
+        for _ in range(3):
+            outer(1.0)
+    elapsed = time.perf_counter() - start
+    assert total[1] == 6
+    assert 0.06 <= total[0] <= elapsed
+
+
+def test_the_floors_refuse_a_json_path_they_cannot_write_before_measuring(tmp_path, capsys):
+    floors = load("floors")
+    assert floors.main(["--json", str(tmp_path / "missing" / "floors.json")]) == 2
+    captured = capsys.readouterr()
+    assert "cannot write" in captured.err and "products alone" not in captured.out
