@@ -3,7 +3,8 @@ one, then a block of back-to-back calls per variant, printed with the machine an
 
     check_same(reference, out, names, label, dtype)   the gradients agree, and are ``dtype``
     compare(title, variants, baseline, repeats, results) -> the table as a dict (JSON)
-    write_json(path, data, script)   the --json file of bench.py and profile_conv4.py
+    print_machine(results)           the machine and the load, printed above each table
+    write_json(path, data, script)   the --json file of bench.py, profile_conv4.py and floors.py
 
 Tolerances (``TOLERANCE``): max |theirs − reference| / max |reference|, the reference being
 refmeta's float64 gradient.  float64: 1e-10.  float32: 1e-3.  float32 rounds at 6e-8; its sums
@@ -58,10 +59,8 @@ def compare(title, variants, baseline, repeats, results, reference=None):
     """Check every variant against refmeta's float64 gradient (the first variant's, unless
     ``reference`` is given), time it, print the table with the machine and the load; returns
     the table as a dict for the JSON."""
-    machine = bench_machine.describe(results.get("malloc"))
     print(f"\n{title}")
-    bench_machine.print_summary(machine)
-    print(f"  load average {bench_machine.load_text(machine['load_average'])} at the start")
+    machine = print_machine(results)
     reference = variants[0].fn() if reference is None else reference
     names = sorted(reference)
     rows = []
@@ -83,6 +82,15 @@ def compare(title, variants, baseline, repeats, results, reference=None):
           "float64 one to " + ", ".join(f"{TOLERANCE[d]:g} of its scale in {d}" for d in dtypes))
     return {"title": title, "baseline": baseline, "machine": machine, "load_average_end": end,
             "tolerance": {d: TOLERANCE[d] for d in dtypes}, "rows": rows}
+
+
+def print_machine(results):
+    """Print the machine (with what was done to malloc, ``results["malloc"]``) and the load at
+    the start of a table; returns the machine as a dict."""
+    machine = bench_machine.describe(results.get("malloc"))
+    bench_machine.print_summary(machine)
+    print(f"  load average {bench_machine.load_text(machine['load_average'])} at the start")
+    return machine
 
 
 def json_path_problem(path):

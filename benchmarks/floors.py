@@ -38,7 +38,7 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 import bench_machine  # noqa: E402
-from bench_compare import json_path_problem, timed, write_json  # noqa: E402
+from bench_compare import json_path_problem, print_machine, timed, write_json  # noqa: E402
 from bench_workloads import (HIDDEN, IMAGE, K_SHOT, N_QUERY_PER_CLASS, N_WAY, in_dtype,  # noqa: E402
                              metric_data, refmeta_conv4_pass, refmeta_sinusoid,
                              refmeta_sinusoid_fused, sinusoid_data)
@@ -70,13 +70,12 @@ def conv4_products(itemsize, n_images=N_WAY * (K_SHOT + N_QUERY_PER_CLASS), hidd
     return products
 
 
-def products_alone(dtype, seed=0):
-    """A function of no arguments that makes conv4_products' products in ``dtype``: one set of
-    operands and one output per distinct shape, made beforehand and used for every product of
-    that shape, so the operands are in the cache as refmeta's chunks are (each is multiplied
-    just after it is made)."""
+def products_alone(shapes, dtype, seed=0):
+    """A function of no arguments that makes the products ``shapes`` (conv4_products) in
+    ``dtype``: one set of operands and one output per distinct shape, made beforehand and used
+    for every product of that shape, so the operands are in the cache as refmeta's chunks are
+    (each is multiplied just after it is made)."""
     rng = np.random.default_rng(seed)
-    shapes = conv4_products(np.dtype(dtype).itemsize)
     operands = {(a, b): (rng.standard_normal(a).astype(dtype), rng.standard_normal(b).astype(dtype),
                          np.empty((a[0], b[1]), dtype=dtype)) for a, b in set(shapes)}
     calls = [operands[shape] for shape in shapes]
@@ -94,12 +93,12 @@ def conv4_part(repeats, results):
     data = metric_data()
     rows = []
     print("\nconv4 max-pool forward + backward (bench.py's conv4) against its matrix products alone")
-    _print_machine(results)
+    print_machine(results)
     for dtype in ("float64", "float32"):
         cast = tuple(in_dtype(a, dtype) for a in data)
         shapes = conv4_products(np.dtype(dtype).itemsize)
         whole = timed(refmeta_conv4_pass(*cast), repeats)[0] * 1e3
-        alone = timed(products_alone(dtype), repeats)[0] * 1e3
+        alone = timed(products_alone(shapes, dtype), repeats)[0] * 1e3
         peer = None
         if torch is not None:
             from bench_torch import torch_conv4_pass
@@ -115,8 +114,7 @@ def conv4_part(repeats, results):
         print(f"  {row['dtype']:8s} {row['refmeta_ms']:12.1f} {row['products_ms']:14.1f} "
               f"{row['refmeta_ms'] - row['products_ms']:8.1f} {peer:>18s} {left:>17s}   "
               f"({row['products']} products, {row['gflop']:.2f} GFLOP at {row['products_gflops']:.0f} GFLOP/s)")
-    _print_load_at_end()
-    results["conv4"] = {"rows": rows, "load_average_end": bench_machine.load_average()}
+    results["conv4"] = {"rows": rows, "load_average_end": _print_load_at_end()}
 
 
 # ----- sinusoid: the raw bodies of the primitives against the rest -----
@@ -190,7 +188,7 @@ def sinusoid_part(repeats, results):
     row = {"generic_ms": whole, "inside_primitives_ms": inside * 1e3, "evaluations": evaluations,
            "rest_ms": whole - inside * 1e3, "written_out_ms": written_out, "jax_ms": peer}
     print("\nsinusoid MAML meta-gradient (bench.py's sinusoid, float64): where the generic path's time goes")
-    _print_machine(results)
+    print_machine(results)
     print(f"  generic autograd path, whole                      {whole:8.2f} ms")
     print(f"    inside the raw bodies of its primitives          {inside * 1e3:8.2f} ms "
           f"({evaluations} evaluations)")
@@ -199,18 +197,14 @@ def sinusoid_part(repeats, results):
     if peer is not None:
         print(f"  JAX jit(grad(vmap))                               {peer:8.2f} ms; 3 × JAX = "
               f"{3 * peer:.2f} ms, {3 * peer - inside * 1e3:.2f} ms of it left beside the raw bodies")
-    _print_load_at_end()
-    results["sinusoid"] = {"row": row, "load_average_end": bench_machine.load_average()}
-
-
-def _print_machine(results):
-    machine = bench_machine.describe(results.get("malloc"))
-    bench_machine.print_summary(machine)
-    print(f"  load average {bench_machine.load_text(machine['load_average'])} at the start")
+    results["sinusoid"] = {"row": row, "load_average_end": _print_load_at_end()}
 
 
 def _print_load_at_end():
-    print(f"  load average {bench_machine.load_text(bench_machine.load_average())} at the end")
+    """Print the load average at the end of a table; returns it."""
+    end = bench_machine.load_average()
+    print(f"  load average {bench_machine.load_text(end)} at the end")
+    return end
 
 
 def main(argv=None):
